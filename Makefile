@@ -1,0 +1,40 @@
+# Two commands on a fresh clone: `make demo` and `make test` (each runs `make setup` first).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+LDM    := $(VENV)/bin/ldm
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+
+.PHONY: setup demo test bench bench-quick clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 first: on this machine it is the CPU build on local disk. It is pinned here,
+# not in pyproject.toml, so users keep the torch build (CPU/CUDA) that fits their machine.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(LDM) train experiment=demo overwrite=true
+	$(LDM) sample run=runs/demo cond.class=[0,1,2,3,4,5,6,7,8,9] n=8 out=runs/demo/samples/final
+	$(LDM) eval run=runs/demo samples=runs/demo/samples/final
+	@echo "demo results: runs/demo/samples/final/grid.png (one row per class), runs/demo/samples/final/samples.json, runs/demo/eval.json"
+
+test: setup
+	$(PY) -m pytest tests
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+bench-quick: setup
+	$(PY) benchmarks/run.py --quick
+
+clean:
+	rm -rf runs .pytest_cache

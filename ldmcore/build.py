@@ -1,0 +1,96 @@
+"""Build models from a validated config: plugin names resolve through the registry here.
+
+This is "whoever builds a model" in the design: it turns config sections into an autoencoder,
+the enabled condition encoders (each given the backbone's spec), and a UNet whose condition
+widths are derived from those encoders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ldmcore import checkpoint
+from ldmcore.conditioning import BackboneSpec, Conditioner
+from ldmcore.config import AutoencoderConfig, ExperimentConfig, resolve_conditions
+from ldmcore.diffusion.schedule import NoiseSchedule
+from ldmcore.errors import ConfigError
+from ldmcore.model import LatentDiffusion, derive_unet_shape
+from ldmcore.nn.autoencoder import AutoencoderKL, AutoencoderShape
+from ldmcore.nn.unet import UNetModel, UNetShape
+from ldmcore.registry import Registry
+
+
+def autoencoder_shape(ae: AutoencoderConfig, image_channels: int) -> AutoencoderShape:
+    return AutoencoderShape(in_channels=image_channels, out_channels=image_channels,
+                            latent_channels=ae.latent_channels, ch=ae.ch, ch_mult=ae.ch_mult,
+                            num_res_blocks=ae.num_res_blocks, attn_levels=ae.attn_levels,
+                            norm_groups=ae.norm_groups)
+
+
+def build_autoencoder(cfg: ExperimentConfig) -> AutoencoderKL:
+    ae = cfg.autoencoder
+    _check_groups("autoencoder", ae.norm_groups, [ae.ch * m for m in ae.ch_mult])
+    return AutoencoderKL(autoencoder_shape(ae, cfg.data.channels))
+
+
+def backbone_spec(cfg: ExperimentConfig) -> BackboneSpec:
+    f = cfg.autoencoder.downsample_factor
+    size = cfg.data.image_size
+    if size % f:
+        raise ConfigError(f"data.image_size={size} is not divisible by the autoencoder's "
+                          f"downsampling factor f={f} (autoencoder.ch_mult has "
+                          f"{len(cfg.autoencoder.ch_mult)} levels); use a multiple of {f}.")
+    latent = (size // f, size // f)
+    return BackboneSpec(latent_channels=cfg.autoencoder.latent_channels, latent_size=latent,
+                        context_dim=cfg.model.unet.context_dim, image_channels=cfg.data.channels,
+                        image_size=(size, size))
+
+
+def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None) -> Conditioner:
+    spec = backbone_spec(cfg)
+    encoders = {name: cls(config, spec) for name, (cls, config) in resolve_conditions(cfg, registry).items()}
+    return Conditioner(encoders)
+
+
+def build_model(cfg: ExperimentConfig, autoencoder: AutoencoderKL | None = None,
+                registry: Registry | None = None) -> LatentDiffusion:
+    """The full LatentDiffusion for ``cfg`` (a fresh autoencoder unless one is given)."""
+    autoencoder = autoencoder if autoencoder is not None else build_autoencoder(cfg)
+    conditioner = build_conditioner(cfg, registry)
+    u = cfg.model.unet
+    levels = len(u.channel_mult)
+    bad = [lv for lv in u.attention_levels if not 0 <= lv < levels]
+    if bad:
+        raise ConfigError(f"model.unet.attention_levels={list(u.attention_levels)} names levels "
+                          f"{bad}, but channel_mult has {levels} levels (0..{levels - 1}).")
+    latent = backbone_spec(cfg).latent_size
+    if latent[0] % 2 ** (levels - 1):
+        raise ConfigError(f"latents of {latent[0]}x{latent[1]} cannot be halved {levels - 1} times "
+                          f"by the UNet (model.unet.channel_mult has {levels} levels); use fewer "
+                          f"levels or larger images.")
+    _check_groups("model.unet", u.norm_groups, [u.model_channels * m for m in u.channel_mult])
+    base = UNetShape(in_channels=0, out_channels=0, model_channels=u.model_channels,
+                     channel_mult=u.channel_mult, num_res_blocks=u.num_res_blocks,
+                     attention_levels=u.attention_levels, middle_attention=u.middle_attention,
+                     num_head_channels=u.num_head_channels, transformer_depth=u.transformer_depth,
+                     use_linear_in_transformer=u.use_linear_in_transformer,
+                     norm_groups=u.norm_groups, dropout=u.dropout)
+    shape = derive_unet_shape(base, autoencoder.shape.latent_channels, conditioner, u.context_dim)
+    d = cfg.model.diffusion
+    schedule = NoiseSchedule.build(d.schedule, d.timesteps, d.beta_start, d.beta_end)
+    return LatentDiffusion(autoencoder, UNetModel(shape), conditioner, schedule, latent, d.prediction)
+
+
+def _check_groups(where: str, groups: int, widths: list[int]) -> None:
+    bad = [w for w in widths if w % groups]
+    if bad:
+        raise ConfigError(f"{where}.norm_groups={groups} does not divide the channel widths "
+                          f"{bad}; choose norm_groups dividing every width {widths}.")
+
+
+def load_autoencoder(cfg: ExperimentConfig, path: Path) -> AutoencoderKL:
+    """An autoencoder from a stage-1 checkpoint (``autoencoder.*`` tensors)."""
+    tensors, _ = checkpoint.load(path)
+    ae = build_autoencoder(cfg)
+    checkpoint.load_into(ae, checkpoint.strip_prefix("autoencoder.", tensors), "autoencoder", path)
+    return ae

@@ -1,0 +1,150 @@
+"""Checkpoints: safetensors only, written atomically, never a pickle.
+
+A checkpoint is one ``.safetensors`` file of named tensors plus string metadata. Groups of
+tensors share a prefix (``unet.``, ``ema.``, ``optim.``...). Non-tensor state (the resolved
+config, plugin names and versions, the step, optimizer hyper-parameters) is JSON in metadata.
+Writes go to a temporary file in the same folder, are fsynced, then renamed over the target,
+so a crash or a kill leaves either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ldmcore.errors import CheckpointError
+
+
+def save(path: Path | str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
+    """Write ``tensors`` and JSON ``meta`` to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    _untie(flat)
+    metadata = {k: json.dumps(v) for k, v in (meta or {}).items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(flat, tmp, metadata=metadata)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+def _untie(flat: dict[str, torch.Tensor]) -> None:
+    """safetensors refuses tensors sharing storage; give each its own copy."""
+    seen: set[int] = set()
+    for k, v in flat.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
+        if ptr in seen:
+            flat[k] = v.clone()
+        elif ptr != -1:
+            seen.add(ptr)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint; any unreadable file becomes a ``CheckpointError`` saying why."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; a run folder keeps its "
+                              f"checkpoints in checkpoints/last.safetensors.")
+    if path.suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        raise CheckpointError(f"{str(path)!r} looks like a pickled PyTorch file; ldmcore loads "
+                              f"only .safetensors (pickles can run code). Convert it with "
+                              f"safetensors first.")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as fh:
+            raw_meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({exc}); it may "
+                              f"be truncated or another format. Use an intact .safetensors file, "
+                              f"e.g. the run's checkpoints/last.safetensors.") from None
+    meta: dict[str, Any] = {}
+    for k, v in raw_meta.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    return tensors, meta
+
+
+def with_prefix(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{k}": v for k, v in state.items()}
+
+
+def strip_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path | str) -> None:
+    """``load_state_dict`` that reports missing/unexpected/mis-shaped keys as a CheckpointError."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    if missing or unexpected or shape:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+        problems = []
+        if missing:
+            problems.append(f"missing {few(missing)}")
+        if unexpected:
+            problems.append(f"unexpected {few(unexpected)}")
+        if shape:
+            problems.append("shape mismatch at " + few(
+                [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(shape)]))
+        raise CheckpointError(f"{what} weights in {str(path)!r} do not fit the configured model: "
+                              f"{'; '.join(problems)}. Was it written with a different config?")
+    module.load_state_dict(state)
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer's state dict into tensors and JSON metadata."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, state in sd["state"].items():
+        for key, val in state.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"optim.{idx}.{key}"] = val
+            else:
+                scalars.setdefault(str(idx), {})[key] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, val in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = val
+    for idx, scalars in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(scalars)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -1,0 +1,288 @@
+"""The condition-encoder contract and the Conditioner that routes encoder outputs.
+
+A condition plugin is a ``ConditionEncoder`` subclass. It declares, explicitly:
+
+* ``name`` - the key it reads from a batch and from a sampling request;
+* ``injections`` - the ways it *can* feed the backbone; ``output_specs()`` says which it *does*
+  feed for its config, and the shape of each (routing is declared, never guessed from rank);
+* ``Config`` - its own pydantic model (unknown keys are errors) with a ``drop_prob`` for
+  classifier-free guidance;
+* ``null()`` - the unconditional value used by guidance and train-time dropout;
+* ``parse()`` - how a command-line string becomes a value;
+* ``trainable`` - frozen encoders run under ``no_grad``.
+
+The ``Conditioner`` runs every enabled encoder, applies per-plugin dropout, and joins outputs:
+cross-attention tokens along the sequence axis (with key-padding masks, so encoders may emit
+different token counts), concat maps along channels, vectors along features. The backbone's
+input channels, context width and vector width are derived from the specs here.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ldmcore.errors import PluginError
+
+
+class Injection(str, enum.Enum):
+    """How a condition reaches the UNet."""
+
+    CROSSATTN = "crossattn"  # tokens used as keys/values of cross-attention
+    CONCAT = "concat"  # channels concatenated to z_t at latent resolution
+    VECTOR = "vector"  # a vector projected and added to the timestep embedding
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the backbone tells a plugin at build time (it never imports training code)."""
+
+    latent_channels: int
+    latent_size: tuple[int, int]
+    context_dim: int  # width every cross-attention token must have
+    image_channels: int
+    image_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Shape of one output of an encoder, per sample (batch axis excluded).
+
+    crossattn: ``(tokens, context_dim)``; concat: ``(channels, H, W)`` at latent resolution;
+    vector: ``(dim,)``.
+    """
+
+    injection: Injection
+    shape: tuple[int, ...]
+
+
+@dataclass
+class Tokens:
+    """Cross-attention tokens with a key-padding mask (True = attend)."""
+
+    values: torch.Tensor  # (B, N, D)
+    mask: torch.Tensor  # (B, N) bool
+
+    def __post_init__(self) -> None:
+        if self.mask.dtype != torch.bool:
+            self.mask = self.mask.bool()
+
+
+ConditionOutput = dict[Injection, "torch.Tensor | Tokens"]
+
+
+class EncoderConfig(BaseModel):
+    """Base of every plugin's config: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    drop_prob: float = Field(0.1, ge=0.0, le=1.0, description="train-time probability of null")
+
+
+class ConditionEncoder(nn.Module):
+    """Base class of condition plugins. Subclasses set the class attributes and implement
+    ``output_specs``, ``forward`` and ``null``; ``parse`` has a sensible default."""
+
+    name: ClassVar[str]
+    injections: ClassVar[tuple[Injection, ...]]
+    Config: ClassVar[type[EncoderConfig]] = EncoderConfig
+    trainable: ClassVar[bool] = True
+
+    def __init__(self, config: EncoderConfig, backbone: BackboneSpec) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+
+    def output_specs(self) -> dict[Injection, OutputSpec]:
+        """Which injections this instance feeds, and the per-sample shape of each."""
+        raise NotImplementedError
+
+    def forward(self, value: Any) -> ConditionOutput:
+        """Encode a batch of values (as collated from the dataset) into outputs per injection."""
+        raise NotImplementedError
+
+    def null(self, batch_size: int) -> ConditionOutput:
+        """The unconditional outputs for ``batch_size`` samples (same shapes as ``forward``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def parse(cls, text: str) -> Any:
+        """Turn a command-line string into one value of this condition (default: the string)."""
+        return text
+
+    def collate(self, values: list[Any]) -> Any:
+        """Join single values (as returned by ``parse``) into a batch for ``forward``."""
+        if all(isinstance(v, torch.Tensor) for v in values):
+            return torch.stack(values)
+        return values
+
+
+@dataclass
+class Conditioning:
+    """Routed conditions for one UNet call; each field is None when no plugin feeds it."""
+
+    context: torch.Tensor | None = None  # (B, N, context_dim)
+    context_mask: torch.Tensor | None = None  # (B, N) bool
+    concat: torch.Tensor | None = None  # (B, C, h, w)
+    vector: torch.Tensor | None = None  # (B, D)
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        """Stack several conditionings along the batch axis (for batched guidance)."""
+
+        def join(field: str) -> torch.Tensor | None:
+            values = [getattr(p, field) for p in parts]
+            return None if values[0] is None else torch.cat(values)
+
+        return Conditioning(*(join(f) for f in ("context", "context_mask", "concat", "vector")))
+
+
+class Conditioner(nn.Module):
+    """Runs the enabled encoders and routes their outputs by declared injection."""
+
+    def __init__(self, encoders: dict[str, ConditionEncoder]) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict(encoders)
+        self.specs = {name: enc.output_specs() for name, enc in encoders.items()}
+        for name, enc in encoders.items():
+            self._check_encoder(name, enc)
+
+    def _check_encoder(self, name: str, enc: ConditionEncoder) -> None:
+        specs = self.specs[name]
+        if not specs:
+            raise PluginError(f"plugin {name!r} declares no outputs; output_specs() must name "
+                              f"at least one of {[i.value for i in Injection]}.")
+        for inj, spec in specs.items():
+            if inj not in enc.injections:
+                raise PluginError(
+                    f"plugin {name!r} outputs {inj.value!r} but declares injections "
+                    f"{[i.value for i in enc.injections]}; add it to `injections`.")
+            bb = enc.backbone
+            if inj is Injection.CROSSATTN and (len(spec.shape) != 2 or spec.shape[1] != bb.context_dim):
+                raise PluginError(
+                    f"plugin {name!r}: crossattn spec {spec.shape} must be (tokens, "
+                    f"context_dim={bb.context_dim}); project tokens to the backbone's context_dim.")
+            if inj is Injection.CONCAT and (len(spec.shape) != 3 or spec.shape[1:] != bb.latent_size):
+                raise PluginError(
+                    f"plugin {name!r}: concat spec {spec.shape} must be (channels, "
+                    f"{bb.latent_size[0]}, {bb.latent_size[1]}) at latent resolution.")
+            if inj is Injection.VECTOR and len(spec.shape) != 1:
+                raise PluginError(f"plugin {name!r}: vector spec {spec.shape} must be (dim,).")
+
+    # -- derived dimensions -------------------------------------------------------------------
+    def _sum_dim(self, inj: Injection, axis: int) -> int:
+        return sum(s[inj].shape[axis] for s in self.specs.values() if inj in s)
+
+    @property
+    def concat_channels(self) -> int:
+        """Channels added to the UNet input by concat plugins."""
+        return self._sum_dim(Injection.CONCAT, 0)
+
+    @property
+    def vector_dim(self) -> int:
+        """Width of the joined vector condition (0 when no vector plugin is enabled)."""
+        return self._sum_dim(Injection.VECTOR, 0)
+
+    @property
+    def context_tokens(self) -> int:
+        """Total cross-attention tokens (0 when no crossattn plugin is enabled)."""
+        return self._sum_dim(Injection.CROSSATTN, 0)
+
+    @property
+    def uses_crossattn(self) -> bool:
+        return self.context_tokens > 0
+
+    # -- running ------------------------------------------------------------------------------
+    def encode(self, name: str, value: Any) -> ConditionOutput:
+        enc = self.encoders[name]
+        if enc.trainable:
+            out = enc(value)
+        else:
+            with torch.no_grad():
+                out = enc(value)
+        self._check_output(name, out)
+        return out
+
+    def _check_output(self, name: str, out: ConditionOutput) -> None:
+        specs = self.specs[name]
+        if set(out) != set(specs):
+            raise PluginError(f"plugin {name!r} returned {[i.value for i in out]} but declared "
+                              f"{[i.value for i in specs]} in output_specs().")
+        for inj, spec in specs.items():
+            val = out[inj]
+            tensor = val.values if isinstance(val, Tokens) else val
+            if tuple(tensor.shape[1:]) != spec.shape:
+                raise PluginError(f"plugin {name!r} returned {inj.value} of shape "
+                                  f"{tuple(tensor.shape[1:])} per sample; its spec says {spec.shape}.")
+
+    def forward(self, values: dict[str, Any], batch_size: int, *, drop: bool = False,
+                keep: set[str] | None = None, generator: torch.Generator | None = None) -> Conditioning:
+        """Encode ``values`` (plugin name -> batched value) and route the outputs.
+
+        ``drop``: apply each plugin's train-time ``drop_prob`` per sample (replaced by its null).
+        ``keep``: plugins outside this set use their null (None keeps all); this is how guidance
+        asks for the unconditional or a single-plugin branch.
+        """
+        outputs: dict[str, ConditionOutput] = {}
+        for name, enc in self.encoders.items():
+            if keep is not None and name not in keep:
+                outputs[name] = enc.null(batch_size)
+                continue
+            if name not in values:
+                raise PluginError(f"no value for condition {name!r}; the enabled conditions are "
+                                  f"{sorted(self.encoders)} and each needs a value (cond.{name}=...).")
+            out = self.encode(name, values[name])
+            if drop and enc.config.drop_prob > 0:
+                device = _first_tensor(out).device
+                dropped = torch.rand(batch_size, generator=generator, device="cpu").to(device)
+                out = _where(dropped < enc.config.drop_prob, enc.null(batch_size), out)
+            outputs[name] = out
+        return self.route(outputs)
+
+    def unconditional(self, batch_size: int) -> Conditioning:
+        """Every plugin's null: the unconditional branch of classifier-free guidance."""
+        return self.route({name: enc.null(batch_size) for name, enc in self.encoders.items()})
+
+    def route(self, outputs: dict[str, ConditionOutput]) -> Conditioning:
+        """Join outputs by injection, in the (stable) order the encoders were enabled."""
+        ctx, masks, concat, vector = [], [], [], []
+        for name in self.encoders:
+            for inj, val in outputs[name].items():
+                if inj is Injection.CROSSATTN:
+                    ctx.append(val.values)
+                    masks.append(val.mask)
+                elif inj is Injection.CONCAT:
+                    concat.append(val)
+                else:
+                    vector.append(val)
+        return Conditioning(
+            context=torch.cat(ctx, dim=1) if ctx else None,
+            context_mask=torch.cat(masks, dim=1) if masks else None,
+            concat=torch.cat(concat, dim=1) if concat else None,
+            vector=torch.cat(vector, dim=1) if vector else None,
+        )
+
+
+def _first_tensor(out: ConditionOutput) -> torch.Tensor:
+    val = next(iter(out.values()))
+    return val.values if isinstance(val, Tokens) else val
+
+
+def _where(cond: torch.Tensor, a: ConditionOutput, b: ConditionOutput) -> ConditionOutput:
+    """Per-sample select: ``a`` where ``cond`` is True, else ``b``."""
+    result: ConditionOutput = {}
+    for inj, bv in b.items():
+        av = a[inj]
+        if isinstance(bv, Tokens):
+            c = cond.view(-1, 1, 1)
+            result[inj] = Tokens(torch.where(c, av.values.to(bv.values.dtype), bv.values),
+                                 torch.where(cond.view(-1, 1), av.mask, bv.mask))
+        else:
+            c = cond.view(-1, *([1] * (bv.dim() - 1)))
+            result[inj] = torch.where(c, av.to(bv.dtype), bv)
+    return result

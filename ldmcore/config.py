@@ -1,0 +1,256 @@
+"""Two-stage config: Hydra composes and interpolates, pydantic validates.
+
+The Hydra tree ships inside the package (``ldmcore.conf``), so a non-editable install works.
+Every error a user can make here (unknown key, wrong type, unknown group option, unknown plugin)
+becomes a ``ConfigError`` naming the key path and the nearest valid names.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ldmcore.conditioning import EncoderConfig
+from ldmcore.diffusion.samplers import SAMPLERS, Spacing
+from ldmcore.diffusion.schedule import BetaSchedule, Prediction
+from ldmcore.errors import ConfigError, nearest
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UNetConfig(Strict):
+    model_channels: int = Field(64, ge=8)
+    channel_mult: tuple[int, ...] = (1, 2)
+    num_res_blocks: int = Field(2, ge=1)
+    attention_levels: tuple[int, ...] = (1,)
+    middle_attention: bool = True
+    num_head_channels: int = Field(32, ge=1)
+    transformer_depth: int = Field(1, ge=1)
+    context_dim: int = Field(256, ge=1, description="cross-attention token width plugins project to")
+    use_linear_in_transformer: bool = False
+    norm_groups: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class DiffusionConfig(Strict):
+    schedule: BetaSchedule = BetaSchedule.SCALED_LINEAR
+    timesteps: int = Field(1000, ge=2)
+    beta_start: float = Field(0.00085, gt=0, lt=1)
+    beta_end: float = Field(0.012, gt=0, lt=1)
+    prediction: Prediction = Prediction.EPS
+
+
+class ModelConfig(Strict):
+    unet: UNetConfig = UNetConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+
+
+class DiscriminatorConfig(Strict):
+    enabled: bool = False
+    weight: float = Field(0.5, ge=0)
+    start_step: int = Field(0, ge=0)
+    channels: int = Field(32, ge=8)
+
+
+class AutoencoderTrainConfig(Strict):
+    steps: int = Field(1000, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    kl_weight: float = Field(1e-6, ge=0)
+    discriminator: DiscriminatorConfig = DiscriminatorConfig()
+
+
+class AutoencoderConfig(Strict):
+    latent_channels: int = Field(4, ge=1)
+    ch: int = Field(64, ge=8)
+    ch_mult: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = Field(1, ge=1)
+    attn_levels: tuple[int, ...] = ()
+    norm_groups: int = Field(32, ge=1)
+    checkpoint: Path | None = Field(None, description="a trained autoencoder to use instead of training one")
+    train: AutoencoderTrainConfig = AutoencoderTrainConfig()
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+class DataConfig(Strict):
+    name: Literal["digits", "image_folder"] = "digits"
+    path: Path | None = None
+    image_size: int = Field(32, ge=8)
+    channels: Literal[1, 3] = 1
+    hflip: bool = False
+    shift: float = Field(0.0, ge=0.0, lt=0.5)
+    num_workers: int = Field(0, ge=0)
+
+
+class SamplerConfig(Strict):
+    name: str = "ddim"
+    steps: int = Field(50, ge=1)
+    guidance: float = 3.0
+    eta: float = Field(0.0, ge=0.0)
+    spacing: Spacing = Spacing.LEADING
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in SAMPLERS:
+            raise ValueError(f"unknown sampler {v!r}: {nearest(v, SAMPLERS)}")
+        return v
+
+
+class TrainerConfig(Strict):
+    max_steps: int = Field(2000, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    grad_accum: int = Field(1, ge=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    precision: Literal["fp32", "bf16"] = "bf16"
+    cache_latents: bool = True
+    threads: int | None = Field(None, ge=1)
+    log_every: int = Field(50, ge=1)
+    sample_every: int = Field(0, ge=0, description="0 = only at the end")
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=0, description="periodic step_N files kept besides last")
+    progress: bool = True
+
+
+class ExperimentConfig(Strict):
+    name: str = "run"
+    seed: int = 0
+    run_dir: Path = Path("runs/run")
+    resume: bool = False
+    overwrite: bool = False
+    model: ModelConfig = ModelConfig()
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
+    data: DataConfig = DataConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    conditions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+def conf_dir() -> Path:
+    """The Hydra config tree shipped in the package."""
+    return Path(str(importlib.resources.files("ldmcore.conf")))
+
+
+def format_validation_error(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One paragraph naming each bad key path, what is wrong, and the valid names."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        path = f"{prefix}{loc}"
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(model, e["loc"][:-1]) if model else []
+            parts.append(f"unknown config key '{path}': {nearest(str(e['loc'][-1]), valid)}")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            parts.append(f"config key '{path}': {e['msg']}{shown}")
+    return "; ".join(p.rstrip(".") for p in parts) + "."
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def validate(raw: dict[str, Any]) -> ExperimentConfig:
+    """Validate a plain (composed, resolved) config dict."""
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, model=ExperimentConfig)) from None
+
+
+def validate_condition(name: str, cls_config: type[EncoderConfig], section: dict[str, Any]) -> EncoderConfig:
+    """Validate one plugin's section with the plugin's own pydantic model."""
+    try:
+        return cls_config.model_validate(section or {})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, prefix=f"conditions.{name}.", model=cls_config)) from None
+
+
+_OVERRIDE_FAIL = re.compile(r"Could not override '([^']+)'")
+_MISSING_OPTION = re.compile(r"Could not (?:load|find) '([\w-]+)/([^']+)'")
+
+
+def compose(overrides: list[str]) -> dict[str, Any]:
+    """Compose ``conf/config.yaml`` with Hydra overrides into a resolved plain dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    def run(ovr: list[str]) -> dict[str, Any]:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=ovr)
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+    try:
+        return run(overrides)
+    except Exception as exc:  # Hydra raises several exception types; all are user errors here
+        msg = " ".join(str(exc).split())
+        match = _OVERRIDE_FAIL.search(msg)
+        if match:
+            key = match.group(1)
+            rest = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
+            raise ConfigError(_unknown_key_message(key, rest, run)) from None
+        missing = _MISSING_OPTION.search(msg)
+        if missing:
+            group, option = missing.group(1), missing.group(2)
+            options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+            raise ConfigError(f"unknown {group} '{option}': {nearest(option, options)} "
+                              f"Options for {group}=: {', '.join(options)}.") from None
+        raise ConfigError(f"cannot compose the config from {overrides}: {msg}") from None
+
+
+def _unknown_key_message(key: str, rest: list[str], run) -> str:
+    parent, _, leaf = key.rpartition(".")
+    try:
+        node: Any = run(rest)
+        for part in parent.split(".") if parent else []:
+            node = node[part]
+        valid = list(node) if isinstance(node, dict) else []
+    except Exception:
+        valid = []
+    where = f" in '{parent}'" if parent else ""
+    return (f"unknown config key '{key}': {nearest(leaf, valid)} Valid keys{where}: "
+            f"{', '.join(sorted(valid)) or 'none'}. To add a new key on purpose write +{key}=...")
+
+
+def load(overrides: list[str]) -> ExperimentConfig:
+    """Compose and validate: the one entry point the command line uses.
+
+    Plugin sections are validated here too (through the registry), so a bad condition key
+    fails before any work starts.
+    """
+    cfg = validate(compose(overrides))
+    resolve_conditions(cfg)
+    return cfg
+
+
+def resolve_conditions(cfg: ExperimentConfig, registry=None) -> dict[str, tuple[type, EncoderConfig]]:
+    """Plugin name -> (encoder class, validated plugin config), in config order."""
+    from ldmcore.registry import default_registry
+
+    registry = registry or default_registry()
+    return {name: (cls := registry.condition(name), validate_condition(name, cls.Config, section))
+            for name, section in cfg.conditions.items()}

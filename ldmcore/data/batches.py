@@ -1,0 +1,61 @@
+"""Endless, resumable batches: batch k depends only on (seed, k), never on earlier batches.
+
+That makes resuming exact without saving a data-loader position: a resumed run at step k
+draws the same batches the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ldmcore.data.datasets import collate
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator for one training step (stream separates data order from noise)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 8 + stream)
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Yields index lists for steps ``start, start+1, ...``: a seeded draw without replacement."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, start: int = 0) -> None:
+        self.size, self.batch_size, self.seed, self.start = size, min(batch_size, size), seed, start
+
+    def indices(self, step: int) -> list[int]:
+        return torch.randperm(self.size, generator=step_generator(self.seed, step, 1))[: self.batch_size].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start
+        while True:
+            yield self.indices(step)
+            step += 1
+
+
+class InMemoryBatches:
+    """The whole (deterministically transformed) dataset held as collated tensors."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.data = collate([dataset[i] for i in range(len(dataset))])  # type: ignore[arg-type]
+        self.size = len(dataset)  # type: ignore[arg-type]
+
+    def take(self, idx: list[int]) -> dict[str, Any]:
+        index = torch.tensor(idx)
+        return {k: (v[index] if isinstance(v, torch.Tensor) else [v[i] for i in idx])
+                for k, v in self.data.items()}
+
+
+def loader_batches(dataset: Dataset, sampler: StepBatchSampler, num_workers: int = 0
+                   ) -> Iterator[dict[str, Any]]:
+    """Endless batches read (and augmented) by ``num_workers`` worker processes."""
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                        persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None)
+    return iter(loader)
+
+
+def memory_batches(held: InMemoryBatches, sampler: StepBatchSampler) -> Iterator[dict[str, Any]]:
+    return (held.take(idx) for idx in sampler)

@@ -1,0 +1,39 @@
+"""One albumentations pipeline per dataset, applied to image (and mask/boxes) together.
+
+Images enter as HWC float32 arrays in [0, 1] and leave as CHW tensors in [-1, 1]; a crop,
+flip or shift moves a semantic mask and layout boxes with the image.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no version check over the network
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def build_pipeline(image_size: int, hflip: bool = False, shift: float = 0.0) -> A.Compose:
+    """Resize to ``image_size`` (bicubic), then the optional augmentations."""
+    steps: list[A.BasicTransform] = [A.Resize(image_size, image_size, interpolation=cv2.INTER_CUBIC)]
+    if hflip:
+        steps.append(A.HorizontalFlip(p=0.5))
+    if shift > 0:
+        steps.append(A.Affine(translate_percent=(-shift, shift), p=1.0, border_mode=cv2.BORDER_CONSTANT,
+                              fill=0))
+    return A.Compose(steps)
+
+
+def is_deterministic(hflip: bool, shift: float) -> bool:
+    """True when the pipeline has no random step (outputs may then be cached)."""
+    return not hflip and shift <= 0
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HWC float in [0, 1] -> CHW float32 in [-1, 1]."""
+    if image.ndim == 2:
+        image = image[..., None]
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().clamp(0, 1) * 2 - 1

@@ -1,0 +1,1 @@
+"""Noise schedules, prediction-type conversions, samplers and guidance."""

@@ -1,0 +1,1 @@
+"""Backbone building blocks: embeddings, attention, the UNet denoiser and the autoencoder."""

@@ -1,0 +1,124 @@
+"""Attention: multi-head (cross-)attention, the transformer block, and SpatialTransformer.
+
+Parameter names follow CompVis/Stable Diffusion (``attn1``, ``attn2``, ``to_q``, ``ff.net.0.proj``,
+``proj_in``...) so SD checkpoints load by prefix. Attention runs through
+``torch.nn.functional.scaled_dot_product_attention`` (fused kernels where available).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CrossAttention(nn.Module):
+    """Queries from ``x``; keys/values from ``context`` (or from ``x`` when context is None)."""
+
+    def __init__(self, query_dim: int, context_dim: int | None, heads: int, head_dim: int) -> None:
+        super().__init__()
+        inner = heads * head_dim
+        kv_dim = context_dim if context_dim is not None else query_dim
+        self.heads = heads
+        self.head_dim = head_dim
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(kv_dim, inner, bias=False)
+        self.to_v = nn.Linear(kv_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Identity())
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (B, L, Dq); ``context`` (B, N, Dc); ``mask`` (B, N) bool, True = attend."""
+        kv = x if context is None else context
+        b = x.shape[0]
+        h, d = self.heads, self.head_dim
+        q = self.to_q(x).view(b, -1, h, d)
+        k = self.to_k(kv).view(b, -1, h, d)
+        v = self.to_v(kv).view(b, -1, h, d)
+        attn_mask = None if mask is None or context is None else mask[:, None, None, :]
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=attn_mask)
+        return self.to_out(out.transpose(1, 2).reshape(b, -1, h * d))
+
+
+class GEGLU(nn.Module):
+    """Gated GELU projection (Shazeer 2020): ``a * gelu(b)`` where ``[a | b] = proj(x)``."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, gate = self.proj(x).chunk(2, dim=-1)
+        return a * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4) -> None:
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    """Self-attention, cross-attention, feed-forward; pre-norm residuals."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None) -> None:
+        super().__init__()
+        self.attn1 = CrossAttention(dim, None, heads, head_dim)
+        self.attn2 = CrossAttention(dim, context_dim, heads, head_dim)
+        self.ff = FeedForward(dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context, mask)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """Transformer over the pixels of a feature map, conditioned by cross-attention tokens.
+
+    ``use_linear`` selects SD 2.x's linear ``proj_in``/``proj_out`` instead of SD 1.x's 1x1 convs.
+    Without a context (no cross-attention plugin enabled) ``attn2`` attends to the features
+    themselves, as in CompVis.
+    """
+
+    def __init__(self, channels: int, heads: int, head_dim: int, context_dim: int | None,
+                 depth: int = 1, groups: int = 32, use_linear: bool = False) -> None:
+        super().__init__()
+        inner = heads * head_dim
+        self.use_linear = use_linear
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        if use_linear:
+            self.proj_in = nn.Linear(channels, inner)
+            self.proj_out = nn.Linear(inner, channels)
+        else:
+            self.proj_in = nn.Conv2d(channels, inner, 1)
+            self.proj_out = nn.Conv2d(inner, channels, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, heads, head_dim, context_dim) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        residual = x
+        x = self.norm(x)
+        if not self.use_linear:
+            x = self.proj_in(x)
+        x = x.flatten(2).transpose(1, 2)  # (B, HW, C)
+        if self.use_linear:
+            x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x, context, mask)
+        if self.use_linear:
+            x = self.proj_out(x)
+        x = x.transpose(1, 2).reshape(b, -1, h, w)
+        if not self.use_linear:
+            x = self.proj_out(x)
+        return x + residual

@@ -1,0 +1,179 @@
+"""The UNet denoiser eps_theta(z_t, t, conditions), in the CompVis/Stable Diffusion layout.
+
+Parameter names match CompVis ``openaimodel.UNetModel`` (``time_embed``, ``label_emb``,
+``input_blocks.N``, ``middle_block``, ``output_blocks.N``, ``out``) so SD 1.x/2.x weights load by
+prefix. Conditions arrive already routed (``ldmcore.conditioning.Conditioning``): concat maps are
+joined to the input channels, tokens feed cross-attention (with a key-padding mask), and a vector
+is projected by ``label_emb`` and added to the timestep embedding. The UNet has no flag per
+condition: its widths are derived from the enabled plugins by whoever builds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldmcore.nn.attention import SpatialTransformer
+from ldmcore.nn.embeddings import timestep_embedding
+
+
+@dataclass(frozen=True)
+class UNetShape:
+    """Everything that fixes the UNet's parameter shapes."""
+
+    in_channels: int
+    out_channels: int
+    model_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2)
+    num_res_blocks: int = 2
+    attention_levels: tuple[int, ...] = (1,)  # indices into channel_mult that get transformers
+    num_head_channels: int = 32
+    transformer_depth: int = 1
+    middle_attention: bool = True  # SD layout: middle_block.1 is a SpatialTransformer
+    context_dim: int | None = None  # None: no cross-attention plugin enabled
+    vector_dim: int = 0  # 0: no vector plugin enabled
+    use_linear_in_transformer: bool = False
+    norm_groups: int = 32
+    dropout: float = 0.0
+
+
+class TimestepBlock(nn.Module):
+    """A module whose forward also takes the timestep embedding."""
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    """Sequential that hands the embedding to ResBlocks and the context to transformers."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, TimestepBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context, mask)
+            else:
+                x = layer(x)
+        return x
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class ResBlock(TimestepBlock):
+    """GroupNorm-SiLU-conv, plus the projected embedding, then GroupNorm-SiLU-dropout-conv."""
+
+    def __init__(self, channels: int, emb_dim: int, out_channels: int, groups: int,
+                 dropout: float) -> None:
+        super().__init__()
+        self.in_layers = nn.Sequential(nn.GroupNorm(groups, channels), nn.SiLU(),
+                                       nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_channels))
+        self.out_layers = nn.Sequential(nn.GroupNorm(groups, out_channels), nn.SiLU(),
+                                        nn.Dropout(dropout),
+                                        nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        nn.init.zeros_(self.out_layers[-1].weight)
+        nn.init.zeros_(self.out_layers[-1].bias)
+        self.skip_connection = (nn.Identity() if channels == out_channels
+                                else nn.Conv2d(channels, out_channels, 1))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb).to(h.dtype)[..., None, None]
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class UNetModel(nn.Module):
+    def __init__(self, shape: UNetShape) -> None:
+        super().__init__()
+        self.shape = shape
+        s = shape
+        mc, groups = s.model_channels, s.norm_groups
+        emb_dim = mc * 4
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if s.vector_dim:
+            self.label_emb = nn.Sequential(nn.Linear(s.vector_dim, emb_dim), nn.SiLU(),
+                                           nn.Linear(emb_dim, emb_dim))
+
+        def transformer(ch: int) -> SpatialTransformer:
+            heads = max(1, ch // s.num_head_channels)
+            return SpatialTransformer(ch, heads, ch // heads, s.context_dim, s.transformer_depth,
+                                      groups, s.use_linear_in_transformer)
+
+        self.input_blocks = nn.ModuleList(
+            [TimestepEmbedSequential(nn.Conv2d(s.in_channels, mc, 3, padding=1))])
+        skip_channels = [mc]
+        ch = mc
+        for level, mult in enumerate(s.channel_mult):
+            for _ in range(s.num_res_blocks):
+                layers: list[nn.Module] = [ResBlock(ch, emb_dim, mc * mult, groups, s.dropout)]
+                ch = mc * mult
+                if level in s.attention_levels:
+                    layers.append(transformer(ch))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                skip_channels.append(ch)
+            if level != len(s.channel_mult) - 1:
+                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch)))
+                skip_channels.append(ch)
+
+        self.middle_block = TimestepEmbedSequential(
+            ResBlock(ch, emb_dim, ch, groups, s.dropout),
+            *([transformer(ch)] if s.middle_attention else []),
+            ResBlock(ch, emb_dim, ch, groups, s.dropout))
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(s.channel_mult))):
+            for i in range(s.num_res_blocks + 1):
+                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mc * mult, groups, s.dropout)]
+                ch = mc * mult
+                if level in s.attention_levels:
+                    layers.append(transformer(ch))
+                if level and i == s.num_res_blocks:
+                    layers.append(Upsample(ch))
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+
+        self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(),
+                                 nn.Conv2d(mc, s.out_channels, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None,
+                vector: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` is z_t already joined with concat conditions on channels; ``t`` (B,) timesteps."""
+        s = self.shape
+        if x.shape[1] != s.in_channels:
+            raise ValueError(f"UNet expects {s.in_channels} input channels, got {x.shape[1]}")
+        emb = self.time_embed(timestep_embedding(t, s.model_channels).to(x.dtype))
+        if s.vector_dim:
+            if vector is None:
+                raise ValueError("this UNet was built with a vector input; pass `vector`")
+            emb = emb + self.label_emb(vector.to(emb.dtype))
+        if s.context_dim is not None and context is None:
+            raise ValueError("this UNet was built with cross-attention; pass `context`")
+        skips = []
+        h = x
+        for block in self.input_blocks:
+            h = block(h, emb, context, context_mask)
+            skips.append(h)
+        h = self.middle_block(h, emb, context, context_mask)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+        return self.out(h)

@@ -1,0 +1,140 @@
+"""The plugin host: a pluggy PluginManager over the ``ldmcore`` entry-point group.
+
+The registry knows nothing of training: it loads plugin packages, collects the condition
+encoders they register, reports name clashes, and lists what is installed (with versions and
+the plugins that failed to load, and why - a broken plugin never breaks the host).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+from dataclasses import dataclass, field
+from types import ModuleType
+
+import pluggy
+
+from ldmcore import hookspecs
+from ldmcore.conditioning import ConditionEncoder
+from ldmcore.errors import PluginError, nearest
+
+ENTRY_POINT_GROUP = "ldmcore"
+ALLOW_ENV = "LDM_LOAD_PLUGINS"  # comma-separated entry-point names to load; unset = all
+DISABLE_ENV = "LDM_DISABLE_ENTRY_POINTS"  # "1" = load no entry points (tests)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registered condition encoder and where it came from."""
+
+    name: str
+    injections: tuple[str, ...]
+    package: str
+    version: str
+    module: str
+    trainable: bool
+
+
+@dataclass
+class Registry:
+    """Condition encoders by name, plus the plugin modules that failed to load."""
+
+    manager: pluggy.PluginManager
+    encoders: dict[str, type[ConditionEncoder]] = field(default_factory=dict)
+    origins: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (package, version)
+    broken: dict[str, str] = field(default_factory=dict)  # entry point -> why
+
+    def condition(self, name: str) -> type[ConditionEncoder]:
+        """The encoder class registered as ``name``; unknown names get a teaching error."""
+        try:
+            return self.encoders[name]
+        except KeyError:
+            hint = nearest(name, self.encoders)
+            why = ""
+            if self.broken:
+                why = " Plugins that failed to load: " + "; ".join(
+                    f"{k} ({v})" for k, v in sorted(self.broken.items())) + "."
+            raise PluginError(f"unknown condition plugin {name!r}: {hint} "
+                              f"`ldm plugins` lists what is installed.{why}") from None
+
+    def infos(self) -> list[PluginInfo]:
+        return [
+            PluginInfo(name=n, injections=tuple(i.value for i in cls.injections),
+                       package=self.origins[n][0], version=self.origins[n][1],
+                       module=cls.__module__, trainable=cls.trainable)
+            for n, cls in sorted(self.encoders.items())
+        ]
+
+    def add_module(self, module: ModuleType, package: str = "", version: str = "") -> None:
+        """Register a plugin module (or object) directly, as tests and notebooks do."""
+        self.manager.register(module)
+        self._collect(module, package or getattr(module, "__name__", str(module)), version)
+
+    def _collect(self, plugin: object, package: str, version: str) -> None:
+        impl = getattr(plugin, "register_conditions", None)
+        if impl is None:
+            return
+
+        def register(cls: type) -> None:
+            _check_encoder_class(cls, package)
+            if cls.name in self.encoders and self.encoders[cls.name] is not cls:
+                other = self.origins[cls.name][0]
+                raise PluginError(
+                    f"two packages register the condition {cls.name!r}: {other!r} and "
+                    f"{package!r}. Uninstall one, or restrict loading with {ALLOW_ENV}.")
+            self.encoders[cls.name] = cls
+            self.origins[cls.name] = (package, version)
+
+        impl(register=register)
+
+
+def _check_encoder_class(cls: type, package: str) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, ConditionEncoder)):
+        raise PluginError(f"package {package!r} registered {cls!r}, which is not a "
+                          f"ConditionEncoder subclass.")
+    for attr in ("name", "injections"):
+        if not getattr(cls, attr, None):
+            raise PluginError(f"condition encoder {cls.__qualname__} from {package!r} does not "
+                              f"declare `{attr}`.")
+
+
+def build_registry(load_entry_points: bool | None = None) -> Registry:
+    """Load every plugin package of the ``ldmcore`` entry-point group.
+
+    ``LDM_LOAD_PLUGINS=a,b`` restricts loading to those entry-point names;
+    ``LDM_DISABLE_ENTRY_POINTS=1`` (or ``load_entry_points=False``) loads none.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    reg = Registry(manager=pm)
+    if load_entry_points is None:
+        load_entry_points = os.environ.get(DISABLE_ENV, "") not in ("1", "true", "yes")
+    if not load_entry_points:
+        return reg
+    allow = {s.strip() for s in os.environ.get(ALLOW_ENV, "").split(",") if s.strip()}
+    for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if allow and ep.name not in allow:
+            continue
+        dist = getattr(ep, "dist", None)
+        package = dist.metadata["Name"] if dist else ep.value
+        version = dist.version if dist else ""
+        try:
+            module = ep.load()
+            pm.register(module, name=f"{package}:{ep.name}")
+            reg._collect(module, package, version)
+        except PluginError:
+            raise
+        except Exception as exc:  # a broken plugin never breaks the host
+            reg.broken[f"{package}:{ep.name}"] = f"{type(exc).__name__}: {exc}"
+    return reg
+
+
+_default: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    global _default
+    if _default is None:
+        _default = build_registry()
+    return _default

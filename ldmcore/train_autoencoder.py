@@ -1,0 +1,87 @@
+"""Stage 1: train the KL autoencoder (perceptual compression) and fit its latent scale.
+
+Loss = L1(x, D(z)) + kl_weight * KL(q(z|x) || N(0, I)) (+ a PatchGAN hinge term when the
+discriminator is enabled). At the end ``scale_factor`` is set to 1/std of the first batch's
+latents (LDM's ``scale_by_std``) and saved with the weights.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ldmcore import checkpoint
+from ldmcore.config import ExperimentConfig
+from ldmcore.data.batches import step_generator
+from ldmcore.errors import TrainingDiverged
+from ldmcore.nn.autoencoder import AutoencoderKL
+from ldmcore.nn.discriminator import PatchDiscriminator, hinge_d_loss
+from ldmcore.runfolder import MetricsLog, RunFolder
+
+
+def autocast(precision: str, device: torch.device):
+    """bf16 autocast (AMX on CPU, tensor cores on CUDA) or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_autoencoder(cfg: ExperimentConfig, ae: AutoencoderKL, batches: Iterator[dict[str, Any]],
+                      run: RunFolder, device: torch.device) -> AutoencoderKL:
+    tc = cfg.autoencoder.train
+    ae.to(device).train()
+    opt = torch.optim.AdamW(ae.parameters(), lr=tc.lr, betas=(0.5, 0.9), weight_decay=0.0)
+    disc = None
+    if tc.discriminator.enabled:
+        disc = PatchDiscriminator(cfg.data.channels, tc.discriminator.channels).to(device)
+        opt_d = torch.optim.AdamW(disc.parameters(), lr=tc.lr, betas=(0.5, 0.9))
+    log = MetricsLog(run.metrics)
+    bar = tqdm(range(tc.steps), desc="autoencoder", disable=not cfg.trainer.progress, dynamic_ncols=True)
+    first: torch.Tensor | None = None
+    t0 = time.perf_counter()
+    for step in bar:
+        x = next(batches)["image"].to(device)
+        if first is None:
+            first = x
+        gen = step_generator(cfg.seed, step, 2)
+        with autocast(cfg.trainer.precision, device):
+            recon, post = ae(x, gen)
+            rec_loss = F.l1_loss(recon.float(), x)
+            kl = post.kl().mean()  # per sample, summed over latent dims
+            # per-pixel normalisation of CompVis's sum-reduced loss: same optimum, same kl_weight
+            loss = rec_loss + tc.kl_weight * kl / x[0].numel()
+            use_gan = disc is not None and step >= tc.discriminator.start_step
+            if use_gan:
+                loss = loss + tc.discriminator.weight * (-disc(recon).float().mean())
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"autoencoder loss became {loss.item()} at step {step}; lower "
+                                   f"autoencoder.train.lr (now {tc.lr}) or kl_weight.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
+        opt.step()
+        if use_gan:
+            with autocast(cfg.trainer.precision, device):
+                d_loss = hinge_d_loss(disc(x).float(), disc(recon.detach()).float())
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        if step % cfg.trainer.log_every == 0 or step == tc.steps - 1:
+            rate = (step + 1) / (time.perf_counter() - t0)
+            bar.set_postfix(l1=f"{rec_loss.item():.4f}", kl=f"{kl.item():.3f}", it_s=f"{rate:.1f}")
+            log.write(stage="autoencoder", step=step, l1=rec_loss.item(), kl=kl.item(), steps_per_s=rate)
+    ae.eval()
+    if first is None:
+        first = next(batches)["image"].to(device)
+    scale = ae.fit_scale_factor(first)
+    log.write(stage="autoencoder", scale_factor=scale)
+    checkpoint.save(run.autoencoder, checkpoint.with_prefix("autoencoder.", ae.state_dict()),
+                    {"kind": "autoencoder", "config": cfg.autoencoder.model_dump(mode="json"),
+                     "image_channels": cfg.data.channels})
+    return ae
