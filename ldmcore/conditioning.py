@@ -110,6 +110,11 @@ class ConditionEncoder(nn.Module):
         """The unconditional outputs for ``batch_size`` samples (same shapes as ``forward``)."""
         raise NotImplementedError
 
+    def batch_value(self, batch: dict[str, Any]) -> Any:
+        """This condition's value in a batch (default ``batch[name]``). Override to derive it,
+        e.g. a low-resolution plugin reading ``batch["image"]``. Raise ``KeyError`` if absent."""
+        return batch[self.name]
+
     @classmethod
     def parse(cls, text: str) -> Any:
         """Turn a command-line string into one value of this condition (default: the string)."""
@@ -208,17 +213,27 @@ class Conditioner(nn.Module):
         self._check_output(name, out)
         return out
 
-    def _check_output(self, name: str, out: ConditionOutput) -> None:
+    def null(self, name: str, batch_size: int) -> ConditionOutput:
+        """Plugin ``name``'s null, checked against its spec like any other output."""
+        out = self.encoders[name].null(batch_size)
+        self._check_output(name, out, "null()")
+        return out
+
+    def _check_output(self, name: str, out: ConditionOutput, method: str = "forward()") -> None:
         specs = self.specs[name]
         if set(out) != set(specs):
-            raise PluginError(f"plugin {name!r} returned {[i.value for i in out]} but declared "
-                              f"{[i.value for i in specs]} in output_specs().")
+            raise PluginError(f"plugin {name!r} {method} returned {[i.value for i in out]} but "
+                              f"declared {[i.value for i in specs]} in output_specs().")
         for inj, spec in specs.items():
             val = out[inj]
             tensor = val.values if isinstance(val, Tokens) else val
             if tuple(tensor.shape[1:]) != spec.shape:
-                raise PluginError(f"plugin {name!r} returned {inj.value} of shape "
+                raise PluginError(f"plugin {name!r} {method} returned {inj.value} of shape "
                                   f"{tuple(tensor.shape[1:])} per sample; its spec says {spec.shape}.")
+            if isinstance(val, Tokens) and val.mask.shape != tensor.shape[:2]:
+                raise PluginError(f"plugin {name!r} {method} returned a token mask of shape "
+                                  f"{tuple(val.mask.shape)} for tokens of shape "
+                                  f"{tuple(tensor.shape)}; the mask must be (batch, tokens).")
 
     def forward(self, values: dict[str, Any], batch_size: int, *, drop: bool = False,
                 keep: set[str] | None = None, generator: torch.Generator | None = None) -> Conditioning:
@@ -231,22 +246,25 @@ class Conditioner(nn.Module):
         outputs: dict[str, ConditionOutput] = {}
         for name, enc in self.encoders.items():
             if keep is not None and name not in keep:
-                outputs[name] = enc.null(batch_size)
+                outputs[name] = self.null(name, batch_size)
                 continue
-            if name not in values:
-                raise PluginError(f"no value for condition {name!r}; the enabled conditions are "
-                                  f"{sorted(self.encoders)} and each needs a value (cond.{name}=...).")
-            out = self.encode(name, values[name])
+            try:
+                value = enc.batch_value(values)
+            except KeyError:
+                raise PluginError(f"no value for condition {name!r} in {sorted(values)}; the "
+                                  f"enabled conditions are {sorted(self.encoders)} and each needs "
+                                  f"a value (cond.{name}=... when sampling).") from None
+            out = self.encode(name, value)
             if drop and enc.config.drop_prob > 0:
                 device = _first_tensor(out).device
                 dropped = torch.rand(batch_size, generator=generator, device="cpu").to(device)
-                out = _where(dropped < enc.config.drop_prob, enc.null(batch_size), out)
+                out = _where(dropped < enc.config.drop_prob, self.null(name, batch_size), out)
             outputs[name] = out
         return self.route(outputs)
 
     def unconditional(self, batch_size: int) -> Conditioning:
         """Every plugin's null: the unconditional branch of classifier-free guidance."""
-        return self.route({name: enc.null(batch_size) for name, enc in self.encoders.items()})
+        return self.route({name: self.null(name, batch_size) for name in self.encoders})
 
     def route(self, outputs: dict[str, ConditionOutput]) -> Conditioning:
         """Join outputs by injection, in the (stable) order the encoders were enabled."""

@@ -189,6 +189,7 @@ def validate_condition(name: str, cls_config: type[EncoderConfig], section: dict
 
 _OVERRIDE_FAIL = re.compile(r"Could not override '([^']+)'")
 _MISSING_OPTION = re.compile(r"Could not (?:load|find) '([\w-]+)/([^']+)'")
+_MISSING_VALUE = re.compile(r"Missing mandatory value: .*?full_key: ([\w.\[\]-]+)")
 
 
 def compose(overrides: list[str]) -> dict[str, Any]:
@@ -198,11 +199,13 @@ def compose(overrides: list[str]) -> dict[str, Any]:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    def run(ovr: list[str]) -> dict[str, Any]:
+    def run(ovr: list[str], throw_on_missing: bool = True) -> dict[str, Any]:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=ovr)
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+        # a mandatory value (``???``) left unset must fail here, not pass on as the string "???"
+        return OmegaConf.to_container(cfg, resolve=True,  # type: ignore[return-value]
+                                      throw_on_missing=throw_on_missing)
 
     try:
         return run(overrides)
@@ -213,6 +216,11 @@ def compose(overrides: list[str]) -> dict[str, Any]:
             key = match.group(1)
             rest = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
             raise ConfigError(_unknown_key_message(key, rest, run)) from None
+        unset = _MISSING_VALUE.search(msg)
+        if unset:
+            key = unset.group(1)
+            raise ConfigError(f"config key '{key}' needs a value and has none (it is ??? in "
+                              f"the config); give it on the command line: {key}=...") from None
         missing = _MISSING_OPTION.search(msg)
         if missing:
             group, option = missing.group(1), missing.group(2)
@@ -225,7 +233,7 @@ def compose(overrides: list[str]) -> dict[str, Any]:
 def _unknown_key_message(key: str, rest: list[str], run) -> str:
     parent, _, leaf = key.rpartition(".")
     try:
-        node: Any = run(rest)
+        node: Any = run(rest, throw_on_missing=False)
         for part in parent.split(".") if parent else []:
             node = node[part]
         valid = list(node) if isinstance(node, dict) else []
@@ -236,14 +244,14 @@ def _unknown_key_message(key: str, rest: list[str], run) -> str:
             f"{', '.join(sorted(valid)) or 'none'}. To add a new key on purpose write +{key}=...")
 
 
-def load(overrides: list[str]) -> ExperimentConfig:
+def load(overrides: list[str], registry=None) -> ExperimentConfig:
     """Compose and validate: the one entry point the command line uses.
 
     Plugin sections are validated here too (through the registry), so a bad condition key
     fails before any work starts.
     """
     cfg = validate(compose(overrides))
-    resolve_conditions(cfg)
+    resolve_conditions(cfg, registry)
     return cfg
 
 

