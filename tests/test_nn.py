@@ -10,10 +10,10 @@ equivariance of a transformer without positions, per-sample independence of a ba
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ldmcore.nn.attention import CrossAttention, SpatialTransformer, attention
@@ -25,6 +25,16 @@ from ldmcore.nn.autoencoder import (
 )
 from ldmcore.nn.embeddings import FourierFeatures, timestep_embedding
 from ldmcore.nn.unet import UNetModel, UNetShape
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """These tensors are tiny: intra-op threads only add synchronisation, and on a busy
+    2-core machine they make the module ~10x slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -276,8 +286,9 @@ def test_unet_parameter_names_follow_the_compvis_layout() -> None:
     assert {k.split(".")[1] for k in sd if k.startswith("input_blocks.")} == {"0", "1", "2", "3"}
     assert {k.split(".")[1] for k in sd if k.startswith("output_blocks.")} == {"0", "1", "2", "3"}
     # the vector condition is an MLP into the timestep-embedding width
-    label = [(k, tuple(v.shape)) for k, v in sd.items() if k.startswith("label_emb.")]
-    assert [s for _, s in label] == [(emb, 6), (emb,), (emb, emb), (emb,)]
+    label = {k: tuple(v.shape) for k, v in sd.items() if k.startswith("label_emb.")}
+    assert label == {"label_emb.0.0.weight": (emb, 6), "label_emb.0.0.bias": (emb,),
+                     "label_emb.0.2.weight": (emb, emb), "label_emb.0.2.bias": (emb,)}  # SDXL names
     no_vec = UNetModel(UNetShape(**{**TINY.__dict__, "vector_dim": 0})).state_dict()
     assert not any(k.startswith("label_emb") for k in no_vec)
 
@@ -553,19 +564,12 @@ def test_fit_scale_factor_standardises_latents_and_is_saved() -> None:
     assert float(fresh.scale_factor) == pytest.approx(factor)
 
 
-def test_autoencoder_training_step_reduces_reconstruction_error() -> None:
-    """A few Adam steps on one batch must lower L1 + KL: gradients reach every stage."""
-    torch.manual_seed(0)
-    ae = AutoencoderKL(AutoencoderShape(in_channels=1, out_channels=1, latent_channels=2, ch=8,
-                                        ch_mult=(1, 2), num_res_blocks=1, norm_groups=4))
-    x = torch.rand(4, 1, 8, 8, generator=_gen(0)) * 2 - 1
-    opt = torch.optim.Adam(ae.parameters(), lr=3e-3)
-    losses = []
-    for step in range(30):
-        recon, post = ae(x, _gen(step))
-        loss = F.l1_loss(recon, x) + 1e-6 * post.kl().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.6 * losses[0], losses
+def test_kl_gradient_matches_its_derivative() -> None:
+    """d KL / d mean = mean and d KL / d logvar = (exp(logvar) - 1) / 2, elementwise."""
+    g = _gen(2)
+    mean = torch.randn(2, 3, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    logvar = torch.randn(2, 3, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    DiagonalGaussian(mean, logvar).kl().sum().backward()
+    torch.testing.assert_close(mean.grad, mean.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(logvar.grad, 0.5 * (logvar.detach().exp() - 1), rtol=1e-12,
+                               atol=1e-15)

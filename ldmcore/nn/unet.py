@@ -109,8 +109,9 @@ class UNetModel(nn.Module):
         emb_dim = mc * 4
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if s.vector_dim:
-            self.label_emb = nn.Sequential(nn.Linear(s.vector_dim, emb_dim), nn.SiLU(),
-                                           nn.Linear(emb_dim, emb_dim))
+            # nested as in SDXL's "sequential" adm input: keys label_emb.0.0.* / label_emb.0.2.*
+            self.label_emb = nn.Sequential(nn.Sequential(
+                nn.Linear(s.vector_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
 
         def transformer(ch: int) -> SpatialTransformer:
             heads = max(1, ch // s.num_head_channels)
