@@ -25,19 +25,24 @@ from ldmcore.errors import CheckpointError
 def save(path: Path | str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
     """Write ``tensors`` and JSON ``meta`` to ``path`` atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     _untie(flat)
     metadata = {k: json.dumps(v) for k, v in (meta or {}).items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         save_file(flat, tmp, metadata=metadata)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {exc.strerror or exc}. "
+                              f"The previous file, if any, is intact; free disk space or choose "
+                              f"a writable run_dir.") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp and os.path.exists(tmp):
             os.unlink(tmp)
     _fsync_dir(path.parent)
 

@@ -157,7 +157,8 @@ def format_validation_error(err: ValidationError, prefix: str = "", model: type[
         else:
             got = e.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            parts.append(f"config key '{path}': {e['msg']}{shown}")
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"config key '{path}': {msg}{shown}")
     return "; ".join(p.rstrip(".") for p in parts) + "."
 
 

@@ -33,6 +33,10 @@ class PluginError(LdmError):
     """A plugin is unknown, clashes with another, or breaks the plugin contract."""
 
 
+class PluginClash(PluginError):
+    """Two installed packages register the same condition name."""
+
+
 class TrainingDiverged(LdmError):
     """The loss became non-finite; the last good checkpoint is kept."""
 

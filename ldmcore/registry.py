@@ -16,7 +16,7 @@ import pluggy
 
 from ldmcore import hookspecs
 from ldmcore.conditioning import ConditionEncoder
-from ldmcore.errors import PluginError, nearest
+from ldmcore.errors import PluginClash, PluginError, nearest
 
 ENTRY_POINT_GROUP = "ldmcore"
 ALLOW_ENV = "LDM_LOAD_PLUGINS"  # comma-separated entry-point names to load; unset = all
@@ -79,7 +79,7 @@ class Registry:
             _check_encoder_class(cls, package)
             if cls.name in self.encoders and self.encoders[cls.name] is not cls:
                 other = self.origins[cls.name][0]
-                raise PluginError(
+                raise PluginClash(
                     f"two packages register the condition {cls.name!r}: {other!r} and "
                     f"{package!r}. Uninstall one, or restrict loading with {ALLOW_ENV}.")
             self.encoders[cls.name] = cls
@@ -122,9 +122,9 @@ def build_registry(load_entry_points: bool | None = None) -> Registry:
             module = ep.load()
             pm.register(module, name=f"{package}:{ep.name}")
             reg._collect(module, package, version)
-        except PluginError:
+        except PluginClash:
             raise
-        except Exception as exc:  # a broken plugin never breaks the host
+        except Exception as exc:  # a broken plugin (import error, bad class) never breaks the host
             reg.broken[f"{package}:{ep.name}"] = f"{type(exc).__name__}: {exc}"
     return reg
 

@@ -197,10 +197,11 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path, mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "save_file", half_written)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="No space left on device"):
         checkpoint.save(path, {"w": torch.zeros(3)}, {"step": 2})
     got, meta = checkpoint.load(path)
-    assert_tensors_equal(got, old) and meta == {"step": 1}
+    assert_tensors_equal(got, old)
+    assert meta == {"step": 1}
     assert sorted(os.listdir(tmp_path)) == ["last.safetensors"]
 
 
@@ -212,7 +213,7 @@ def test_a_failed_rename_leaves_no_temp(tmp_path, monkeypatch):
         raise PermissionError("read-only")
 
     monkeypatch.setattr(checkpoint.os, "replace", refuse)
-    with pytest.raises(PermissionError):
+    with pytest.raises(CheckpointError, match="read-only"):
         checkpoint.save(path, {"w": torch.zeros(3)})
     monkeypatch.undo()
     assert torch.equal(checkpoint.load(path)[0]["w"], torch.ones(3))
@@ -224,7 +225,8 @@ def test_a_successful_overwrite_replaces_the_file(tmp_path):
     checkpoint.save(path, {"w": torch.ones(3)}, {"step": 1})
     checkpoint.save(path, {"v": torch.zeros(2)}, {"step": 2})
     got, meta = checkpoint.load(path)
-    assert_tensors_equal(got, {"v": torch.zeros(2)}) and meta == {"step": 2}
+    assert_tensors_equal(got, {"v": torch.zeros(2)})
+    assert meta == {"step": 2}
     assert sorted(os.listdir(tmp_path)) == ["last.safetensors"]
 
 

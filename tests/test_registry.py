@@ -259,6 +259,13 @@ def test_registering_something_that_breaks_the_contract(bad, words):
     assert words in str(exc.value) and "bad_pkg" in str(exc.value)
 
 
+def test_an_entry_point_registering_a_non_encoder_is_broken_not_fatal(monkeypatch):
+    with_entry_points(monkeypatch, FakeEntryPoint("bad", "bad_pkg", lambda: plugin_module("bad_pkg", int)))
+    reg = build_registry()
+    assert "not a ConditionEncoder" in reg.broken["bad_pkg:bad"]
+    assert [i.name for i in reg.infos()] == ["class"]
+
+
 def test_a_broken_plugin_is_recorded_and_the_host_keeps_working(monkeypatch):
     def boom():
         raise ImportError("No module named 'torchvision'")
