@@ -84,13 +84,19 @@ class AutoencoderConfig(Strict):
 
 
 class DataConfig(Strict):
-    name: Literal["digits", "image_folder"] = "digits"
+    name: Literal["digits", "shapes", "image_folder"] = "digits"
     path: Path | None = None
     image_size: int = Field(32, ge=8)
     channels: Literal[1, 3] = 1
     hflip: bool = False
     shift: float = Field(0.0, ge=0.0, lt=0.5)
     num_workers: int = Field(0, ge=0)
+    num_items: int = Field(2000, ge=1, description="shapes: number of procedural scenes")
+    max_shapes: int = Field(3, ge=1, description="shapes: most shapes in one scene")
+
+    def dataset_kwargs(self) -> dict[str, Any]:
+        """Arguments of the dataset constructors (``ldmcore.data.DATASETS``)."""
+        return self.model_dump(exclude={"name", "num_workers"})
 
 
 class SamplerConfig(Strict):

@@ -95,8 +95,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     resume = cfg.resume and run.root.exists()
     d = cfg.data
     # the data is checked before the run folder is made, so a bad data.path leaves no half-made run
-    dataset = build_dataset(d.name, path=d.path, image_size=d.image_size, channels=d.channels,
-                            hflip=d.hflip, shift=d.shift)
+    dataset = build_dataset(d.name, **d.dataset_kwargs())
     run.prepare(cfg.model_dump(mode="json"), resume=cfg.resume, overwrite=cfg.overwrite)
     in_memory = is_deterministic(d.hflip, d.shift) and len(dataset) <= 100_000
     held = InMemoryBatches(dataset) if in_memory else None
