@@ -56,7 +56,7 @@ class PluginCase:
 
     ``cli_values``: strings a user writes as ``cond.<name>=...`` (or a function of a temporary
     folder returning them, e.g. to write a PNG first); at least one. ``bad_cli_values``: strings
-    ``parse`` must reject with an ``LdmError``. ``dataset``: a built-in dataset whose batches carry
+    (or such a function) ``parse`` must reject with an ``LdmError``. ``dataset``: a built-in dataset whose batches carry
     this condition's value (read through ``batch_value``); or ``batch``, a function returning a
     collated batch. ``plugin``: the hook module, to check registration and shipped configs.
     """
@@ -64,7 +64,7 @@ class PluginCase:
     encoder: type[ConditionEncoder]
     config: Mapping[str, Any] = field(default_factory=dict)
     cli_values: Sequence[str] | Callable[[Path], Sequence[str]] = ()
-    bad_cli_values: Sequence[str] = ()
+    bad_cli_values: Sequence[str] | Callable[[Path], Sequence[str]] = ()
     dataset: str = "digits"
     image_channels: int = 1
     batch: Callable[[], dict[str, Any]] | None = None
@@ -194,8 +194,8 @@ class _Context:
         except Exception as exc:
             raise _Broken(f"{what} raised {type(exc).__name__}: {exc}") from None
 
-    def cli_values(self) -> list[str]:
-        values = self.case.cli_values
+    def cli_values(self, bad: bool = False) -> list[str]:
+        values = self.case.bad_cli_values if bad else self.case.cli_values
         if callable(values):
             values = values(self.tmp)
         return [str(v) for v in values]
@@ -418,7 +418,7 @@ def rule_parse(ctx: _Context) -> None:
     with torch.no_grad():
         out = ctx.run("forward() of parsed values", lambda: enc(value))
     _check_output(ctx, cond, out, "forward() of parsed values", len(texts))
-    for bad in ctx.case.bad_cli_values:
+    for bad in ctx.cli_values(bad=True):
         try:
             enc.parse(bad)
         except LdmError:
@@ -463,6 +463,15 @@ def rule_gradients(ctx: _Context) -> None:
 
 
 def rule_train_sample(ctx: _Context) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # smoke-size models: extra threads only add OpenMP overhead
+    try:
+        _train_sample(ctx)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_sample(ctx: _Context) -> None:
     from ldmcore.build import build_model
     from ldmcore.train import denoiser_params
 
