@@ -89,7 +89,7 @@ class Registry:
 
     def add_module(self, module: ModuleType | object, package: str = "", version: str = "") -> None:
         """Register a plugin module (or object) directly, as tests and notebooks do."""
-        package = package or getattr(module, "__name__", str(module))
+        package = package or getattr(module, "__name__", None) or type(module).__module__
         self._add(module, package, version, name=None)
 
     def _add(self, plugin: object, package: str, version: str, name: str | None) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -187,8 +188,10 @@ class _Context:
     def run(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
-        except NotImplementedError:
-            raise _Broken(f"{what} is not implemented.") from None
+        except NotImplementedError as exc:
+            where = traceback.extract_tb(exc.__traceback__)[-1].name
+            raise _Broken(f"{where}() is not implemented." if what.startswith(where) else
+                          f"{what} failed: {where}() is not implemented.") from None
         except _Broken:
             raise
         except Exception as exc:
@@ -509,7 +512,7 @@ def _train_sample(ctx: _Context) -> None:
             loss = ctx.run(f"the diffusion loss {label}", lambda s=step: model.loss(
                 batch, generator=torch.Generator().manual_seed(s)))
             if not torch.isfinite(loss):
-                raise _Broken(f"{label}: the diffusion loss is {float(loss)}.")
+                raise _Broken(f"{label}: the diffusion loss is {loss.item()}.")
             loss.backward()
             opt.step()
         if enc.trainable and mine and label == "alone":
@@ -590,6 +593,13 @@ def _run(case: PluginCase, rules: Sequence[str]) -> Iterator[tuple[str, str]]:
                 RULES[rule](_Context(case, Path(tmp)))
             except _Broken as why:
                 yield rule, str(why)
+            except NotImplementedError as exc:
+                where = traceback.extract_tb(exc.__traceback__)[-1].name
+                yield rule, f"{where}() is not implemented."
+            except Exception as exc:  # a plugin's bug inside a rule is that rule's failure
+                where = traceback.extract_tb(exc.__traceback__)[-1]
+                yield rule, (f"{type(exc).__name__}: {exc} (in {where.name}, "
+                             f"{Path(where.filename).name}:{where.lineno})")
             finally:
                 torch.set_rng_state(rng)
 
