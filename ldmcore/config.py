@@ -289,8 +289,20 @@ def compose(overrides: list[str], registry=None) -> dict[str, Any]:
             group, option = missing.group(1), missing.group(2)
             options = group_options(group, registry)
             raise ConfigError(f"unknown {group} '{option}': {nearest(option, options)} "
-                              f"Options for {group}=: {', '.join(options)}.") from None
+                              f"Options for {group}=: {', '.join(options)}.{_broken_note(registry)}"
+                              ) from None
         raise ConfigError(f"cannot compose the config from {overrides}: {msg}") from None
+
+
+def _broken_note(registry=None) -> str:
+    """A plugin that failed to load takes its configs with it: say so where they are missed."""
+    from ldmcore.registry import default_registry
+
+    broken = (registry or default_registry()).broken
+    if not broken:
+        return ""
+    return " Plugins that failed to load (`ldm plugins` lists them): " + "; ".join(
+        f"{k} ({v})" for k, v in sorted(broken.items())) + "."
 
 
 def _unknown_key_message(key: str, rest: list[str], run) -> str:

@@ -16,6 +16,7 @@ failure message starts with it: ``plugin 'edges' breaks rule 'null': ...``.
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import re
 import tempfile
 import traceback
@@ -34,8 +35,8 @@ from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutpu
 from ldmcore.errors import LdmError
 from ldmcore.hookspecs import hookimpl
 
-__all__ = ["RULES", "ConformanceError", "ConformanceTests", "PluginCase", "check_plugin",
-           "check_rule", "isolated_registry", "kit_config"]
+__all__ = ["RULES", "ConformanceError", "ConformanceTests", "PluginCase", "builtin_plugin_modules",
+           "check_plugin", "check_rule", "isolated_registry", "kit_config"]
 
 
 class ConformanceError(AssertionError):
@@ -114,15 +115,25 @@ def _dataset_batch(name: str, channels: int, size: int) -> dict[str, Any]:
     return collate([ds[i * step] for i in range(size)])
 
 
+def builtin_plugin_modules() -> list[ModuleType]:
+    """The hook modules of ldmcore's own plugins, read from its entry points (whatever
+    ``LDM_LOAD_PLUGINS`` or ``LDM_DISABLE_ENTRY_POINTS`` say)."""
+    from ldmcore.registry import ENTRY_POINT_GROUP
+
+    return [ep.load() for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+            if ep.dist is not None and ep.dist.metadata["Name"] == "ldmcore"]
+
+
 def isolated_registry(*plugins: ModuleType | object, builtins: bool = False):
-    """A registry holding only ``plugins`` (and the built-ins when asked), no entry points."""
-    from ldmcore.registry import build_registry, default_registry
+    """A registry holding only ``plugins`` (and ldmcore's built-ins when asked); no other
+    installed package is loaded."""
+    from ldmcore.registry import build_registry
 
     reg = build_registry(load_entry_points=False)
     if builtins:
-        classes = [default_registry().encoders[i.name] for i in default_registry().infos()
-                   if i.package == "ldmcore"]
-        reg.add_module(_EncoderPlugin(classes), package="ldmcore")
+        for module in builtin_plugin_modules():
+            if module not in plugins:
+                reg.add_module(module, package="ldmcore")
     for p in plugins:
         reg.add_module(p)
     return reg

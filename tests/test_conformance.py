@@ -17,9 +17,8 @@ from ldm_class import ClassEncoder
 from ldmcore.conditioning import ConditionEncoder, EncoderConfig, Injection, OutputSpec, Tokens
 from ldmcore.errors import ConfigError
 from ldmcore.hookspecs import hookimpl
-from ldmcore.registry import build_registry
 from ldmcore.testing import (RULES, ConformanceError, ConformanceTests, PluginCase, check_plugin,
-                             check_rule)
+                             check_rule, isolated_registry)
 
 # -- every built-in plugin ------------------------------------------------------------------------
 # A new built-in plugin adds its case here; the test below fails for a built-in without one.
@@ -30,7 +29,7 @@ CASES = {
 
 
 def builtin_plugins() -> list[str]:
-    return [i.name for i in build_registry().infos() if i.package == "ldmcore"]
+    return [i.name for i in isolated_registry(builtins=True).infos()]
 
 
 @pytest.mark.parametrize("name", builtin_plugins())

@@ -188,3 +188,29 @@ def test_infos_list_the_hooks_each_package_implements(shipped):
     assert info.hooks == ("register_conditions", "register_config_dirs")
     assert set(info.hooks) <= set(hook_names())
     assert hook_names() == ["register_conditions", "register_config_dirs"]
+
+
+def test_a_condition_missed_because_its_plugin_is_broken_says_why(monkeypatch):
+    def boom():
+        raise ImportError("No module named 'cv3'")
+
+    with_entry_points(monkeypatch, FakeEntryPoint("edges", "ldm-plugin-edges", boom))
+    reg = build_registry()
+    with pytest.raises(ConfigError) as exc:
+        load(["condition=[edges]"], reg)
+    assert "unknown condition 'edges'" in str(exc.value)
+    assert "ldm-plugin-edges:edges (ImportError: No module named 'cv3')" in str(exc.value)
+
+
+def test_ldm_plugins_lists_hooks_and_config_folders(shipped, monkeypatch, capsys):
+    from ldmcore import cli
+    from ldmcore import registry as registry_mod
+
+    reg = build_registry(load_entry_points=False)
+    reg.add_module(VecPlugin(shipped), package="ldm-vec", version="2.0")
+    monkeypatch.setattr(registry_mod, "_default", reg)
+    assert cli.main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["vec", "vector", "ldm-vec", "2.0", "True",
+                                "register_conditions,register_config_dirs"]
+    assert f"configs: ldm-vec: {shipped}" in lines
