@@ -179,7 +179,8 @@ class _Context:
     def batch(self) -> dict[str, Any]:
         if self.case.batch is not None:
             return self.case.batch()
-        return _dataset_batch(self.case.dataset, self.case.image_channels, self.case.batch_size)
+        # a copy: a rule (or a plugin) adding keys must not change the cached batch
+        return dict(_dataset_batch(self.case.dataset, self.case.image_channels, self.case.batch_size))
 
     def value(self, enc: ConditionEncoder, batch: dict[str, Any] | None = None) -> Any:
         batch = self.batch() if batch is None else batch
