@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ldmcore.errors import PluginError
+from ldmcore.randomness import BatchRandom, as_batch_random
 
 
 class Injection(str, enum.Enum):
@@ -156,6 +157,8 @@ class Conditioner(nn.Module):
         self.specs = {name: enc.output_specs() for name, enc in encoders.items()}
         for name, enc in encoders.items():
             self._check_encoder(name, enc)
+            if not enc.trainable:  # frozen: no gradients, no optimizer state, no DDP sync
+                enc.requires_grad_(False)
 
     def _check_encoder(self, name: str, enc: ConditionEncoder) -> None:
         specs = self.specs[name]
@@ -236,7 +239,8 @@ class Conditioner(nn.Module):
                                   f"{tuple(tensor.shape)}; the mask must be (batch, tokens).")
 
     def forward(self, values: dict[str, Any], batch_size: int, *, drop: bool = False,
-                keep: set[str] | None = None, generator: torch.Generator | None = None) -> Conditioning:
+                keep: set[str] | None = None,
+                generator: BatchRandom | torch.Generator | None = None) -> Conditioning:
         """Encode ``values`` (plugin name -> batched value) and route the outputs.
 
         ``drop``: apply each plugin's train-time ``drop_prob`` per sample (replaced by its null).
@@ -257,7 +261,7 @@ class Conditioner(nn.Module):
             out = self.encode(name, value)
             if drop and enc.config.drop_prob > 0:
                 device = _first_tensor(out).device
-                dropped = torch.rand(batch_size, generator=generator, device="cpu").to(device)
+                dropped = as_batch_random(generator).rand(batch_size).to(device)
                 out = _where(dropped < enc.config.drop_prob, self.null(name, batch_size), out)
             outputs[name] = out
         return self.route(outputs)
