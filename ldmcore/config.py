@@ -91,10 +91,11 @@ class DataConfig(Strict):
     num_workers: int = Field(0, ge=0)
     num_items: int = Field(2000, ge=1, description="shapes: number of procedural scenes")
     max_shapes: int = Field(3, ge=1, description="shapes: most shapes in one scene")
+    limit: int | None = Field(None, ge=1, description="use only the first N items (quick runs)")
 
     def dataset_kwargs(self) -> dict[str, Any]:
         """Arguments of the dataset constructors (``ldmcore.data.DATASETS``)."""
-        return self.model_dump(exclude={"name", "num_workers"})
+        return self.model_dump(exclude={"name", "num_workers", "limit"})
 
 
 class SamplerConfig(Strict):

@@ -113,7 +113,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     resume = cfg.resume and run.root.exists()
     d = cfg.data
     # the data is checked before the run folder is made, so a bad data.path leaves no half-made run
-    dataset = build_dataset(d.name, **d.dataset_kwargs())
+    dataset = build_dataset(d.name, limit=d.limit, **d.dataset_kwargs())
     if cluster.is_main:
         run.prepare(cfg.model_dump(mode="json"), resume=cfg.resume, overwrite=cfg.overwrite)
     cluster.barrier()
