@@ -20,7 +20,8 @@ input channels, context width and vector width are derived from the specs here.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -48,6 +49,8 @@ class BackboneSpec:
     context_dim: int  # width every cross-attention token must have
     image_channels: int
     image_size: tuple[int, int]
+    # the frozen first stage, images in [-1, 1] -> scaled latents (e.g. for an inpainting plugin)
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class ConditionEncoder(nn.Module):
     injections: ClassVar[tuple[Injection, ...]]
     Config: ClassVar[type[EncoderConfig]] = EncoderConfig
     trainable: ClassVar[bool] = True
+    list_value: ClassVar[bool] = False  # a single CLI value is itself a JSON list (e.g. boxes)
 
     def __init__(self, config: EncoderConfig, backbone: BackboneSpec) -> None:
         super().__init__()
@@ -115,6 +119,10 @@ class ConditionEncoder(nn.Module):
         """This condition's value in a batch (default ``batch[name]``). Override to derive it,
         e.g. a low-resolution plugin reading ``batch["image"]``. Raise ``KeyError`` if absent."""
         return batch[self.name]
+
+    def finish(self, images: torch.Tensor, value: Any) -> torch.Tensor:
+        """Post-process decoded samples (default: unchanged), e.g. paste back known pixels."""
+        return images
 
     @classmethod
     def parse(cls, text: str) -> Any:
@@ -265,6 +273,12 @@ class Conditioner(nn.Module):
                 out = _where(dropped < enc.config.drop_prob, self.null(name, batch_size), out)
             outputs[name] = out
         return self.route(outputs)
+
+    def finish(self, images: torch.Tensor, values: dict[str, Any]) -> torch.Tensor:
+        """Let every plugin post-process decoded samples, in enabling order."""
+        for enc in self.encoders.values():
+            images = enc.finish(images, enc.batch_value(values))
+        return images
 
     def unconditional(self, batch_size: int) -> Conditioning:
         """Every plugin's null: the unconditional branch of classifier-free guidance."""

@@ -109,4 +109,4 @@ class LatentDiffusion(nn.Module):
         x = noise.to(device)
         z0 = SAMPLERS[sampler](denoise, x, self.schedule, steps, generator=generator,
                                **(sampler_options or {}))
-        return self.autoencoder.images(z0).clamp(-1, 1)
+        return self.conditioner.finish(self.autoencoder.images(z0).clamp(-1, 1), values)

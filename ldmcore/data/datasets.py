@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ldmcore.data.photos import PhotosDataset
 from ldmcore.data.shapes import ShapesDataset
 from ldmcore.data.transforms import build_pipeline, to_tensor
 from ldmcore.errors import DataError
@@ -90,6 +91,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": DigitsDataset,
     "image_folder": ImageFolderDataset,
     "shapes": ShapesDataset,
+    "photos": PhotosDataset,
 }
 
 
