@@ -7,7 +7,10 @@ widths are derived from those encoders.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from ldmcore import checkpoint
 from ldmcore.conditioning import BackboneSpec, Conditioner
@@ -46,8 +49,11 @@ def backbone_spec(cfg: ExperimentConfig) -> BackboneSpec:
                         image_size=(size, size))
 
 
-def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None) -> Conditioner:
+def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
+                      autoencoder: AutoencoderKL | None = None) -> Conditioner:
     spec = backbone_spec(cfg)
+    if autoencoder is not None:
+        spec = replace(spec, encode=frozen_encoder(autoencoder))
     encoders = {name: cls(config, spec) for name, (cls, config) in resolve_conditions(cfg, registry).items()}
     return Conditioner(encoders)
 
@@ -56,7 +62,7 @@ def build_model(cfg: ExperimentConfig, autoencoder: AutoencoderKL | None = None,
                 registry: Registry | None = None) -> LatentDiffusion:
     """The full LatentDiffusion for ``cfg`` (a fresh autoencoder unless one is given)."""
     autoencoder = autoencoder if autoencoder is not None else build_autoencoder(cfg)
-    conditioner = build_conditioner(cfg, registry)
+    conditioner = build_conditioner(cfg, registry, autoencoder)
     u = cfg.model.unet
     levels = len(u.channel_mult)
     bad = [lv for lv in u.attention_levels if not 0 <= lv < levels]
@@ -79,6 +85,17 @@ def build_model(cfg: ExperimentConfig, autoencoder: AutoencoderKL | None = None,
     d = cfg.model.diffusion
     schedule = NoiseSchedule.build(d.schedule, d.timesteps, d.beta_start, d.beta_end)
     return LatentDiffusion(autoencoder, UNetModel(shape), conditioner, schedule, latent, d.prediction)
+
+
+def frozen_encoder(autoencoder: AutoencoderKL):
+    """Images in [-1, 1] -> scaled posterior-mean latents, without gradients (for plugins)."""
+
+    @torch.no_grad()
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        param = next(autoencoder.parameters())
+        return autoencoder.encode(images.to(param)).mean * autoencoder.scale_factor
+
+    return encode
 
 
 def _check_groups(where: str, groups: int, widths: list[int]) -> None:

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
+from ldmcore.data.photos import PhotosDataset
 from ldmcore.data.shapes import ShapesDataset
 from ldmcore.data.transforms import build_pipeline, to_tensor
 from ldmcore.errors import DataError
@@ -90,11 +91,16 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": DigitsDataset,
     "image_folder": ImageFolderDataset,
     "shapes": ShapesDataset,
+    "photos": PhotosDataset,
 }
 
 
-def build_dataset(name: str, **kwargs: Any) -> Dataset:
-    return DATASETS[name](**kwargs)
+def build_dataset(name: str, limit: int | None = None, **kwargs: Any) -> Dataset:
+    """The dataset ``name`` (a key of ``DATASETS``), cut to its first ``limit`` items if given."""
+    dataset = DATASETS[name](**kwargs)
+    if limit is not None and limit < len(dataset):  # type: ignore[arg-type]
+        dataset = Subset(dataset, range(limit))
+    return dataset
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,17 +1,18 @@
 """A seeded procedural scene generator that every condition plugin can train on.
 
-Scene ``i`` is a function of ``(seed, i)`` alone: one to ``max_shapes`` coloured shapes (circle,
-square, triangle) on a dark background. Each item carries, aligned with its image:
+Scene ``i`` is a function of ``(seed, i)`` alone: one to ``max_shapes`` non-overlapping filled
+shapes (circle, square, triangle) on a black background, in one of seven pure colours. Each
+item carries, aligned with its image:
 
 * ``image``   (3, H, W) float in [-1, 1]
-* ``mask``    (H, W) long: 0 background, 1 + shape index (semantic map; later shapes on top)
-* ``bboxes``  (N, 4) float: normalised (x0, y0, x1, y1) per shape
-* ``labels``  (N,) long: shape index per box
+* ``mask``    (H, W) long: 0 background, 1 circle, 2 square, 3 triangle (semantic map)
+* ``bboxes``  (N, 4) float: normalised (x0, y0, x1, y1) per shape, left to right
+* ``labels``  (N,) long: shape kind per box (0 circle, 1 square, 2 triangle)
 * ``colors``  (N,) long: colour index per box
-* ``caption`` str, e.g. "a red circle and a blue square"
+* ``caption`` str: the shapes from left to right, "a {colour} {shape}" joined by " and "
 
 An albumentations pipeline transforms image, mask and boxes together, so a flip keeps the
-semantic map and the layout aligned with the picture.
+semantic map and the layout aligned with the picture (the caption is re-read left to right).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from torch.utils.data import Dataset
 from ldmcore.data.transforms import build_pipeline, to_tensor
 
 SHAPES = ("circle", "square", "triangle")
-COLORS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 240), "yellow": (240, 220, 40)}
+COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0),
+          "magenta": (255, 0, 255), "cyan": (0, 255, 255), "white": (255, 255, 255)}
 COLOR_NAMES = tuple(COLORS)
-BACKGROUND = (20, 20, 28)
+BACKGROUND = (0, 0, 0)
 
 
 def render_scene(rng: np.random.Generator, size: int, max_shapes: int) -> dict[str, Any]:
@@ -40,9 +42,14 @@ def render_scene(rng: np.random.Generator, size: int, max_shapes: int) -> dict[s
     for _ in range(int(rng.integers(1, max_shapes + 1))):
         shape = int(rng.integers(len(SHAPES)))
         color = int(rng.integers(len(COLORS)))
-        side = float(rng.uniform(0.25, 0.5)) * size
-        x0, y0 = (float(v) for v in rng.uniform(0, size - side, size=2))
-        box = (x0, y0, x0 + side, y0 + side)
+        for _attempt in range(20):  # rejection sampling: shapes never overlap
+            side = float(rng.uniform(0.25, 0.45)) * size
+            x0, y0 = (float(v) for v in rng.uniform(0, size - side, size=2))
+            box = (x0, y0, x0 + side, y0 + side)
+            if not any(_overlap(box, [v * size for v in b]) for b in boxes):
+                break
+        else:
+            continue
         fill = COLORS[COLOR_NAMES[color]]
         if SHAPES[shape] == "circle":
             draw.ellipse(box, fill=fill)
@@ -62,13 +69,18 @@ def render_scene(rng: np.random.Generator, size: int, max_shapes: int) -> dict[s
             "colors": colors}
 
 
-def caption(labels: list[int], colors: list[int]) -> str:
-    parts = [f"a {COLOR_NAMES[c]} {SHAPES[s]}" for s, c in zip(labels, colors)]
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+def _overlap(a: tuple[float, ...], b: list[float], gap: float = 1.0) -> bool:
+    return not (a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1])
+
+
+def caption(labels: list[int], colors: list[int], boxes: np.ndarray | None = None) -> str:
+    """"a {colour} {shape}" per shape, left to right (by box centre), joined by " and "."""
+    order = range(len(labels)) if boxes is None else np.argsort((boxes[:, 0] + boxes[:, 2]) / 2, kind="stable")
+    return " and ".join(f"a {COLOR_NAMES[colors[i]]} {SHAPES[labels[i]]}" for i in order)
 
 
 class ShapesDataset(Dataset):
-    """``num_items`` procedural scenes; rendered at 2x and resized for smooth edges."""
+    """``num_items`` procedural scenes, drawn at 2x and resized (bicubic) for smooth edges."""
 
     def __init__(self, image_size: int = 32, channels: int = 3, hflip: bool = False,
                  shift: float = 0.0, path: Any = None, num_items: int = 2000, max_shapes: int = 3,
@@ -88,10 +100,12 @@ class ShapesDataset(Dataset):
         image = to_tensor(np.clip(out["image"], 0, 1))
         if self.channels == 1:
             image = image.mean(0, keepdim=True)
-        labels = [int(v) for v in out["labels"]]
-        colors = [int(v) for v in out["colors"]]
+        boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+        order = np.argsort((boxes[:, 0] + boxes[:, 2]) / 2, kind="stable")  # left to right
+        labels = [int(out["labels"][i]) for i in order]
+        colors = [int(out["colors"][i]) for i in order]
         return {"image": image, "mask": torch.from_numpy(np.asarray(out["mask"], dtype=np.int64)),
-                "bboxes": torch.tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)),
+                "bboxes": torch.from_numpy(boxes[order].copy()),
                 "labels": torch.tensor(labels, dtype=torch.long),
                 "colors": torch.tensor(colors, dtype=torch.long),
                 "caption": caption(labels, colors) if labels else "an empty scene"}
