@@ -7,13 +7,25 @@ each, so each failure is known to come from that fault alone.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pydantic import ConfigDict
 from torch import nn
 
 import ldm_class
+import ldm_inpaint
+import ldm_layout
+import ldm_lowres
+import ldm_segmap
 from ldm_class import ClassEncoder
+from ldm_inpaint.encoder import InpaintEncoder
+from ldm_layout.encoder import LayoutEncoder
+from ldm_lowres.encoder import LowresEncoder
+from ldm_segmap.encoder import SegmapEncoder
 from ldmcore.conditioning import ConditionEncoder, EncoderConfig, Injection, OutputSpec, Tokens
 from ldmcore.errors import ConfigError
 from ldmcore.hookspecs import hookimpl
@@ -21,10 +33,51 @@ from ldmcore.testing import (RULES, ConformanceError, ConformanceTests, PluginCa
                              check_rule, isolated_registry)
 
 # -- every built-in plugin ------------------------------------------------------------------------
+
+def png(path: Path, array: np.ndarray) -> str:
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+def label_maps(tmp: Path) -> list[str]:
+    a = np.zeros((16, 16), np.uint8)
+    a[2:9, 3:10] = 2
+    b = np.full((16, 16), 3, np.uint8)
+    b[8:, :] = 1
+    return [png(tmp / "map_a.png", a), png(tmp / "map_b.png", b)]
+
+
+def low_images(tmp: Path) -> list[str]:
+    rng = np.random.default_rng(0)
+    return [png(tmp / f"low{i}.png", (rng.random((4, 4, 3)) * 255).astype(np.uint8)) for i in range(2)]
+
+
+def holes(tmp: Path) -> list[str]:
+    rgb = (np.random.default_rng(1).random((16, 16, 3)) * 255).astype(np.uint8)
+    small, big = np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8)
+    small[4:8, 4:8], big[2:14, 2:14] = 255, 255
+    image = png(tmp / "photo.png", rgb)
+    return [f"{image},{png(tmp / 'small.png', small)}", f"{image},{png(tmp / 'big.png', big)}"]
+
+
 # A new built-in plugin adds its case here; the test below fails for a built-in without one.
 CASES = {
     "class": PluginCase(ClassEncoder, config={"num_classes": 10}, cli_values=["3", "0"],
                         bad_cli_values=["seven", "3.5"], plugin=ldm_class),
+    "segmap": PluginCase(SegmapEncoder, config={"channels": 4, "hidden": 8}, cli_values=label_maps,
+                         bad_cli_values=["/no/such/map.png"], dataset="shapes", image_channels=3,
+                         plugin=ldm_segmap),
+    "layout": PluginCase(LayoutEncoder, config={"embed_dim": 16, "num_freqs": 4},
+                         cli_values=['[[0.1,0.1,0.5,0.5,"circle"]]',
+                                     '[[0.1,0.1,0.5,0.5,"circle"],[0.6,0.2,0.9,0.6,2]]', "[]"],
+                         bad_cli_values=["boxes", '[[0.1,0.1,0.5,0.5,"hexagon"]]',
+                                         '[[0.1,0.1,"circle"]]'],
+                         dataset="shapes", image_channels=3, plugin=ldm_layout),
+    "lowres": PluginCase(LowresEncoder, config={"level_dim": 8}, cli_values=low_images,
+                         bad_cli_values=["/no/such/low.png"], dataset="shapes", image_channels=3,
+                         plugin=ldm_lowres),
+    "inpaint": PluginCase(InpaintEncoder, cli_values=holes, bad_cli_values=["only_one.png"],
+                          dataset="shapes", image_channels=3, plugin=ldm_inpaint),
 }
 
 
@@ -200,8 +253,13 @@ class NothingToTrain(Good):
         return {Injection.VECTOR: torch.zeros(batch_size, self.config.dim)}
 
 
-class FrozenWithLearnedNull(Good):
+class FrozenLeaky(Good):
+    """Frozen, but its null is built from a fresh tensor that requires grad."""
+
     trainable = False
+
+    def null(self, batch_size):
+        return {Injection.VECTOR: torch.zeros(batch_size, self.config.dim, requires_grad=True)}
 
 
 class Exploding(Good):
@@ -230,7 +288,7 @@ class Unregistered:
     (case_of(Good, cli_values=[]), "parse", "no cli_values"),
     (case_of(Good, bad_cli_values=["4"]), "parse", "accepted a value"),
     (case_of(NothingToTrain), "gradients", "no trainable parameters"),
-    (case_of(FrozenWithLearnedNull), "gradients", "null() depends on parameters"),
+    (case_of(FrozenLeaky), "gradients", "null() output requires grad"),
     (case_of(Exploding), "train-sample", "the diffusion loss is"),
     (case_of(Good, plugin=Unregistered()), "registration", "does not register"),
     (case_of(Good, dataset="shapes"), "forward", "batch_value() found no value"),

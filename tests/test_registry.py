@@ -174,10 +174,10 @@ class FakeEntryPoint:
 
 
 def builtin_entry_points() -> list:
-    """The real entry points of ldmcore itself (third-party plugins installed beside it, such as
-    the example package, are left out so these tests see a known set)."""
+    """ldmcore's real ``class`` entry point: other built-ins and third-party plugins installed
+    beside it (such as the example package) are left out, so these tests see a known set."""
     return [e for e in md.entry_points(group=ENTRY_POINT_GROUP)
-            if e.dist is not None and e.dist.metadata["Name"] == "ldmcore"]
+            if e.dist is not None and e.dist.metadata["Name"] == "ldmcore" and e.name == "class"]
 
 
 def with_entry_points(monkeypatch, *fakes: FakeEntryPoint, real: bool = True):
