@@ -156,3 +156,13 @@ def test_a_value_for_a_plugin_the_model_lacks_names_the_plugin(tmp_path: Path) -
     run = train(load(["experiment=shapes_segmap", f"run_dir={tmp_path / 'run'}", *SMOKE]))
     with pytest.raises(ConfigError, match="cond.layout names no condition of this model"):
         run_sampling(parse_request([f"run={run.root}", "cond.layout=[]", "cond.segmap=x.png"]))
+
+
+def test_eval_scores_every_plugin_on_held_out_conditions(tmp_path: Path) -> None:
+    from ldmcore.cli import main
+
+    run = train(load(["experiment=photos_inpaint", f"run_dir={tmp_path / 'run'}", *SMOKE]))
+    assert main(["eval", f"run={run.root}", "n=4", "steps=2"]) == 0
+    report = json.loads((run.root / "eval.json").read_text())
+    assert report["inpaint_known_max_abs_error"] == 0.0  # paste-back: the known region is exact
+    assert report["blur_fill_hole_psnr"] > 5 and np.isfinite(report["inpaint_hole_psnr"])

@@ -65,7 +65,7 @@ class InpaintEncoder(ConditionEncoder):
     def finish(self, images: torch.Tensor, value: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Paste the known pixels back: outside the hole the result is the input, exactly."""
         image, mask = self._checked(value)
-        return torch.where(mask.to(images.device) > 0.5, images, image.to(images))
+        return torch.where(mask.to(images.device) > 0.5, images.float(), image.to(images.device))
 
     def _checked(self, value: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = value
