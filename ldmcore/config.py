@@ -3,8 +3,9 @@
 The Hydra tree ships inside the package (``ldmcore.conf``), so a non-editable install works.
 Plugin packages may ship config groups of their own (the ``register_config_dirs`` hook); they are
 searched after the host's tree, so ``condition=[edges]`` or ``experiment=shapes_edges`` find a
-plugin's files without copying. Every error a user can make here (unknown key, wrong type, unknown group option, unknown plugin)
-becomes a ``ConfigError`` naming the key path and the nearest valid names.
+plugin's files without copying. Every error a user can make here (unknown key, wrong type,
+unknown group option, unknown plugin) becomes a ``ConfigError`` naming the key path and the
+nearest valid names.
 """
 
 from __future__ import annotations

@@ -57,9 +57,10 @@ class PluginCase:
     """What the kit needs to exercise one condition encoder.
 
     ``cli_values``: strings a user writes as ``cond.<name>=...`` (or a function of a temporary
-    folder returning them, e.g. to write a PNG first); at least one. ``bad_cli_values``: strings
-    (or such a function) ``parse`` must reject with an ``LdmError``. ``dataset``: a built-in dataset whose batches carry
-    this condition's value (read through ``batch_value``); or ``batch``, a function returning a
+    folder returning them, e.g. to write a PNG first); at least one, two or more to check that
+    samples encode independently. ``bad_cli_values``: strings (or such a function) ``parse`` must
+    reject with an ``LdmError``. ``dataset``: a built-in dataset whose batches carry this
+    condition's value (read through ``batch_value``); or ``batch``, a function returning a
     collated batch. ``plugin``: the hook module, to check registration and shipped configs.
     """
 

@@ -169,3 +169,18 @@ def test_the_edge_map_helper_writes_canny_of_a_picture(tmp_path, capsys):
     assert main([str(picture), str(tmp_path / "edges.png")]) == 0
     assert torch.equal(load_edge_map(tmp_path / "edges.png"), canny(square())[0])
     assert main([str(tmp_path / "missing.png"), str(tmp_path / "x.png")]) == 2
+
+
+def test_the_wheel_carries_the_entry_point_and_the_configs(tmp_path):
+    """A non-editable install gets the configs too: they are package data of the wheel."""
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(root)], check=True, capture_output=True, env=ENV)
+    wheel = zipfile.ZipFile(next(tmp_path.glob("ldm_plugin_edges-*.whl")))
+    names = set(wheel.namelist())
+    assert {"ldm_edges/conf/condition/edges.yaml",
+            "ldm_edges/conf/experiment/shapes_edges.yaml"} <= names
+    entry_points = wheel.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "[ldmcore]" in entry_points and "edges = ldm_edges" in entry_points
