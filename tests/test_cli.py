@@ -83,6 +83,8 @@ def test_sample_from_a_truncated_checkpoint(tmp_path):
 def test_eval_without_samples(tmp_path):
     run = tmp_path / "my-run"
     run.mkdir()
+    assert_user_error(ldm("eval", f"run={run}", cwd=tmp_path), "eval", "config.yaml")
+    (run / "config.yaml").write_text("data: {name: digits}\nconditions: {class: {}}\n")
     assert_user_error(ldm("eval", f"run={run}", cwd=tmp_path), "eval",
                       str(run / "samples" / "final"), "samples.json", "ldm sample")
 

@@ -24,6 +24,9 @@ from ldmcore.errors import PluginError
 from ldmcore.hookspecs import hookimpl
 from ldmcore.registry import ALLOW_ENV, DISABLE_ENV, ENTRY_POINT_GROUP, Registry, build_registry
 
+BUILTINS = sorted(e.name for e in md.entry_points(group=ENTRY_POINT_GROUP)
+                  if e.value.startswith("ldm_"))  # the first-party plugins, by entry point
+
 SPEC = BackboneSpec(latent_channels=4, latent_size=(8, 8), context_dim=16, image_channels=1,
                     image_size=(32, 32))
 
@@ -270,7 +273,7 @@ def test_an_entry_point_registering_a_non_encoder_is_broken_not_fatal(monkeypatc
     with_entry_points(monkeypatch, FakeEntryPoint("bad", "bad_pkg", lambda: plugin_module("bad_pkg", int)))
     reg = build_registry()
     assert "not a ConditionEncoder" in reg.broken["bad_pkg:bad"]
-    assert [i.name for i in reg.infos()] == ["class"]
+    assert [i.name for i in reg.infos()] == BUILTINS
 
 
 def test_a_broken_plugin_is_recorded_and_the_host_keeps_working(monkeypatch):
@@ -280,7 +283,7 @@ def test_a_broken_plugin_is_recorded_and_the_host_keeps_working(monkeypatch):
     with_entry_points(monkeypatch, FakeEntryPoint("text", "ldm_text", boom))
     reg = build_registry()
     assert reg.broken == {"ldm_text:text": "ImportError: No module named 'torchvision'"}
-    assert [i.name for i in reg.infos()] == ["class"]  # the good plugin still loads
+    assert [i.name for i in reg.infos()] == BUILTINS  # the good plugin still loads
     with pytest.raises(PluginError) as exc:
         reg.condition("text")
     assert "ldm_text:text" in str(exc.value) and "torchvision" in str(exc.value)
@@ -320,7 +323,7 @@ def test_disable_entry_points_loads_none(monkeypatch, value):
     monkeypatch.setenv(DISABLE_ENV, value)
     reg = build_registry()
     assert reg.infos() == [] and reg.broken == {} and not fake.loaded
-    assert [i.name for i in build_registry(load_entry_points=True).infos()] == ["class", "vec"]
+    assert [i.name for i in build_registry(load_entry_points=True).infos()] == sorted([*BUILTINS, "vec"])
 
 
 # -- the Conditioner: routing and derived dimensions ------------------------------------------
