@@ -1,8 +1,10 @@
 """The plugin host: a pluggy PluginManager over the ``ldmcore`` entry-point group.
 
 The registry knows nothing of training: it loads plugin packages, collects the condition
-encoders they register, reports name clashes, and lists what is installed (with versions and
-the plugins that failed to load, and why - a broken plugin never breaks the host).
+encoders and samplers they register, reports name clashes, and lists what is installed (with
+versions and the plugins that failed to load, and why - a broken plugin never breaks the host).
+The built-in samplers register through the same hook, from ``ldmcore.diffusion.samplers``,
+which is always loaded (they are part of the backbone, not an optional package).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import pluggy
 
 from ldmcore import hookspecs
 from ldmcore.conditioning import ConditionEncoder
-from ldmcore.errors import PluginClash, PluginError, nearest
+from ldmcore.diffusion import samplers as builtin_samplers
+from ldmcore.diffusion.samplers import SamplerSpec
+from ldmcore.errors import ConfigError, PluginClash, PluginError, nearest
 
 ENTRY_POINT_GROUP = "ldmcore"
 ALLOW_ENV = "LDM_LOAD_PLUGINS"  # comma-separated entry-point names to load; unset = all
@@ -43,6 +47,7 @@ class Registry:
     encoders: dict[str, type[ConditionEncoder]] = field(default_factory=dict)
     origins: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (package, version)
     broken: dict[str, str] = field(default_factory=dict)  # entry point -> why
+    samplers: dict[str, SamplerSpec] = field(default_factory=dict)
 
     def condition(self, name: str) -> type[ConditionEncoder]:
         """The encoder class registered as ``name``; unknown names get a teaching error."""
@@ -56,6 +61,14 @@ class Registry:
                     f"{k} ({v})" for k, v in sorted(self.broken.items())) + "."
             raise PluginError(f"unknown condition plugin {name!r}: {hint} "
                               f"`ldm plugins` lists what is installed.{why}") from None
+
+    def sampler(self, name: str) -> SamplerSpec:
+        """The sampler registered as ``name``; unknown names list every registered sampler."""
+        try:
+            return self.samplers[name]
+        except KeyError:
+            raise ConfigError(f"unknown sampler {name!r}: {nearest(name, self.samplers)} "
+                              f"Samplers: {', '.join(sorted(self.samplers))}.") from None
 
     def infos(self) -> list[PluginInfo]:
         return [
@@ -71,6 +84,7 @@ class Registry:
         self._collect(module, package or getattr(module, "__name__", str(module)), version)
 
     def _collect(self, plugin: object, package: str, version: str) -> None:
+        self._collect_samplers(plugin, package)
         impl = getattr(plugin, "register_conditions", None)
         if impl is None:
             return
@@ -84,6 +98,32 @@ class Registry:
                     f"{package!r}. Uninstall one, or restrict loading with {ALLOW_ENV}.")
             self.encoders[cls.name] = cls
             self.origins[cls.name] = (package, version)
+
+        impl(register=register)
+
+
+    def _collect_samplers(self, plugin: object, package: str) -> None:
+        impl = getattr(plugin, "register_samplers", None)
+        if impl is None:
+            return
+
+        def register(fn, name: str | None = None, evals_per_step: int = 1) -> None:
+            if not callable(fn):
+                raise PluginError(f"package {package!r} registered the sampler {fn!r}, which is "
+                                  f"not callable.")
+            name = name or getattr(fn, "__name__", "").removeprefix("sample_")
+            if not name:
+                raise PluginError(f"package {package!r} registered a sampler without a name; "
+                                  f"pass register(fn, name=...).")
+            if name in self.samplers and self.samplers[name].fn is not fn:
+                other = self.samplers[name].package
+                raise PluginClash(f"two packages register the sampler {name!r}: {other!r} and "
+                                  f"{package!r}. Uninstall one, or restrict loading with "
+                                  f"{ALLOW_ENV}.")
+            if not isinstance(evals_per_step, int) or evals_per_step < 1:
+                raise PluginError(f"sampler {name!r} from {package!r}: evals_per_step must be a "
+                                  f"positive int, got {evals_per_step!r}.")
+            self.samplers[name] = SamplerSpec(name, fn, evals_per_step, package)
 
         impl(register=register)
 
@@ -107,6 +147,8 @@ def build_registry(load_entry_points: bool | None = None) -> Registry:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     reg = Registry(manager=pm)
+    pm.register(builtin_samplers, name="ldmcore:samplers")
+    reg._collect_samplers(builtin_samplers, "ldmcore")
     if load_entry_points is None:
         load_entry_points = os.environ.get(DISABLE_ENV, "") not in ("1", "true", "yes")
     if not load_entry_points:
