@@ -134,7 +134,9 @@ class SamplerConfig(Strict):
     @model_validator(mode="after")
     def _knobs_fit_the_sampler(self) -> SamplerConfig:
         try:
-            _sampler_spec(self.name).check_knobs(self.knobs(), where="sampler.")
+            spec = _sampler_spec(self.name)
+            spec.check_knobs(self.options, where="sampler.options.")
+            spec.check_knobs({} if self.eta is None else {"eta": self.eta}, where="sampler.")
             self.guidance_spec()  # checks rescale and interval
         except ConfigError as err:
             raise ValueError(str(err)) from None
@@ -196,6 +198,15 @@ class ExperimentConfig(Strict):
     trainer: TrainerConfig = TrainerConfig()
     conditions: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _guided_plugins_are_enabled(self) -> ExperimentConfig:
+        unknown = [p for p in self.sampler.plugin_guidance if p not in self.conditions]
+        if unknown:
+            raise ValueError(f"sampler.plugin_guidance.{unknown[0]} names no enabled condition: "
+                             f"{nearest(unknown[0], self.conditions)} Enabled conditions: "
+                             f"{', '.join(self.conditions) or 'none'}")
+        return self
+
 
 def conf_dir() -> Path:
     """The Hydra config tree shipped in the package."""
@@ -215,7 +226,7 @@ def format_validation_error(err: ValidationError, prefix: str = "", model: type[
             got = e.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
             msg = e["msg"].removeprefix("Value error, ")
-            parts.append(f"config key '{path}': {msg}{shown}")
+            parts.append(f"config key '{path}': {msg}{shown}" if path else msg)
     return "; ".join(p.rstrip(".") for p in parts) + "."
 
 
@@ -250,8 +261,13 @@ _MISSING_OPTION = re.compile(r"Could not (?:load|find) '([\w-]+)/([^']+)'")
 _MISSING_VALUE = re.compile(r"Missing mandatory value: .*?full_key: ([\w.\[\]-]+)")
 
 
+# open maps whose keys are names (knobs, plugins): ``sampler.options.s_noise=1`` needs no "+"
+OPEN_MAPS = ("sampler.options.", "sampler.plugin_guidance.")
+
+
 def compose(overrides: list[str]) -> dict[str, Any]:
     """Compose ``conf/config.yaml`` with Hydra overrides into a resolved plain dict."""
+    overrides = [f"++{o}" if o.startswith(OPEN_MAPS) else o for o in overrides]
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra

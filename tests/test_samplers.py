@@ -228,7 +228,7 @@ def test_sigmas_must_descend() -> None:
 def test_knobs_come_from_the_signature_and_bad_ones_list_the_valid_ones() -> None:
     assert SAMPLERS["dpmpp_2m_sde"].knobs == {"eta": 1.0, "s_noise": 1.0}
     assert SAMPLERS["ddim"].check_knobs({"eta": "0.25"}) == {"eta": 0.25}
-    with pytest.raises(ConfigError, match=r"'euler' takes no knobs"):
+    with pytest.raises(ConfigError, match=r"'euler' has no knob 'eta'; it takes no knobs"):
         SAMPLERS["euler"].check_knobs({"eta": 0.5})
     with pytest.raises(ConfigError, match=r"out of range \[0, 1\].*eta \(default 0.0, in \[0, 1\]\)"):
         SAMPLERS["ddim"].check_knobs({"eta": 1.5})

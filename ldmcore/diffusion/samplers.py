@@ -333,9 +333,9 @@ class SamplerSpec:
     def describe_knobs(self) -> str:
         knobs = self.knobs
         if not knobs:
-            return f"sampler {self.name!r} takes no knobs"
-        shown = ", ".join(f"{k} (default {v!r}{_bounds_text(k)})" for k, v in knobs.items())
-        return f"knobs of {self.name!r}: {shown}"
+            return "it takes no knobs"
+        return "its knobs: " + ", ".join(f"{k} (default {v!r}{_bounds_text(k)})"
+                                         for k, v in knobs.items())
 
     def check_knobs(self, knobs: dict[str, Any], where: str = "") -> dict[str, Any]:
         """Validated knobs (types follow the defaults); unknown or out-of-range ones are a
@@ -344,20 +344,20 @@ class SamplerSpec:
         out: dict[str, Any] = {}
         for key, value in knobs.items():
             if key not in valid:
-                raise ConfigError(f"{where}{key}={value!r}: {self.describe_knobs()}; "
-                                  f"{nearest(key, valid) if valid else ''}".rstrip("; ") + ".")
+                hint = f" ({nearest(key, valid).rstrip('.')})" if valid else ""
+                raise ConfigError(f"{where}{key}={value!r}: sampler {self.name!r} has no knob "
+                                  f"{key!r}{hint}; {self.describe_knobs()}.")
             default = valid[key]
             try:
-                kind = type(default) if default is not None else float
-                value = _coerce(kind, value)
+                value = _coerce(type(default) if default is not None else float, value)
             except (TypeError, ValueError):
                 raise ConfigError(f"{where}{key}={value!r} is not a {type(default).__name__}; "
-                                  f"{self.describe_knobs()}.") from None
+                                  f"sampler {self.name!r}: {self.describe_knobs()}.") from None
             lo, hi = KNOB_BOUNDS.get(key, (None, None))
             if (lo is not None and value < lo) or (hi is not None and value > hi):
                 raise ConfigError(f"{where}{key}={value!r} is out of range "
-                                  f"{_bounds_text(key).removeprefix(', in ')}; "
-                                  f"{self.describe_knobs()}.")
+                                  f"{_bounds_text(key).removeprefix(', in ')}; sampler "
+                                  f"{self.name!r}: {self.describe_knobs()}.")
             out[key] = value
         return out
 
