@@ -355,9 +355,8 @@ class SamplerSpec:
                                   f"sampler {self.name!r}: {self.describe_knobs()}.") from None
             lo, hi = KNOB_BOUNDS.get(key, (None, None))
             if (lo is not None and value < lo) or (hi is not None and value > hi):
-                raise ConfigError(f"{where}{key}={value!r} is out of range "
-                                  f"{_bounds_text(key).removeprefix(', in ')}; sampler "
-                                  f"{self.name!r}: {self.describe_knobs()}.")
+                raise ConfigError(f"{where}{key}={value!r} is out of range ({_range_text(key)}); "
+                                  f"sampler {self.name!r}: {self.describe_knobs()}.")
             out[key] = value
         return out
 
@@ -392,13 +391,18 @@ def _coerce(kind: type, value: Any) -> Any:
     return kind(value)
 
 
-def _bounds_text(key: str) -> str:
+def _range_text(key: str) -> str:
     lo, hi = KNOB_BOUNDS.get(key, (None, None))
     if lo is not None and hi is not None:
-        return f", in [{lo:g}, {hi:g}]"
+        return f"[{lo:g}, {hi:g}]"
     if lo is not None:
-        return f", >= {lo:g}"
-    return ""
+        return f">= {lo:g}"
+    return f"<= {hi:g}" if hi is not None else ""
+
+
+def _bounds_text(key: str) -> str:
+    text = _range_text(key)
+    return f", in {text}" if text.startswith("[") else (f", {text}" if text else "")
 
 
 BUILTIN: tuple[SamplerSpec, ...] = (
