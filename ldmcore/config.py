@@ -261,8 +261,10 @@ _MISSING_OPTION = re.compile(r"Could not (?:load|find) '([\w-]+)/([^']+)'")
 _MISSING_VALUE = re.compile(r"Missing mandatory value: .*?full_key: ([\w.\[\]-]+)")
 
 
-# open maps whose keys are names (knobs, plugins): ``sampler.options.s_noise=1`` needs no "+"
-OPEN_MAPS = ("sampler.options.", "sampler.plugin_guidance.")
+# sampler options set different keys (eta, rho, ...), so any ``sampler.KEY=`` may add its key
+# ("++"): pydantic still rejects a key SamplerConfig lacks, naming the valid ones, and a knob
+# the chosen sampler lacks, naming its knobs
+OPEN_MAPS = ("sampler.",)
 
 
 def compose(overrides: list[str]) -> dict[str, Any]:

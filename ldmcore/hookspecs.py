@@ -41,7 +41,9 @@ def register_samplers(register: Callable[..., None]) -> None:
     with ``model(x, sigma, **extra_args) -> denoised``; it may take ``generator=`` (a
     ``torch.Generator``) or k-diffusion's ``noise_sampler=`` and ``disable=``, which ldmcore
     fills in. Its other keyword parameters with defaults are its knobs (``eta``, ``s_noise``,
-    ...), settable as ``sampler.options.<knob>`` in config and ``<knob>=`` on ``ldm sample``.
+    ...), set as ``sampler.eta`` / ``sampler.options.<knob>`` in config and ``eta=``,
+    ``s_noise=`` or ``option.<knob>=`` on ``ldm sample``; values are checked against the
+    defaults' types (and eta against [0, 1]).
     ``name`` defaults to the function's name without ``sample_``; ``evals_per_step`` is how many
     network evaluations one step costs (2 for Heun-type methods), used to compare samplers at
     equal cost. Registering a name another package registered is an error naming both.
