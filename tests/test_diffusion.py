@@ -1,12 +1,11 @@
-"""Noise schedules, prediction conversions, DDIM/DDPM and network-level guidance against
-closed-form truths.
+"""Noise schedules, prediction conversions and DDIM/DDPM against closed-form truths.
 
 DDIM and DDPM are checked on Gaussian data, z0 ~ N(MU, S^2) per dimension, where the exact
 denoiser E[z0 | z_t] is closed form; every sampler step is then affine in z_t (plus Gaussian
 noise), so the output distribution of DDIM and DDPM is known exactly for any step count. The
 exact denoiser is written as an eps-network over integer timesteps and reaches the samplers
 through ``DiscreteDenoiser``, as a trained UNet does. (Every sampler's convergence order is in
-test_samplers.py.)
+test_samplers.py, guidance in test_guidance.py.)
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from ldmcore.conditioning import Conditioning
-from ldmcore.diffusion.guidance import guided
 from ldmcore.diffusion.denoisers import DiscreteDenoiser
 from ldmcore.diffusion.samplers import SAMPLERS
 from ldmcore.diffusion.schedule import (BetaSchedule, NoiseSchedule, Prediction, make_betas,
@@ -364,73 +361,3 @@ def test_stochastic_samplers_are_fixed_by_the_generator_seed(name: str, knobs: d
 def test_ddim_eta_zero_is_deterministic_and_draws_no_noise() -> None:
     x = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(_tensor_sample("ddim", x, 6, 1), _tensor_sample("ddim", x, 6, 2))
-
-
-# ------------------------------------------------------------------------------------------
-# guidance
-# ------------------------------------------------------------------------------------------
-
-
-class ToyNetwork:
-    """Per-sample, nonlinear in z and in the conditions; records each call's batch size."""
-
-    def __init__(self) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.w = torch.randn(3, 3, generator=g, dtype=torch.float64)
-        self.p = torch.randn(5, 3, generator=g, dtype=torch.float64)
-        self.batches: list[int] = []
-
-    def __call__(self, z: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        self.batches.append(z.shape[0])
-        ctx = (cond.context * cond.context_mask[..., None]).sum(1)  # (B, 5)
-        h = torch.tanh(z @ self.w + ctx @ self.p + cond.vector[:, :3] * t[:, None] / 100)
-        return h * (1 + cond.vector[:, 3:4])
-
-
-def _conditionings(b: int) -> tuple[Conditioning, Conditioning]:
-    g = torch.Generator().manual_seed(1)
-    mask = torch.ones(b, 2, dtype=torch.bool)
-    mask[0, 1] = False
-    cond = Conditioning(context=torch.randn(b, 2, 5, generator=g, dtype=torch.float64),
-                        context_mask=mask,
-                        vector=torch.randn(b, 4, generator=g, dtype=torch.float64))
-    uncond = Conditioning(context=torch.zeros(b, 2, 5, dtype=torch.float64),
-                          context_mask=torch.ones(b, 2, dtype=torch.bool),
-                          vector=torch.randn(b, 4, generator=g, dtype=torch.float64))
-    return cond, uncond
-
-
-@pytest.mark.parametrize("scale", [0.0, 1.0, 2.5, 7.5, -1.0])
-def test_guided_output_is_uncond_plus_scale_times_the_difference(scale: float) -> None:
-    b = 3
-    net = ToyNetwork()
-    cond, uncond = _conditionings(b)
-    z = torch.randn(b, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    t = torch.tensor([10, 500, 990])
-    out_c, out_u = net(z, t, cond), net(z, t, uncond)  # two separate calls: the reference
-    net.batches.clear()
-    out = guided(net, cond, uncond, scale)(z, t)
-    torch.testing.assert_close(out, out_u + scale * (out_c - out_u), rtol=0, atol=1e-12)
-    # one network evaluation per step: half-size for scale 0 or 1, batched otherwise
-    assert net.batches == ([b] if scale in (0.0, 1.0) else [2 * b])
-    if scale == 1.0:
-        assert torch.equal(out, out_c)
-    if scale == 0.0:
-        assert torch.equal(out, out_u)
-
-
-def test_guidance_of_a_linear_network_extrapolates_the_condition() -> None:
-    """For f(z, c) = A z + B c, guidance at scale s is f evaluated at u + s (c - u)."""
-    g = torch.Generator().manual_seed(3)
-    A, B = torch.randn(2, 2, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g,
-                                                                           dtype=torch.float64)
-
-    def net(z: torch.Tensor, t: torch.Tensor, c: Conditioning) -> torch.Tensor:
-        return z @ A + c.vector @ B
-
-    c = Conditioning(vector=torch.randn(5, 4, generator=g, dtype=torch.float64))
-    u = Conditioning(vector=torch.zeros(5, 4, dtype=torch.float64))
-    z = torch.randn(5, 2, generator=g, dtype=torch.float64)
-    t = torch.zeros(5, dtype=torch.long)
-    extrapolated = Conditioning(vector=u.vector + 4.0 * (c.vector - u.vector))
-    torch.testing.assert_close(guided(net, c, u, 4.0)(z, t), net(z, t, extrapolated))

@@ -166,6 +166,25 @@ def test_one_plugin_with_its_own_scale_is_global_guidance() -> None:
                                guide(net, cond, values, 4, Guidance(3.0))(x, sigma))
 
 
+def test_guidance_of_a_linear_denoiser_extrapolates_the_condition() -> None:
+    """For D(x, c) = A x + B c, guidance at scale s is D evaluated at u + s (c - u)."""
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(2, 2, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g,
+                                                                           dtype=torch.float64)
+
+    def linear(x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return x @ a + cond.vector @ b
+
+    cond = conditioner()
+    values = labels(5, 4)
+    c, u = branch(cond, values, 5, None), branch(cond, values, 5, set())
+    x = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    sigma = torch.ones(5, dtype=torch.float64)
+    extrapolated = Conditioning(vector=u.vector + 4.0 * (c.vector - u.vector))
+    torch.testing.assert_close(guide(linear, cond, values, 5, Guidance(4.0))(x, sigma),
+                               linear(x, sigma, extrapolated))
+
+
 def test_guidance_interval_runs_the_plain_conditional_model_outside_it() -> None:
     cond, values, x, _, net, _ = setup()
     g = Guidance(4.0, interval=(0.5, 2.0))

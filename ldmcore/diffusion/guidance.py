@@ -32,7 +32,6 @@ import torch
 from ldmcore.conditioning import Conditioner, Conditioning
 from ldmcore.errors import ConfigError, nearest
 
-Network = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
 Keep = frozenset  # the plugins a branch keeps conditional (the rest use their null)
 
 
@@ -158,24 +157,3 @@ def guide(denoiser: Callable[..., torch.Tensor], conditioner: Conditioner,
     conds = [conditioner(values, n, keep=None if k is None else set(k)) for k in keeps]
     plain = conds[keeps.index(None)] if None in keeps else conditioner(values, n)
     return GuidedDenoiser(denoiser, conds, weights, reference, guidance, plain)
-
-
-def guided(network: Network, cond: Conditioning, uncond: Conditioning, scale: float
-           ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Wrap ``network(z_t, t, conditioning)`` into ``f(z_t, t)`` with global guidance ``scale``
-    on its raw output (eps or v): the network-level form of ``GuidedDenoiser`` with two branches.
-
-    ``scale == 1`` is the conditional model alone (one half-size forward); ``scale == 0`` the
-    unconditional one. Otherwise both branches run in a single batched forward.
-    """
-    if scale == 1.0:
-        return lambda z, t: network(z, t, cond)
-    if scale == 0.0:
-        return lambda z, t: network(z, t, uncond)
-    both = Conditioning.cat([cond, uncond])
-
-    def run(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out_c, out_u = network(torch.cat([z, z]), torch.cat([t, t]), both).chunk(2)
-        return out_u + scale * (out_c - out_u)
-
-    return run
