@@ -103,6 +103,40 @@ def test_sigmas_give_the_variance_exploding_view_of_the_same_point() -> None:
 SCHEDULES = [("linear", 1e-4, 0.02), ("scaled_linear", 0.00085, 0.012)]
 
 
+@pytest.mark.parametrize("kind,start,end", [*SCHEDULES, ("cosine", 0.0, 0.0)])
+def test_zero_terminal_snr_rescale_follows_lin_et_al_algorithm_1(kind: str, start: float,
+                                                                  end: float) -> None:
+    """sqrt(abar) is shifted to end at exactly 0 and scaled to keep its first value."""
+    betas = make_betas(kind, 1000, start or 1e-4, end or 0.02)
+    root = torch.cumprod(1 - betas, 0).sqrt()
+    rescaled = NoiseSchedule(rescale_zero_terminal_snr(betas))
+    expected = (root - root[-1]) * root[0] / (root[0] - root[-1])
+    torch.testing.assert_close(rescaled.alphas_cumprod.sqrt(), expected, rtol=1e-9, atol=1e-12)
+    assert rescaled.alphas_cumprod[-1].item() == 0.0 and rescaled.betas[-1].item() == 1.0
+    assert rescaled.zero_terminal_snr and not NoiseSchedule(betas).zero_terminal_snr
+    assert ((rescaled.betas > 0) & (rescaled.betas <= 1)).all()
+    # the sigma view stays finite and increasing: the last sigma continues the log slope
+    sig = rescaled.sigmas
+    assert torch.isfinite(sig).all() and (sig[1:] > sig[:-1]).all()
+    assert sig[-1].log().item() - sig[-2].log().item() == pytest.approx(
+        sig[-2].log().item() - sig[-3].log().item(), rel=1e-9)
+
+
+def test_v_prediction_round_trips_at_zero_terminal_snr() -> None:
+    schedule = NoiseSchedule.build("scaled_linear", 1000, zero_terminal_snr=True)
+    g = torch.Generator().manual_seed(5)
+    z0 = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64)
+    eps = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 500, 999])
+    zt = schedule.add_noise(z0, eps, t)
+    assert torch.equal(zt[2], eps[2])  # pure noise at t = T
+    v = schedule.target(Prediction.V, z0, eps, t)
+    torch.testing.assert_close(v[2], -z0[2])
+    eps_hat, z0_hat = schedule.to_eps_x0(Prediction.V, v, zt, t)
+    torch.testing.assert_close(eps_hat, eps, rtol=0, atol=1e-9)
+    torch.testing.assert_close(z0_hat, z0, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("kind,start,end", SCHEDULES)
 @pytest.mark.parametrize("prediction", list(Prediction))
 def test_add_noise_then_to_eps_x0_recovers_the_clean_latent_and_noise(
