@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test bench bench-quick clean
+.PHONY: setup demo test bench bench-quick bench-samplers clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,11 @@ bench: setup
 
 bench-quick: setup
 	$(PY) benchmarks/run.py --quick
+
+# fidelity against network evaluations for every sampler, on the demo run (make demo first)
+bench-samplers: setup
+	$(PY) benchmarks/sampler_orders.py
+	$(PY) benchmarks/samplers.py --run runs/demo
 
 clean:
 	rm -rf runs .pytest_cache

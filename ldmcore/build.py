@@ -83,7 +83,8 @@ def build_model(cfg: ExperimentConfig, autoencoder: AutoencoderKL | None = None,
                      norm_groups=u.norm_groups, dropout=u.dropout)
     shape = derive_unet_shape(base, autoencoder.shape.latent_channels, conditioner, u.context_dim)
     d = cfg.model.diffusion
-    schedule = NoiseSchedule.build(d.schedule, d.timesteps, d.beta_start, d.beta_end)
+    schedule = NoiseSchedule.build(d.schedule, d.timesteps, d.beta_start, d.beta_end,
+                                   zero_terminal_snr=d.zero_terminal_snr)
     return LatentDiffusion(autoencoder, UNetModel(shape), conditioner, schedule, latent, d.prediction)
 
 

@@ -3,7 +3,8 @@
 ::
 
     ldm train experiment=NAME [hydra overrides ...]
-    ldm sample run=RUN_DIR cond.NAME=VALUE [n=8 sampler=ddim steps=50 guidance=3 seed=0 out=DIR]
+    ldm sample run=RUN_DIR cond.NAME=VALUE [n=8 sampler=dpmpp_2m sigmas=karras steps=20
+               guidance=3 guidance.NAME=5 eta=1 init=PNG strength=0.6 mask=PNG seed=0 out=DIR]
     ldm eval run=RUN_DIR [samples=DIR]
     ldm plugins [--json]
     ldm new-plugin NAME [out=DIR]

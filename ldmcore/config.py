@@ -15,10 +15,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ldmcore.conditioning import EncoderConfig
-from ldmcore.diffusion.samplers import SAMPLERS, Spacing
+from ldmcore.diffusion.guidance import Guidance
+from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan, Spacing
 from ldmcore.diffusion.schedule import BetaSchedule, Prediction
 from ldmcore.errors import ConfigError, PluginClash, nearest
 
@@ -47,6 +48,16 @@ class DiffusionConfig(Strict):
     beta_start: float = Field(0.00085, gt=0, lt=1)
     beta_end: float = Field(0.012, gt=0, lt=1)
     prediction: Prediction = Prediction.EPS
+    zero_terminal_snr: bool = Field(False, description="rescale betas to zero terminal SNR "
+                                    "(Lin et al. 2023); needs prediction: v")
+
+    @model_validator(mode="after")
+    def _v_for_zero_snr(self) -> DiffusionConfig:
+        if self.zero_terminal_snr and self.prediction is not Prediction.V:
+            raise ValueError("zero_terminal_snr=true needs prediction=v: at zero SNR the last "
+                             "timestep is pure noise, from which an eps-prediction cannot "
+                             "recover z_0 (Lin et al. 2023, sec. 3.2)")
+        return self
 
 
 class ModelConfig(Strict):
@@ -102,18 +113,66 @@ class DataConfig(Strict):
 
 
 class SamplerConfig(Strict):
+    """How ``ldm sample`` and training-time sample grids generate: sampler, noise levels,
+    sampler knobs and guidance. Knobs are checked against the named sampler's own."""
+
     name: str = "ddim"
-    steps: int = Field(50, ge=1)
-    guidance: float = 3.0
-    eta: float = Field(0.0, ge=0.0)
+    steps: int = Field(50, ge=1, description="sampler steps (Heun: two evaluations each)")
+    sigmas: SigmaKind = Field(SigmaKind.DISCRETE, description="noise levels: the schedule's "
+                              "own timesteps (discrete), karras or exponential")
     spacing: Spacing = Spacing.LEADING
+    offset: int = Field(0, ge=0, description="added to leading timesteps (SD uses 1)")
+    rho: float = Field(7.0, gt=0, description="Karras et al.'s rho (sigmas=karras)")
+    sigma_min: float | None = Field(None, gt=0, description="default: the schedule's smallest")
+    sigma_max: float | None = Field(None, gt=0, description="default: the schedule's largest")
+    eta: float | None = Field(None, ge=0.0, le=1.0, description="noise knob of stochastic "
+                              "samplers; None = the sampler's default")
+    options: dict[str, Any] = Field(default_factory=dict, description="other sampler knobs")
+    guidance: float = 3.0
+    plugin_guidance: dict[str, float] = Field(default_factory=dict, description="per-plugin "
+                                              "scales: compositional guidance")
+    guidance_rescale: float = Field(0.0, ge=0.0, le=1.0)
+    guidance_interval: tuple[float, float] | None = Field(None, description="guide only for "
+                                                          "sigmas in [lo, hi]")
 
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in SAMPLERS:
-            raise ValueError(f"unknown sampler {v!r}: {nearest(v, SAMPLERS)}")
+        _sampler_spec(v)
         return v
+
+    @model_validator(mode="after")
+    def _knobs_fit_the_sampler(self) -> SamplerConfig:
+        try:
+            spec = _sampler_spec(self.name)
+            spec.check_knobs(self.options, where="sampler.options.")
+            spec.check_knobs({} if self.eta is None else {"eta": self.eta}, where="sampler.")
+            self.guidance_spec()  # checks rescale and interval
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return self
+
+    def knobs(self) -> dict[str, Any]:
+        """The sampler knobs this config sets (eta is one when given)."""
+        return {**self.options, **({} if self.eta is None else {"eta": self.eta})}
+
+    def plan(self) -> SigmaPlan:
+        return SigmaPlan(self.sigmas, self.spacing, self.offset, self.rho, self.sigma_min,
+                         self.sigma_max)
+
+    def guidance_spec(self) -> Guidance:
+        return Guidance(self.guidance, dict(self.plugin_guidance), self.guidance_rescale,
+                        self.guidance_interval)
+
+
+def _sampler_spec(name: str):
+    """The registered sampler ``name`` (a ValueError listing them all, for pydantic)."""
+    from ldmcore.registry import default_registry
+
+    try:
+        return default_registry().sampler(name)
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
 
 
 class TrainerConfig(Strict):
@@ -148,6 +207,15 @@ class ExperimentConfig(Strict):
     sampler: SamplerConfig = SamplerConfig()
     trainer: TrainerConfig = TrainerConfig()
     conditions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _guided_plugins_are_enabled(self) -> ExperimentConfig:
+        unknown = [p for p in self.sampler.plugin_guidance if p not in self.conditions]
+        if unknown:
+            raise ValueError(f"sampler.plugin_guidance.{unknown[0]} names no enabled condition: "
+                             f"{nearest(unknown[0], self.conditions)} Enabled conditions: "
+                             f"{', '.join(self.conditions) or 'none'}")
+        return self
 
 
 def conf_dir() -> Path:
@@ -216,7 +284,7 @@ def format_validation_error(err: ValidationError, prefix: str = "", model: type[
             got = e.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
             msg = e["msg"].removeprefix("Value error, ")
-            parts.append(f"config key '{path}': {msg}{shown}")
+            parts.append(f"config key '{path}': {msg}{shown}" if path else msg)
     return "; ".join(p.rstrip(".") for p in parts) + "."
 
 
@@ -251,12 +319,19 @@ _MISSING_OPTION = re.compile(r"Could not (?:load|find) '([\w-]+)/([^']+)'")
 _MISSING_VALUE = re.compile(r"Missing mandatory value: .*?full_key: ([\w.\[\]-]+)")
 
 
+# sampler options set different keys (eta, rho, ...), so any ``sampler.KEY=`` may add its key
+# ("++"): pydantic still rejects a key SamplerConfig lacks, naming the valid ones, and a knob
+# the chosen sampler lacks, naming its knobs
+OPEN_MAPS = ("sampler.",)
+
+
 def compose(overrides: list[str], registry=None) -> dict[str, Any]:
     """Compose ``conf/config.yaml`` with Hydra overrides into a resolved plain dict.
 
     The config folders of installed plugins (``register_config_dirs``) are searched after the
     host's tree.
     """
+    overrides = [f"++{o}" if o.startswith(OPEN_MAPS) else o for o in overrides]
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra

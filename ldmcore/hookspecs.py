@@ -49,3 +49,23 @@ def register_config_dirs(register: Callable[[str | PathLike[str]], None]) -> Non
     folder that does not exist makes the package broken (listed by ``ldm plugins``, not loaded).
     The result of the hook itself is ignored.
     """
+
+
+@hookspec
+def register_samplers(register: Callable[..., None]) -> None:
+    """Register sampling functions.
+
+    When: once, with ``register_conditions``, the first time the registry is asked for plugins
+    (the built-in samplers in ``ldmcore.diffusion.samplers`` register through this same hook).
+    Call ``register(fn, name=..., evals_per_step=1)`` for each sampler. ``fn`` follows
+    k-diffusion's contract, ``fn(model, x, sigmas, *, extra_args=None, callback=None, **knobs)``
+    with ``model(x, sigma, **extra_args) -> denoised``; it may take ``generator=`` (a
+    ``torch.Generator``) or k-diffusion's ``noise_sampler=`` and ``disable=``, which ldmcore
+    fills in. Its other keyword parameters with defaults are its knobs (``eta``, ``s_noise``,
+    ...), set as ``sampler.eta`` / ``sampler.options.<knob>`` in config and ``eta=``,
+    ``s_noise=`` or ``option.<knob>=`` on ``ldm sample``; values are checked against the
+    defaults' types (and eta against [0, 1]).
+    ``name`` defaults to the function's name without ``sample_``; ``evals_per_step`` is how many
+    network evaluations one step costs (2 for Heun-type methods), used to compare samplers at
+    equal cost. Registering a name another package registered is an error naming both.
+    """

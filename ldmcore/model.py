@@ -7,6 +7,7 @@ and vector width from their declared specs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -15,9 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmcore.conditioning import Conditioner, Conditioning
-from ldmcore.diffusion.guidance import guided
-from ldmcore.diffusion.samplers import SAMPLERS
+from ldmcore.diffusion.denoisers import DiscreteDenoiser
+from ldmcore.diffusion.guidance import Guidance, GuidedDenoiser, guide
+from ldmcore.diffusion.img2img import LatentBlend, noised, start_index
+from ldmcore.diffusion.samplers import SAMPLERS, SamplerSpec
 from ldmcore.diffusion.schedule import NoiseSchedule, Prediction
+from ldmcore.diffusion.sigmas import SigmaPlan
+from ldmcore.errors import ConfigError, nearest
 from ldmcore.nn.autoencoder import AutoencoderKL
 from ldmcore.nn.unet import UNetModel, UNetShape
 from ldmcore.randomness import BatchRandom, as_batch_random
@@ -64,6 +69,11 @@ class LatentDiffusion(nn.Module):
         return self.unet(x, t, cond.context, cond.context_mask, cond.vector)
 
     # -- training -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents of images in [-1, 1], sampled from the frozen first stage's posterior."""
+        return self.autoencoder.latents(images, generator)
+
     def loss(self, batch: dict[str, Any], latents: torch.Tensor | None = None,
              generator: BatchRandom | torch.Generator | None = None) -> torch.Tensor:
         """L_LDM = E ||target - net(z_t, t, tau(y))||^2 with per-plugin condition dropout.
@@ -90,23 +100,80 @@ class LatentDiffusion(nn.Module):
     def latent_shape(self) -> tuple[int, int, int]:
         return (self.autoencoder.shape.latent_channels, *self.latent_size)
 
+    def denoiser(self) -> DiscreteDenoiser:
+        """The UNet as a sigma-space denoiser ``D(x, sigma, cond=Conditioning)``."""
+        return DiscreteDenoiser(self.network, self.schedule, self.prediction)
+
+    def guided_denoiser(self, values: dict[str, Any], n: int, guidance: Guidance
+                        ) -> GuidedDenoiser:
+        """``D(x, sigma)`` for ``n`` samples of condition ``values``, guided as asked."""
+        return guide(self.denoiser(), self.conditioner, values, n, guidance)
+
     @torch.inference_mode()
-    def sample(self, values: dict[str, Any], n: int, *, sampler: str = "ddim", steps: int = 50,
-               guidance: float = 1.0, generator: torch.Generator | None = None,
+    def sample(self, values: dict[str, Any], n: int, *,
+               sampler: str | SamplerSpec | Callable[..., torch.Tensor] = "ddim", steps: int = 50,
+               guidance: float | Guidance = 1.0, sigmas: SigmaPlan | None = None,
+               generator: torch.Generator | None = None,
                sampler_options: dict[str, Any] | None = None,
-               noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Generate ``n`` images for batched condition ``values``; returns images in [-1, 1]."""
+               noise: torch.Tensor | None = None, init: torch.Tensor | None = None,
+               strength: float = 1.0, mask: torch.Tensor | None = None,
+               callback: Callable[[dict[str, Any]], None] | None = None) -> torch.Tensor:
+        """Generate ``n`` images for batched condition ``values``; returns images in [-1, 1].
+
+        ``sampler``: a built-in name, a registered ``SamplerSpec`` or a k-diffusion-style
+        function; ``sampler_options`` are its knobs. ``sigmas`` chooses the noise levels
+        (default: the schedule's own, leading spacing). ``init`` (images in [-1, 1]) with
+        ``strength`` < 1 is image-to-image; ``mask`` (1 = generate, 0 = keep; image or latent
+        resolution) blends the known latent in for any model.
+        """
         device = next(self.unet.parameters()).device
-        cond = self.conditioner(values, n)
-        uncond = self.conditioner.unconditional(n)
-        net = guided(self.network, cond, uncond, guidance)
-
-        def denoise(zt: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return self.schedule.to_eps_x0(self.prediction, net(zt, t).float(), zt, t)
-
+        spec = _sampler_spec(sampler)
+        knobs = spec.check_knobs(dict(sampler_options or {}))
+        if not isinstance(guidance, Guidance):
+            guidance = Guidance(scale=float(guidance))
+        plan = sigmas or SigmaPlan()
+        levels = plan.sigmas(self.schedule, steps)
         if noise is None:
             noise = torch.randn((n, *self.latent_shape()), generator=generator)
-        x = noise.to(device)
-        z0 = SAMPLERS[sampler](denoise, x, self.schedule, steps, generator=generator,
-                               **(sampler_options or {}))
+        noise = noise.to(device)
+        model: Callable[..., torch.Tensor] = self.guided_denoiser(values, n, guidance)
+        if init is None:
+            if mask is not None:
+                raise ConfigError("a mask needs an init image: the mask says which parts of "
+                                  "it to keep (init=PATH mask=PATH).")
+            x = noise * DiscreteDenoiser.initial_noise_scale(float(levels[0]))
+        else:
+            if init.shape[0] == 1:
+                init = init.expand(n, *init.shape[1:])
+            known = self.encode_images(init.to(device), generator).float()
+            levels = levels[start_index(steps, strength):]
+            if len(levels) == 1:
+                return self.autoencoder.images(known).clamp(-1, 1)
+            x = noised(known, float(levels[0]), noise)
+            if mask is not None:
+                model = LatentBlend(model, known, self.latent_mask(mask).to(device))
+        z0 = spec(model, x, levels, generator=generator, callback=callback, **knobs)
+        if isinstance(model, LatentBlend):
+            z0 = model.paste(z0)
         return self.conditioner.finish(self.autoencoder.images(z0).clamp(-1, 1), values)
+
+    def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A (B, 1, H, W) mask at image or latent resolution, area-averaged to the latents."""
+        if mask.dim() == 3:
+            mask = mask[:, None]
+        mask = mask.float()
+        if tuple(mask.shape[-2:]) != self.latent_size:
+            mask = F.interpolate(mask, size=self.latent_size, mode="area")
+        return mask.clamp(0, 1)
+
+
+def _sampler_spec(sampler: str | SamplerSpec | Callable[..., torch.Tensor]) -> SamplerSpec:
+    if isinstance(sampler, SamplerSpec):
+        return sampler
+    if callable(sampler):
+        return SamplerSpec(getattr(sampler, "__name__", "custom").removeprefix("sample_"), sampler)
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}: {nearest(sampler, SAMPLERS)} Built-in "
+                          f"samplers: {', '.join(SAMPLERS)} (plugins' samplers are resolved by "
+                          f"the registry: pass its SamplerSpec).")
+    return SAMPLERS[sampler]

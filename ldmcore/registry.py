@@ -1,10 +1,12 @@
 """The plugin host: a pluggy PluginManager over the ``ldmcore`` entry-point group.
 
 The registry knows nothing of training: it loads plugin packages, collects what their hooks
-register (condition encoders, Hydra config folders), reports name clashes, and lists what is
+register (condition encoders, samplers, Hydra config folders), reports name clashes, and lists what is
 installed (with versions, the hooks each package implements, and the plugins that failed to
 load, and why - a broken plugin never breaks the host). A package's registrations are all or
-nothing: if one hook fails, none of the package's registrations are kept.
+nothing: if one hook fails, none of the package's registrations are kept. The built-in
+samplers register through the same hook, from ``ldmcore.diffusion.samplers``, which is always
+loaded (they are part of the backbone, not an optional package).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import pluggy
 
 from ldmcore import hookspecs
 from ldmcore.conditioning import ConditionEncoder
-from ldmcore.errors import PluginClash, PluginError, nearest
+from ldmcore.diffusion import samplers as builtin_samplers
+from ldmcore.diffusion.samplers import SamplerSpec
+from ldmcore.errors import ConfigError, PluginClash, PluginError, nearest
 
 ENTRY_POINT_GROUP = "ldmcore"
 ALLOW_ENV = "LDM_LOAD_PLUGINS"  # comma-separated entry-point names to load; unset = all
@@ -63,6 +67,7 @@ class Registry:
     origins: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (package, version)
     broken: dict[str, str] = field(default_factory=dict)  # entry point -> why
     config_dirs: list[ConfigDir] = field(default_factory=list)
+    samplers: dict[str, SamplerSpec] = field(default_factory=dict)
     hooks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # package -> hooks it implements
 
     def condition(self, name: str) -> type[ConditionEncoder]:
@@ -77,6 +82,14 @@ class Registry:
                     f"{k} ({v})" for k, v in sorted(self.broken.items())) + "."
             raise PluginError(f"unknown condition plugin {name!r}: {hint} "
                               f"`ldm plugins` lists what is installed.{why}") from None
+
+    def sampler(self, name: str) -> SamplerSpec:
+        """The sampler registered as ``name``; unknown names list every registered sampler."""
+        try:
+            return self.samplers[name]
+        except KeyError:
+            raise ConfigError(f"unknown sampler {name!r}: {nearest(name, self.samplers)} "
+                              f"Samplers: {', '.join(sorted(self.samplers))}.") from None
 
     def infos(self) -> list[PluginInfo]:
         return [
@@ -100,6 +113,7 @@ class Registry:
             self.encoders[cls.name] = cls
             self.origins[cls.name] = (package, version)
         self.config_dirs += found["config_dirs"]
+        self.samplers.update({spec.name: spec for spec in found["samplers"]})
         self.hooks[package] = tuple(sorted({*self.hooks.get(package, ()), *found["hooks"]}))
 
     def _collect(self, plugin: object, package: str) -> dict[str, Any]:
@@ -136,11 +150,31 @@ class Registry:
                                   f"data (see docs/publishing.md).")
             dirs.append(ConfigDir(package, path))
 
-        callbacks = {"register_conditions": register_condition,
+        samplers: list[SamplerSpec] = []
+
+        def register_sampler(fn: Any, name: str | None = None, evals_per_step: int = 1) -> None:
+            if not callable(fn):
+                raise PluginError(f"package {package!r} registered the sampler {fn!r}, which is "
+                                  f"not callable.")
+            name = name or getattr(fn, "__name__", "").removeprefix("sample_")
+            if not name:
+                raise PluginError(f"package {package!r} registered a sampler without a name; "
+                                  f"pass register(fn, name=...).")
+            owner = self.samplers.get(name) or next((s for s in samplers if s.name == name), None)
+            if owner is not None and owner.fn is not fn:
+                raise PluginClash(f"two packages register the sampler {name!r}: {owner.package!r} "
+                                  f"and {package!r}. Uninstall one, or restrict loading with "
+                                  f"{ALLOW_ENV}.")
+            if not isinstance(evals_per_step, int) or evals_per_step < 1:
+                raise PluginError(f"sampler {name!r} from {package!r}: evals_per_step must be a "
+                                  f"positive int, got {evals_per_step!r}.")
+            samplers.append(SamplerSpec(name, fn, evals_per_step, package))
+
+        callbacks = {"register_conditions": register_condition, "register_samplers": register_sampler,
                      "register_config_dirs": register_config_dir}
         for hook in implemented:
             getattr(plugin, hook)(register=callbacks[hook])
-        return {"encoders": encoders, "config_dirs": dirs, "hooks": implemented}
+        return {"encoders": encoders, "config_dirs": dirs, "samplers": samplers, "hooks": implemented}
 
 
 def _check_encoder_class(cls: type, package: str) -> None:
@@ -162,6 +196,7 @@ def build_registry(load_entry_points: bool | None = None) -> Registry:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     reg = Registry(manager=pm)
+    reg._add(builtin_samplers, "ldmcore", "", name="ldmcore:samplers")
     if load_entry_points is None:
         load_entry_points = os.environ.get(DISABLE_ENV, "") not in ("1", "true", "yes")
     if not load_entry_points:

@@ -4,6 +4,12 @@ Everything a run needs is in its folder: ``checkpoints/last.safetensors`` carrie
 config in its metadata, so sampling rebuilds the exact model (EMA weights by default). Each
 sample ``i`` starts from noise drawn with seed ``seed + i``, so the same request gives the same
 pixels, and a sample does not change when others are added to the request.
+
+The run's ``sampler`` config gives the defaults; the request overrides them: ``sampler=``,
+``steps=``, ``sigmas=``, knobs (``eta=``, ``s_noise=``, ``option.NAME=``; the run's knobs apply
+only while its own sampler is used), guidance (``guidance=`` global, ``guidance.PLUGIN=`` per
+plugin, ``guidance_rescale=``, ``guidance_interval=[lo,hi]``), and image-to-image / masked
+sampling (``init=PNG strength=0.6``, ``mask=PNG``, white = generate).
 """
 
 from __future__ import annotations
@@ -12,17 +18,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import Field, ValidationError, field_validator
+from PIL import Image
 
 from ldmcore import checkpoint
 from ldmcore.build import build_model
 from ldmcore.config import Strict, format_validation_error, validate
-from ldmcore.diffusion.samplers import SAMPLERS
+from ldmcore.diffusion.guidance import Guidance
+from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan, Spacing
 from ldmcore.errors import ConfigError, nearest
 from ldmcore.images import save_grid, save_png
 from ldmcore.model import LatentDiffusion
-from ldmcore.registry import Registry
+from ldmcore.registry import Registry, default_registry
 from ldmcore.runfolder import RunFolder
 from ldmcore.train_autoencoder import autocast
 
@@ -32,8 +41,19 @@ class SampleRequest(Strict):
     n: int = Field(8, ge=1, description="samples per condition value")
     sampler: str | None = None  # default: the run's sampler config
     steps: int | None = Field(None, ge=1)
+    sigmas: SigmaKind | None = None
+    spacing: Spacing | None = None
+    rho: float | None = Field(None, gt=0)
+    eta: float | None = Field(None, ge=0, le=1)
+    s_noise: float | None = Field(None, ge=0)
+    options: dict[str, str] = Field(default_factory=dict)  # option.NAME=VALUE: other knobs
     guidance: float | None = None
-    eta: float | None = Field(None, ge=0)
+    plugin_guidance: dict[str, float] = Field(default_factory=dict)  # guidance.NAME=SCALE
+    guidance_rescale: float | None = Field(None, ge=0, le=1)
+    guidance_interval: tuple[float, float] | None = None
+    init: Path | None = None  # image-to-image / masked sampling from this PNG
+    strength: float | None = Field(None, ge=0, le=1)  # default 0.75 with init, 1 with a mask
+    mask: Path | None = None  # white = generate, black = keep the init image
     seed: int = 0
     out: Path | None = None  # default: RUN/samples/sample_<seed>
     batch: int = Field(64, ge=1)
@@ -44,21 +64,35 @@ class SampleRequest(Strict):
     @field_validator("sampler")
     @classmethod
     def _known(cls, v: str | None) -> str | None:
-        if v is not None and v not in SAMPLERS:
-            raise ValueError(f"unknown sampler {v!r}: {nearest(v, SAMPLERS)}")
+        if v is not None:
+            try:
+                default_registry().sampler(v)
+            except ConfigError as err:
+                raise ValueError(str(err)) from None
         return v
 
 
+PREFIXED = {"cond.": "cond", "guidance.": "plugin_guidance", "option.": "options"}
+
+
 def parse_request(args: list[str]) -> SampleRequest:
-    """``key=value`` words (``cond.NAME=VALUE`` for conditions) into a validated request."""
-    raw: dict[str, Any] = {"cond": {}}
+    """``key=value`` words (``cond.NAME=VALUE`` for conditions, ``guidance.NAME=SCALE`` per
+    plugin, ``option.NAME=VALUE`` for sampler knobs) into a validated request."""
+    raw: dict[str, Any] = {field: {} for field in PREFIXED.values()}
     for arg in args:
         key, sep, value = arg.partition("=")
         if not sep:
             raise ConfigError(f"`{arg}` is not key=value; write e.g. run=runs/demo n=8 "
                               f"cond.class=3 (keys: {', '.join(SampleRequest.model_fields)}).")
-        if key.startswith("cond."):
-            raw["cond"][key[5:]] = value
+        prefix = next((p for p in PREFIXED if key.startswith(p)), None)
+        if prefix is not None:
+            raw[PREFIXED[prefix]][key[len(prefix):]] = value
+        elif key == "guidance_interval":
+            try:
+                raw[key] = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(f"guidance_interval={value!r}: write two sigmas as a list, "
+                                  f"e.g. guidance_interval=[0.3,5].") from None
         else:
             raw[key] = value
     try:
@@ -130,16 +164,61 @@ def _rows_of(text: str, list_value: bool) -> list[str]:
         return [json.dumps(i) for i in items] if nested else [text]
     return [i if isinstance(i, str) else json.dumps(i) for i in items]
 
+def sampling_setup(req: SampleRequest, model: LatentDiffusion, cfg: Any,
+                   registry: Registry | None = None) -> dict[str, Any]:
+    """``model.sample`` keywords for a request: the run's sampler config, overridden by the
+    request, every part checked (unknown sampler, knob, plugin; steps; interval) before work."""
+    run_sampler = cfg.sampler
+    name = req.sampler or run_sampler.name
+    spec = (registry or default_registry()).sampler(name)
+    knobs: dict[str, Any] = run_sampler.knobs() if name == run_sampler.name else {}
+    knobs.update(req.options)
+    knobs.update({k: v for k, v in (("eta", req.eta), ("s_noise", req.s_noise)) if v is not None})
+    knobs = spec.check_knobs(knobs)
+    steps = req.steps or run_sampler.steps
+    base = run_sampler.plan()
+    plan = SigmaPlan(req.sigmas or base.kind, req.spacing or base.spacing, base.offset,
+                     req.rho or base.rho, base.sigma_min, base.sigma_max)
+    try:
+        plan.sigmas(model.schedule, steps)
+    except ValueError as err:
+        raise ConfigError(f"steps={steps} with sigmas={plan.kind.value}: {err} (the model was "
+                          f"trained on {model.schedule.num_timesteps} timesteps).") from None
+    guidance = Guidance(
+        scale=run_sampler.guidance if req.guidance is None else req.guidance,
+        per_plugin={**run_sampler.plugin_guidance, **req.plugin_guidance},
+        rescale=run_sampler.guidance_rescale if req.guidance_rescale is None else req.guidance_rescale,
+        interval=req.guidance_interval or run_sampler.guidance_interval)
+    guidance.branches(list(model.conditioner.encoders))  # unknown plugin names fail here
+    strength = req.strength
+    if strength is None:
+        strength = 1.0 if req.mask is not None or req.init is None else 0.75
+    if req.mask is not None and req.init is None:
+        raise ConfigError("mask= needs init=: the mask says which parts of the init image to "
+                          "keep (black) and which to generate (white).")
+    return {"sampler": spec, "steps": steps, "sigmas": plan, "sampler_options": knobs,
+            "guidance": guidance, "strength": strength}
+
+
+def load_image(path: Path, size: int, channels: int, what: str = "init") -> torch.Tensor:
+    """A PNG/JPEG as a (1, C, size, size) tensor in [-1, 1] (``what`` names the argument)."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{what}={str(path)!r} is not a readable image ({err}); give a PNG "
+                          f"or JPEG file.") from None
+    image = image.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BICUBIC)
+    t = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()) / 127.5 - 1.0
+    return (t[None] if channels == 1 else t.permute(2, 0, 1))[None]
+
 
 def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
     cfg, model, _ = load_run(req.run, registry, req.ema)
-    sampler = req.sampler or cfg.sampler.name
-    steps = req.steps or cfg.sampler.steps
-    guidance = cfg.sampler.guidance if req.guidance is None else req.guidance
-    eta = cfg.sampler.eta if req.eta is None else req.eta
-    options: dict[str, Any] = {"spacing": cfg.sampler.spacing}
-    if sampler == "ddim":
-        options["eta"] = eta
+    setup = sampling_setup(req, model, cfg, registry)
+    size, channels = cfg.data.image_size, cfg.data.channels
+    init = None if req.init is None else load_image(req.init, size, channels)
+    mask = None if req.mask is None else (load_image(req.mask, size, 1, "mask") + 1) / 2
     out = req.out or RunFolder(req.run).samples / f"sample_{req.seed}"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -155,9 +234,9 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
         noise = torch.stack([torch.randn(model.latent_shape(), generator=torch.Generator().manual_seed(req.seed + start + i))
                              for i in range(len(chunk))])
         with autocast(req.precision, device):
-            images.append(model.sample(batch, len(chunk), sampler=sampler, steps=steps,
-                                       guidance=guidance, noise=noise, sampler_options=options,
-                                       generator=torch.Generator().manual_seed(req.seed + start)))
+            images.append(model.sample(batch, len(chunk), noise=noise, init=init, mask=mask,
+                                       generator=torch.Generator().manual_seed(req.seed + start),
+                                       **setup))
     images_t = torch.cat(images)
     records = []
     for i, (image, row) in enumerate(zip(images_t, texts)):
@@ -166,8 +245,15 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
         records.append({"file": name, "seed": req.seed + i, "row": i // req.n,
                         "conditions": {k: _plain(v) for k, v in row.items()}})
     save_grid(images_t, out / "grid.png", nrow=req.n)
+    g: Guidance = setup["guidance"]
     (out / "samples.json").write_text(json.dumps({
-        "run": str(req.run), "sampler": sampler, "steps": steps, "guidance": guidance,
+        "run": str(req.run), "sampler": setup["sampler"].name, "steps": setup["steps"],
+        "evaluations": setup["sampler"].evals(setup["steps"]),
+        "sigmas": setup["sigmas"].kind.value, "knobs": setup["sampler_options"],
+        "guidance": g.scale, "plugin_guidance": dict(g.per_plugin), "guidance_rescale": g.rescale,
+        "guidance_interval": g.interval, "init": None if req.init is None else str(req.init),
+        "strength": setup["strength"] if req.init is not None else None,
+        "mask": None if req.mask is None else str(req.mask),
         "precision": req.precision, "ema": req.ema, "samples": records}, indent=1))
     return out
 

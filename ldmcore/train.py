@@ -264,8 +264,10 @@ def _sample_grid(model: LatentDiffusion, ema: EMA, held: InMemoryBatches | None,
     _copy_into(model, ema.shadow)
     model.eval()
     with autocast(cfg.trainer.precision, next(model.unet.parameters()).device):
-        images = model.sample(batch, len(batch["image"]), sampler=cfg.sampler.name,
-                              steps=cfg.sampler.steps, guidance=cfg.sampler.guidance,
+        sc = cfg.sampler
+        images = model.sample(batch, len(batch["image"]), sampler=default_registry().sampler(sc.name),
+                              steps=sc.steps, sigmas=sc.plan(), sampler_options=sc.knobs(),
+                              guidance=sc.guidance_spec(),
                               generator=torch.Generator().manual_seed(cfg.seed))
     _copy_into(model, live)
     model.train()

@@ -1,8 +1,11 @@
-"""Noise schedules, prediction conversions, samplers and guidance against closed-form truths.
+"""Noise schedules, prediction conversions and DDIM/DDPM against closed-form truths.
 
-The samplers are checked on Gaussian data, z0 ~ N(MU, S^2) per dimension, where the exact
+DDIM and DDPM are checked on Gaussian data, z0 ~ N(MU, S^2) per dimension, where the exact
 denoiser E[z0 | z_t] is closed form; every sampler step is then affine in z_t (plus Gaussian
-noise), so the output distribution of DDIM and DDPM is known exactly for any step count.
+noise), so the output distribution of DDIM and DDPM is known exactly for any step count. The
+exact denoiser is written as an eps-network over integer timesteps and reaches the samplers
+through ``DiscreteDenoiser``, as a trained UNet does. (Every sampler's convergence order is in
+test_samplers.py, guidance in test_guidance.py.)
 """
 
 from __future__ import annotations
@@ -13,16 +16,11 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from ldmcore.conditioning import Conditioning
-from ldmcore.diffusion.guidance import guided
-from ldmcore.diffusion.samplers import (
-    SAMPLERS,
-    Spacing,
-    make_timesteps,
-    sample_ddim,
-    sample_ddpm,
-)
-from ldmcore.diffusion.schedule import BetaSchedule, NoiseSchedule, Prediction, make_betas
+from ldmcore.diffusion.denoisers import DiscreteDenoiser
+from ldmcore.diffusion.samplers import SAMPLERS
+from ldmcore.diffusion.schedule import (BetaSchedule, NoiseSchedule, Prediction, make_betas,
+                                        rescale_zero_terminal_snr)
+from ldmcore.diffusion.sigmas import Spacing, discrete_sigmas, make_timesteps
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -103,6 +101,40 @@ def test_sigmas_give_the_variance_exploding_view_of_the_same_point() -> None:
 
 
 SCHEDULES = [("linear", 1e-4, 0.02), ("scaled_linear", 0.00085, 0.012)]
+
+
+@pytest.mark.parametrize("kind,start,end", [*SCHEDULES, ("cosine", 0.0, 0.0)])
+def test_zero_terminal_snr_rescale_follows_lin_et_al_algorithm_1(kind: str, start: float,
+                                                                  end: float) -> None:
+    """sqrt(abar) is shifted to end at exactly 0 and scaled to keep its first value."""
+    betas = make_betas(kind, 1000, start or 1e-4, end or 0.02)
+    root = torch.cumprod(1 - betas, 0).sqrt()
+    rescaled = NoiseSchedule(rescale_zero_terminal_snr(betas))
+    expected = (root - root[-1]) * root[0] / (root[0] - root[-1])
+    torch.testing.assert_close(rescaled.alphas_cumprod.sqrt(), expected, rtol=1e-9, atol=1e-12)
+    assert rescaled.alphas_cumprod[-1].item() == 0.0 and rescaled.betas[-1].item() == 1.0
+    assert rescaled.zero_terminal_snr and not NoiseSchedule(betas).zero_terminal_snr
+    assert ((rescaled.betas > 0) & (rescaled.betas <= 1)).all()
+    # the sigma view stays finite and increasing: the last sigma continues the log slope
+    sig = rescaled.sigmas
+    assert torch.isfinite(sig).all() and (sig[1:] > sig[:-1]).all()
+    assert sig[-1].log().item() - sig[-2].log().item() == pytest.approx(
+        sig[-2].log().item() - sig[-3].log().item(), rel=1e-9)
+
+
+def test_v_prediction_round_trips_at_zero_terminal_snr() -> None:
+    schedule = NoiseSchedule.build("scaled_linear", 1000, zero_terminal_snr=True)
+    g = torch.Generator().manual_seed(5)
+    z0 = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64)
+    eps = torch.randn(3, 2, 3, 3, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 500, 999])
+    zt = schedule.add_noise(z0, eps, t)
+    assert torch.equal(zt[2], eps[2])  # pure noise at t = T
+    v = schedule.target(Prediction.V, z0, eps, t)
+    torch.testing.assert_close(v[2], -z0[2])
+    eps_hat, z0_hat = schedule.to_eps_x0(Prediction.V, v, zt, t)
+    torch.testing.assert_close(eps_hat, eps, rtol=0, atol=1e-9)
+    torch.testing.assert_close(z0_hat, z0, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("kind,start,end", SCHEDULES)
@@ -227,6 +259,20 @@ def exact_denoise(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch
     return (z - a.sqrt() * z0) / (1 - a).sqrt(), z0
 
 
+def exact_eps(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The exact denoiser as an eps-prediction network (what a perfect UNet outputs)."""
+    return exact_denoise(z, t)[0]
+
+
+def sample_vp(name: str, x: torch.Tensor, steps: int, spacing: str, **knobs) -> torch.Tensor:
+    """Run a sampler from VP noise ``x`` (z_T) over the DDIM/DDPM timesteps, the way
+    ``LatentDiffusion.sample`` does: adapter, discrete sigmas, start scaled to the sigma view."""
+    model = DiscreteDenoiser(exact_eps, GAUSS, Prediction.EPS)
+    sigmas = discrete_sigmas(GAUSS, steps, spacing)
+    start = x * DiscreteDenoiser.initial_noise_scale(float(sigmas[0]))
+    return SAMPLERS[name](model, start, sigmas, **knobs)
+
+
 def _abar(t: int) -> float:
     return 1.0 if t < 0 else float(GAUSS.alphas_cumprod[t])
 
@@ -278,7 +324,7 @@ def _standard_normal(seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("steps", [1, 4, 25, 200])
 def test_ddim_matches_its_closed_form_map_on_gaussian_data(spacing: Spacing, steps: int) -> None:
     x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1.3
-    out = sample_ddim(exact_denoise, x, GAUSS, steps, spacing=spacing)
+    out = sample_vp("ddim", x, steps, spacing)
     torch.testing.assert_close(out, ddim_closed_form(x, steps, spacing), rtol=0, atol=1e-10)
 
 
@@ -286,7 +332,7 @@ def test_ddim_output_distribution_converges_to_the_data_as_steps_grow() -> None:
     x = _standard_normal(0)
     errors = []
     for steps in (2, 5, 20, 100, 1000):
-        out = sample_ddim(exact_denoise, x, GAUSS, steps, spacing="trailing")
+        out = sample_vp("ddim", x, steps, "trailing")
         mean_err, std_err = abs(out.mean().item() - MU), abs(out.std().item() - S)
         errors.append(mean_err + std_err)
     assert all(e1 > e2 for e1, e2 in zip(errors, errors[1:])), errors
@@ -302,7 +348,7 @@ def test_ddpm_output_distribution_matches_its_exact_moments() -> None:
     errors = []
     for steps in (5, 50, 1000):
         gen = torch.Generator().manual_seed(steps)
-        out = sample_ddpm(exact_denoise, x, GAUSS, steps, spacing="trailing", generator=gen)
+        out = sample_vp("ddpm", x, steps, "trailing", generator=gen)
         mean, std = ddpm_moments(steps, "trailing")
         se_mean, se_std = std / math.sqrt(N), std / math.sqrt(2 * N)
         assert abs(out.mean().item() - mean) < 5 * se_mean, (steps, out.mean().item(), mean)
@@ -318,112 +364,34 @@ def test_ddim_with_eta_one_is_ddpm_pathwise() -> None:
     draws the two chains coincide sample by sample."""
     x = torch.randn(20, 100, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     for steps, spacing in ((10, "leading"), (37, "trailing")):
-        ddim = sample_ddim(exact_denoise, x, GAUSS, steps, eta=1.0, spacing=spacing,
-                           generator=torch.Generator().manual_seed(9))
-        ddpm = sample_ddpm(exact_denoise, x, GAUSS, steps, spacing=spacing,
-                           generator=torch.Generator().manual_seed(9))
+        ddim = sample_vp("ddim", x, steps, spacing, eta=1.0,
+                         generator=torch.Generator().manual_seed(9))
+        ddpm = sample_vp("ddpm", x, steps, spacing, generator=torch.Generator().manual_seed(9))
         torch.testing.assert_close(ddim, ddpm, rtol=0, atol=1e-9)
     mean, std = ddpm_moments(37, "trailing")
     assert abs(ddim.mean().item() - mean) < 5 * std / math.sqrt(2000)
 
 
-def _tensor_denoise(z: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The exact denoiser on float32 image-shaped latents."""
-    eps, z0 = exact_denoise(z.double(), t)
-    return eps.to(z.dtype), z0.to(z.dtype)
+def _tensor_eps(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The exact eps-network on float32 image-shaped latents."""
+    return exact_eps(z.double(), t).to(z.dtype)
+
+
+def _tensor_sample(name: str, x: torch.Tensor, steps: int, seed: int, **knobs) -> torch.Tensor:
+    model = DiscreteDenoiser(_tensor_eps, GAUSS, Prediction.EPS)
+    sigmas = discrete_sigmas(GAUSS, steps)
+    return SAMPLERS[name](model, x * DiscreteDenoiser.initial_noise_scale(float(sigmas[0])), sigmas,
+                          generator=torch.Generator().manual_seed(seed), **knobs)
 
 
 @pytest.mark.parametrize("name,knobs", [("ddpm", {}), ("ddim", {"eta": 0.5})])
 def test_stochastic_samplers_are_fixed_by_the_generator_seed(name: str, knobs: dict) -> None:
     x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
-    runs = [SAMPLERS[name](_tensor_denoise, x, GAUSS, 8, generator=torch.Generator().manual_seed(s),
-                           **knobs) for s in (5, 5, 6)]
+    runs = [_tensor_sample(name, x, 8, s, **knobs) for s in (5, 5, 6)]
     assert torch.equal(runs[0], runs[1])
     assert not torch.allclose(runs[0], runs[2])
 
 
 def test_ddim_eta_zero_is_deterministic_and_draws_no_noise() -> None:
     x = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(0))
-    a = sample_ddim(_tensor_denoise, x, GAUSS, 6, generator=torch.Generator().manual_seed(1))
-    b = sample_ddim(_tensor_denoise, x, GAUSS, 6, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
-def test_callback_sees_every_step_and_the_last_is_the_output(name: str) -> None:
-    seen: list[tuple[int, torch.Tensor]] = []
-    x = torch.randn(4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    out = SAMPLERS[name](exact_denoise, x, GAUSS, 7, generator=torch.Generator().manual_seed(0),
-                         callback=lambda i, z: seen.append((i, z.clone())))
-    assert [i for i, _ in seen] == list(range(7))
-    assert torch.equal(seen[-1][1], out)
-
-
-# ------------------------------------------------------------------------------------------
-# guidance
-# ------------------------------------------------------------------------------------------
-
-
-class ToyNetwork:
-    """Per-sample, nonlinear in z and in the conditions; records each call's batch size."""
-
-    def __init__(self) -> None:
-        g = torch.Generator().manual_seed(0)
-        self.w = torch.randn(3, 3, generator=g, dtype=torch.float64)
-        self.p = torch.randn(5, 3, generator=g, dtype=torch.float64)
-        self.batches: list[int] = []
-
-    def __call__(self, z: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        self.batches.append(z.shape[0])
-        ctx = (cond.context * cond.context_mask[..., None]).sum(1)  # (B, 5)
-        h = torch.tanh(z @ self.w + ctx @ self.p + cond.vector[:, :3] * t[:, None] / 100)
-        return h * (1 + cond.vector[:, 3:4])
-
-
-def _conditionings(b: int) -> tuple[Conditioning, Conditioning]:
-    g = torch.Generator().manual_seed(1)
-    mask = torch.ones(b, 2, dtype=torch.bool)
-    mask[0, 1] = False
-    cond = Conditioning(context=torch.randn(b, 2, 5, generator=g, dtype=torch.float64),
-                        context_mask=mask,
-                        vector=torch.randn(b, 4, generator=g, dtype=torch.float64))
-    uncond = Conditioning(context=torch.zeros(b, 2, 5, dtype=torch.float64),
-                          context_mask=torch.ones(b, 2, dtype=torch.bool),
-                          vector=torch.randn(b, 4, generator=g, dtype=torch.float64))
-    return cond, uncond
-
-
-@pytest.mark.parametrize("scale", [0.0, 1.0, 2.5, 7.5, -1.0])
-def test_guided_output_is_uncond_plus_scale_times_the_difference(scale: float) -> None:
-    b = 3
-    net = ToyNetwork()
-    cond, uncond = _conditionings(b)
-    z = torch.randn(b, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    t = torch.tensor([10, 500, 990])
-    out_c, out_u = net(z, t, cond), net(z, t, uncond)  # two separate calls: the reference
-    net.batches.clear()
-    out = guided(net, cond, uncond, scale)(z, t)
-    torch.testing.assert_close(out, out_u + scale * (out_c - out_u), rtol=0, atol=1e-12)
-    # one network evaluation per step: half-size for scale 0 or 1, batched otherwise
-    assert net.batches == ([b] if scale in (0.0, 1.0) else [2 * b])
-    if scale == 1.0:
-        assert torch.equal(out, out_c)
-    if scale == 0.0:
-        assert torch.equal(out, out_u)
-
-
-def test_guidance_of_a_linear_network_extrapolates_the_condition() -> None:
-    """For f(z, c) = A z + B c, guidance at scale s is f evaluated at u + s (c - u)."""
-    g = torch.Generator().manual_seed(3)
-    A, B = torch.randn(2, 2, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g,
-                                                                           dtype=torch.float64)
-
-    def net(z: torch.Tensor, t: torch.Tensor, c: Conditioning) -> torch.Tensor:
-        return z @ A + c.vector @ B
-
-    c = Conditioning(vector=torch.randn(5, 4, generator=g, dtype=torch.float64))
-    u = Conditioning(vector=torch.zeros(5, 4, dtype=torch.float64))
-    z = torch.randn(5, 2, generator=g, dtype=torch.float64)
-    t = torch.zeros(5, dtype=torch.long)
-    extrapolated = Conditioning(vector=u.vector + 4.0 * (c.vector - u.vector))
-    torch.testing.assert_close(guided(net, c, u, 4.0)(z, t), net(z, t, extrapolated))
+    assert torch.equal(_tensor_sample("ddim", x, 6, 1), _tensor_sample("ddim", x, 6, 2))

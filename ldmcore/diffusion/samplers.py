@@ -1,97 +1,426 @@
-"""Samplers over the discrete schedule: DDPM (ancestral) and DDIM.
+"""Samplers in k-diffusion's contract: free functions over a denoiser in sigma space.
 
 Every sampler has one signature::
 
-    sample_NAME(denoise, x, schedule, steps, *, generator=None, callback=None, **knobs) -> x0
+    sample_NAME(model, x, sigmas, *, extra_args=None, callback=None, generator=None, **knobs) -> x0
 
-where ``denoise(z_t, t) -> (eps, z0)`` is the (guided) network already converted from its
-prediction type, ``x`` is the starting noise and ``steps`` the number of network evaluations.
-Randomness comes only from ``generator`` (drawn on the CPU), so a seed fixes every pixel.
+``model(x, sigma, **extra_args)`` returns the denoised estimate of ``x = z_0 + sigma * eps``
+(``DiscreteDenoiser`` adapts an eps- or v-prediction network to it), ``x`` is the starting
+point already at noise level ``sigmas[0]``, and ``sigmas`` descends to 0. ``callback`` receives
+k-diffusion's dict ``{x, i, sigma, sigma_hat, denoised}`` after each step. Randomness comes only
+from ``generator`` (noise drawn on the CPU in float32, then moved), so a seed fixes every pixel,
+for the stochastic samplers too.
+
+Notation: ``h = log(sigma / sigma_next)`` is the step in half-log-SNR ``lambda = -log sigma``
+(Lu et al.'s DPM-Solver variable for the VE view). Every sampler's last step, to sigma = 0,
+returns the denoised estimate: the ODE's solution there is the data point itself.
+
+Samplers register through the ``register_samplers`` hook (this module implements it for the
+built-ins, exactly as a third-party package would); ``SamplerSpec`` records how many network
+evaluations a step costs and validates knobs against the function's own keyword defaults.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from enum import Enum
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from ldmcore.diffusion.schedule import NoiseSchedule
+from ldmcore.errors import ConfigError, nearest
+from ldmcore.hookspecs import hookimpl
 
-Denoise = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-Callback = Callable[[int, torch.Tensor], None]
-
-
-class Spacing(str, Enum):
-    LEADING = "leading"  # 0, k, 2k, ... (+ offset): DDIM/SD
-    LINSPACE = "linspace"  # evenly from 0 to T-1, ends included
-    TRAILING = "trailing"  # counted back from T-1 (Lin et al. 2023)
+Model = Callable[..., torch.Tensor]
+Callback = Callable[[dict[str, Any]], None]
 
 
-def make_timesteps(num_train: int, steps: int, spacing: Spacing | str = Spacing.LEADING,
-                   offset: int = 0) -> torch.Tensor:
-    """Descending integer timesteps to visit, ``steps`` of them."""
-    if not 1 <= steps <= num_train:
-        raise ValueError(f"steps must be in 1..{num_train}, got {steps}")
-    spacing = Spacing(spacing)
-    if spacing is Spacing.LEADING:
-        ts = torch.arange(steps) * (num_train // steps) + offset
-    elif spacing is Spacing.LINSPACE:
-        ts = torch.linspace(0, num_train - 1, steps).round()
-    else:
-        ts = ((num_train - torch.arange(steps) * (num_train / steps)).round() - 1).flip(0)
-    return ts.long().clamp(0, num_train - 1).flip(0)
+# ------------------------------------------------------------------------------------------
+# shared pieces
+# ------------------------------------------------------------------------------------------
 
 
 def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(like.shape, generator=generator, dtype=torch.float32).to(like)
 
 
-def _abar(schedule: NoiseSchedule, t: int) -> float:
-    return 1.0 if t < 0 else float(schedule.alphas_cumprod[t])
+def _levels(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
+    """Sigmas as Python floats (float64 step coefficients, whatever the dtype of ``x``)."""
+    values = sigmas.tolist() if isinstance(sigmas, torch.Tensor) else [float(s) for s in sigmas]
+    if len(values) < 2 or any(a <= b for a, b in zip(values, values[1:])) or values[-1] < 0:
+        raise ValueError(f"sigmas must descend strictly to a non-negative end, got {values}")
+    return values
 
 
-def sample_ddim(denoise: Denoise, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
-                eta: float = 0.0, spacing: Spacing | str = Spacing.LEADING, offset: int = 0,
-                generator: torch.Generator | None = None, callback: Callback | None = None
-                ) -> torch.Tensor:
-    """DDIM (Song, Meng & Ermon 2021, eq. 12): deterministic at ``eta=0``, DDPM-like at 1."""
-    ts = make_timesteps(schedule.num_timesteps, steps, spacing, offset)
-    for i, t in enumerate(ts.tolist()):
-        t_prev = ts[i + 1].item() if i + 1 < len(ts) else -1
-        a, a_prev = _abar(schedule, t), _abar(schedule, t_prev)
-        eps, z0 = denoise(x, torch.full((x.shape[0],), t, device=x.device))
-        sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
-        direction = max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
-        x = a_prev ** 0.5 * z0 + direction
-        if sigma > 0:
-            x = x + sigma * _noise(x, generator)
-        if callback is not None:
-            callback(i, x)
+def _denoise(model: Model, x: torch.Tensor, sigma: float, extra_args: dict | None) -> torch.Tensor:
+    return model(x, x.new_full((x.shape[0],), sigma), **(extra_args or {}))
+
+
+def _report(callback: Callback | None, i: int, x: torch.Tensor, sigma: float,
+            denoised: torch.Tensor, sigma_hat: float | None = None) -> None:
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": sigma,
+                  "sigma_hat": sigma if sigma_hat is None else sigma_hat, "denoised": denoised})
+
+
+def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
+    """Split a step to ``sigma_next`` into a deterministic part to ``sigma_down`` and fresh noise
+    ``sigma_up`` with ``sigma_down^2 + sigma_up^2 = sigma_next^2``.
+
+    ``sigma_up = eta * sigma_next * sqrt(1 - sigma_next^2 / sigma^2)`` is, at ``eta = 1``, the
+    standard deviation of the DDPM posterior q(x_next | x, x_0) (Ho et al. 2020, eq. 7) and, for
+    any ``eta``, DDIM's sigma_t (Song et al. 2021, eq. 16) in the sigma view.
+    """
+    if eta == 0 or sigma_next == 0:
+        return sigma_next, 0.0
+    up = min(sigma_next, eta * sigma_next * math.sqrt(max(1.0 - sigma_next ** 2 / sigma ** 2, 0.0)))
+    return math.sqrt(sigma_next ** 2 - up ** 2), up
+
+
+def _toward(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_to: float) -> torch.Tensor:
+    """One Euler step of the probability-flow ODE ``dx/dsigma = (x - D) / sigma`` to ``sigma_to``;
+    in this form (``D + (sigma_to/sigma)(x - D)``) it is exact at ``sigma_to = 0``."""
+    return denoised + (sigma_to / sigma) * (x - denoised)
+
+
+# ------------------------------------------------------------------------------------------
+# first order
+# ------------------------------------------------------------------------------------------
+
+
+def sample_euler(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
+                 extra_args: dict | None = None, callback: Callback | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without
+    churn). First order: the output's error shrinks like 1/steps."""
+    levels = _levels(sigmas)
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+        denoised = _denoise(model, x, s, extra_args)
+        x = _toward(x, denoised, s, s_next)
+        _report(callback, i, x, s, denoised)
     return x
 
 
-def sample_ddpm(denoise: Denoise, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
-                spacing: Spacing | str = Spacing.LEADING, offset: int = 0,
-                generator: torch.Generator | None = None, callback: Callback | None = None
-                ) -> torch.Tensor:
-    """Ancestral sampling from the DDPM posterior q(z_s | z_t, z0) (Ho et al. 2020, eq. 6-7),
-    over a strided timestep subsequence (each stride is one step of the respaced chain)."""
-    ts = make_timesteps(schedule.num_timesteps, steps, spacing, offset)
-    for i, t in enumerate(ts.tolist()):
-        t_prev = ts[i + 1].item() if i + 1 < len(ts) else -1
-        a, a_prev = _abar(schedule, t), _abar(schedule, t_prev)
-        beta = 1 - a / a_prev  # beta of the respaced step t_prev -> t
-        _, z0 = denoise(x, torch.full((x.shape[0],), t, device=x.device))
-        mean = (a_prev ** 0.5 * beta / (1 - a)) * z0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a)) * x
-        var = beta * (1 - a_prev) / (1 - a)
-        x = mean + var ** 0.5 * _noise(x, generator) if t_prev >= 0 else mean
-        if callback is not None:
-            callback(i, x)
+def sample_euler_ancestral(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
+                           extra_args: dict | None = None, callback: Callback | None = None,
+                           generator: torch.Generator | None = None, eta: float = 1.0,
+                           s_noise: float = 1.0) -> torch.Tensor:
+    """Ancestral Euler (k-diffusion's ``sample_euler_ancestral``; Song et al. 2021's reverse SDE
+    discretised as in Karras et al. 2022, sec. 4): an Euler step down to ``sigma_down``, then
+    fresh noise ``sigma_up`` (``ancestral_step``). ``eta = 0`` is ``sample_euler``."""
+    levels = _levels(sigmas)
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+        denoised = _denoise(model, x, s, extra_args)
+        down, up = ancestral_step(s, s_next, eta)
+        x = _toward(x, denoised, s, down)
+        if up > 0:
+            x = x + (s_noise * up) * _noise(x, generator)
+        _report(callback, i, x, s, denoised)
     return x
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
-    "ddim": sample_ddim,
-    "ddpm": sample_ddpm,
+def sample_ddim(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
+                extra_args: dict | None = None, callback: Callback | None = None,
+                generator: torch.Generator | None = None, eta: float = 0.0) -> torch.Tensor:
+    """DDIM (Song, Meng & Ermon 2021, eq. 12): deterministic at ``eta = 0``, DDPM at 1.
+
+    Divided by ``sqrt(abar_prev)``, eq. 12 reads ``x' = x0 + sqrt(s'^2 - s_up^2) eps + s_up n``
+    with ``s_up`` DDIM's sigma_t over ``sqrt(abar_prev)``: at ``eta = 0`` this is exactly an
+    Euler step of the probability-flow ODE (Karras et al. 2022, sec. 3), in general an
+    ancestral step. Run on ``SigmaKind.DISCRETE`` sigmas it visits the paper's timesteps.
+    """
+    levels = _levels(sigmas)
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+        denoised = _denoise(model, x, s, extra_args)
+        down, up = ancestral_step(s, s_next, eta)
+        x = _toward(x, denoised, s, down)
+        if up > 0:
+            x = x + up * _noise(x, generator)
+        _report(callback, i, x, s, denoised)
+    return x
+
+
+def sample_ddpm(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
+                extra_args: dict | None = None, callback: Callback | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Ancestral sampling from the DDPM posterior q(x_next | x, x0) (Ho et al. 2020, eq. 6-7),
+    one respaced step per interval. In the sigma view the forward chain adds independent noise
+    of variance ``s^2 - s'^2``, so the posterior is ``N(x0 + (s'/s)^2 (x - x0),
+    s'^2 (s^2 - s'^2) / s^2)``, with ``x0`` the network's estimate."""
+    levels = _levels(sigmas)
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+        denoised = _denoise(model, x, s, extra_args)
+        ratio = (s_next / s) ** 2
+        x = denoised + ratio * (x - denoised)
+        if s_next > 0:
+            x = x + math.sqrt(s_next ** 2 * (1 - ratio)) * _noise(x, generator)
+        _report(callback, i, x, s, denoised)
+    return x
+
+
+# ------------------------------------------------------------------------------------------
+# second and third order
+# ------------------------------------------------------------------------------------------
+
+
+def sample_heun(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
+                extra_args: dict | None = None, callback: Callback | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Heun's method (Karras et al. 2022, Algorithm 1 without churn): an Euler predictor, then
+    the trapezoidal corrector with the slope at the predicted point. Second order; two network
+    evaluations per step, one for the last step to sigma = 0 (where Euler is exact)."""
+    levels = _levels(sigmas)
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+        denoised = _denoise(model, x, s, extra_args)
+        slope = (x - denoised) / s
+        predicted = x + (s_next - s) * slope
+        if s_next == 0:
+            x = predicted
+        else:
+            slope_next = (predicted - _denoise(model, predicted, s_next, extra_args)) / s_next
+            x = x + (s_next - s) * 0.5 * (slope + slope_next)
+        _report(callback, i, x, s, denoised)
+    return x
+
+
+def sample_dpmpp_2m(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
+                    extra_args: dict | None = None, callback: Callback | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): the exponential
+    integrator of the data-prediction ODE, ``x' = (s'/s) x + (1 - e^-h) D``, with ``D``
+    extrapolated linearly in lambda from the last two estimates,
+    ``D = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}``, ``r = h_prev / h``. Second order, one evaluation
+    per step; the first step (no history) is DDIM."""
+    levels = _levels(sigmas)
+    previous: torch.Tensor | None = None
+    h_prev = 0.0
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+        denoised = _denoise(model, x, s, extra_args)
+        if s_next == 0:
+            x = denoised
+        else:
+            h = math.log(s / s_next)
+            target = denoised
+            if previous is not None:
+                r = h_prev / h
+                target = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
+            x = (s_next / s) * x + (-math.expm1(-h)) * target
+            h_prev = h
+        previous = denoised
+        _report(callback, i, x, s, denoised)
+    return x
+
+
+def sample_dpmpp_2m_sde(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
+                        extra_args: dict | None = None, callback: Callback | None = None,
+                        generator: torch.Generator | None = None, eta: float = 1.0,
+                        s_noise: float = 1.0) -> torch.Tensor:
+    """DPM-Solver++(2M) SDE: Lu et al. 2022's multistep data-prediction solver applied to the
+    reverse SDE (the SDE variant its first author added to k-diffusion and diffusers as
+    ``sde-dpmsolver++``; midpoint form). The linear part decays at
+    rate ``(1 + eta)`` in lambda, ``x' = (s'/s) e^(-eta h) x + (1 - e^(-(1+eta)h)) D
+    + (1 - e^(-(1+eta)h)) (D_i - D_{i-1}) / (2r) + s' sqrt(1 - e^(-2 eta h)) s_noise n``.
+    ``eta = 0`` is exactly ``sample_dpmpp_2m``; ``eta = 1`` samples the reverse SDE. Independent
+    Gaussian increments per step (k-diffusion uses a Brownian tree; in distribution the same)."""
+    levels = _levels(sigmas)
+    previous: torch.Tensor | None = None
+    h_prev = 0.0
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+        denoised = _denoise(model, x, s, extra_args)
+        if s_next == 0:
+            x = denoised
+        else:
+            h = math.log(s / s_next)
+            decay = -math.expm1(-(1 + eta) * h)  # 1 - e^(-(1+eta) h)
+            x = (s_next / s) * math.exp(-eta * h) * x + decay * denoised
+            if previous is not None:
+                x = x + (decay / (2 * (h_prev / h))) * (denoised - previous)
+            if eta > 0:
+                x = x + (s_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise) * _noise(x, generator)
+            h_prev = h
+        previous = denoised
+        _report(callback, i, x, s, denoised)
+    return x
+
+
+def sample_dpmpp_3m_sde(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
+                        extra_args: dict | None = None, callback: Callback | None = None,
+                        generator: torch.Generator | None = None, eta: float = 1.0,
+                        s_noise: float = 1.0) -> torch.Tensor:
+    """DPM-Solver++(3M) SDE: Lu et al. 2022's multistep data-prediction solver at third order,
+    on the reverse SDE as in k-diffusion's ``sample_dpmpp_3m_sde``.
+
+    With ``g = (1 + eta) h`` the exponential integrator keeps the linear part exact,
+    ``x' = (s'/s) e^(-eta h) x + (1 - e^-g) D``, and adds the Taylor terms of D in lambda through
+    ``phi2 = (g - 1 + e^-g) / g`` and ``phi3 = phi2 / g - 1/2``: ``+ phi2 hD' - phi3 h^2 D''/2``,
+    with ``hD'`` and ``h^2 D''/2`` from divided differences of the last three estimates on the
+    nonuniform lambda grid; then noise ``s' sqrt(1 - e^(-2 eta h)) s_noise``. ``eta = 0`` is the
+    deterministic DPM-Solver++(3M), third order; the first two steps use orders 1 and 2.
+    """
+    levels = _levels(sigmas)
+    history: list[tuple[torch.Tensor, float]] = []  # (denoised, h of the step that followed it)
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+        denoised = _denoise(model, x, s, extra_args)
+        if s_next == 0:
+            x = denoised
+        else:
+            h = math.log(s / s_next)
+            g = (1 + eta) * h
+            x = (s_next / s) * math.exp(-eta * h) * x + (-math.expm1(-g)) * denoised
+            phi2 = (g + math.expm1(-g)) / g
+            if len(history) >= 1:
+                d1, h1 = history[-1]
+                r0 = h1 / h
+                slope0 = (denoised - d1) / r0  # ~ h D' at the midpoint of the last interval
+                if len(history) >= 2:
+                    d2, h2 = history[-2]
+                    r1 = h2 / h
+                    slope1 = (d1 - d2) / r1
+                    curvature = (slope0 - slope1) / (r0 + r1)  # ~ h^2 D'' / 2
+                    slope = slope0 + curvature * r0  # h D' moved to the current point
+                    phi3 = phi2 / g - 0.5
+                    x = x + phi2 * slope - 2 * phi3 * curvature
+                else:
+                    x = x + phi2 * slope0
+            if eta > 0:
+                x = x + (s_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise) * _noise(x, generator)
+            history.append((denoised, h))
+            del history[:-2]
+        _report(callback, i, x, s, denoised)
+    return x
+
+
+# ------------------------------------------------------------------------------------------
+# registration and knobs
+# ------------------------------------------------------------------------------------------
+
+# keyword parameters that belong to the contract, not to a sampler's knobs
+CONTRACT = frozenset({"model", "x", "sigmas", "extra_args", "callback", "generator", "disable",
+                      "noise_sampler"})
+# bounds of well-known knobs, for every sampler that has them (first- or third-party)
+KNOB_BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "eta": (0.0, 1.0), "s_noise": (0.0, None), "s_churn": (0.0, None), "s_tmin": (0.0, None),
+    "s_tmax": (0.0, None),
 }
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler: its function, name, cost per step, and where it came from."""
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    evals_per_step: int = 1  # network evaluations per step (Heun: 2; its last step takes 1)
+    package: str = "ldmcore"
+
+    @property
+    def knobs(self) -> dict[str, Any]:
+        """Knob name -> default, read from the function's keyword parameters."""
+        params = inspect.signature(self.fn).parameters
+        return {k: p.default for k, p in params.items()
+                if k not in CONTRACT and p.default is not inspect.Parameter.empty}
+
+    def evals(self, steps: int) -> int:
+        """Network evaluations of ``steps`` steps ending at sigma = 0."""
+        return self.evals_per_step * steps - (self.evals_per_step - 1)
+
+    def steps_for(self, evals: int) -> int:
+        """The most steps whose evaluations fit in ``evals``."""
+        return max(1, (evals + self.evals_per_step - 1) // self.evals_per_step)
+
+    def describe_knobs(self) -> str:
+        knobs = self.knobs
+        if not knobs:
+            return "it takes no knobs"
+        return "its knobs: " + ", ".join(f"{k} (default {v!r}{_bounds_text(k)})"
+                                         for k, v in knobs.items())
+
+    def check_knobs(self, knobs: dict[str, Any], where: str = "") -> dict[str, Any]:
+        """Validated knobs (types follow the defaults); unknown or out-of-range ones are a
+        ``ConfigError`` listing what this sampler takes."""
+        valid = self.knobs
+        out: dict[str, Any] = {}
+        for key, value in knobs.items():
+            if key not in valid:
+                hint = f" ({nearest(key, valid).rstrip('.')})" if valid else ""
+                raise ConfigError(f"{where}{key}={value!r}: sampler {self.name!r} has no knob "
+                                  f"{key!r}{hint}; {self.describe_knobs()}.")
+            default = valid[key]
+            try:
+                value = _coerce(type(default) if default is not None else float, value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}{key}={value!r} is not a {type(default).__name__}; "
+                                  f"sampler {self.name!r}: {self.describe_knobs()}.") from None
+            lo, hi = KNOB_BOUNDS.get(key, (None, None))
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                raise ConfigError(f"{where}{key}={value!r} is out of range ({_range_text(key)}); "
+                                  f"sampler {self.name!r}: {self.describe_knobs()}.")
+            out[key] = value
+        return out
+
+    def __call__(self, model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
+                 extra_args: dict | None = None, callback: Callback | None = None,
+                 generator: torch.Generator | None = None, **knobs: Any) -> torch.Tensor:
+        """Run the sampler, passing the generator the way its function accepts it
+        (``generator=``, or a k-diffusion ``noise_sampler`` drawing from it)."""
+        params = inspect.signature(self.fn).parameters
+        kwargs: dict[str, Any] = {"extra_args": extra_args, "callback": callback, **knobs}
+        if "generator" in params:
+            kwargs["generator"] = generator
+        elif "noise_sampler" in params and generator is not None:
+            kwargs["noise_sampler"] = lambda sigma, sigma_next: _noise(x, generator)
+        if "disable" in params:
+            kwargs["disable"] = True
+        return self.fn(model, x, sigmas, **kwargs)
+
+
+def _coerce(kind: type, value: Any) -> Any:
+    if kind is bool and isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(value)
+        return value.lower() in ("true", "1")
+    if kind is float:
+        out = float(value)
+        if not math.isfinite(out):
+            raise ValueError(value)
+        return out
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return kind(value)
+
+
+def _range_text(key: str) -> str:
+    lo, hi = KNOB_BOUNDS.get(key, (None, None))
+    if lo is not None and hi is not None:
+        return f"[{lo:g}, {hi:g}]"
+    if lo is not None:
+        return f">= {lo:g}"
+    return f"<= {hi:g}" if hi is not None else ""
+
+
+def _bounds_text(key: str) -> str:
+    text = _range_text(key)
+    return f", in {text}" if text.startswith("[") else (f", {text}" if text else "")
+
+
+BUILTIN: tuple[SamplerSpec, ...] = (
+    SamplerSpec("ddim", sample_ddim),
+    SamplerSpec("ddpm", sample_ddpm),
+    SamplerSpec("euler", sample_euler),
+    SamplerSpec("euler_ancestral", sample_euler_ancestral),
+    SamplerSpec("heun", sample_heun, evals_per_step=2),
+    SamplerSpec("dpmpp_2m", sample_dpmpp_2m),
+    SamplerSpec("dpmpp_2m_sde", sample_dpmpp_2m_sde),
+    SamplerSpec("dpmpp_3m_sde", sample_dpmpp_3m_sde),
+)
+
+SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in BUILTIN}
+
+
+@hookimpl
+def register_samplers(register: Callable[..., None]) -> None:
+    """The built-in samplers, registered through the same hook as third-party ones."""
+    for spec in BUILTIN:
+        register(spec.fn, name=spec.name, evals_per_step=spec.evals_per_step)

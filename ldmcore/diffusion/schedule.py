@@ -4,6 +4,11 @@ Forward process: ``z_t = sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps``. In the sigma
 (Karras/k-diffusion) the same point is ``z_t / sqrt(abar_t) = z_0 + sigma_t eps`` with
 ``sigma_t = sqrt((1 - abar_t) / abar_t)``. The v-prediction target (Salimans & Ho 2022) is
 ``v = sqrt(abar_t) eps - sqrt(1 - abar_t) z_0``.
+
+A schedule may be rescaled to zero terminal SNR (Lin et al. 2023, "Common Diffusion Noise
+Schedules and Sample Steps are Flawed", Algorithm 1): then ``abar_T = 0``, the last training
+timestep sees pure noise, and only v-prediction can be trained on it (an eps-model cannot say
+anything about z_0 from pure noise).
 """
 
 from __future__ import annotations
@@ -38,6 +43,17 @@ def make_betas(kind: BetaSchedule, steps: int, beta_start: float = 0.00085,
     return (1 - abar[1:] / abar[:-1]).clamp(max=0.999)
 
 
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2023, Algorithm 1: shift and scale ``sqrt(abar)`` so that it ends at exactly 0
+    and starts where it did, then recover the betas. The last beta becomes 1."""
+    root = torch.cumprod(1.0 - betas.double(), dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    abar = root ** 2
+    alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
+    return 1.0 - alphas
+
+
 class NoiseSchedule:
     """Cumulative products and per-timestep coefficients of a beta schedule."""
 
@@ -48,8 +64,13 @@ class NoiseSchedule:
 
     @classmethod
     def build(cls, kind: BetaSchedule | str, steps: int = 1000, beta_start: float = 0.00085,
-              beta_end: float = 0.012) -> NoiseSchedule:
-        return cls(make_betas(BetaSchedule(kind), steps, beta_start, beta_end))
+              beta_end: float = 0.012, zero_terminal_snr: bool = False) -> NoiseSchedule:
+        betas = make_betas(BetaSchedule(kind), steps, beta_start, beta_end)
+        return cls(rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas)
+
+    @property
+    def zero_terminal_snr(self) -> bool:
+        return float(self.alphas_cumprod[-1]) == 0.0
 
     def abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """alpha-bar at integer timesteps ``t``, shaped to broadcast against ``like``."""
@@ -58,7 +79,17 @@ class NoiseSchedule:
 
     @property
     def sigmas(self) -> torch.Tensor:
-        return ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
+        """``sqrt((1 - abar) / abar)`` per timestep, increasing.
+
+        At zero terminal SNR the last sigma is infinite; samplers in sigma space need a finite
+        start, so it is continued geometrically from the two before it (one more step of the
+        schedule's own log-sigma slope; ~4500 for SD's schedule, where diffusers uses 4096).
+        """
+        abar = self.alphas_cumprod
+        sigmas = ((1 - abar) / abar).sqrt()
+        if self.zero_terminal_snr:
+            sigmas[-1] = sigmas[-2] ** 2 / sigmas[-3]
+        return sigmas
 
     def add_noise(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a = self.abar(t, z0)
