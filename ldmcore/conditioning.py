@@ -20,6 +20,7 @@ input channels, context width and vector width are derived from the specs here.
 from __future__ import annotations
 
 import enum
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -47,6 +48,7 @@ class BackboneSpec:
     context_dim: int  # width every cross-attention token must have
     image_channels: int
     image_size: tuple[int, int]
+    root: Path | None = None  # folder that relative paths in plugin configs resolve against (a run's)
 
 
 @dataclass(frozen=True)
