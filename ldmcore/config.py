@@ -31,6 +31,7 @@ class UNetConfig(Strict):
     attention_levels: tuple[int, ...] = (1,)
     middle_attention: bool = True
     num_head_channels: int = Field(32, ge=1)
+    num_heads: int = Field(0, ge=0, description="fixed head count at every width (SD 1.x: 8); 0 = from num_head_channels")
     transformer_depth: int = Field(1, ge=1)
     context_dim: int = Field(256, ge=1, description="cross-attention token width plugins project to")
     use_linear_in_transformer: bool = False
@@ -97,6 +98,8 @@ class SamplerConfig(Strict):
     guidance: float = 3.0
     eta: float = Field(0.0, ge=0.0)
     spacing: Spacing = Spacing.LEADING
+    offset: int = Field(0, ge=0, description="added to every timestep (SD/diffusers steps_offset=1)")
+    set_alpha_to_one: bool = Field(True, description="DDIM's last step lands on alpha-bar 1; false: on alpha-bar of t=0, as SD does")
 
     @field_validator("name")
     @classmethod

@@ -79,7 +79,7 @@ def load_run(run_dir: Path, registry: Registry | None = None, use_ema: bool = Tr
         raise ConfigError(f"{str(run.last)!r} is not an ldmcore diffusion checkpoint (its "
                           f"metadata has no config); was it written by `ldm train`?")
     cfg = validate(meta["config"])
-    model = build_model(cfg, registry=registry)
+    model = build_model(cfg, registry=registry, root=run.root)
     state = {k: v for k, v in tensors.items() if not k.startswith(("ema.", "optim.", "rng."))}
     checkpoint.load_into(model, state, "model", run.last)
     if use_ema:
@@ -132,9 +132,10 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
     steps = req.steps or cfg.sampler.steps
     guidance = cfg.sampler.guidance if req.guidance is None else req.guidance
     eta = cfg.sampler.eta if req.eta is None else req.eta
-    options: dict[str, Any] = {"spacing": cfg.sampler.spacing}
+    options: dict[str, Any] = {"spacing": cfg.sampler.spacing, "offset": cfg.sampler.offset}
     if sampler == "ddim":
         options["eta"] = eta
+        options["set_alpha_to_one"] = cfg.sampler.set_alpha_to_one
     out = req.out or RunFolder(req.run).samples / f"sample_{req.seed}"
     out.mkdir(parents=True, exist_ok=True)
 

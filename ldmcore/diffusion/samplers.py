@@ -47,19 +47,24 @@ def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
     return torch.randn(like.shape, generator=generator, dtype=torch.float32).to(like)
 
 
-def _abar(schedule: NoiseSchedule, t: int) -> float:
-    return 1.0 if t < 0 else float(schedule.alphas_cumprod[t])
+def _abar(schedule: NoiseSchedule, t: int, final: float = 1.0) -> float:
+    return final if t < 0 else float(schedule.alphas_cumprod[t])
 
 
 def sample_ddim(denoise: Denoise, x: torch.Tensor, schedule: NoiseSchedule, steps: int, *,
                 eta: float = 0.0, spacing: Spacing | str = Spacing.LEADING, offset: int = 0,
-                generator: torch.Generator | None = None, callback: Callback | None = None
-                ) -> torch.Tensor:
-    """DDIM (Song, Meng & Ermon 2021, eq. 12): deterministic at ``eta=0``, DDPM-like at 1."""
+                set_alpha_to_one: bool = True, generator: torch.Generator | None = None,
+                callback: Callback | None = None) -> torch.Tensor:
+    """DDIM (Song, Meng & Ermon 2021, eq. 12): deterministic at ``eta=0``, DDPM-like at 1.
+
+    ``set_alpha_to_one=False`` ends on alpha-bar of t=0 instead of 1, as CompVis/SD's DDIM and
+    diffusers' SD scheduler configs do (needed to sample a converted SD model like the original).
+    """
     ts = make_timesteps(schedule.num_timesteps, steps, spacing, offset)
+    final = 1.0 if set_alpha_to_one else float(schedule.alphas_cumprod[0])
     for i, t in enumerate(ts.tolist()):
         t_prev = ts[i + 1].item() if i + 1 < len(ts) else -1
-        a, a_prev = _abar(schedule, t), _abar(schedule, t_prev)
+        a, a_prev = _abar(schedule, t), _abar(schedule, t_prev, final)
         eps, z0 = denoise(x, torch.full((x.shape[0],), t, device=x.device))
         sigma = eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)) ** 0.5
         direction = max(1 - a_prev - sigma ** 2, 0.0) ** 0.5 * eps
