@@ -158,6 +158,19 @@ def report_mismatch(what: str, source: str, missing: list[str], unexpected: list
                           f"detected from it: {'; '.join(problems)}. Nothing was written.")
 
 
+# -- Hugging Face CLIP text models ---------------------------------------------------------------
+# Keys here are "canonical": without transformers 4's ``text_model.`` prefix (transformers 5 drops
+# it; SD 1.x files keep it). ``clip_canonical`` and ``clip_for`` convert at the boundaries.
+def clip_canonical(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("text_model."): v for k, v in state.items() if not k.endswith("position_ids")}
+
+
+def clip_for(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Canonical keys -> the layout of the installed transformers' ``model``."""
+    prefixed = any(k.startswith("text_model.") for k in model.state_dict())
+    return {("text_model." + k if prefixed else k): v for k, v in state.items()}
+
+
 # -- OpenCLIP (SD 2.x ``cond_stage_model.model.*``) <-> Hugging Face CLIPTextModel ---------------
 OPENCLIP_EXTRA = ("text_projection", "logit_scale")  # in SD 2.x files, unused by the UNet's context
 
@@ -173,20 +186,20 @@ def openclip_to_hf(state: dict[str, torch.Tensor], source: str) -> dict[str, tor
         if key in OPENCLIP_EXTRA:
             continue
         if key == "token_embedding.weight":
-            out["text_model.embeddings.token_embedding.weight"] = value
+            out["embeddings.token_embedding.weight"] = value
         elif key == "positional_embedding":
-            out["text_model.embeddings.position_embedding.weight"] = value
+            out["embeddings.position_embedding.weight"] = value
         elif key.startswith("ln_final."):
-            out["text_model.final_layer_norm." + key.split(".")[-1]] = value
+            out["final_layer_norm." + key.split(".")[-1]] = value
         elif m := re.match(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)$", key):
             layer, mod, kind = m[1], m[2], m[3]
-            prefix = f"text_model.encoder.layers.{layer}."
+            prefix = f"encoder.layers.{layer}."
             if mod in _OPENCLIP_LAYER:
                 out[prefix + _OPENCLIP_LAYER[mod] + "." + kind] = value
             else:
                 unexpected.append(key)
         elif m := re.match(r"transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$", key):
-            prefix = f"text_model.encoder.layers.{m[1]}.self_attn."
+            prefix = f"encoder.layers.{m[1]}.self_attn."
             for name, chunk in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
                 out[f"{prefix}{name}.{m[2]}"] = chunk
         else:
@@ -207,15 +220,15 @@ def hf_to_openclip(state: dict[str, torch.Tensor], pad_layers: int = 0) -> dict[
     for key, value in state.items():
         if key.endswith("position_ids"):
             continue
-        if key == "text_model.embeddings.token_embedding.weight":
+        if key == "embeddings.token_embedding.weight":
             out["token_embedding.weight"] = value
-        elif key == "text_model.embeddings.position_embedding.weight":
+        elif key == "embeddings.position_embedding.weight":
             out["positional_embedding"] = value
-        elif key.startswith("text_model.final_layer_norm."):
+        elif key.startswith("final_layer_norm."):
             out["ln_final." + key.split(".")[-1]] = value
-        elif m := re.match(r"text_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", key):
+        elif m := re.match(r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", key):
             qkv.setdefault(m[1], {}).setdefault(m[3], {})[m[2]] = value
-        elif m := re.match(r"text_model\.encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", key):
+        elif m := re.match(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", key):
             out[f"transformer.resblocks.{m[1]}.{inverse[m[2]]}.{m[3]}"] = value
     for layer, kinds in qkv.items():
         for kind, parts in kinds.items():
