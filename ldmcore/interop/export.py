@@ -169,8 +169,9 @@ def export_diffusers(model, cfg, out: Path | str, *, overwrite: bool = False) ->
                           f"in diffusers' SD pipelines; export a linear or scaled_linear model.")
 
     def write(root: Path) -> None:
+        unet_map = keymaps.unet_keymap(u)
         for sub, conf, tensors in (
-                ("unet", unet_cfg, {keymaps.unet_keymap(u)[k]: v for k, v in model.unet.state_dict().items()}),
+                ("unet", unet_cfg, {unet_map[k]: v for k, v in model.unet.state_dict().items()}),
                 ("vae", vae_cfg, keymaps.to_diffusers_autoencoder(model.autoencoder.state_dict(), ae))):
             (root / sub).mkdir()
             (root / sub / "config.json").write_text(json.dumps(conf, indent=1))
