@@ -50,6 +50,8 @@ class DiffusionConfig(Strict):
 class ModelConfig(Strict):
     unet: UNetConfig = UNetConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
+    init_from: Path | None = Field(None, description="a pretrained run folder to start from; "
+                                                     "plugins added here start at zero (ldmcore.attach)")
 
 
 class DiscriminatorConfig(Strict):
@@ -127,6 +129,8 @@ class TrainerConfig(Strict):
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=0, description="periodic step_N files kept besides last")
     progress: bool = True
+    train_only: tuple[str, ...] | None = Field(None, description="train only these: 'plugins', plugin "
+                                                                 "names or parameter prefixes; the rest is frozen")
 
 
 class ExperimentConfig(Strict):

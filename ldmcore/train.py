@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ldmcore import checkpoint
+from ldmcore.attach import attach_pretrained, save_plugin_weights, train_only_params
 from ldmcore.build import build_autoencoder, build_model, load_autoencoder
 from ldmcore.config import ExperimentConfig
 from ldmcore.data.batches import (InMemoryBatches, StepBatchSampler, loader_batches, memory_batches,
@@ -106,7 +107,9 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
         return memory_batches(held, sampler) if held else loader_batches(dataset, sampler, d.num_workers)
 
     # -- stage 1 --------------------------------------------------------------------------------
-    if cfg.autoencoder.checkpoint is not None:
+    if cfg.model.init_from is not None:
+        ae = build_autoencoder(cfg)  # its weights come with the pretrained run
+    elif cfg.autoencoder.checkpoint is not None:
         ae = load_autoencoder(cfg, cfg.autoencoder.checkpoint)
     elif run.autoencoder.exists():
         ae = load_autoencoder(cfg, run.autoencoder)
@@ -114,8 +117,11 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
         ae = train_autoencoder(cfg, build_autoencoder(cfg), stream(cfg.autoencoder.train.batch_size, 0, 1),
                                run, device)
     # -- stage 2 --------------------------------------------------------------------------------
-    model = build_model(cfg, ae, registry).to(device)
-    params = denoiser_params(model)
+    model = build_model(cfg, ae, registry)
+    attachment = attach_pretrained(model, cfg.model.init_from) if cfg.model.init_from else None
+    model = model.to(device)
+    params = (train_only_params(model, attachment, list(tc.train_only)) if tc.train_only
+              else denoiser_params(model))
     opt = torch.optim.AdamW(params.values(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     ema = EMA(params, tc.ema_decay)
     step = 0
@@ -171,6 +177,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
                           steps_per_s=rate)
             if step % tc.checkpoint_every == 0 or step == tc.max_steps:
                 save_state(run.last, model, ema, opt, step, cfg, registry)
+                save_plugin_weights(run.root / "plugins", model, attachment, {"step": step})
                 last_good = step
                 if tc.keep_checkpoints and step < tc.max_steps:
                     save_state(run.step_checkpoint(step), model, ema, opt, step, cfg, registry)
