@@ -7,7 +7,10 @@ widths are derived from those encoders.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from ldmcore import checkpoint
 from ldmcore.conditioning import BackboneSpec, Conditioner
@@ -49,8 +52,10 @@ def backbone_spec(cfg: ExperimentConfig, root: Path | None = None) -> BackboneSp
 
 
 def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
-                      root: Path | None = None) -> Conditioner:
+                      autoencoder: AutoencoderKL | None = None, root: Path | None = None) -> Conditioner:
     spec = backbone_spec(cfg, root)
+    if autoencoder is not None:
+        spec = replace(spec, encode=frozen_encoder(autoencoder))
     encoders = {name: cls(config, spec) for name, (cls, config) in resolve_conditions(cfg, registry).items()}
     return Conditioner(encoders)
 
@@ -59,7 +64,7 @@ def build_model(cfg: ExperimentConfig, autoencoder: AutoencoderKL | None = None,
                 registry: Registry | None = None, root: Path | None = None) -> LatentDiffusion:
     """The full LatentDiffusion for ``cfg`` (a fresh autoencoder unless one is given)."""
     autoencoder = autoencoder if autoencoder is not None else build_autoencoder(cfg)
-    conditioner = build_conditioner(cfg, registry, root)
+    conditioner = build_conditioner(cfg, registry, autoencoder, root)
     u = cfg.model.unet
     levels = len(u.channel_mult)
     bad = [lv for lv in u.attention_levels if not 0 <= lv < levels]
@@ -82,6 +87,17 @@ def build_model(cfg: ExperimentConfig, autoencoder: AutoencoderKL | None = None,
     d = cfg.model.diffusion
     schedule = NoiseSchedule.build(d.schedule, d.timesteps, d.beta_start, d.beta_end)
     return LatentDiffusion(autoencoder, UNetModel(shape), conditioner, schedule, latent, d.prediction)
+
+
+def frozen_encoder(autoencoder: AutoencoderKL):
+    """Images in [-1, 1] -> scaled posterior-mean latents, without gradients (for plugins)."""
+
+    @torch.no_grad()
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        param = next(autoencoder.parameters())
+        return autoencoder.encode(images.to(param)).mean * autoencoder.scale_factor
+
+    return encode
 
 
 def _check_groups(where: str, groups: int, widths: list[int]) -> None:

@@ -47,21 +47,42 @@ def cmd_sample(args: list[str]) -> int:
 
 
 def cmd_eval(args: list[str]) -> int:
-    from ldmcore.eval.digits import evaluate_folder, write_report
+    """Digits runs: class fidelity of a samples folder. Other runs: every plugin's metric on
+    held-out conditions (see ``ldmcore.eval.tasks``)."""
+    import yaml
 
-    opts = _key_values(args, {"run", "samples"})
+    opts = _key_values(args, {"run", "samples", "n", "steps", "seed"})
     if "run" not in opts:
-        raise ConfigError("ldm eval needs run=RUN_DIR (and optionally samples=DIR, default "
-                          "RUN_DIR/samples/final).")
+        raise ConfigError("ldm eval needs run=RUN_DIR (and for digits runs optionally samples=DIR, "
+                          "default RUN_DIR/samples/final; for other runs n=64 steps=... seed=0).")
     run = Path(opts["run"])
-    folder = Path(opts.get("samples", run / "samples" / "final"))
-    result = evaluate_folder(folder)
+    config_file = run / "config.yaml"
+    if not config_file.is_file():
+        raise ConfigError(f"run={str(run)!r} has no config.yaml; name a run folder made by `ldm train`.")
+    raw = yaml.safe_load(config_file.read_text())
     report = run / "eval.json"
-    write_report(result, report)
-    worst = min(result.per_class.items(), key=lambda kv: kv[1])
-    print(f"class fidelity: {result.accuracy:.1%} of {result.count} samples read as the class "
-          f"asked for (independent SVC reader; it reads {result.reader_accuracy:.1%} of held-out "
-          f"real digits); worst class {worst[0]} at {worst[1]:.0%}. Report: {report}")
+    if raw["data"]["name"] == "digits" and "class" in raw.get("conditions", {}):
+        from ldmcore.eval.digits import evaluate_folder, write_report
+
+        result = evaluate_folder(Path(opts.get("samples", run / "samples" / "final")))
+        write_report(result, report)
+        worst = min(result.per_class.items(), key=lambda kv: kv[1])
+        print(f"class fidelity: {result.accuracy:.1%} of {result.count} samples read as the class "
+              f"asked for (independent SVC reader; it reads {result.reader_accuracy:.1%} of held-out "
+              f"real digits); worst class {worst[0]} at {worst[1]:.0%}. Report: {report}")
+        return 0
+    from ldmcore.eval.tasks import evaluate_run
+
+    try:
+        n, seed = int(opts.get("n", 64)), int(opts.get("seed", 0))
+        steps = int(opts["steps"]) if "steps" in opts else None
+    except ValueError:
+        raise ConfigError("ldm eval: n, steps and seed must be integers.") from None
+    metrics = evaluate_run(run, n=n, steps=steps, seed=seed, out=run)
+    report.write_text(json.dumps(metrics, indent=1))
+    for key, value in metrics.items():
+        print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}")
+    print(f"report: {report}; samples: {run / 'eval_grid.png'}")
     return 0
 
 

@@ -20,8 +20,9 @@ input channels, context width and vector width are derived from the specs here.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ldmcore.errors import PluginError
+from ldmcore.randomness import BatchRandom, as_batch_random
 
 
 class Injection(str, enum.Enum):
@@ -48,6 +50,8 @@ class BackboneSpec:
     context_dim: int  # width every cross-attention token must have
     image_channels: int
     image_size: tuple[int, int]
+    # the frozen first stage, images in [-1, 1] -> scaled latents (e.g. for an inpainting plugin)
+    encode: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
     root: Path | None = None  # folder that relative paths in plugin configs resolve against (a run's)
 
 
@@ -94,6 +98,7 @@ class ConditionEncoder(nn.Module):
     injections: ClassVar[tuple[Injection, ...]]
     Config: ClassVar[type[EncoderConfig]] = EncoderConfig
     trainable: ClassVar[bool] = True
+    list_value: ClassVar[bool] = False  # a single CLI value is itself a JSON list (e.g. boxes)
 
     def __init__(self, config: EncoderConfig, backbone: BackboneSpec) -> None:
         super().__init__()
@@ -116,6 +121,10 @@ class ConditionEncoder(nn.Module):
         """This condition's value in a batch (default ``batch[name]``). Override to derive it,
         e.g. a low-resolution plugin reading ``batch["image"]``. Raise ``KeyError`` if absent."""
         return batch[self.name]
+
+    def finish(self, images: torch.Tensor, value: Any) -> torch.Tensor:
+        """Post-process decoded samples (default: unchanged), e.g. paste back known pixels."""
+        return images
 
     @classmethod
     def parse(cls, text: str) -> Any:
@@ -158,6 +167,8 @@ class Conditioner(nn.Module):
         self.specs = {name: enc.output_specs() for name, enc in encoders.items()}
         for name, enc in encoders.items():
             self._check_encoder(name, enc)
+            if not enc.trainable:  # frozen: no gradients, no optimizer state, no DDP sync
+                enc.requires_grad_(False)
 
     def _check_encoder(self, name: str, enc: ConditionEncoder) -> None:
         specs = self.specs[name]
@@ -238,7 +249,8 @@ class Conditioner(nn.Module):
                                   f"{tuple(tensor.shape)}; the mask must be (batch, tokens).")
 
     def forward(self, values: dict[str, Any], batch_size: int, *, drop: bool = False,
-                keep: set[str] | None = None, generator: torch.Generator | None = None) -> Conditioning:
+                keep: set[str] | None = None,
+                generator: BatchRandom | torch.Generator | None = None) -> Conditioning:
         """Encode ``values`` (plugin name -> batched value) and route the outputs.
 
         ``drop``: apply each plugin's train-time ``drop_prob`` per sample (replaced by its null).
@@ -259,10 +271,16 @@ class Conditioner(nn.Module):
             out = self.encode(name, value)
             if drop and enc.config.drop_prob > 0:
                 device = _first_tensor(out).device
-                dropped = torch.rand(batch_size, generator=generator, device="cpu").to(device)
+                dropped = as_batch_random(generator).rand(batch_size).to(device)
                 out = _where(dropped < enc.config.drop_prob, self.null(name, batch_size), out)
             outputs[name] = out
         return self.route(outputs)
+
+    def finish(self, images: torch.Tensor, values: dict[str, Any]) -> torch.Tensor:
+        """Let every plugin post-process decoded samples, in enabling order."""
+        for enc in self.encoders.values():
+            images = enc.finish(images, enc.batch_value(values))
+        return images
 
     def unconditional(self, batch_size: int) -> Conditioning:
         """Every plugin's null: the unconditional branch of classifier-free guidance."""

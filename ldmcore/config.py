@@ -85,13 +85,20 @@ class AutoencoderConfig(Strict):
 
 
 class DataConfig(Strict):
-    name: Literal["digits", "image_folder"] = "digits"
+    name: Literal["digits", "shapes", "photos", "image_folder"] = "digits"
     path: Path | None = None
     image_size: int = Field(32, ge=8)
     channels: Literal[1, 3] = 1
     hflip: bool = False
     shift: float = Field(0.0, ge=0.0, lt=0.5)
     num_workers: int = Field(0, ge=0)
+    num_items: int = Field(2000, ge=1, description="shapes/photos: number of scenes or crops")
+    max_shapes: int = Field(3, ge=1, description="shapes: most shapes in one scene")
+    limit: int | None = Field(None, ge=1, description="use only the first N items (quick runs)")
+
+    def dataset_kwargs(self) -> dict[str, Any]:
+        """Arguments of the dataset constructors (``ldmcore.data.DATASETS``)."""
+        return self.model_dump(exclude={"name", "num_workers", "limit"})
 
 
 class SamplerConfig(Strict):
@@ -248,7 +255,9 @@ def _unknown_key_message(key: str, rest: list[str], run) -> str:
     except Exception:
         valid = []
     where = f" in '{parent}'" if parent else ""
-    return (f"unknown config key '{key}': {nearest(leaf, valid)} Valid keys{where}: "
+    hint = nearest(leaf, valid)
+    hint = f"{hint} " if hint.startswith("did you mean") else ""
+    return (f"unknown config key '{key}': {hint}Valid keys{where}: "
             f"{', '.join(sorted(valid)) or 'none'}. To add a new key on purpose write +{key}=...")
 
 

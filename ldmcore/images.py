@@ -41,3 +41,33 @@ def grid(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
 def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     to_pil(grid(images, nrow)).save(path)
+
+
+def read_image(path: str | Path, channels: int, what: str) -> torch.Tensor:
+    """A PNG/JPEG file as (C, H, W) in [-1, 1]; unreadable files are ConfigErrors naming ``what``."""
+    from ldmcore.errors import ConfigError
+
+    file = Path(str(path).strip()).expanduser()
+    try:
+        with Image.open(file) as img:
+            array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{what}: cannot read image {str(file)!r} ({exc}); give the path of a "
+                          f"PNG or JPEG file.") from None
+    if array.ndim == 2:
+        array = array[..., None]
+    return torch.from_numpy(array.transpose(2, 0, 1).copy()) / 127.5 - 1.0
+
+
+def read_label_map(path: str | Path, what: str) -> torch.Tensor:
+    """A single-channel PNG of integer class indices as an (H, W) long tensor."""
+    from ldmcore.errors import ConfigError
+
+    file = Path(str(path).strip()).expanduser()
+    try:
+        with Image.open(file) as img:
+            array = np.asarray(img.convert("L") if img.mode not in ("L", "P", "I") else img)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{what}: cannot read label map {str(file)!r} ({exc}); give a "
+                          f"single-channel PNG whose pixel values are class indices.") from None
+    return torch.from_numpy(array.astype(np.int64))

@@ -20,6 +20,7 @@ from ldmcore.diffusion.samplers import SAMPLERS
 from ldmcore.diffusion.schedule import NoiseSchedule, Prediction
 from ldmcore.nn.autoencoder import AutoencoderKL
 from ldmcore.nn.unet import UNetModel, UNetShape
+from ldmcore.randomness import BatchRandom, as_batch_random
 
 
 def derive_unet_shape(base: UNetShape, latent_channels: int, conditioner: Conditioner,
@@ -63,22 +64,25 @@ class LatentDiffusion(nn.Module):
         return self.unet(x, t, cond.context, cond.context_mask, cond.vector)
 
     # -- training -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.autoencoder.latents(images, generator)
-
     def loss(self, batch: dict[str, Any], latents: torch.Tensor | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: BatchRandom | torch.Generator | None = None) -> torch.Tensor:
         """L_LDM = E ||target - net(z_t, t, tau(y))||^2 with per-plugin condition dropout.
 
         ``latents`` may be given (precomputed); otherwise ``batch["image"]`` is encoded.
+        ``generator`` may be a ``BatchRandom`` so that sharded batches draw global randomness.
         """
-        z0 = latents if latents is not None else self.encode_images(batch["image"], generator)
+        rng = as_batch_random(generator)
+        if latents is None:
+            with torch.no_grad():  # the first stage is frozen
+                post = self.autoencoder.encode(batch["image"])
+            eps_z = rng.randn(post.mean.shape).to(post.mean)
+            latents = (post.mean + (0.5 * post.logvar).exp() * eps_z) * self.autoencoder.scale_factor
+        z0 = latents.detach()
         b = z0.shape[0]
-        t = torch.randint(0, self.schedule.num_timesteps, (b,), generator=generator).to(z0.device)
-        noise = torch.randn(z0.shape, generator=generator).to(z0)
+        t = rng.randint(self.schedule.num_timesteps, b).to(z0.device)
+        noise = rng.randn(z0.shape).to(z0)
         zt = self.schedule.add_noise(z0, noise, t)
-        cond = self.conditioner(batch, b, drop=True, generator=generator)
+        cond = self.conditioner(batch, b, drop=True, generator=rng)
         out = self.network(zt, t, cond)
         return F.mse_loss(out.float(), self.schedule.target(self.prediction, z0, noise, t).float())
 
@@ -105,4 +109,4 @@ class LatentDiffusion(nn.Module):
         x = noise.to(device)
         z0 = SAMPLERS[sampler](denoise, x, self.schedule, steps, generator=generator,
                                **(sampler_options or {}))
-        return self.autoencoder.images(z0).clamp(-1, 1)
+        return self.conditioner.finish(self.autoencoder.images(z0).clamp(-1, 1), values)

@@ -108,22 +108,27 @@ def condition_rows(model: LatentDiffusion, cond: dict[str, str]) -> list[dict[st
     if missing:
         raise ConfigError(f"this model is conditioned on {', '.join(encoders)}; give "
                           f"cond.{missing[0]}=VALUE (a list such as [0,1,2] gives one row each).")
-    lists: dict[str, list[str]] = {}
-    for key, text in cond.items():
-        text = text.strip()
-        if text.startswith("["):
-            try:
-                items = json.loads(text)
-            except json.JSONDecodeError:
-                items = [s.strip() for s in text[1:-1].split(",") if s.strip()]
-            lists[key] = [str(i) for i in items]
-        else:
-            lists[key] = [text]
+    lists = {key: _rows_of(text.strip(), encoders[key].list_value) for key, text in cond.items()}
     rows = max(len(v) for v in lists.values()) if lists else 1
     bad = {k: len(v) for k, v in lists.items() if len(v) not in (1, rows)}
     if bad:
         raise ConfigError(f"condition lists must have equal lengths, got {bad}.")
     return [{k: (v[0] if len(v) == 1 else v[r]) for k, v in lists.items()} for r in range(rows)]
+
+
+def _rows_of(text: str, list_value: bool) -> list[str]:
+    """One string per row. A JSON list gives a row per item; for plugins whose single value is
+    itself a JSON list (``list_value``, e.g. layout boxes), rows need one more level of list."""
+    if not text.startswith("["):
+        return [text]
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError:
+        return [text] if list_value else [s.strip() for s in text[1:-1].split(",") if s.strip()]
+    if list_value:
+        nested = items and isinstance(items[0], list) and items[0] and isinstance(items[0][0], list)
+        return [json.dumps(i) for i in items] if nested else [text]
+    return [i if isinstance(i, str) else json.dumps(i) for i in items]
 
 
 def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:

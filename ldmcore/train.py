@@ -9,8 +9,8 @@ step, the RNG state, the resolved config and plugin versions; ``resume=true`` co
 
 from __future__ import annotations
 
-import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,13 @@ from ldmcore.build import build_autoencoder, build_model, load_autoencoder
 from ldmcore.config import ExperimentConfig
 from ldmcore.data.batches import (InMemoryBatches, StepBatchSampler, loader_batches, memory_batches,
                                   step_generator)
+from ldmcore.distributed import connect, wrap
 from ldmcore.data.datasets import build_dataset
 from ldmcore.data.transforms import is_deterministic
 from ldmcore.errors import TrainingDiverged
 from ldmcore.images import save_grid
 from ldmcore.model import LatentDiffusion
+from ldmcore.randomness import BatchRandom
 from ldmcore.registry import Registry, default_registry
 from ldmcore.runfolder import MetricsLog, RunFolder
 from ldmcore.train_autoencoder import autocast, train_autoencoder
@@ -84,38 +86,53 @@ def _lr_at(cfg: ExperimentConfig, step: int) -> float:
     return cfg.trainer.lr * (min(1.0, (step + 1) / warm) if warm else 1.0)
 
 
+class LossModule(torch.nn.Module):
+    """The training objective as a module, so DDP can hook the backward of its parameters."""
+
+    def __init__(self, model: LatentDiffusion) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, Any], latents: torch.Tensor | None, rng: BatchRandom) -> torch.Tensor:
+        return self.model.loss(batch, latents, generator=rng)
+
+
 def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
-    """Run both stages as configured; returns the run folder."""
+    """Run both stages as configured; returns the run folder.
+
+    Under torchrun, ``trainer.batch_size`` is per process: the global batch is
+    ``batch_size x world_size x grad_accum``, drawn as one batch and split across processes.
+    """
     registry = registry or default_registry()
     tc = cfg.trainer
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cluster = connect()
+    device = cluster.device
     run = RunFolder(cfg.run_dir)
     resume = cfg.resume and run.root.exists()
     d = cfg.data
     # the data is checked before the run folder is made, so a bad data.path leaves no half-made run
-    dataset = build_dataset(d.name, path=d.path, image_size=d.image_size, channels=d.channels,
-                            hflip=d.hflip, shift=d.shift)
-    run.prepare(cfg.model_dump(mode="json"), resume=cfg.resume, overwrite=cfg.overwrite)
+    dataset = build_dataset(d.name, limit=d.limit, **d.dataset_kwargs())
+    if cluster.is_main:
+        run.prepare(cfg.model_dump(mode="json"), resume=cfg.resume, overwrite=cfg.overwrite)
+    cluster.barrier()
     in_memory = is_deterministic(d.hflip, d.shift) and len(dataset) <= 100_000
     held = InMemoryBatches(dataset) if in_memory else None
 
-    def stream(batch_size: int, start: int, seed_offset: int):
-        sampler = StepBatchSampler(len(dataset), batch_size, cfg.seed + seed_offset, start)
-        return memory_batches(held, sampler) if held else loader_batches(dataset, sampler, d.num_workers)
-
-    # -- stage 1 --------------------------------------------------------------------------------
+    # -- stage 1: on rank 0; the others wait and read its file ----------------------------------
     if cfg.model.init_from is not None:
         ae = build_autoencoder(cfg)  # its weights come with the pretrained run
     elif cfg.autoencoder.checkpoint is not None:
         ae = load_autoencoder(cfg, cfg.autoencoder.checkpoint)
-    elif run.autoencoder.exists():
-        ae = load_autoencoder(cfg, run.autoencoder)
     else:
-        ae = train_autoencoder(cfg, build_autoencoder(cfg), stream(cfg.autoencoder.train.batch_size, 0, 1),
-                               run, device)
+        if cluster.is_main and not run.autoencoder.exists():
+            sampler = StepBatchSampler(len(dataset), cfg.autoencoder.train.batch_size, cfg.seed + 1)
+            train_autoencoder(cfg, build_autoencoder(cfg), _batches(dataset, held, sampler, d.num_workers),
+                              run, device)
+        cluster.barrier()
+        ae = load_autoencoder(cfg, run.autoencoder)
     # -- stage 2 --------------------------------------------------------------------------------
     model = build_model(cfg, ae, registry)
     attachment = attach_pretrained(model, cfg.model.init_from) if cfg.model.init_from else None
@@ -127,35 +144,48 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     step = 0
     if resume and run.last.exists():
         step = _restore(run.last, model, ema, opt)
+    objective = wrap(LossModule(model), cluster)
 
     cache = None
     if held is not None and tc.cache_latents:
-        cache = _encode_all(model, held.data["image"], device, cfg.trainer.precision)
-    log = MetricsLog(run.metrics)
-    bar = tqdm(total=tc.max_steps, initial=step, desc="diffusion", disable=not tc.progress,
-               dynamic_ncols=True)
-    sampler = StepBatchSampler(len(dataset), tc.batch_size, cfg.seed)
-    data = None if cache is not None else stream(tc.batch_size, step * tc.grad_accum, 0)
+        cache = _encode_all(model, held.data["image"], device, tc.precision)
+    sampler = StepBatchSampler(len(dataset), tc.batch_size * cluster.world, cfg.seed,
+                               step * tc.grad_accum, rank=cluster.rank, world=cluster.world)
+    data = None if cache is not None else _batches(dataset, held, sampler, d.num_workers)
+    log = MetricsLog(run.metrics) if cluster.is_main else None
+    global_batch = tc.batch_size * cluster.world * tc.grad_accum
+    if log:
+        log.write(stage="diffusion", world_size=cluster.world, per_device_batch=tc.batch_size,
+                  grad_accum=tc.grad_accum, global_batch=global_batch)
+    bar = tqdm(total=tc.max_steps, initial=step, desc=f"diffusion (global batch {global_batch})",
+               disable=not (tc.progress and cluster.is_main), dynamic_ncols=True)
+
+    def checkpoint_to(path: Path) -> None:
+        if cluster.is_main:
+            save_state(path, model, ema, opt, step, cfg, registry)
+
     model.train()
     t0, steps_done, last_good = time.perf_counter(), 0, step
     try:
         while step < tc.max_steps:
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step)
-            total = 0.0
+            total = torch.zeros(())
             for micro in range(tc.grad_accum):
                 k = step * tc.grad_accum + micro
-                gen = step_generator(cfg.seed, k, 0)
+                rng = BatchRandom(step_generator(cfg.seed, k, 0), cluster.rank, cluster.world)
                 if cache is not None:
                     idx = sampler.indices(k)
-                    batch, latents = held.take(idx), _sample_latents(cache, idx, gen, model)
+                    batch, latents = held.take(idx), _sample_latents(cache, idx, rng, model)
                 else:
                     batch, latents = next(data), None
                 batch = {k2: (v.to(device) if isinstance(v, torch.Tensor) else v) for k2, v in batch.items()}
-                with autocast(tc.precision, device):
-                    loss = model.loss(batch, latents, generator=gen) / tc.grad_accum
+                sync = micro == tc.grad_accum - 1 or not cluster.distributed
+                with (nullcontext() if sync else objective.no_sync()), autocast(tc.precision, device):
+                    loss = objective(batch, latents, rng) / tc.grad_accum
                 loss.backward()
-                total += loss.detach()
+                total += loss.detach().float().cpu()
+            total = cluster.mean(total)
             if not torch.isfinite(total):
                 raise TrainingDiverged(
                     f"the loss became {float(total)} at step {step}; stopped. The last good "
@@ -169,30 +199,36 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
             step += 1
             steps_done += 1
             bar.update(1)
-            if step % tc.log_every == 0 or step == tc.max_steps:
+            if log and (step % tc.log_every == 0 or step == tc.max_steps):
                 rate = steps_done / (time.perf_counter() - t0)
-                value = float(total)
-                bar.set_postfix(loss=f"{value:.4f}", it_s=f"{rate:.2f}")
-                log.write(stage="diffusion", step=step, loss=value, lr=_lr_at(cfg, step - 1),
-                          steps_per_s=rate)
+                bar.set_postfix(loss=f"{float(total):.4f}", it_s=f"{rate:.2f}")
+                log.write(stage="diffusion", step=step, loss=float(total), lr=_lr_at(cfg, step - 1),
+                          steps_per_s=rate, images_per_s=rate * global_batch)
             if step % tc.checkpoint_every == 0 or step == tc.max_steps:
-                save_state(run.last, model, ema, opt, step, cfg, registry)
-                save_plugin_weights(run.root / "plugins", model, attachment, {"step": step})
+                checkpoint_to(run.last)
+                if cluster.is_main:
+                    save_plugin_weights(run.root / "plugins", model, attachment, {"step": step})
                 last_good = step
-                if tc.keep_checkpoints and step < tc.max_steps:
-                    save_state(run.step_checkpoint(step), model, ema, opt, step, cfg, registry)
+                if tc.keep_checkpoints and step < tc.max_steps and cluster.is_main:
+                    checkpoint_to(run.step_checkpoint(step))
                     run.prune(tc.keep_checkpoints)
-            if tc.sample_every and step % tc.sample_every == 0 and step < tc.max_steps:
+            if tc.sample_every and step % tc.sample_every == 0 and step < tc.max_steps and cluster.is_main:
                 _sample_grid(model, ema, held, dataset, cfg, run.samples / f"step_{step}.png")
     except KeyboardInterrupt:
-        save_state(run.last, model, ema, opt, step, cfg, registry)
+        checkpoint_to(run.last)
         bar.close()
         raise
     bar.close()
     if step == 0 or not run.last.exists():
-        save_state(run.last, model, ema, opt, step, cfg, registry)
-    _sample_grid(model, ema, held, dataset, cfg, run.samples / f"step_{step}.png")
+        checkpoint_to(run.last)
+    if cluster.is_main:
+        _sample_grid(model, ema, held, dataset, cfg, run.samples / f"step_{step}.png")
+    cluster.barrier()
     return run
+
+
+def _batches(dataset: Any, held: InMemoryBatches | None, sampler: StepBatchSampler, workers: int):
+    return memory_batches(held, sampler) if held else loader_batches(dataset, sampler, workers)
 
 
 def _restore(path: Path, model: LatentDiffusion, ema: EMA, opt: torch.optim.Optimizer) -> int:
@@ -219,10 +255,10 @@ def _encode_all(model: LatentDiffusion, images: torch.Tensor, device: torch.devi
     return torch.cat(means), torch.cat(logvars)
 
 
-def _sample_latents(cache: tuple[torch.Tensor, torch.Tensor], idx: list[int], gen: torch.Generator,
+def _sample_latents(cache: tuple[torch.Tensor, torch.Tensor], idx: list[int], rng: BatchRandom,
                     model: LatentDiffusion) -> torch.Tensor:
     mean, logvar = cache[0][idx], cache[1][idx]
-    noise = torch.randn(mean.shape, generator=gen).to(mean)
+    noise = rng.randn(mean.shape).to(mean)
     return (mean + torch.exp(0.5 * logvar) * noise) * model.autoencoder.scale_factor
 
 

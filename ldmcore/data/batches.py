@@ -21,13 +21,23 @@ def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
 
 
 class StepBatchSampler(Sampler[list[int]]):
-    """Yields index lists for steps ``start, start+1, ...``: a seeded draw without replacement."""
+    """Yields index lists for steps ``start, start+1, ...``: a seeded draw without replacement.
 
-    def __init__(self, size: int, batch_size: int, seed: int, start: int = 0) -> None:
+    ``batch_size`` is the global batch; with ``world`` processes, process ``rank`` gets its
+    contiguous share of the same global draw (the distributed sampler of data parallelism).
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, start: int = 0, *, rank: int = 0,
+                 world: int = 1) -> None:
+        if batch_size % world:
+            raise ValueError(f"global batch {batch_size} does not split over {world} processes")
         self.size, self.batch_size, self.seed, self.start = size, min(batch_size, size), seed, start
+        self.rank, self.world = rank, world
 
     def indices(self, step: int) -> list[int]:
-        return torch.randperm(self.size, generator=step_generator(self.seed, step, 1))[: self.batch_size].tolist()
+        drawn = torch.randperm(self.size, generator=step_generator(self.seed, step, 1))[: self.batch_size]
+        share = len(drawn) // self.world
+        return drawn[self.rank * share:(self.rank + 1) * share].tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         step = self.start

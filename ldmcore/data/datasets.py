@@ -1,4 +1,4 @@
-"""Built-in datasets: scikit-learn's handwritten digits and a user image folder.
+"""Built-in datasets: scikit-learn's handwritten digits, procedural shapes, a user image folder.
 
 A dataset item is a dict: ``image`` (CHW float in [-1, 1]) plus condition values such as
 ``class`` (int). ``collate`` stacks tensors and ints and keeps other values as lists.
@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
+from ldmcore.data.photos import PhotosDataset
+from ldmcore.data.shapes import ShapesDataset
 from ldmcore.data.transforms import build_pipeline, to_tensor
 from ldmcore.errors import DataError
 
@@ -24,7 +26,7 @@ class DigitsDataset(Dataset):
     """The 1,797 real 8x8 handwritten digits that scikit-learn ships (no download), upsampled."""
 
     def __init__(self, image_size: int = 32, channels: int = 1, hflip: bool = False,
-                 shift: float = 0.0, path: Path | None = None) -> None:
+                 shift: float = 0.0, path: Path | None = None, **_: Any) -> None:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
@@ -46,7 +48,7 @@ class ImageFolderDataset(Dataset):
     """Images under ``path``; a sub-folder per class gives ``class`` labels (sorted names)."""
 
     def __init__(self, path: Path | None, image_size: int = 32, channels: int = 3,
-                 hflip: bool = False, shift: float = 0.0) -> None:
+                 hflip: bool = False, shift: float = 0.0, **_: Any) -> None:
         if path is None:
             raise DataError("data.name=image_folder needs data.path=FOLDER (a folder of images, "
                             "optionally one sub-folder per class).")
@@ -88,11 +90,17 @@ class ImageFolderDataset(Dataset):
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": DigitsDataset,
     "image_folder": ImageFolderDataset,
+    "shapes": ShapesDataset,
+    "photos": PhotosDataset,
 }
 
 
-def build_dataset(name: str, **kwargs: Any) -> Dataset:
-    return DATASETS[name](**kwargs)
+def build_dataset(name: str, limit: int | None = None, **kwargs: Any) -> Dataset:
+    """The dataset ``name`` (a key of ``DATASETS``), cut to its first ``limit`` items if given."""
+    dataset = DATASETS[name](**kwargs)
+    if limit is not None and limit < len(dataset):  # type: ignore[arg-type]
+        dataset = Subset(dataset, range(limit))
+    return dataset
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -101,7 +109,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     for key in items[0]:
         values = [item[key] for item in items]
         if isinstance(values[0], torch.Tensor):
-            batch[key] = torch.stack(values)
+            same = all(v.shape == values[0].shape for v in values)
+            batch[key] = torch.stack(values) if same else values  # ragged (e.g. boxes): a list
         elif isinstance(values[0], (int, np.integer)):
             batch[key] = torch.tensor(values, dtype=torch.long)
         else:

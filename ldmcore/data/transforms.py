@@ -16,15 +16,23 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def build_pipeline(image_size: int, hflip: bool = False, shift: float = 0.0) -> A.Compose:
-    """Resize to ``image_size`` (bicubic), then the optional augmentations."""
+def build_pipeline(image_size: int, hflip: bool = False, shift: float = 0.0,
+                   with_boxes: bool = False) -> A.Compose:
+    """Resize to ``image_size`` (bicubic; masks nearest), then the optional augmentations.
+
+    ``with_boxes``: also carry normalised (x0, y0, x1, y1) ``bboxes`` with their ``labels`` and
+    ``colors`` fields; boxes that leave the frame are dropped together with their fields.
+    """
     steps: list[A.BasicTransform] = [A.Resize(image_size, image_size, interpolation=cv2.INTER_CUBIC)]
     if hflip:
         steps.append(A.HorizontalFlip(p=0.5))
     if shift > 0:
         steps.append(A.Affine(translate_percent=(-shift, shift), p=1.0, border_mode=cv2.BORDER_CONSTANT,
                               fill=0))
-    return A.Compose(steps)
+    if not with_boxes:
+        return A.Compose(steps)
+    return A.Compose(steps, bbox_params=A.BboxParams(format="albumentations", min_visibility=0.1,
+                                                     label_fields=["labels", "colors"]))
 
 
 def is_deterministic(hflip: bool, shift: float) -> bool:

@@ -1,0 +1,109 @@
+"""Inpainting: the masked image encoded by the frozen autoencoder, plus the mask (SD's 4+1 layout).
+
+The value is a pair (image, mask): image (C, H, W) in [-1, 1], mask (1, H, W) with 1 = hole
+(to generate) and 0 = known. The condition is ``[E(image * (1 - mask)) | mask at latent size]``
+concatenated to z_t, as Stable Diffusion's inpainting UNet (4 latent + 1 mask channels). After
+decoding, the known pixels are pasted back, so the known region is exactly unchanged. At train
+time a random rectangular hole is cut from ``batch["image"]``. The null is "everything is a
+hole": an all-ones mask and the encoding of an all-zero (grey) image.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
+                                  Injection, OutputSpec)
+from ldmcore.errors import ConfigError, PluginError
+from ldmcore.images import read_image
+
+
+class InpaintConfig(EncoderConfig):
+    min_hole: float = Field(0.25, gt=0.0, le=1.0, description="train holes: smallest side, of the image")
+    max_hole: float = Field(0.6, gt=0.0, le=1.0)
+
+
+class InpaintEncoder(ConditionEncoder):
+    name = "inpaint"
+    injections = (Injection.CONCAT,)
+    Config = InpaintConfig
+    trainable = False  # nothing to learn: the frozen first stage does the encoding
+
+    def __init__(self, config: InpaintConfig, backbone: BackboneSpec) -> None:
+        super().__init__(config, backbone)
+        if backbone.encode is None:
+            raise PluginError("inpaint needs the backbone's frozen autoencoder (BackboneSpec.encode); "
+                              "build it with ldmcore.build.build_model.")
+        self.register_buffer("_device_probe", torch.zeros(()), persistent=False)
+
+    def output_specs(self) -> dict[Injection, OutputSpec]:
+        return {Injection.CONCAT: OutputSpec(Injection.CONCAT,
+                                             (self.backbone.latent_channels + 1, *self.backbone.latent_size))}
+
+    def batch_value(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        if "inpaint" in batch:
+            return batch["inpaint"]
+        image = batch["image"]
+        return image, random_holes(image.shape[0], image.shape[-2:], self.config, image.device)
+
+    def forward(self, value: tuple[torch.Tensor, torch.Tensor]) -> ConditionOutput:
+        image, mask = self._checked(value)
+        latents = self.backbone.encode(image * (1 - mask))
+        small = F.adaptive_max_pool2d(mask, self.backbone.latent_size)  # a cell with any hole is a hole
+        return {Injection.CONCAT: torch.cat([latents, small.to(latents)], dim=1)}
+
+    def null(self, batch_size: int) -> ConditionOutput:
+        c, (h, w) = self.backbone.image_channels, self.backbone.image_size
+        zeros = torch.zeros(batch_size, c, h, w, device=self._device_probe.device)
+        ones = torch.ones(batch_size, 1, *self.backbone.latent_size, device=zeros.device)
+        return {Injection.CONCAT: torch.cat([self.backbone.encode(zeros), ones.to(zeros)], dim=1)}
+
+    def finish(self, images: torch.Tensor, value: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Paste the known pixels back: outside the hole the result is the input, exactly."""
+        image, mask = self._checked(value)
+        return torch.where(mask.to(images.device) > 0.5, images.float(), image.to(images.device))
+
+    def _checked(self, value: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = value
+        image = torch.as_tensor(image).float().to(self._device_probe.device)
+        mask = (torch.as_tensor(mask).float().to(image.device) > 0.5).float()
+        if image.dim() == 4 and image.shape[1] == 3 and self.backbone.image_channels == 1:
+            image = image.mean(1, keepdim=True)
+        size = self.backbone.image_size
+        if tuple(image.shape[-2:]) != size or tuple(mask.shape[-2:]) != size:
+            raise ConfigError(f"inpaint: image {tuple(image.shape[-2:])} and mask "
+                              f"{tuple(mask.shape[-2:])} must both be {size[0]}x{size[1]} "
+                              f"(this model's image size).")
+        return image, mask.reshape(image.shape[0], 1, *size)
+
+    def collate(self, values: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.stack([v[0] for v in values]), torch.stack([v[1] for v in values])
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``IMAGE.png,MASK.png``: the mask's white pixels are the hole."""
+        parts = [p for p in text.split(",") if p.strip()]
+        if len(parts) != 2:
+            raise ConfigError(f"cond.inpaint={text!r}: write IMAGE.png,MASK.png (white mask pixels "
+                              f"are filled in, black ones kept).")
+        image = read_image(parts[0], 3, "cond.inpaint image")
+        mask = (read_image(parts[1], 1, "cond.inpaint mask") > 0).float()
+        return image, mask
+
+
+def random_holes(n: int, size: tuple[int, int], config: InpaintConfig, device: torch.device) -> torch.Tensor:
+    """(n, 1, H, W) masks, each one random rectangle of side in [min_hole, max_hole] of the image."""
+    h, w = size
+    masks = torch.zeros(n, 1, h, w, device=device)
+    lo, hi = config.min_hole, max(config.min_hole, config.max_hole)
+    for i in range(n):
+        hh = int(round(h * float(torch.empty(()).uniform_(lo, hi))))
+        ww = int(round(w * float(torch.empty(()).uniform_(lo, hi))))
+        y = int(torch.randint(0, h - hh + 1, ()))
+        x = int(torch.randint(0, w - ww + 1, ()))
+        masks[i, :, y:y + hh, x:x + ww] = 1.0
+    return masks

@@ -1,0 +1,110 @@
+"""Boxes (x0, y0, x1, y1 in [0, 1]) with class labels, one cross-attention token per box.
+
+As GLIGEN's position net: each token is an MLP of [class embedding | Fourier features of the
+box coordinates], projected to the backbone's context width. Up to ``max_boxes`` boxes; empty
+slots are masked out of attention. A learned null token is always present and attended (so a
+sample with no boxes still has one key), and is the whole condition when the layout is dropped.
+A value is a pair (boxes (N, 4), labels (N,)) per sample, N varying within a batch.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
+                                  Injection, OutputSpec, Tokens)
+from ldmcore.errors import ConfigError
+from ldmcore.nn.embeddings import FourierFeatures
+
+
+class LayoutConfig(EncoderConfig):
+    num_classes: int = Field(3, ge=1)
+    class_names: tuple[str, ...] = ("circle", "square", "triangle")
+    max_boxes: int = Field(4, ge=1)
+    num_freqs: int = Field(8, ge=1)
+    embed_dim: int = Field(128, ge=1)
+
+
+class LayoutEncoder(ConditionEncoder):
+    name = "layout"
+    injections = (Injection.CROSSATTN,)
+    Config = LayoutConfig
+    list_value = True
+
+    def __init__(self, config: LayoutConfig, backbone: BackboneSpec) -> None:
+        super().__init__(config, backbone)
+        self.fourier = FourierFeatures(config.num_freqs)
+        self.class_embedding = nn.Embedding(config.num_classes, config.embed_dim)
+        width = backbone.context_dim
+        self.mlp = nn.Sequential(nn.Linear(config.embed_dim + self.fourier.out_dim(4), 2 * width),
+                                 nn.SiLU(), nn.Linear(2 * width, width))
+        self.null_token = nn.Parameter(torch.randn(width) * 0.02)
+
+    def output_specs(self) -> dict[Injection, OutputSpec]:
+        return {Injection.CROSSATTN: OutputSpec(Injection.CROSSATTN,
+                                                (1 + self.config.max_boxes, self.backbone.context_dim))}
+
+    def batch_value(self, batch):
+        if "layout" in batch:
+            return batch["layout"]
+        return list(zip(batch["bboxes"], batch["labels"]))
+
+    def forward(self, value: list[tuple[torch.Tensor, torch.Tensor]]) -> ConditionOutput:
+        b, m = len(value), self.config.max_boxes
+        device = self.null_token.device
+        boxes = torch.zeros(b, m, 4, device=device)
+        labels = torch.zeros(b, m, dtype=torch.long, device=device)
+        present = torch.zeros(b, m, dtype=torch.bool, device=device)
+        for i, (bx, lb) in enumerate(value):
+            bx, lb = torch.as_tensor(bx, dtype=torch.float32).reshape(-1, 4), torch.as_tensor(lb).long()
+            self._check(bx, lb)
+            n = min(len(bx), m)
+            boxes[i, :n], labels[i, :n], present[i, :n] = bx[:n].to(device), lb[:n].to(device), True
+        tokens = self.mlp(torch.cat([self.class_embedding(labels), self.fourier(boxes * 2 - 1)], dim=-1))
+        tokens = torch.where(present[..., None], tokens, torch.zeros_like(tokens))
+        null = self.null_token.view(1, 1, -1).expand(b, 1, -1).to(tokens.dtype)
+        mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=device), present], dim=1)
+        return {Injection.CROSSATTN: Tokens(torch.cat([null, tokens], dim=1), mask)}
+
+    def _check(self, boxes: torch.Tensor, labels: torch.Tensor) -> None:
+        if len(boxes) != len(labels):
+            raise ConfigError(f"layout: {len(boxes)} boxes but {len(labels)} labels.")
+        if boxes.numel() and (boxes.min() < 0 or boxes.max() > 1 or (boxes[:, 2:] <= boxes[:, :2]).any()):
+            raise ConfigError(f"layout: boxes must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and "
+                              f"0 <= y0 < y1 <= 1, got {boxes.tolist()}.")
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.config.num_classes):
+            raise ConfigError(f"layout: label {int(labels.max())} is outside 0..{self.config.num_classes - 1}.")
+
+    def null(self, batch_size: int) -> ConditionOutput:
+        m, width = self.config.max_boxes, self.backbone.context_dim
+        values = torch.cat([self.null_token.view(1, 1, -1).expand(batch_size, 1, -1),
+                            torch.zeros(batch_size, m, width, device=self.null_token.device)], dim=1)
+        mask = torch.zeros(batch_size, 1 + m, dtype=torch.bool, device=self.null_token.device)
+        mask[:, 0] = True
+        return {Injection.CROSSATTN: Tokens(values, mask)}
+
+    def collate(self, values: list[Any]) -> list[Any]:
+        return list(values)
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """JSON: ``[[x0, y0, x1, y1, "circle"], [x0, y0, x1, y1, 2], ...]`` (label by name or index)."""
+        names = LayoutConfig().class_names
+        try:
+            items = json.loads(text)
+            boxes, labels = [], []
+            for item in items:
+                *coords, label = item
+                boxes.append([float(c) for c in coords])
+                labels.append(names.index(label) if isinstance(label, str) else int(label))
+            boxes_t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        except (json.JSONDecodeError, ValueError, TypeError):
+            raise ConfigError(f"cond.layout={text!r} is not a JSON list of boxes; write e.g. "
+                              f"'[[0.1,0.1,0.5,0.5,\"circle\"],[0.6,0.2,0.9,0.6,\"square\"]]' "
+                              f"(labels: {', '.join(names)} or their indices).") from None
+        return boxes_t, torch.tensor(labels, dtype=torch.long)
