@@ -215,10 +215,23 @@ def test_sd2_file_without_prediction_asks_for_it(sd, tmp_path):
     assert json.loads((run / "import.json").read_text())["unet"]["num_head_channels"] == 64
 
 
-def test_inpainting_layout_is_detected(tmp_path):
-    """A 9-channel SD inpainting UNet is recognised and its weights map; it needs the inpaint plugin."""
+@torch.no_grad()
+def test_inpainting_layout_maps_onto_the_inpaint_plugin(tmp_path):
+    """SD's 9-channel inpainting UNet reads [z | mask | masked latents]; imported, the ``inpaint``
+    plugin feeds [masked latents | mask] and the UNet's prediction is the same."""
     pipe = build_pipeline("sd1", in_channels=9)
     pipe.save_pretrained(str(tmp_path / "inpaint"), safe_serialization=True)
-    with pytest.raises(CheckpointError, match="sd1-inpainting.*inpaint"):
-        import_pretrained(tmp_path / "inpaint", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    run = import_pretrained(tmp_path / "inpaint", tmp_path / "run", image_size=64)
+    assert json.loads((run / "import.json").read_text())["variant"] == "sd1-inpainting"
+    model = from_pretrained(run)
+    assert list(model.conditioner.encoders) == ["text", "inpaint"]
+    g = torch.Generator().manual_seed(4)
+    z, masked = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    mask = (torch.rand(2, 1, 8, 8, generator=g) > 0.5).float()
+    t, ctx = torch.tensor([700, 30]), torch.randn(2, 77, 64, generator=g)
+    ref = pipe.unet(torch.cat([z, mask, masked], 1), t, encoder_hidden_states=ctx).sample
+    ours = model.unet(torch.cat([z, masked, mask], 1), t, ctx)
+    assert _max_err(ours, ref) <= TOL
+    single = export_run(run, tmp_path / "inpaint.safetensors", "sd")  # back in SD's channel order
+    tensors, _ = checkpoint.load(single)
+    assert torch.equal(tensors["model.diffusion_model.input_blocks.0.0.weight"], pipe.unet.conv_in.weight)

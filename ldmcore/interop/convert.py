@@ -254,7 +254,9 @@ def experiment_config(p: Pretrained, name: str = "imported") -> dict[str, Any]:
         conditions["text"] = {"model": TEXT_DIR, "max_length": int(a.text.get("max_position_embeddings", 77)),
                               "hidden_layer": a.text_hidden_layer, "mask_padding": False, "null": "empty"}
     extra = u.in_channels - u.out_channels
-    if extra:
+    if extra == u.out_channels + 1 and _has_plugin("inpaint"):
+        conditions["inpaint"] = {"drop_prob": 0.0}
+    elif extra:
         raise CheckpointError(
             f"{p.source!r} is a {a.variant} model: its UNet takes {u.in_channels} input channels, "
             f"{extra} more than its {u.out_channels} latent channels"
@@ -277,8 +279,23 @@ def experiment_config(p: Pretrained, name: str = "imported") -> dict[str, Any]:
     }
 
 
+def _has_plugin(name: str) -> bool:
+    from ldmcore.registry import default_registry
+
+    return name in default_registry().encoders
+
+
+def _sd_to_plugin_layout(p: Pretrained, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    u = p.arch.unet
+    if u.in_channels == 2 * u.out_channels + 1:  # SD inpainting -> the inpaint plugin's order
+        return keymaps.permute_in_conv(state, "input_blocks.0.0.weight",
+                                       keymaps.inpaint_columns(u.out_channels, to_sd=False))
+    return state
+
+
 def model_tensors(p: Pretrained) -> dict[str, torch.Tensor]:
     """The run checkpoint's tensors: ``unet.*``, ``autoencoder.*`` (+ ``ema.unet.*``)."""
+    p.unet, p.ema = _sd_to_plugin_layout(p, p.unet), _sd_to_plugin_layout(p, p.ema)
     out = checkpoint.with_prefix("unet.", p.unet)
     out.update(checkpoint.with_prefix("autoencoder.", p.autoencoder))
     out["autoencoder.scale_factor"] = torch.tensor(float(p.arch.scale_factor))
@@ -363,7 +380,7 @@ def _write_run(root: Path, cfg, model, p: Pretrained) -> None:
     config = cfg.model_dump(mode="json")
     run.config.write_text(yaml.safe_dump(config, sort_keys=False))
     tensors = dict(model.state_dict())
-    tensors.update(checkpoint.with_prefix("ema.unet.", p.ema))
+    tensors.update(checkpoint.with_prefix("ema.unet.", p.ema))  # already in the plugin layout
     checkpoint.save(run.last, tensors, {
         "format": FORMAT, "kind": "latent_diffusion", "step": 0, "config": config,
         "plugins": plugin_versions(model, default_registry()),

@@ -31,7 +31,7 @@ DIFFUSERS_VERSION = "0.30.0"
 def _text_plugin(model) -> Any | None:
     """The run's text plugin, if it can be exported (no projection); other plugins are refused."""
     encoders = dict(model.conditioner.encoders)
-    other = sorted(n for n in encoders if n != "text")
+    other = sorted(n for n in encoders if n not in ("text", "inpaint"))
     if other:
         raise ConfigError(f"this model has the plugin(s) {', '.join(other)}, which neither SD single "
                           f"files nor diffusers' StableDiffusionPipeline can hold; only text-to-image "
@@ -49,6 +49,17 @@ def _text_plugin(model) -> Any | None:
         raise ConfigError(f"the text encoder is a {text.transformer.config.model_type!r} model; SD "
                           f"layouts hold a CLIP text model only.")
     return text
+
+
+def _unet_state(model) -> dict[str, torch.Tensor]:
+    """The UNet's tensors in SD's channel order (inpainting: mask before masked latents)."""
+    state = model.unet.state_dict()
+    if "inpaint" in model.conditioner.encoders:
+        if model.conditioner.concat_channels != model.unet.shape.out_channels + 1:
+            raise ConfigError("SD inpainting layouts hold the inpaint plugin as the only concat condition.")
+        state = keymaps.permute_in_conv(state, "input_blocks.0.0.weight",
+                                        keymaps.inpaint_columns(model.unet.shape.out_channels, to_sd=True))
+    return state
 
 
 def _schedule_tensors(model) -> dict[str, torch.Tensor]:
@@ -92,7 +103,7 @@ def export_single_file(model, cfg, out: Path | str, *, overwrite: bool = False) 
     if out.exists() and not overwrite:
         raise ConfigError(f"{str(out)!r} already exists; choose a new path or pass overwrite=true.")
     text = _text_plugin(model)
-    tensors = checkpoint.with_prefix(UNET, model.unet.state_dict())
+    tensors = checkpoint.with_prefix(UNET, _unet_state(model))
     tensors.update({VAE + k: v for k, v in model.autoencoder.state_dict().items() if k != "scale_factor"})
     tensors.update(_schedule_tensors(model))
     meta = _meta(model, cfg)
@@ -171,14 +182,15 @@ def export_diffusers(model, cfg, out: Path | str, *, overwrite: bool = False) ->
     def write(root: Path) -> None:
         unet_map = keymaps.unet_keymap(u)
         for sub, conf, tensors in (
-                ("unet", unet_cfg, {unet_map[k]: v for k, v in model.unet.state_dict().items()}),
+                ("unet", unet_cfg, {unet_map[k]: v for k, v in _unet_state(model).items()}),
                 ("vae", vae_cfg, keymaps.to_diffusers_autoencoder(model.autoencoder.state_dict(), ae))):
             (root / sub).mkdir()
             (root / sub / "config.json").write_text(json.dumps(conf, indent=1))
             checkpoint.save(root / sub / "diffusion_pytorch_model.safetensors", tensors, {"format": "pt"})
         (root / "scheduler").mkdir()
         (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched_cfg, indent=1))
-        index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": DIFFUSERS_VERSION,
+        pipeline = "StableDiffusionInpaintPipeline" if "inpaint" in model.conditioner.encoders else "StableDiffusionPipeline"
+        index = {"_class_name": pipeline, "_diffusers_version": DIFFUSERS_VERSION,
                  "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
                  "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
                  "feature_extractor": [None, None], "image_encoder": [None, None],

@@ -158,6 +158,27 @@ def report_mismatch(what: str, source: str, missing: list[str], unexpected: list
                           f"detected from it: {'; '.join(problems)}. Nothing was written.")
 
 
+# -- SD inpainting: the input convolution's extra channels -------------------------------------
+# SD's 9-channel UNet reads [z_t (4) | mask (1) | masked-image latents (4)]; ldmcore's ``inpaint``
+# plugin emits [masked-image latents | mask], so its columns follow z_t in that order.
+def inpaint_columns(latent: int, to_sd: bool) -> list[int]:
+    """Column order that turns one layout's input-conv weight into the other's."""
+    sd_order = list(range(latent)) + [2 * latent] + list(range(latent, 2 * latent))  # ours -> SD
+    if to_sd:
+        return sd_order
+    inverse = [0] * len(sd_order)
+    for new, old in enumerate(sd_order):
+        inverse[old] = new
+    return inverse
+
+
+def permute_in_conv(state: dict[str, torch.Tensor], key: str, order: list[int]) -> dict[str, torch.Tensor]:
+    out = dict(state)
+    if key in out:
+        out[key] = out[key][:, order].contiguous()
+    return out
+
+
 # -- Hugging Face CLIP text models ---------------------------------------------------------------
 # Keys here are "canonical": without transformers 4's ``text_model.`` prefix (transformers 5 drops
 # it; SD 1.x files keep it). ``clip_canonical`` and ``clip_for`` convert at the boundaries.
