@@ -252,7 +252,7 @@ def experiment_config(p: Pretrained, name: str = "imported") -> dict[str, Any]:
     conditions: dict[str, Any] = {}
     if a.text is not None:
         conditions["text"] = {"model": TEXT_DIR, "max_length": int(a.text.get("max_position_embeddings", 77)),
-                              "hidden_layer": a.text_hidden_layer, "mask_padding": False, "null": "empty"}
+                              "hidden_layer": a.text_hidden_layer, "mask_padding": False, "unconditional": "empty"}
     extra = u.in_channels - u.out_channels
     if extra == u.out_channels + 1 and _has_plugin("inpaint"):
         conditions["inpaint"] = {"drop_prob": 0.0}

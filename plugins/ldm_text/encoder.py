@@ -49,8 +49,8 @@ class TextConfig(EncoderConfig):
                                                      "penultimate layer through the final norm (SD 2.x)")
     mask_padding: bool = Field(True, description="padding tokens get a False key-padding mask; "
                                                  "Stable Diffusion attends to them (false)")
-    null: Literal["empty", "zeros"] = Field("empty", description="unconditional tokens: the "
-                                                                 "empty prompt's encoding, or zeros")
+    unconditional: Literal["empty", "zeros"] = Field("empty", description="null tokens: the empty "
+                                                                          "prompt's encoding, or zeros")
 
 
 def _load_pretrained(folder: Path) -> tuple[nn.Module, Any]:
@@ -147,9 +147,13 @@ class TextEncoder(ConditionEncoder):
 
     def null(self, batch_size: int) -> ConditionOutput:
         states, mask = self.hidden_states([""])
-        if self.config.null == "zeros":
+        if self.config.unconditional == "zeros":
             states = torch.zeros_like(states)
         return self._emit(states.expand(batch_size, -1, -1), mask.expand(batch_size, -1))
+
+    def batch_value(self, batch: dict[str, Any]) -> Any:
+        """``batch["text"]``, or a dataset's ``caption`` (shapes, image folders with captions)."""
+        return batch["text"] if "text" in batch else batch["caption"]
 
     def collate(self, values: list[Any]) -> list[str]:
         return [str(v) for v in values]
