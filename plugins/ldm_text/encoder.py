@@ -146,9 +146,14 @@ class TextEncoder(ConditionEncoder):
         return self._emit(*self.hidden_states(prompts))
 
     def null(self, batch_size: int) -> ConditionOutput:
-        states, mask = self.hidden_states([""])
-        if self.config.unconditional == "zeros":
-            states = torch.zeros_like(states)
+        device = next(self.transformer.parameters()).device
+        cached = self.__dict__.get("_null")
+        if cached is None or cached[0].device != device:  # frozen encoder: encode "" once
+            states, mask = self.hidden_states([""])
+            if self.config.unconditional == "zeros":
+                states = torch.zeros_like(states)
+            cached = self.__dict__["_null"] = (states, mask)
+        states, mask = cached
         return self._emit(states.expand(batch_size, -1, -1), mask.expand(batch_size, -1))
 
     def batch_value(self, batch: dict[str, Any]) -> Any:
