@@ -14,11 +14,15 @@ setup: $(STAMP)
 
 # torch==2.13.0 first: on this machine it is the CPU build on local disk. It is pinned here,
 # not in pyproject.toml, so users keep the torch build (CPU/CUDA) that fits their machine.
-$(STAMP): pyproject.toml Makefile
+# The example third-party plugin is installed like any plugin package (CI runs its tests too).
+EXAMPLE := examples/ldm-plugin-edges
+
+$(STAMP): pyproject.toml Makefile $(EXAMPLE)/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-build-isolation -e $(EXAMPLE)
 	touch $(STAMP)
 
 demo: setup
@@ -29,6 +33,7 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests
+	cd $(EXAMPLE) && $(abspath $(PY)) -m pytest
 
 bench: setup
 	$(PY) benchmarks/run.py

@@ -33,7 +33,7 @@ def save(path: Path | str, tensors: dict[str, torch.Tensor], meta: dict[str, Any
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
-        save_file(flat, tmp, metadata=metadata)
+        save_file(flat, tmp, metadata=metadata or None)  # empty metadata would be unreadable
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

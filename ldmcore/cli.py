@@ -8,6 +8,7 @@
     ldm plugins [--json]
     ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]
     ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]
+    ldm new-plugin NAME [out=DIR]
 
 Errors a user can cause print one paragraph and exit with status 2; a traceback means a bug.
 """
@@ -96,14 +97,19 @@ def cmd_plugins(args: list[str]) -> int:
         raise ConfigError(f"ldm plugins takes only --json, not {unknown[0]!r}.")
     reg = default_registry()
     infos = reg.infos()
+    dirs = [{"package": d.package, "path": str(d.path)} for d in reg.config_dirs]
     if "--json" in args:
-        print(json.dumps({"plugins": [asdict(i) for i in infos], "broken": reg.broken}, indent=1))
+        print(json.dumps({"plugins": [asdict(i) for i in infos], "config_dirs": dirs,
+                          "broken": reg.broken}, indent=1))
         return 0
-    rows = [("name", "injection", "package", "version", "trainable")]
-    rows += [(i.name, ",".join(i.injections), i.package, i.version, str(i.trainable)) for i in infos]
+    rows = [("name", "injection", "package", "version", "trainable", "hooks")]
+    rows += [(i.name, ",".join(i.injections), i.package, i.version, str(i.trainable),
+              ",".join(i.hooks)) for i in infos]
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     for r in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    for d in dirs:
+        print(f"configs: {d['package']}: {d['path']}")
     for name, why in sorted(reg.broken.items()):
         print(f"broken: {name}: {why}")
     return 0
@@ -154,8 +160,22 @@ def cmd_export(args: list[str]) -> int:
     return 0
 
 
+def cmd_new_plugin(args: list[str]) -> int:
+    from ldmcore.scaffold import write_plugin
+
+    names = [a for a in args if "=" not in a]
+    opts = _key_values([a for a in args if "=" in a], {"out"})
+    if len(names) != 1:
+        raise ConfigError("ldm new-plugin takes one NAME (a lower-case identifier such as "
+                          "demo_cond) and optionally out=DIR, the folder to write it in.")
+    root = write_plugin(names[0], Path(opts.get("out", ".")))
+    print(f"wrote {root}: install it with `pip install -e {root}`, then run its tests with "
+          f"`pytest {root}`; `ldm plugins` lists it once installed.")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "plugins": cmd_plugins,
-            "import": cmd_import, "export": cmd_export}
+            "import": cmd_import, "export": cmd_export, "new-plugin": cmd_new_plugin}
 
 
 def _key_values(args: list[str], allowed: set[str]) -> dict[str, str]:

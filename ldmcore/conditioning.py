@@ -119,7 +119,9 @@ class ConditionEncoder(nn.Module):
 
     def batch_value(self, batch: dict[str, Any]) -> Any:
         """This condition's value in a batch (default ``batch[name]``). Override to derive it,
-        e.g. a low-resolution plugin reading ``batch["image"]``. Raise ``KeyError`` if absent."""
+        e.g. a low-resolution plugin reading ``batch["image"]``; sampling passes values by name
+        (``cond.<name>=...``), so a deriving plugin returns ``batch[name]`` when present. Raise
+        ``KeyError`` if absent."""
         return batch[self.name]
 
     def finish(self, images: torch.Tensor, value: Any) -> torch.Tensor:

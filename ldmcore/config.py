@@ -1,8 +1,11 @@
 """Two-stage config: Hydra composes and interpolates, pydantic validates.
 
 The Hydra tree ships inside the package (``ldmcore.conf``), so a non-editable install works.
-Every error a user can make here (unknown key, wrong type, unknown group option, unknown plugin)
-becomes a ``ConfigError`` naming the key path and the nearest valid names.
+Plugin packages may ship config groups of their own (the ``register_config_dirs`` hook); they are
+searched after the host's tree, so ``condition=[edges]`` or ``experiment=shapes_edges`` find a
+plugin's files without copying. Every error a user can make here (unknown key, wrong type,
+unknown group option, unknown plugin) becomes a ``ConfigError`` naming the key path and the
+nearest valid names.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ldmcore.conditioning import EncoderConfig
 from ldmcore.diffusion.samplers import SAMPLERS, Spacing
 from ldmcore.diffusion.schedule import BetaSchedule, Prediction
-from ldmcore.errors import ConfigError, nearest
+from ldmcore.errors import ConfigError, PluginClash, nearest
 
 
 class Strict(BaseModel):
@@ -159,6 +162,54 @@ def conf_dir() -> Path:
     return Path(str(importlib.resources.files("ldmcore.conf")))
 
 
+def config_sources(registry=None) -> list[tuple[str, Path]]:
+    """(package, folder) of every config tree, the host's first: the order Hydra searches them.
+
+    Two trees that ship the same ``group/option.yaml`` are a clash naming both packages: which
+    one Hydra would pick would depend on install order, so neither is silently preferred.
+    """
+    from ldmcore.registry import default_registry
+
+    registry = registry or default_registry()
+    sources = [("ldmcore", conf_dir())] + [(d.package, d.path) for d in registry.config_dirs]
+    seen: dict[str, str] = {}
+    for package, folder in sources:
+        for path in sorted(folder.glob("*/*.yaml")):
+            key = f"{path.parent.name}/{path.name}"
+            if key in seen and seen[key] != package:
+                raise PluginClash(f"two packages ship the config {key!r}: {seen[key]!r} and "
+                                  f"{package!r}. Rename one (a plugin's files are best named "
+                                  f"after its condition), or restrict loading with "
+                                  f"LDM_LOAD_PLUGINS.")
+            seen[key] = package
+    return sources
+
+
+def group_options(group: str, registry=None) -> list[str]:
+    """Every option of a config group, the host's and the plugins'."""
+    return sorted({p.stem for _, folder in config_sources(registry)
+                   for p in (folder / group).glob("*.yaml")})
+
+
+def _searchpath_override(overrides: list[str], sources: list[tuple[str, Path]]) -> list[str]:
+    """``overrides`` with the plugins' folders added to ``hydra.searchpath`` (after any the user
+    gave), so Hydra looks in them after the host's tree."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    user: list[str] = []
+    rest = []
+    for o in overrides:
+        if o.split("=", 1)[0] == "hydra.searchpath":
+            user = [str(v) for v in OverridesParser.create().parse_overrides([o])[0].value()]
+        else:
+            rest.append(o)
+    paths = user + [f"file://{folder}" for _, folder in sources[1:]]
+    if not paths:
+        return rest
+    quoted = ",".join("'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in paths)
+    return [*rest, f"hydra.searchpath=[{quoted}]"]
+
+
 def format_validation_error(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
     """One paragraph naming each bad key path, what is wrong, and the valid names."""
     parts = []
@@ -207,17 +258,23 @@ _MISSING_OPTION = re.compile(r"Could not (?:load|find) '([\w-]+)/([^']+)'")
 _MISSING_VALUE = re.compile(r"Missing mandatory value: .*?full_key: ([\w.\[\]-]+)")
 
 
-def compose(overrides: list[str]) -> dict[str, Any]:
-    """Compose ``conf/config.yaml`` with Hydra overrides into a resolved plain dict."""
+def compose(overrides: list[str], registry=None) -> dict[str, Any]:
+    """Compose ``conf/config.yaml`` with Hydra overrides into a resolved plain dict.
+
+    The config folders of installed plugins (``register_config_dirs``) are searched after the
+    host's tree.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
+    sources = config_sources(registry)
+
     def run(ovr: list[str], throw_on_missing: bool = True) -> dict[str, Any]:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=ovr)
+            cfg = hydra_compose(config_name="config", overrides=_searchpath_override(ovr, sources))
         # a mandatory value (``???``) left unset must fail here, not pass on as the string "???"
         return OmegaConf.to_container(cfg, resolve=True,  # type: ignore[return-value]
                                       throw_on_missing=throw_on_missing)
@@ -239,10 +296,22 @@ def compose(overrides: list[str]) -> dict[str, Any]:
         missing = _MISSING_OPTION.search(msg)
         if missing:
             group, option = missing.group(1), missing.group(2)
-            options = sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+            options = group_options(group, registry)
             raise ConfigError(f"unknown {group} '{option}': {nearest(option, options)} "
-                              f"Options for {group}=: {', '.join(options)}.") from None
+                              f"Options for {group}=: {', '.join(options)}.{_broken_note(registry)}"
+                              ) from None
         raise ConfigError(f"cannot compose the config from {overrides}: {msg}") from None
+
+
+def _broken_note(registry=None) -> str:
+    """A plugin that failed to load takes its configs with it: say so where they are missed."""
+    from ldmcore.registry import default_registry
+
+    broken = (registry or default_registry()).broken
+    if not broken:
+        return ""
+    return " Plugins that failed to load (`ldm plugins` lists them): " + "; ".join(
+        f"{k} ({v})" for k, v in sorted(broken.items())) + "."
 
 
 def _unknown_key_message(key: str, rest: list[str], run) -> str:
@@ -267,7 +336,7 @@ def load(overrides: list[str], registry=None) -> ExperimentConfig:
     Plugin sections are validated here too (through the registry), so a bad condition key
     fails before any work starts.
     """
-    cfg = validate(compose(overrides))
+    cfg = validate(compose(overrides, registry))
     resolve_conditions(cfg, registry)
     return cfg
 

@@ -3,11 +3,17 @@
 A plugin package is an installed distribution that names a module in the ``ldmcore``
 entry-point group; that module holds functions decorated with ``ldmcore.hookimpl``.
 Built-in plugins under ``plugins/`` register exactly the same way.
+
+Each hook receives a ``register`` callback (as llm and tox do), so one package may register
+several things; what the hook itself returns is ignored. The reference, with a runnable example
+per hook, is ``docs/hooks.md``; a meta-test fails when a hook here has no section there, or no
+test.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from os import PathLike
 
 import pluggy
 
@@ -27,4 +33,19 @@ def register_conditions(register: Callable[[type], None]) -> None:
     (``conditions.<name>``) and on the command line (``cond.<name>=...``). Registering a name
     another package already registered is an error that names both packages. The result of the
     hook itself is ignored.
+    """
+
+
+@hookspec
+def register_config_dirs(register: Callable[[str | PathLike[str]], None]) -> None:
+    """Register folders of Hydra config groups that the package ships.
+
+    When: with ``register_conditions``, when the registry loads the package. Call
+    ``register(folder)`` with a folder laid out like the host's ``conf/`` tree (for example
+    ``conf/condition/edges.yaml`` and ``conf/experiment/shapes_edges.yaml``); every composition
+    (``ldm train experiment=...``) then searches it after the host's own tree, so users select
+    ``condition=[edges]`` or ``experiment=shapes_edges`` without copying files. A file whose
+    group and name another package (or the host) already ships is an error naming both. A
+    folder that does not exist makes the package broken (listed by ``ldm plugins``, not loaded).
+    The result of the hook itself is ignored.
     """

@@ -1,8 +1,10 @@
 """The plugin host: a pluggy PluginManager over the ``ldmcore`` entry-point group.
 
-The registry knows nothing of training: it loads plugin packages, collects the condition
-encoders they register, reports name clashes, and lists what is installed (with versions and
-the plugins that failed to load, and why - a broken plugin never breaks the host).
+The registry knows nothing of training: it loads plugin packages, collects what their hooks
+register (condition encoders, Hydra config folders), reports name clashes, and lists what is
+installed (with versions, the hooks each package implements, and the plugins that failed to
+load, and why - a broken plugin never breaks the host). A package's registrations are all or
+nothing: if one hook fails, none of the package's registrations are kept.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pluggy
 
@@ -33,16 +37,33 @@ class PluginInfo:
     version: str
     module: str
     trainable: bool
+    hooks: tuple[str, ...] = ()  # the hooks its package implements
+
+
+@dataclass(frozen=True)
+class ConfigDir:
+    """A folder of Hydra config groups shipped by a plugin package."""
+
+    package: str
+    path: Path
+
+
+def hook_names() -> list[str]:
+    """Every hook declared in ``ldmcore.hookspecs``, in declaration order."""
+    return [name for name, fn in vars(hookspecs).items()
+            if callable(fn) and hasattr(fn, f"{hookspecs.PROJECT}_spec")]
 
 
 @dataclass
 class Registry:
-    """Condition encoders by name, plus the plugin modules that failed to load."""
+    """Condition encoders by name, config folders, and the plugin modules that failed to load."""
 
     manager: pluggy.PluginManager
     encoders: dict[str, type[ConditionEncoder]] = field(default_factory=dict)
     origins: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (package, version)
     broken: dict[str, str] = field(default_factory=dict)  # entry point -> why
+    config_dirs: list[ConfigDir] = field(default_factory=list)
+    hooks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # package -> hooks it implements
 
     def condition(self, name: str) -> type[ConditionEncoder]:
         """The encoder class registered as ``name``; unknown names get a teaching error."""
@@ -61,31 +82,65 @@ class Registry:
         return [
             PluginInfo(name=n, injections=tuple(i.value for i in cls.injections),
                        package=self.origins[n][0], version=self.origins[n][1],
-                       module=cls.__module__, trainable=cls.trainable)
+                       module=cls.__module__, trainable=cls.trainable,
+                       hooks=self.hooks.get(self.origins[n][0], ()))
             for n, cls in sorted(self.encoders.items())
         ]
 
-    def add_module(self, module: ModuleType, package: str = "", version: str = "") -> None:
+    def add_module(self, module: ModuleType | object, package: str = "", version: str = "") -> None:
         """Register a plugin module (or object) directly, as tests and notebooks do."""
-        self.manager.register(module)
-        self._collect(module, package or getattr(module, "__name__", str(module)), version)
+        package = package or getattr(module, "__name__", None) or type(module).__module__
+        self._add(module, package, version, name=None)
 
-    def _collect(self, plugin: object, package: str, version: str) -> None:
-        impl = getattr(plugin, "register_conditions", None)
-        if impl is None:
-            return
+    def _add(self, plugin: object, package: str, version: str, name: str | None) -> None:
+        """Run the plugin's hooks, check everything, then keep it all (or nothing)."""
+        found = self._collect(plugin, package)
+        self.manager.register(plugin, name=name)
+        for cls in found["encoders"]:
+            self.encoders[cls.name] = cls
+            self.origins[cls.name] = (package, version)
+        self.config_dirs += found["config_dirs"]
+        self.hooks[package] = tuple(sorted({*self.hooks.get(package, ()), *found["hooks"]}))
 
-        def register(cls: type) -> None:
+    def _collect(self, plugin: object, package: str) -> dict[str, Any]:
+        implemented = [n for n in dir(plugin)
+                       if self.manager.parse_hookimpl_opts(plugin, n) is not None]
+        known = hook_names()
+        unknown = [n for n in implemented if n not in known]
+        if unknown:
+            raise PluginError(f"package {package!r} implements the hook {unknown[0]!r}, which "
+                              f"ldmcore does not define: {nearest(unknown[0], known)}")
+        encoders: list[type[ConditionEncoder]] = []
+        dirs: list[ConfigDir] = []
+
+        def register_condition(cls: type) -> None:
             _check_encoder_class(cls, package)
-            if cls.name in self.encoders and self.encoders[cls.name] is not cls:
+            mine = {c.name: c for c in encoders}
+            if cls.name in mine and mine[cls.name] is not cls:
+                raise PluginError(f"package {package!r} registers two classes named "
+                                  f"{cls.name!r}: {mine[cls.name].__qualname__} and "
+                                  f"{cls.__qualname__}; give each a distinct `name`.")
+            owner = self.encoders.get(cls.name)
+            if owner is not None and owner is not cls:
                 other = self.origins[cls.name][0]
                 raise PluginClash(
                     f"two packages register the condition {cls.name!r}: {other!r} and "
                     f"{package!r}. Uninstall one, or restrict loading with {ALLOW_ENV}.")
-            self.encoders[cls.name] = cls
-            self.origins[cls.name] = (package, version)
+            encoders.append(cls)
 
-        impl(register=register)
+        def register_config_dir(folder: Any) -> None:
+            path = Path(os.fspath(folder) if isinstance(folder, (str, os.PathLike)) else str(folder))
+            if not path.is_dir():
+                raise PluginError(f"package {package!r} registers the config folder "
+                                  f"{str(path)!r}, which is not a folder; ship it as package "
+                                  f"data (see docs/publishing.md).")
+            dirs.append(ConfigDir(package, path))
+
+        callbacks = {"register_conditions": register_condition,
+                     "register_config_dirs": register_config_dir}
+        for hook in implemented:
+            getattr(plugin, hook)(register=callbacks[hook])
+        return {"encoders": encoders, "config_dirs": dirs, "hooks": implemented}
 
 
 def _check_encoder_class(cls: type, package: str) -> None:
@@ -120,8 +175,7 @@ def build_registry(load_entry_points: bool | None = None) -> Registry:
         version = dist.version if dist else ""
         try:
             module = ep.load()
-            pm.register(module, name=f"{package}:{ep.name}")
-            reg._collect(module, package, version)
+            reg._add(module, package, version, name=f"{package}:{ep.name}")
         except PluginClash:
             raise
         except Exception as exc:  # a broken plugin (import error, bad class) never breaks the host

@@ -255,3 +255,8 @@ def test_load_into_copies_a_fitting_state():
     source, target = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4)
     checkpoint.load_into(target, {k: v.clone() for k, v in source.state_dict().items()}, "m", "p")
     assert_tensors_equal(target.state_dict(), source.state_dict())
+
+
+def test_an_empty_checkpoint_round_trips(tmp_path):
+    checkpoint.save(tmp_path / "empty.safetensors", {})
+    assert checkpoint.load(tmp_path / "empty.safetensors") == ({}, {})

@@ -83,6 +83,8 @@ def test_sample_from_a_truncated_checkpoint(tmp_path):
 def test_eval_without_samples(tmp_path):
     run = tmp_path / "my-run"
     run.mkdir()
+    assert_user_error(ldm("eval", f"run={run}", cwd=tmp_path), "eval", "config.yaml")
+    (run / "config.yaml").write_text("data: {name: digits}\nconditions: {class: {}}\n")
     assert_user_error(ldm("eval", f"run={run}", cwd=tmp_path), "eval",
                       str(run / "samples" / "final"), "samples.json", "ldm sample")
 
@@ -153,12 +155,13 @@ def test_plugins_table_shows_broken_plugins(capsys, monkeypatch):
     assert code == 0
     assert "broken: ldm_text:text: ImportError: No module named 'transformers'" in out
     code, out, _ = run_main(capsys, "plugins", "--json")
-    assert json.loads(out) == {"plugins": [], "broken": dict(reg.broken)}
+    assert json.loads(out) == {"plugins": [], "config_dirs": [], "broken": dict(reg.broken)}
 
 
 def test_plugins_table_lists_name_injection_package_version(capsys, monkeypatch):
     monkeypatch.setattr(registry_mod, "_default", build_registry(load_entry_points=True))
     code, out, _ = run_main(capsys, "plugins")
     rows = [line.split() for line in out.splitlines()]
-    assert rows[0] == ["name", "injection", "package", "version", "trainable"]
-    assert ["class", "vector,crossattn", "ldmcore", md.version("ldmcore"), "True"] in rows
+    assert rows[0] == ["name", "injection", "package", "version", "trainable", "hooks"]
+    assert ["class", "vector,crossattn", "ldmcore", md.version("ldmcore"), "True",
+            "register_conditions"] in rows

@@ -18,6 +18,9 @@ def test_wheel_contains_config_tree_and_plugins(tmp_path: Path) -> None:
     yaml_in_tree = {f"ldmcore/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*.yaml")}
     assert yaml_in_tree and yaml_in_tree <= names, sorted(yaml_in_tree - names)
     assert "ldm_class/__init__.py" in names and "ldm_class/encoder.py" in names
+    templates = {f"ldmcore/scaffold/{p.relative_to(ROOT / 'ldmcore' / 'scaffold')}"
+                 for p in (ROOT / "ldmcore" / "scaffold" / "template").rglob("*.tmpl")}
+    assert templates and templates <= names, sorted(templates - names)  # ldm new-plugin needs them
     info = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     entry_points = zipfile.ZipFile(wheel).read(info).decode()
     assert "[ldmcore]" in entry_points and "class = ldm_class" in entry_points

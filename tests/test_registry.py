@@ -24,6 +24,9 @@ from ldmcore.errors import PluginError
 from ldmcore.hookspecs import hookimpl
 from ldmcore.registry import ALLOW_ENV, DISABLE_ENV, ENTRY_POINT_GROUP, Registry, build_registry
 
+BUILTINS = sorted(e.name for e in md.entry_points(group=ENTRY_POINT_GROUP)  # first-party plugins
+                  if e.dist is not None and e.dist.metadata["Name"] == "ldmcore")
+
 SPEC = BackboneSpec(latent_channels=4, latent_size=(8, 8), context_dim=16, image_channels=1,
                     image_size=(32, 32))
 
@@ -173,14 +176,14 @@ class FakeEntryPoint:
         return self._load()
 
 
-def builtin_names() -> list[str]:
-    """The conditions the installed first-party entry points register."""
-    return [i.name for i in build_registry(load_entry_points=True).infos()]
+def builtin_entry_points() -> list:
+    """ldmcore's own entry points: third-party plugins installed beside it (such as the example
+    package) are left out, so these tests see a known set."""
+    return [e for e in md.entry_points(group=ENTRY_POINT_GROUP) if e.name in BUILTINS]
 
 
 def with_entry_points(monkeypatch, *fakes: FakeEntryPoint, real: bool = True):
-    fake_names = {f.name for f in fakes}  # a fake replaces the real entry point of its name
-    eps = [e for e in md.entry_points(group=ENTRY_POINT_GROUP) if e.name not in fake_names] if real else []
+    eps = builtin_entry_points() if real else []
     eps += list(fakes)
     monkeypatch.setattr(registry_mod.md, "entry_points",
                         lambda group: [e for e in eps if group == ENTRY_POINT_GROUP])
@@ -266,22 +269,20 @@ def test_registering_something_that_breaks_the_contract(bad, words):
 
 
 def test_an_entry_point_registering_a_non_encoder_is_broken_not_fatal(monkeypatch):
-    builtin = builtin_names()
     with_entry_points(monkeypatch, FakeEntryPoint("bad", "bad_pkg", lambda: plugin_module("bad_pkg", int)))
     reg = build_registry()
     assert "not a ConditionEncoder" in reg.broken["bad_pkg:bad"]
-    assert [i.name for i in reg.infos()] == builtin
+    assert [i.name for i in reg.infos()] == BUILTINS
 
 
 def test_a_broken_plugin_is_recorded_and_the_host_keeps_working(monkeypatch):
     def boom():
         raise ImportError("No module named 'torchvision'")
 
-    builtin = builtin_names()
     with_entry_points(monkeypatch, FakeEntryPoint("text", "ldm_text", boom))
     reg = build_registry()
     assert reg.broken == {"ldm_text:text": "ImportError: No module named 'torchvision'"}
-    assert [i.name for i in reg.infos()] == [n for n in builtin if n != "text"]  # the good ones load
+    assert [i.name for i in reg.infos()] == BUILTINS  # the good plugin still loads
     with pytest.raises(PluginError) as exc:
         reg.condition("text")
     assert "ldm_text:text" in str(exc.value) and "torchvision" in str(exc.value)
@@ -316,13 +317,12 @@ def test_allow_list_loads_only_the_named_entry_points(monkeypatch):
 
 @pytest.mark.parametrize("value", ["1", "true", "yes"])
 def test_disable_entry_points_loads_none(monkeypatch, value):
-    builtin = builtin_names()
     fake = FakeEntryPoint("vec", "vec_pkg", lambda: plugin_module("vec_pkg", VectorEncoder))
     with_entry_points(monkeypatch, fake)
     monkeypatch.setenv(DISABLE_ENV, value)
     reg = build_registry()
     assert reg.infos() == [] and reg.broken == {} and not fake.loaded
-    assert [i.name for i in build_registry(load_entry_points=True).infos()] == sorted([*builtin, "vec"])
+    assert [i.name for i in build_registry(load_entry_points=True).infos()] == sorted([*BUILTINS, "vec"])
 
 
 # -- the Conditioner: routing and derived dimensions ------------------------------------------

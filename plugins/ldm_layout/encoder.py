@@ -103,7 +103,8 @@ class LayoutEncoder(ConditionEncoder):
                 boxes.append([float(c) for c in coords])
                 labels.append(names.index(label) if isinstance(label, str) else int(label))
             boxes_t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-        except (json.JSONDecodeError, ValueError, TypeError):
+        # RuntimeError: a box of other than 4 coordinates (the reshape)
+        except (json.JSONDecodeError, ValueError, TypeError, RuntimeError):
             raise ConfigError(f"cond.layout={text!r} is not a JSON list of boxes; write e.g. "
                               f"'[[0.1,0.1,0.5,0.5,\"circle\"],[0.6,0.2,0.9,0.6,\"square\"]]' "
                               f"(labels: {', '.join(names)} or their indices).") from None

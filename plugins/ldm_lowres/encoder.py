@@ -32,6 +32,7 @@ class LowresEncoder(ConditionEncoder):
     name = "lowres"
     injections = (Injection.CONCAT, Injection.VECTOR)
     Config = LowresConfig
+    trainable = False  # no parameters: resizing and a fixed level embedding
 
     def __init__(self, config: LowresConfig, backbone: BackboneSpec) -> None:
         super().__init__(config, backbone)

@@ -1,0 +1,306 @@
+"""The conformance kit (ldmcore/testing.py): every built-in plugin passes it, and plugins broken
+on purpose are caught with a message naming the rule they break.
+
+The broken plugins are one good encoder (which passes every rule, checked first) with one fault
+each, so each failure is known to come from that fault alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pydantic import ConfigDict
+from torch import nn
+
+import ldm_class
+import ldm_inpaint
+import ldm_layout
+import ldm_lowres
+import ldm_segmap
+from ldm_class import ClassEncoder
+from ldm_inpaint.encoder import InpaintEncoder
+from ldm_layout.encoder import LayoutEncoder
+from ldm_lowres.encoder import LowresEncoder
+from ldm_segmap.encoder import SegmapEncoder
+from ldmcore.conditioning import ConditionEncoder, EncoderConfig, Injection, OutputSpec, Tokens
+from ldmcore.errors import ConfigError
+from ldmcore.hookspecs import hookimpl
+from ldmcore.testing import (RULES, ConformanceError, ConformanceTests, PluginCase, check_plugin,
+                             check_rule, isolated_registry)
+
+# -- every built-in plugin ------------------------------------------------------------------------
+
+def png(path: Path, array: np.ndarray) -> str:
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+def label_maps(tmp: Path) -> list[str]:
+    a = np.zeros((16, 16), np.uint8)
+    a[2:9, 3:10] = 2
+    b = np.full((16, 16), 3, np.uint8)
+    b[8:, :] = 1
+    return [png(tmp / "map_a.png", a), png(tmp / "map_b.png", b)]
+
+
+def low_images(tmp: Path) -> list[str]:
+    rng = np.random.default_rng(0)
+    return [png(tmp / f"low{i}.png", (rng.random((4, 4, 3)) * 255).astype(np.uint8)) for i in range(2)]
+
+
+def holes(tmp: Path) -> list[str]:
+    rgb = (np.random.default_rng(1).random((16, 16, 3)) * 255).astype(np.uint8)
+    small, big = np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8)
+    small[4:8, 4:8], big[2:14, 2:14] = 255, 255
+    image = png(tmp / "photo.png", rgb)
+    return [f"{image},{png(tmp / 'small.png', small)}", f"{image},{png(tmp / 'big.png', big)}"]
+
+
+# A new built-in plugin adds its case here; the test below fails for a built-in without one.
+CASES = {
+    "class": PluginCase(ClassEncoder, config={"num_classes": 10}, cli_values=["3", "0"],
+                        bad_cli_values=["seven", "3.5"], plugin=ldm_class),
+    "segmap": PluginCase(SegmapEncoder, config={"channels": 4, "hidden": 8}, cli_values=label_maps,
+                         bad_cli_values=["/no/such/map.png"], dataset="shapes", image_channels=3,
+                         plugin=ldm_segmap),
+    "layout": PluginCase(LayoutEncoder, config={"embed_dim": 16, "num_freqs": 4},
+                         cli_values=['[[0.1,0.1,0.5,0.5,"circle"]]',
+                                     '[[0.1,0.1,0.5,0.5,"circle"],[0.6,0.2,0.9,0.6,2]]', "[]"],
+                         bad_cli_values=["boxes", '[[0.1,0.1,0.5,0.5,"hexagon"]]',
+                                         '[[0.1,0.1,"circle"]]'],
+                         dataset="shapes", image_channels=3, plugin=ldm_layout),
+    "lowres": PluginCase(LowresEncoder, config={"level_dim": 8}, cli_values=low_images,
+                         bad_cli_values=["/no/such/low.png"], dataset="shapes", image_channels=3,
+                         plugin=ldm_lowres),
+    "inpaint": PluginCase(InpaintEncoder, cli_values=holes, bad_cli_values=["only_one.png"],
+                          dataset="shapes", image_channels=3, plugin=ldm_inpaint),
+}
+
+
+def builtin_plugins() -> list[str]:
+    return [i.name for i in isolated_registry(builtins=True).infos()]
+
+
+@pytest.mark.parametrize("name", builtin_plugins())
+def test_every_builtin_plugin_passes_the_kit(name):
+    assert name in CASES, (f"built-in plugin {name!r} has no PluginCase in CASES in "
+                           f"tests/test_conformance.py; add one (docs/conformance.md).")
+    check_plugin(CASES[name])
+
+
+class TestClassAsTokensConformance(ConformanceTests):
+    """The class plugin's other injection (one cross-attention token), rule by rule."""
+
+    case = PluginCase(ClassEncoder, config={"num_classes": 10, "injection": "crossattn"},
+                      cli_values=["9"], bad_cli_values=["nine"], plugin=ldm_class)
+
+
+def test_the_mixin_has_one_test_per_rule():
+    tests = sorted(n for n in dir(ConformanceTests) if n.startswith("test_rule_"))
+    assert tests == sorted(f"test_rule_{r.replace('-', '_')}" for r in RULES)
+
+
+# -- one good encoder, then one fault at a time ---------------------------------------------------
+
+class GoodConfig(EncoderConfig):
+    dim: int = 8
+
+
+class Good(ConditionEncoder):
+    """Digit labels -> a learned vector; a learned null vector."""
+
+    name = "good"
+    injections = (Injection.VECTOR,)
+    Config = GoodConfig
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        self.table = nn.Embedding(10, config.dim)
+        self.null_vector = nn.Parameter(torch.randn(config.dim))
+
+    def output_specs(self):
+        return {Injection.VECTOR: OutputSpec(Injection.VECTOR, (self.config.dim,))}
+
+    def batch_value(self, batch):
+        return batch["class"] if "class" in batch else batch[self.name]
+
+    def forward(self, value):
+        return {Injection.VECTOR: self.table(torch.as_tensor(value).long())}
+
+    def null(self, batch_size):
+        return {Injection.VECTOR: self.null_vector.expand(batch_size, -1)}
+
+    @classmethod
+    def parse(cls, text):
+        if not text.isdigit() or int(text) > 9:
+            raise ConfigError(f"cond.good={text!r} is not a digit.")
+        return torch.tensor(int(text))
+
+
+def case_of(cls: type, **kw) -> PluginCase:
+    return PluginCase(cls, cli_values=kw.pop("cli_values", ["4", "2"]),
+                      bad_cli_values=kw.pop("bad_cli_values", ["x"]), **kw)
+
+
+def test_the_good_encoder_passes_every_rule():
+    check_plugin(case_of(Good))
+
+
+class WrongShape(Good):
+    def forward(self, value):
+        out = super().forward(value)[Injection.VECTOR]
+        return {Injection.VECTOR: torch.cat([out, out[:, :1]], dim=1)}  # dim + 1 features
+
+
+class NoNull(Good):
+    null = ConditionEncoder.null
+
+
+@pytest.mark.parametrize("broken, rule, words", [
+    (WrongShape, "forward", "(9,) per sample; its spec says (8,)"),
+    (NoNull, "null", "null() is missing"),
+])
+def test_a_deliberately_broken_plugin_is_caught_naming_the_rule(broken, rule, words):
+    with pytest.raises(ConformanceError) as exc:
+        check_plugin(case_of(broken))
+    assert rule in exc.value.rules
+    assert f"plugin 'good' breaks rule '{rule}': " in str(exc.value)
+    assert words in exc.value.failures[rule]
+
+
+class LooseConfig(GoodConfig):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class Loose(Good):
+    Config = LooseConfig
+
+
+class TooWide(Good):
+    name = "too_wide"
+    injections = (Injection.CROSSATTN,)
+
+    def output_specs(self):
+        return {Injection.CROSSATTN: OutputSpec(Injection.CROSSATTN, (1, self.backbone.context_dim + 1))}
+
+
+class BlindMask(Good):
+    """Tokens whose padding mask hides every token of some samples."""
+
+    injections = (Injection.CROSSATTN,)
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        self.table = nn.Embedding(10, backbone.context_dim)
+        self.null_vector = nn.Parameter(torch.zeros(backbone.context_dim))
+
+    def output_specs(self):
+        return {Injection.CROSSATTN: OutputSpec(Injection.CROSSATTN, (2, self.backbone.context_dim))}
+
+    def forward(self, value):
+        labels = torch.as_tensor(value).long()
+        tokens = self.table(labels)[:, None].expand(-1, 2, -1)
+        return {Injection.CROSSATTN: Tokens(tokens, (labels > 0)[:, None].expand(-1, 2))}
+
+    def null(self, batch_size):
+        mask = torch.ones(batch_size, 2, dtype=torch.bool)
+        return {Injection.CROSSATTN: Tokens(self.null_vector.expand(batch_size, 2, -1), mask)}
+
+
+class PerSampleNull(Good):
+    def null(self, batch_size):
+        return {Injection.VECTOR: self.null_vector * torch.arange(batch_size)[:, None]}
+
+
+class BatchNormed(Good):
+    """Normalises over the batch: a sample's code depends on the other samples."""
+
+    def forward(self, value):
+        out = super().forward(value)[Injection.VECTOR]
+        return {Injection.VECTOR: (out - out.mean(0)) / (out.std(0, correction=0) + 1)}
+
+
+class UnsavedNull(Good):
+    """The null is a non-persistent random buffer: it is lost in a save/load round trip."""
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        del self.null_vector
+        self.register_buffer("null_vector", torch.randn(config.dim), persistent=False)
+
+
+class ParseRaisesValueError(Good):
+    @classmethod
+    def parse(cls, text):
+        return torch.tensor(int(text))  # "x" raises ValueError: a traceback, not exit status 2
+
+
+class NothingToTrain(Good):
+    """Declares trainable but has no parameters."""
+
+    def __init__(self, config, backbone):
+        ConditionEncoder.__init__(self, config, backbone)
+        self.register_buffer("table_", torch.eye(10, config.dim))
+
+    def forward(self, value):
+        return {Injection.VECTOR: self.table_[torch.as_tensor(value).long()]}
+
+    def null(self, batch_size):
+        return {Injection.VECTOR: torch.zeros(batch_size, self.config.dim)}
+
+
+class FrozenLeaky(Good):
+    """Frozen, but its null is built from a fresh tensor that requires grad."""
+
+    trainable = False
+
+    def null(self, batch_size):
+        return {Injection.VECTOR: torch.zeros(batch_size, self.config.dim, requires_grad=True)}
+
+
+class Exploding(Good):
+    """Finite but enormous outputs: the diffusion loss overflows."""
+
+    def forward(self, value):
+        return {Injection.VECTOR: super().forward(value)[Injection.VECTOR] * 1e38}
+
+
+class Unregistered:
+    """A plugin module whose hook registers nothing."""
+
+    @hookimpl
+    def register_conditions(self, register):
+        pass
+
+
+@pytest.mark.parametrize("case, rule, words", [
+    (case_of(Loose), "declaration", "accepts unknown keys"),
+    (case_of(TooWide), "output-spec", "context_dim=32"),
+    (case_of(BlindMask, cli_values=["0"]), "key-padding-mask", "attends no token"),
+    (case_of(PerSampleNull), "null", "not null(1) repeated"),
+    (case_of(BatchNormed), "determinism", "alone than in a batch"),
+    (case_of(UnsavedNull), "save-load", "missing from state_dict()"),
+    (case_of(ParseRaisesValueError), "parse", "raised ValueError"),
+    (case_of(Good, cli_values=[]), "parse", "no cli_values"),
+    (case_of(Good, bad_cli_values=["4"]), "parse", "accepted a value"),
+    (case_of(NothingToTrain), "gradients", "no trainable parameters"),
+    (case_of(FrozenLeaky), "gradients", "null() output requires grad"),
+    (case_of(Exploding), "train-sample", "the diffusion loss is"),
+    (case_of(Good, plugin=Unregistered()), "registration", "does not register"),
+    (case_of(Good, dataset="shapes"), "forward", "batch_value() found no value"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_each_rule_catches_its_fault(case, rule, words):
+    with pytest.raises(ConformanceError) as exc:
+        check_rule(case, rule)
+    assert exc.value.rules == [rule]
+    assert str(exc.value).startswith(f"plugin '{case.name}' breaks rule '{rule}': ")
+    assert words in str(exc.value), str(exc.value)
+
+
+def test_unknown_rule_names_the_rules():
+    with pytest.raises(ValueError, match="save-load"):
+        check_plugin(case_of(Good), rules=["save_load"])
