@@ -7,7 +7,10 @@ VAE encode (posterior mean) and decode, and a 10-step DDIM sample with guidance 
 time of each step. Usage::
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/sd_parity.py [--family sd1|sd2] [--latent 64]
-        [--steps 10] [--skip-sample] [--out DIR] [--json results.json]
+        [--size full|tiny] [--steps 10] [--skip-sample] [--out DIR] [--json results.json]
+
+Measured (CPU, float32, 2 threads, SD-1.5 size, 512 px, both import routes): max abs error
+text 0, UNet 0, VAE encode 3.0e-7, VAE decode 9.1e-6, 10-step DDIM (guidance 7.5) 3.1e-5.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ def err(a: torch.Tensor, b: torch.Tensor) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", choices=["sd1", "sd2"], default="sd1")
+    ap.add_argument("--size", choices=["full", "tiny"], default="full",
+                    help="tiny: the reduced widths CI tests (use --latent 8)")
     ap.add_argument("--latent", type=int, default=64, help="latent side (64 = 512 px images)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--skip-sample", action="store_true", help="skip the DDIM sample")
@@ -56,7 +61,7 @@ def main() -> None:
         return out
 
     pred = "v_prediction" if args.family == "sd2" else "epsilon"
-    pipe = timed("build diffusers pipeline", lambda: build_pipeline(args.family, "full", prediction=pred))
+    pipe = timed("build diffusers pipeline", lambda: build_pipeline(args.family, args.size, prediction=pred))
     timed("save diffusers folder", lambda: pipe.save_pretrained(str(work / "diffusers"), safe_serialization=True))
     run = timed("ldm import (diffusers folder)", lambda: import_pretrained(work / "diffusers", work / "run_diffusers"))
     single = timed("ldm export (SD single file)", lambda: export_run(run, work / "model.safetensors", "sd"))
@@ -100,7 +105,7 @@ def main() -> None:
             e["ddim_sample"] = err(last["x"], ref_lat)
         print(name, json.dumps(e), flush=True)
         del model
-    result = {"family": args.family, "latent": lat, "steps": args.steps, "threads": torch.get_num_threads(),
+    result = {"family": args.family, "size": args.size, "latent": lat, "steps": args.steps, "threads": torch.get_num_threads(),
               "max_abs_error": errors, "seconds": times}
     print(json.dumps(result, indent=1))
     if args.json:
