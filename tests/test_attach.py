@@ -26,7 +26,7 @@ from ldmcore.train import train
 class Edges(ConditionEncoder):
     """Concat: the image's gradient magnitude at latent resolution, through a learned 1x1 conv."""
 
-    name = "edges"
+    name = "attach_edges"
     injections = (Injection.CONCAT,)
 
     def __init__(self, config, backbone):
@@ -52,7 +52,7 @@ class Edges(ConditionEncoder):
 class Brightness(ConditionEncoder):
     """Vector: the image's mean brightness, embedded by a small MLP."""
 
-    name = "brightness"
+    name = "attach_brightness"
     injections = (Injection.VECTOR,)
 
     def __init__(self, config, backbone):
@@ -105,8 +105,8 @@ def pretrained(tmp_path_factory, registry) -> Path:
 
 def attached_overrides(run_dir: Path, pretrained: Path, *extra: str) -> list[str]:
     return ["experiment=smoke", f"run_dir={run_dir}", "trainer.precision=fp32",
-            f"model.init_from={pretrained}", "+conditions.edges.drop_prob=0.0",
-            "+conditions.brightness.drop_prob=0.0", *extra]
+            f"model.init_from={pretrained}", "+conditions.attach_edges.drop_prob=0.0",
+            "+conditions.attach_brightness.drop_prob=0.0", *extra]
 
 
 @torch.no_grad()
@@ -115,7 +115,7 @@ def test_attaching_changes_no_output_at_step_0(pretrained, registry, tmp_path):
     cfg = load(attached_overrides(tmp_path, pretrained), registry)
     model = build_model(cfg, registry=registry).eval()
     att = attach_pretrained(model, pretrained)
-    assert att.new_plugins == ["edges", "brightness"]
+    assert att.new_plugins == ["attach_edges", "attach_brightness"]
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.rand(4, 1, 16, 16, generator=g) * 2 - 1, "class": torch.tensor([0, 3, 5, 9])}
     z = torch.randn(4, *old.latent_shape(), generator=g)
@@ -149,15 +149,15 @@ def test_train_only_plugins_leaves_backbone_byte_identical(pretrained, registry,
             assert got[:, width:].abs().sum() > 0, "the new vector columns did not train"
         else:
             assert torch.equal(got, value), key
-    assert not torch.equal(new["conditioner.encoders.edges.conv.weight"],
-                           new["conditioner.encoders.edges.conv.weight"] * 0)
+    assert not torch.equal(new["conditioner.encoders.attach_edges.conv.weight"],
+                           new["conditioner.encoders.attach_edges.conv.weight"] * 0)
     # each plugin's weights also travel alone, with its slice of the backbone
-    edges, _ = checkpoint.load(run / "plugins" / "edges.safetensors")
+    edges, _ = checkpoint.load(run / "plugins" / "attach_edges.safetensors")
     assert set(edges) == {"encoder.conv.weight", "encoder.conv.bias", "backbone.in_conv"}
     assert torch.equal(edges["backbone.in_conv"], new[IN_CONV][:, latent:latent + 2])
 
     fresh_cfg = load(attached_overrides(tmp_path / "other", pretrained), registry)
     fresh = build_model(fresh_cfg, registry=registry)
     att = attach_pretrained(fresh, pretrained)
-    load_plugin_weights(fresh, "edges", run / "plugins" / "edges.safetensors", att)
+    load_plugin_weights(fresh, "attach_edges", run / "plugins" / "attach_edges.safetensors", att)
     assert torch.equal(fresh.state_dict()[IN_CONV][:, latent:latent + 2], new[IN_CONV][:, latent:latent + 2])
