@@ -36,7 +36,9 @@ def build_autoencoder(cfg: ExperimentConfig) -> AutoencoderKL:
     return AutoencoderKL(autoencoder_shape(ae, cfg.data.channels))
 
 
-def backbone_spec(cfg: ExperimentConfig) -> BackboneSpec:
+def backbone_spec(cfg: ExperimentConfig, root: Path | None = None) -> BackboneSpec:
+    """What plugins learn of the backbone; ``root`` is the folder relative plugin paths resolve
+    against (the run folder when a run is loaded)."""
     f = cfg.autoencoder.downsample_factor
     size = cfg.data.image_size
     if size % f:
@@ -46,12 +48,12 @@ def backbone_spec(cfg: ExperimentConfig) -> BackboneSpec:
     latent = (size // f, size // f)
     return BackboneSpec(latent_channels=cfg.autoencoder.latent_channels, latent_size=latent,
                         context_dim=cfg.model.unet.context_dim, image_channels=cfg.data.channels,
-                        image_size=(size, size))
+                        image_size=(size, size), root=root)
 
 
 def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
-                      autoencoder: AutoencoderKL | None = None) -> Conditioner:
-    spec = backbone_spec(cfg)
+                      autoencoder: AutoencoderKL | None = None, root: Path | None = None) -> Conditioner:
+    spec = backbone_spec(cfg, root)
     if autoencoder is not None:
         spec = replace(spec, encode=frozen_encoder(autoencoder))
     encoders = {name: cls(config, spec) for name, (cls, config) in resolve_conditions(cfg, registry).items()}
@@ -59,10 +61,10 @@ def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
 
 
 def build_model(cfg: ExperimentConfig, autoencoder: AutoencoderKL | None = None,
-                registry: Registry | None = None) -> LatentDiffusion:
+                registry: Registry | None = None, root: Path | None = None) -> LatentDiffusion:
     """The full LatentDiffusion for ``cfg`` (a fresh autoencoder unless one is given)."""
     autoencoder = autoencoder if autoencoder is not None else build_autoencoder(cfg)
-    conditioner = build_conditioner(cfg, registry, autoencoder)
+    conditioner = build_conditioner(cfg, registry, autoencoder, root)
     u = cfg.model.unet
     levels = len(u.channel_mult)
     bad = [lv for lv in u.attention_levels if not 0 <= lv < levels]
@@ -78,7 +80,7 @@ def build_model(cfg: ExperimentConfig, autoencoder: AutoencoderKL | None = None,
     base = UNetShape(in_channels=0, out_channels=0, model_channels=u.model_channels,
                      channel_mult=u.channel_mult, num_res_blocks=u.num_res_blocks,
                      attention_levels=u.attention_levels, middle_attention=u.middle_attention,
-                     num_head_channels=u.num_head_channels, transformer_depth=u.transformer_depth,
+                     num_head_channels=u.num_head_channels, num_heads=u.num_heads, transformer_depth=u.transformer_depth,
                      use_linear_in_transformer=u.use_linear_in_transformer,
                      norm_groups=u.norm_groups, dropout=u.dropout)
     shape = derive_unet_shape(base, autoencoder.shape.latent_channels, conditioner, u.context_dim)

@@ -7,6 +7,8 @@
                guidance=3 guidance.NAME=5 eta=1 init=PNG strength=0.6 mask=PNG seed=0 out=DIR]
     ldm eval run=RUN_DIR [samples=DIR]
     ldm plugins [--json]
+    ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]
+    ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]
     ldm new-plugin NAME [out=DIR]
 
 Errors a user can cause print one paragraph and exit with status 2; a traceback means a bug.
@@ -114,6 +116,51 @@ def cmd_plugins(args: list[str]) -> int:
     return 0
 
 
+def _flag(opts: dict[str, str], key: str, default: bool) -> bool:
+    value = opts.pop(key, str(default)).lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{key}={value!r} is not a boolean; write {key}=true or {key}=false.")
+    return value in ("true", "1", "yes")
+
+
+def _positional(args: list[str], names: tuple[str, ...], usage: str) -> tuple[list[str], list[str]]:
+    pos = [a for a in args if "=" not in a]
+    if len(pos) != len(names):
+        raise ConfigError(f"expected {' '.join(names)}, got {pos or 'nothing'}; usage: {usage}")
+    return pos, [a for a in args if "=" in a]
+
+
+def cmd_import(args: list[str]) -> int:
+    from ldmcore.interop.convert import import_pretrained
+
+    usage = "ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]"
+    (source, out), rest = _positional(args, ("SOURCE", "OUT_DIR"), usage)
+    opts = _key_values(rest, {"tokenizer", "prediction", "image_size", "overwrite"})
+    overwrite = _flag(opts, "overwrite", False)
+    if opts.get("prediction") not in (None, "eps", "v"):
+        raise ConfigError(f"prediction={opts['prediction']!r}: write prediction=eps or prediction=v.")
+    if "image_size" in opts:
+        if not opts["image_size"].isdigit():
+            raise ConfigError(f"image_size={opts['image_size']!r} is not a whole number of pixels.")
+        opts["image_size"] = int(opts["image_size"])
+    run = import_pretrained(source, out, overwrite=overwrite, **opts)
+    print(f"imported: {run} (config.yaml, checkpoints/last.safetensors, import.json); sample with "
+          f"ldm sample run={run} cond.text=\"a prompt\"")
+    return 0
+
+
+def cmd_export(args: list[str]) -> int:
+    from ldmcore.interop.export import export_run
+
+    usage = "ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]"
+    (run, out), rest = _positional(args, ("RUN_DIR", "OUT"), usage)
+    opts = _key_values(rest, {"layout", "ema", "overwrite"})
+    layout = opts.pop("layout", "diffusers" if not out.endswith(".safetensors") else "sd")
+    path = export_run(run, out, layout, ema=_flag(opts, "ema", True), overwrite=_flag(opts, "overwrite", False))
+    print(f"exported ({layout}): {path}")
+    return 0
+
+
 def cmd_new_plugin(args: list[str]) -> int:
     from ldmcore.scaffold import write_plugin
 
@@ -129,7 +176,7 @@ def cmd_new_plugin(args: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "plugins": cmd_plugins,
-            "new-plugin": cmd_new_plugin}
+            "import": cmd_import, "export": cmd_export, "new-plugin": cmd_new_plugin}
 
 
 def _key_values(args: list[str], allowed: set[str]) -> dict[str, str]:

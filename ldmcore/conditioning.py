@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -51,6 +52,7 @@ class BackboneSpec:
     image_size: tuple[int, int]
     # the frozen first stage, images in [-1, 1] -> scaled latents (e.g. for an inpainting plugin)
     encode: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
+    root: Path | None = None  # folder that relative paths in plugin configs resolve against (a run's)
 
 
 @dataclass(frozen=True)

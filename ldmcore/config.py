@@ -35,6 +35,7 @@ class UNetConfig(Strict):
     attention_levels: tuple[int, ...] = (1,)
     middle_attention: bool = True
     num_head_channels: int = Field(32, ge=1)
+    num_heads: int = Field(0, ge=0, description="fixed head count at every width (SD 1.x: 8); 0 = from num_head_channels")
     transformer_depth: int = Field(1, ge=1)
     context_dim: int = Field(256, ge=1, description="cross-attention token width plugins project to")
     use_linear_in_transformer: bool = False
@@ -63,6 +64,8 @@ class DiffusionConfig(Strict):
 class ModelConfig(Strict):
     unet: UNetConfig = UNetConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
+    init_from: Path | None = Field(None, description="a pretrained run folder to start from; "
+                                                     "plugins added here start at zero (ldmcore.attach)")
 
 
 class DiscriminatorConfig(Strict):
@@ -134,6 +137,8 @@ class SamplerConfig(Strict):
     guidance_rescale: float = Field(0.0, ge=0.0, le=1.0)
     guidance_interval: tuple[float, float] | None = Field(None, description="guide only for "
                                                           "sigmas in [lo, hi]")
+    set_alpha_to_one: bool = Field(True, description="discrete sigmas: the last step lands on "
+                                   "alpha-bar 1 (sigma 0); false: on alpha-bar of t=0, as SD does")
 
     @field_validator("name")
     @classmethod
@@ -158,7 +163,7 @@ class SamplerConfig(Strict):
 
     def plan(self) -> SigmaPlan:
         return SigmaPlan(self.sigmas, self.spacing, self.offset, self.rho, self.sigma_min,
-                         self.sigma_max)
+                         self.sigma_max, self.set_alpha_to_one)
 
     def guidance_spec(self) -> Guidance:
         return Guidance(self.guidance, dict(self.plugin_guidance), self.guidance_rescale,
@@ -193,6 +198,8 @@ class TrainerConfig(Strict):
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=0, description="periodic step_N files kept besides last")
     progress: bool = True
+    train_only: tuple[str, ...] | None = Field(None, description="train only these: 'plugins', plugin "
+                                                                 "names or parameter prefixes; the rest is frozen")
 
 
 class ExperimentConfig(Strict):

@@ -65,7 +65,9 @@ class LatentDiffusion(nn.Module):
     # -- the network --------------------------------------------------------------------------
     def network(self, zt: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The UNet on z_t with routed conditions: concat maps joined on channels."""
-        x = zt if cond.concat is None else torch.cat([zt, cond.concat.to(zt.dtype)], dim=1)
+        dtype = self.unet.out[-1].weight.dtype  # a float64 sampler state runs the UNet in its own dtype
+        zt = zt.to(dtype)
+        x = zt if cond.concat is None else torch.cat([zt, cond.concat.to(dtype)], dim=1)
         return self.unet(x, t, cond.context, cond.context_mask, cond.vector)
 
     # -- training -----------------------------------------------------------------------------
@@ -141,7 +143,9 @@ class LatentDiffusion(nn.Module):
             if mask is not None:
                 raise ConfigError("a mask needs an init image: the mask says which parts of "
                                   "it to keep (init=PATH mask=PATH).")
-            x = noise * DiscreteDenoiser.initial_noise_scale(float(levels[0]))
+            # the sampler state is float64: x = z sqrt(1 + sigma^2) is up to ~15x larger than z,
+            # and float32 steps would lose digits the UNet's float32 output still has
+            x = noise.double() * DiscreteDenoiser.initial_noise_scale(float(levels[0]))
         else:
             if init.shape[0] == 1:
                 init = init.expand(n, *init.shape[1:])
@@ -149,12 +153,15 @@ class LatentDiffusion(nn.Module):
             levels = levels[start_index(steps, strength):]
             if len(levels) == 1:
                 return self.autoencoder.images(known).clamp(-1, 1)
-            x = noised(known, float(levels[0]), noise)
+            x = noised(known.double(), float(levels[0]), noise.double())
             if mask is not None:
                 model = LatentBlend(model, known, self.latent_mask(mask).to(device))
         z0 = spec(model, x, levels, generator=generator, callback=callback, **knobs)
         if isinstance(model, LatentBlend):
             z0 = model.paste(z0)
+        if float(levels[-1]) > 0:  # ended at sigma > 0: x = z / sqrt(abar), abar = 1 / (1 + sigma^2)
+            z0 = z0 / (1.0 + float(levels[-1]) ** 2) ** 0.5
+        z0 = z0.float()
         return self.conditioner.finish(self.autoencoder.images(z0).clamp(-1, 1), values)
 
     def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:

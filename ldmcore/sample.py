@@ -113,7 +113,7 @@ def load_run(run_dir: Path, registry: Registry | None = None, use_ema: bool = Tr
         raise ConfigError(f"{str(run.last)!r} is not an ldmcore diffusion checkpoint (its "
                           f"metadata has no config); was it written by `ldm train`?")
     cfg = validate(meta["config"])
-    model = build_model(cfg, registry=registry)
+    model = build_model(cfg, registry=registry, root=run.root)
     state = {k: v for k, v in tensors.items() if not k.startswith(("ema.", "optim.", "rng."))}
     checkpoint.load_into(model, state, "model", run.last)
     if use_ema:
@@ -178,7 +178,7 @@ def sampling_setup(req: SampleRequest, model: LatentDiffusion, cfg: Any,
     steps = req.steps or run_sampler.steps
     base = run_sampler.plan()
     plan = SigmaPlan(req.sigmas or base.kind, req.spacing or base.spacing, base.offset,
-                     req.rho or base.rho, base.sigma_min, base.sigma_max)
+                     req.rho or base.rho, base.sigma_min, base.sigma_max, base.set_alpha_to_one)
     try:
         plan.sigmas(model.schedule, steps)
     except ValueError as err:

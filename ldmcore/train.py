@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ldmcore import checkpoint
+from ldmcore.attach import attach_pretrained, save_plugin_weights, train_only_params
 from ldmcore.build import build_autoencoder, build_model, load_autoencoder
 from ldmcore.config import ExperimentConfig
 from ldmcore.data.batches import (InMemoryBatches, StepBatchSampler, loader_batches, memory_batches,
@@ -121,7 +122,9 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     held = InMemoryBatches(dataset) if in_memory else None
 
     # -- stage 1: on rank 0; the others wait and read its file ----------------------------------
-    if cfg.autoencoder.checkpoint is not None:
+    if cfg.model.init_from is not None:
+        ae = build_autoencoder(cfg)  # its weights come with the pretrained run
+    elif cfg.autoencoder.checkpoint is not None:
         ae = load_autoencoder(cfg, cfg.autoencoder.checkpoint)
     else:
         if cluster.is_main and not run.autoencoder.exists():
@@ -131,8 +134,11 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
         cluster.barrier()
         ae = load_autoencoder(cfg, run.autoencoder)
     # -- stage 2 --------------------------------------------------------------------------------
-    model = build_model(cfg, ae, registry).to(device)
-    params = denoiser_params(model)
+    model = build_model(cfg, ae, registry)
+    attachment = attach_pretrained(model, cfg.model.init_from) if cfg.model.init_from else None
+    model = model.to(device)
+    params = (train_only_params(model, attachment, list(tc.train_only)) if tc.train_only
+              else denoiser_params(model))
     opt = torch.optim.AdamW(params.values(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     ema = EMA(params, tc.ema_decay)
     step = 0
@@ -200,6 +206,8 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
                           steps_per_s=rate, images_per_s=rate * global_batch)
             if step % tc.checkpoint_every == 0 or step == tc.max_steps:
                 checkpoint_to(run.last)
+                if cluster.is_main:
+                    save_plugin_weights(run.root / "plugins", model, attachment, {"step": step})
                 last_good = step
                 if tc.keep_checkpoints and step < tc.max_steps and cluster.is_main:
                     checkpoint_to(run.step_checkpoint(step))

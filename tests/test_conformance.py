@@ -21,11 +21,13 @@ import ldm_inpaint
 import ldm_layout
 import ldm_lowres
 import ldm_segmap
+import ldm_text
 from ldm_class import ClassEncoder
 from ldm_inpaint.encoder import InpaintEncoder
 from ldm_layout.encoder import LayoutEncoder
 from ldm_lowres.encoder import LowresEncoder
 from ldm_segmap.encoder import SegmapEncoder
+from ldm_text.encoder import TextEncoder
 from ldmcore.conditioning import ConditionEncoder, EncoderConfig, Injection, OutputSpec, Tokens
 from ldmcore.errors import ConfigError
 from ldmcore.hookspecs import hookimpl
@@ -76,6 +78,9 @@ CASES = {
     "lowres": PluginCase(LowresEncoder, config={"level_dim": 8}, cli_values=low_images,
                          bad_cli_values=["/no/such/low.png"], dataset="shapes", image_channels=3,
                          plugin=ldm_lowres),
+    "text": PluginCase(TextEncoder, config={"max_length": 12},
+                       cli_values=["a red circle", "a blue square and a green triangle"],
+                       dataset="shapes", image_channels=3, plugin=ldm_text),
     "inpaint": PluginCase(InpaintEncoder, cli_values=holes, bad_cli_values=["only_one.png"],
                           dataset="shapes", image_channels=3, plugin=ldm_inpaint),
 }

@@ -84,12 +84,18 @@ class SigmaPlan:
     rho: float = 7.0  # karras only
     sigma_min: float | None = None  # karras/exponential; None = the schedule's smallest
     sigma_max: float | None = None  # karras/exponential; None = the schedule's largest
+    # discrete only: False ends on sigma(t=0) instead of 0 (alpha-bar of t=0, not 1), as
+    # CompVis/SD's DDIM and diffusers' SD scheduler configs do
+    set_alpha_to_one: bool = True
 
     def sigmas(self, schedule: NoiseSchedule, steps: int) -> torch.Tensor:
-        """Descending float64 sigmas, ``steps + 1`` of them, the last 0."""
+        """Descending float64 sigmas, ``steps + 1`` of them, the last 0 (or sigma(t=0))."""
         kind = SigmaKind(self.kind)
         if kind is SigmaKind.DISCRETE:
-            return discrete_sigmas(schedule, steps, self.spacing, self.offset)
+            levels = discrete_sigmas(schedule, steps, self.spacing, self.offset)
+            if not self.set_alpha_to_one:
+                levels[-1] = schedule.sigmas[0]
+            return levels
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         table = schedule.sigmas

@@ -31,6 +31,7 @@ class UNetShape:
     num_res_blocks: int = 2
     attention_levels: tuple[int, ...] = (1,)  # indices into channel_mult that get transformers
     num_head_channels: int = 32
+    num_heads: int = 0  # >0: this many heads at every width (SD 1.x); 0: ch // num_head_channels
     transformer_depth: int = 1
     middle_attention: bool = True  # SD layout: middle_block.1 is a SpatialTransformer
     context_dim: int | None = None  # None: no cross-attention plugin enabled
@@ -114,7 +115,7 @@ class UNetModel(nn.Module):
                 nn.Linear(s.vector_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
 
         def transformer(ch: int) -> SpatialTransformer:
-            heads = max(1, ch // s.num_head_channels)
+            heads = s.num_heads or max(1, ch // s.num_head_channels)
             return SpatialTransformer(ch, heads, ch // heads, s.context_dim, s.transformer_depth,
                                       groups, s.use_linear_in_transformer)
 

@@ -1,0 +1,112 @@
+"""Stable Diffusion 1.5 / 2.1 architectures built with diffusers and transformers, random weights.
+
+``tiny`` keeps SD's layout and constants (4 UNet levels, attention on the first three, 2 ResBlocks
+per level, 32 GroupNorm groups, 8 heads in SD 1.x, 64-channel heads in SD 2.x, a CLIP text
+encoder with 64-channel heads) at reduced widths, so CI runs it in seconds; ``full`` is the real
+size (benchmarks only). Shared by tests/test_interop.py and benchmarks/sd_parity.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+SD_SCHEDULER = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                "num_train_timesteps": 1000, "steps_offset": 1, "set_alpha_to_one": False,
+                "clip_sample": False, "timestep_spacing": "leading"}
+
+SIZES = {
+    # family, size -> (unet widths, text width, text layers, text ffn, vae widths, sample size)
+    ("sd1", "tiny"): ((32, 64, 64, 64), 64, 2, 128, (32, 32, 64, 64), 8),
+    ("sd2", "tiny"): ((64, 64, 128, 128), 128, 3, 256, (32, 32, 64, 64), 8),
+    ("sd1", "full"): ((320, 640, 1280, 1280), 768, 12, 3072, (128, 256, 512, 512), 64),
+    ("sd2", "full"): ((320, 640, 1280, 1280), 1024, 23, 4096, (128, 256, 512, 512), 96),
+}
+
+
+def write_tokenizer(folder: Path, pad: str) -> Path:
+    """A CLIP BPE tokenizer over single bytes (SD 1.x pads with <|endoftext|>, SD 2.x with "!")."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    merges = ["r e", "e d</w>", "c i", "r c", "l e</w>"]
+    for m in merges:
+        vocab[m.replace(" ", "")] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    raw = folder / "_bpe"
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "vocab.json").write_text(json.dumps(vocab))
+    (raw / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tok = CLIPTokenizer(str(raw / "vocab.json"), str(raw / "merges.txt"), pad_token=pad,
+                        model_max_length=77)
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def build_pipeline(family: str, size: str = "tiny", seed: int = 0, prediction: str = "epsilon",
+                   in_channels: int = 4):
+    """A diffusers StableDiffusionPipeline (DDIM) with random weights, in float32."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    widths, text_width, text_layers, ffn, vae_widths, sample = SIZES[(family, size)]
+    torch.manual_seed(seed)
+    sd2 = family == "sd2"
+    heads = [w // 64 for w in widths] if sd2 else 8
+    unet = UNet2DConditionModel(
+        sample_size=sample, in_channels=in_channels, out_channels=4, block_out_channels=widths,
+        layers_per_block=2, cross_attention_dim=text_width, attention_head_dim=heads,
+        use_linear_projection=sd2, norm_num_groups=32,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+    vae = AutoencoderKL(block_out_channels=vae_widths, layers_per_block=2, latent_channels=4,
+                        norm_num_groups=32, sample_size=sample * 8,
+                        down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4)
+    import tempfile
+
+    tok_dir = Path(tempfile.mkdtemp(prefix="sdtok-"))
+    tokenizer = _load_tokenizer(write_tokenizer(tok_dir, "!" if sd2 else "<|endoftext|>"))
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=ffn,
+        num_hidden_layers=text_layers, num_attention_heads=text_width // 64,
+        max_position_embeddings=77, hidden_act="gelu" if sd2 else "quick_gelu",
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, projection_dim=text_width))
+    if size == "tiny":
+        _calibrate(unet, text_width, sample)
+    scheduler = DDIMScheduler(**SD_SCHEDULER, prediction_type=prediction)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(torch.float32)
+
+
+def _load_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(folder))
+
+
+@torch.no_grad()
+def _calibrate(unet, context_dim: int, sample: int) -> None:
+    """Make a random UNet behave like a trained one in scale: unit-variance predictions, and
+    prompts that change them by a small fraction (so guidance 7.5 does not amplify a random
+    model's cond/uncond gap into latents of magnitude 30, where float32 rounding alone exceeds
+    1e-4). Parity is about the maps, not about these numbers."""
+    g = torch.Generator().manual_seed(123)
+    for name, p in unet.named_parameters():
+        if "attn2.to_out" in name and name.endswith("weight"):
+            p.mul_(0.1)
+    x = torch.randn(2, unet.config.in_channels, sample, sample, generator=g)
+    ctx = torch.randn(2, 77, context_dim, generator=g)
+    std = unet(x, torch.tensor([500, 500]), encoder_hidden_states=ctx).sample.std()
+    unet.conv_out.weight.div_(std)
+    unet.conv_out.bias.div_(std)
