@@ -127,7 +127,8 @@ def _png(path: Path, array: np.ndarray) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("experiment", ["shapes_segmap", "shapes_layout", "photos_sr4x", "photos_inpaint"])
+@pytest.mark.parametrize("experiment", ["shapes_segmap", "shapes_layout", "photos_sr4x", "photos_inpaint",
+                                        "shapes_multi"])
 def test_each_experiment_trains_and_samples_from_command_line_values(experiment: str, tmp_path: Path) -> None:
     run = train(load([f"experiment={experiment}", f"run_dir={tmp_path / 'run'}", *SMOKE]))
     cfg, model, _ = load_run(run.root)
@@ -140,9 +141,15 @@ def test_each_experiment_trains_and_samples_from_command_line_values(experiment:
              "shapes_layout": ("layout", '[[0.1,0.1,0.5,0.5,"circle"],[0.6,0.2,0.9,0.6,"square"]]'),
              "photos_sr4x": ("lowres", _png(tmp_path / "low.png", rgb[:4, :4])),
              "photos_inpaint": ("inpaint", f"{_png(tmp_path / 'img.png', rgb)},{_png(tmp_path / 'hole.png', hole)}"),
-             }[experiment]
-    out = run_sampling(parse_request([f"run={run.root}", f"cond.{value[0]}={value[1]}", "n=2",
-                                      "precision=fp32", f"out={tmp_path / 'samples'}"]))
+             }
+    if experiment == "shapes_multi":  # text + layout + segmap together
+        conds = [f"cond.{k}={v}" for k, v in (value["shapes_segmap"], value["shapes_layout"])]
+        conds.append("cond.text=a red circle and a blue square")
+        assert model.conditioner.context_tokens > 1 + cfg.conditions["layout"]["max_boxes"]
+    else:
+        conds = ["cond.{}={}".format(*value[experiment])]
+    out = run_sampling(parse_request([f"run={run.root}", *conds, "n=2", "precision=fp32",
+                                      f"out={tmp_path / 'samples'}"]))
     records = json.loads((out / "samples.json").read_text())["samples"]
     assert len(records) == 2
     first = np.asarray(Image.open(out / records[0]["file"]))
