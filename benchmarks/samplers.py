@@ -49,6 +49,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ldmcore import checkpoint  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 BUDGETS = (5, 10, 20, 50, 100)
 
@@ -169,9 +171,9 @@ def main() -> None:
                                 noise=noise, generator=torch.Generator().manual_seed(0))
 
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    cache = Path("runs/bench_cache") / f"reference_{digest}.pt"
+    cache = Path("runs/bench_cache") / f"reference_{digest}.safetensors"
     if cache.is_file():
-        reference = torch.load(cache)
+        reference = checkpoint.load(cache)[0]["reference"]
     else:
         from ldmcore.diffusion.samplers import SAMPLERS
         from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan
@@ -179,7 +181,7 @@ def main() -> None:
         reference = generate(SAMPLERS["dpmpp_3m_sde"], args.reference_steps,
                              SigmaPlan(SigmaKind.KARRAS), {"eta": 0.0})
         cache.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(reference, cache)
+        checkpoint.save(cache, {"reference": reference})
     store["reference_score"] = reader.score(reference, classes.numpy())
 
     for name, setup in sampler_setups(args.samplers, args.spacing).items():
