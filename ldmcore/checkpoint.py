@@ -108,6 +108,11 @@ def strip_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, tor
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+def few_keys(keys: list[str], shown: int) -> str:
+    """The first ``shown`` keys, then how many more (for mismatch messages)."""
+    return ", ".join(keys[:shown]) + (f" (+{len(keys) - shown} more)" if len(keys) > shown else "")
+
+
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path | str) -> None:
     """``load_state_dict`` that reports missing/unexpected/mis-shaped keys as a CheckpointError."""
     own = module.state_dict()
@@ -115,16 +120,14 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str
     unexpected = sorted(set(state) - set(own))
     shape = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
     if missing or unexpected or shape:
-        def few(keys: list[str]) -> str:
-            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
         problems = []
         if missing:
-            problems.append(f"missing {few(missing)}")
+            problems.append(f"missing {few_keys(missing, 4)}")
         if unexpected:
-            problems.append(f"unexpected {few(unexpected)}")
+            problems.append(f"unexpected {few_keys(unexpected, 4)}")
         if shape:
-            problems.append("shape mismatch at " + few(
-                [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(shape)]))
+            problems.append("shape mismatch at " + few_keys(
+                [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(shape)], 4))
         raise CheckpointError(f"{what} weights in {str(path)!r} do not fit the configured model: "
                               f"{'; '.join(problems)}. Was it written with a different config?")
     module.load_state_dict(state)

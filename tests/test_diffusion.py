@@ -11,7 +11,6 @@ test_samplers.py, guidance in test_guidance.py.)
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -22,15 +21,6 @@ from ldmcore.diffusion.schedule import (BetaSchedule, NoiseSchedule, Prediction,
                                         rescale_zero_terminal_snr)
 from ldmcore.diffusion.sigmas import Spacing, discrete_sigmas, make_timesteps
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These tensors are tiny: intra-op threads only add synchronisation, and on a busy
-    2-core machine they make the module ~10x slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------------------

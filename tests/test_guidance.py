@@ -9,7 +9,6 @@ return, and what guidance must do to each attribute, is known in closed form.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -21,13 +20,6 @@ from ldmcore.diffusion.samplers import SAMPLERS
 from ldmcore.diffusion.sigmas import karras_sigmas
 from ldmcore.errors import ConfigError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 BACKBONE = BackboneSpec(latent_channels=2, latent_size=(1, 1), context_dim=8, image_channels=1,

@@ -10,7 +10,6 @@ equivariance of a transformer without positions, per-sample independence of a ba
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -26,15 +25,6 @@ from ldmcore.nn.autoencoder import (
 from ldmcore.nn.embeddings import FourierFeatures, timestep_embedding
 from ldmcore.nn.unet import UNetModel, UNetShape
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These tensors are tiny: intra-op threads only add synchronisation, and on a busy
-    2-core machine they make the module ~10x slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -14,7 +14,6 @@ convergence to the data otherwise.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -29,13 +28,6 @@ from ldmcore.diffusion.sigmas import (SigmaKind, SigmaPlan, discrete_sigmas, exp
 from ldmcore.errors import ConfigError, PluginClash
 from ldmcore.registry import build_registry
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0  # Karras et al.'s range

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from ldmcore.checkpoint import few_keys
 from ldmcore.errors import CheckpointError
 from ldmcore.nn.autoencoder import AutoencoderKL, AutoencoderShape
 from ldmcore.nn.unet import UNetModel, UNetShape
@@ -143,17 +144,13 @@ def report_mismatch(what: str, source: str, missing: list[str], unexpected: list
                     bad_shape: list[str]) -> None:
     if not (missing or unexpected or bad_shape):
         return
-
-    def few(keys: list[str]) -> str:
-        return ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
-
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing: {few(missing)}")
+        problems.append(f"{len(missing)} missing: {few_keys(missing, 6)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {few(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected: {few_keys(unexpected, 6)}")
     if bad_shape:
-        problems.append(f"{len(bad_shape)} with the wrong shape: {few(bad_shape)}")
+        problems.append(f"{len(bad_shape)} with the wrong shape: {few_keys(bad_shape, 6)}")
     raise CheckpointError(f"the {what} weights in {source!r} do not match the architecture "
                           f"detected from it: {'; '.join(problems)}. Nothing was written.")
 
