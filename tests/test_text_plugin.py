@@ -45,3 +45,24 @@ def test_sd_options_attend_to_padding_and_skip_the_projection():
     assert enc.proj is None
     out = Conditioner({"text": enc})({"caption": ["a red circle"]}, 1)  # reads dataset captions
     assert out.context.shape == (1, 16, 384) and bool(out.context_mask.all())
+
+
+def test_each_distinct_prompt_is_encoded_once_and_served_from_the_cache():
+    enc = TextEncoder(TextEncoder.Config(max_length=16, cache_size=3), SPEC)
+    calls: list[list[str]] = []
+    encode = enc._encode
+    enc._encode = lambda prompts: (calls.append(list(prompts)), encode(prompts))[1]
+    first, _ = enc.hidden_states(["a red circle", "a blue square", "a red circle"])
+    again, _ = enc.hidden_states(["a blue square", "a red circle"])
+    assert calls == [["a red circle", "a blue square"]]  # duplicates and repeats never re-encode
+    assert torch.equal(again[0], first[1]) and torch.equal(again[1], first[0])
+    uncached, _ = encode(["a red circle", "a blue square"])
+    assert torch.equal(first[:2], uncached)  # the cache changes no value
+    enc.hidden_states(["a", "b", "c", "d"])  # more than the capacity: least recent dropped
+    assert len(enc.prompt_cache) == 3 and "a red circle" not in enc.prompt_cache
+
+
+def test_cache_can_be_switched_off():
+    enc = TextEncoder(TextEncoder.Config(max_length=16, cache_size=0), SPEC)
+    states, mask = enc.hidden_states(["a cyan triangle"])
+    assert states.shape == (1, 16, enc.width) and len(enc.prompt_cache) == 0

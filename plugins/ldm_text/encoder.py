@@ -17,6 +17,7 @@ through the final layer norm (SD 2.x), and the null is the empty prompt's encodi
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +52,9 @@ class TextConfig(EncoderConfig):
                                                  "Stable Diffusion attends to them (false)")
     unconditional: Literal["empty", "zeros"] = Field("empty", description="null tokens: the empty "
                                                                           "prompt's encoding, or zeros")
+    cache_size: int = Field(2048, ge=0, description="distinct prompts whose frozen encodings are "
+                                                    "kept (least recently used dropped first; "
+                                                    "max_length x width floats each); 0 = no cache")
 
 
 def _load_pretrained(folder: Path) -> tuple[nn.Module, Any]:
@@ -72,6 +76,30 @@ def _load_pretrained(folder: Path) -> tuple[nn.Module, Any]:
     if hasattr(model, "get_encoder") and getattr(model.config, "is_encoder_decoder", False):
         model = model.get_encoder()  # T5: only the encoder stack is a text encoder
     return model.eval().requires_grad_(False), tokenizer
+
+
+class PromptCache:
+    """Least-recently-used map from prompt to its frozen (states, mask), for one device/dtype."""
+
+    def __init__(self, capacity: int, key: tuple[Any, ...]) -> None:
+        self.capacity, self.key = capacity, key
+        self.entries: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def __contains__(self, prompt: str) -> bool:
+        return prompt in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def put(self, prompt: str, value: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.entries[prompt] = value
+        self.entries.move_to_end(prompt)
+        while len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+
+    def get(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        self.entries.move_to_end(prompt)
+        return self.entries[prompt]
 
 
 class TextEncoder(ConditionEncoder):
@@ -117,14 +145,43 @@ class TextEncoder(ConditionEncoder):
 
     @torch.no_grad()
     def hidden_states(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The frozen encoder's token states (B, max_length, width) and the tokenizer mask."""
+        """The frozen encoder's token states (B, max_length, width) and the tokenizer mask.
+
+        The encoder is frozen, so a prompt's states never change: each distinct prompt is encoded
+        once and kept (``cache_size`` prompts, least recently used dropped first). A training set
+        with a few thousand captions then pays for the transformer once per caption, not per step.
+        """
+        if not self.config.cache_size:
+            return self._encode(prompts)
+        cache = self.prompt_cache
+        found = {p: cache.get(p) for p in prompts if p in cache}  # before new entries evict them
+        missing = list(dict.fromkeys(p for p in prompts if p not in found))
+        if missing:
+            states, mask = self._encode(missing)
+            for i, prompt in enumerate(missing):
+                found[prompt] = (states[i].clone(), mask[i].clone())  # not views of the batch
+                cache.put(prompt, found[prompt])
+        rows = [found[p] for p in prompts]
+        return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+
+    @property
+    def prompt_cache(self) -> PromptCache:
+        device = next(self.transformer.parameters()).device
+        dtype = next(self.transformer.parameters()).dtype
+        cache = self.__dict__.get("_prompt_cache")
+        if cache is None or cache.key != (device, dtype):  # moved: old entries are elsewhere
+            cache = self.__dict__["_prompt_cache"] = PromptCache(self.config.cache_size, (device, dtype))
+        return cache
+
+    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = self.tokenize(prompts)
         device = next(self.transformer.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
         layer = self.config.hidden_layer
         # CLIP's causal text model never masks padding (SD relies on that); others get the mask
         kwargs = {} if self.transformer.config.model_type.startswith("clip") else {"attention_mask": mask}
-        out = self.transformer(input_ids=ids, output_hidden_states=layer != -1, **kwargs)
+        with torch.autocast(device.type, enabled=False):  # cached states stay in the model's dtype
+            out = self.transformer(input_ids=ids, output_hidden_states=layer != -1, **kwargs)
         if layer == -1:
             states = out.last_hidden_state
         else:
