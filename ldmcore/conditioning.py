@@ -104,6 +104,15 @@ class ConditionEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = backbone
+        self._random: BatchRandom | None = None
+
+    def random(self) -> BatchRandom:
+        """The source of this call's train-time randomness (augmentation, random holes, noise
+        levels). Draw every random number through it (``randn``, ``rand``, ``randint``, first axis
+        = local batch): the ``Conditioner`` hands in the training step's seeded generator, so a
+        resumed run draws the same numbers and N data-parallel processes draw the rows one process
+        would. Outside a training step it falls back to torch's global generator."""
+        return self._random if self._random is not None else BatchRandom()
 
     def output_specs(self) -> dict[Injection, OutputSpec]:
         """Which injections this instance feeds, and the per-sample shape of each."""
@@ -264,13 +273,17 @@ class Conditioner(nn.Module):
             if keep is not None and name not in keep:
                 outputs[name] = self.null(name, batch_size)
                 continue
+            enc._random = None if generator is None else as_batch_random(generator)
             try:
-                value = enc.batch_value(values)
-            except KeyError:
-                raise PluginError(f"no value for condition {name!r} in {sorted(values)}; the "
-                                  f"enabled conditions are {sorted(self.encoders)} and each needs "
-                                  f"a value (cond.{name}=... when sampling).") from None
-            out = self.encode(name, value)
+                try:
+                    value = enc.batch_value(values)
+                except KeyError:
+                    raise PluginError(f"no value for condition {name!r} in {sorted(values)}; the "
+                                      f"enabled conditions are {sorted(self.encoders)} and each "
+                                      f"needs a value (cond.{name}=... when sampling).") from None
+                out = self.encode(name, value)
+            finally:
+                enc._random = None
             if drop and enc.config.drop_prob > 0:
                 device = _first_tensor(out).device
                 dropped = as_batch_random(generator).rand(batch_size).to(device)

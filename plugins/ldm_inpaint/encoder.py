@@ -20,6 +20,7 @@ from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutpu
                                   Injection, OutputSpec)
 from ldmcore.errors import ConfigError, PluginError
 from ldmcore.images import read_image
+from ldmcore.randomness import BatchRandom
 
 
 class InpaintConfig(EncoderConfig):
@@ -48,7 +49,7 @@ class InpaintEncoder(ConditionEncoder):
         if "inpaint" in batch:
             return batch["inpaint"]
         image = batch["image"]
-        return image, random_holes(image.shape[0], image.shape[-2:], self.config, image.device)
+        return image, random_holes(image.shape[0], image.shape[-2:], self.config, self.random()).to(image.device)
 
     def forward(self, value: tuple[torch.Tensor, torch.Tensor]) -> ConditionOutput:
         image, mask = self._checked(value)
@@ -95,15 +96,20 @@ class InpaintEncoder(ConditionEncoder):
         return image, mask
 
 
-def random_holes(n: int, size: tuple[int, int], config: InpaintConfig, device: torch.device) -> torch.Tensor:
-    """(n, 1, H, W) masks, each one random rectangle of side in [min_hole, max_hole] of the image."""
+def random_holes(n: int, size: tuple[int, int], config: InpaintConfig, rng: BatchRandom) -> torch.Tensor:
+    """(n, 1, H, W) masks, each one random rectangle of side in [min_hole, max_hole] of the image.
+
+    Four uniform numbers per sample (height, width, top, left) from ``rng``, so the holes of a
+    training step depend only on its seed.
+    """
     h, w = size
-    masks = torch.zeros(n, 1, h, w, device=device)
     lo, hi = config.min_hole, max(config.min_hole, config.max_hole)
-    for i in range(n):
-        hh = int(round(h * float(torch.empty(()).uniform_(lo, hi))))
-        ww = int(round(w * float(torch.empty(()).uniform_(lo, hi))))
-        y = int(torch.randint(0, h - hh + 1, ()))
-        x = int(torch.randint(0, w - ww + 1, ()))
-        masks[i, :, y:y + hh, x:x + ww] = 1.0
-    return masks
+    u = [rng.rand(n) for _ in range(4)]
+    hh = (h * (lo + (hi - lo) * u[0])).round().long().clamp(1, h)
+    ww = (w * (lo + (hi - lo) * u[1])).round().long().clamp(1, w)
+    top = (u[2] * (h - hh + 1)).floor().long().clamp(max=h - hh)
+    left = (u[3] * (w - ww + 1)).floor().long().clamp(max=w - ww)
+    ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    inside = ((ys >= top.view(-1, 1, 1)) & (ys < (top + hh).view(-1, 1, 1))
+              & (xs >= left.view(-1, 1, 1)) & (xs < (left + ww).view(-1, 1, 1)))
+    return inside[:, None].float()

@@ -58,10 +58,10 @@ class LowresEncoder(ConditionEncoder):
                               f"channels, got shape {tuple(low.shape)}.")
         b = low.shape[0]
         if self.training and self.config.max_noise_level > 0:
-            level = torch.rand(b, device=low.device) * self.config.max_noise_level
+            level = self.random().rand(b).to(low.device) * self.config.max_noise_level
         else:
             level = torch.full((b,), self.config.sample_noise_level, device=low.device)
-        low = low + level.view(-1, 1, 1, 1) * torch.randn_like(low)
+        low = low + level.view(-1, 1, 1, 1) * self.random().randn(tuple(low.shape)).to(low)
         grid = F.interpolate(low, size=self.backbone.latent_size, mode="bilinear", align_corners=False,
                              antialias=True)
         return {Injection.CONCAT: grid, Injection.VECTOR: self._level(level)}
