@@ -99,8 +99,14 @@ class AutoencoderConfig(Strict):
 
 
 class DataConfig(Strict):
-    name: Literal["digits", "shapes", "photos", "image_folder"] = "digits"
+    name: Literal["digits", "shapes", "photos", "image_folder", "coco"] = "digits"
     path: Path | None = None
+    annotations: Path | None = Field(None, description="coco: the instances JSON (boxes, "
+                                     "polygon/RLE masks, categories)")
+    captions: Path | None = Field(None, description="coco: a captions JSON (optional)")
+    missing_captions: Literal["error", "empty"] = Field(
+        "error", description="image_folder/coco: images without a caption when others have one: "
+                             "error (name them) or empty (caption \"\")")
     image_size: int = Field(32, ge=8)
     channels: Literal[1, 3] = 1
     hflip: bool = False

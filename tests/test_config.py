@@ -87,7 +87,9 @@ def load_with(group: str, option: str) -> ExperimentConfig:
     """Select one option of one group, giving whatever that option cannot do without."""
     if group == "condition":
         return load([f"condition=[{option}]"])
-    extra = ["data.path=/some/images"] if (group, option) == ("data", "image_folder") else []
+    extra = {("data", "image_folder"): ["data.path=/some/images"],
+             ("data", "coco"): ["data.path=/some/images", "data.annotations=/some/instances.json"],
+             }.get((group, option), [])
     return load([f"{group}={option}", *extra])
 
 

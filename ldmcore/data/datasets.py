@@ -1,4 +1,5 @@
-"""Built-in datasets: scikit-learn's handwritten digits, procedural shapes, a user image folder.
+"""Built-in datasets: scikit-learn's handwritten digits, procedural shapes, a user image folder,
+COCO-format files.
 
 A dataset item is a dict: ``image`` (CHW float in [-1, 1]) plus condition values such as
 ``class`` (int). ``collate`` stacks tensors and ints and keeps other values as lists.
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ldmcore.data.captions import MissingCaptions, complete_captions, sidecar_caption
+from ldmcore.data.coco import CocoDataset
 from ldmcore.data.photos import PhotosDataset
 from ldmcore.data.shapes import ShapesDataset
 from ldmcore.data.transforms import build_pipeline, to_tensor
@@ -45,10 +48,16 @@ class DigitsDataset(Dataset):
 
 
 class ImageFolderDataset(Dataset):
-    """Images under ``path``; a sub-folder per class gives ``class`` labels (sorted names)."""
+    """Images under ``path``; a sub-folder per class gives ``class`` labels (sorted names).
+
+    A sidecar ``NAME.txt`` beside ``NAME.png`` gives the item a ``caption`` (its stripped
+    text). When some images have one and others not, ``missing_captions`` decides: ``error``
+    names the first few without, ``empty`` gives them "". No sidecar at all: no ``caption``.
+    """
 
     def __init__(self, path: Path | None, image_size: int = 32, channels: int = 3,
-                 hflip: bool = False, shift: float = 0.0, **_: Any) -> None:
+                 hflip: bool = False, shift: float = 0.0,
+                 missing_captions: MissingCaptions = "error", **_: Any) -> None:
         if path is None:
             raise DataError("data.name=image_folder needs data.path=FOLDER (a folder of images, "
                             "optionally one sub-folder per class).")
@@ -61,6 +70,10 @@ class ImageFolderDataset(Dataset):
         if not self.files:
             raise DataError(f"data.path={str(path)!r} holds no images "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))}).")
+        found = [sidecar_caption(p) for p in self.files]
+        self.captions = None if all(c is None for c in found) else complete_captions(
+            found, [str(p.relative_to(root)) for p in self.files], missing_captions,
+            f"sidecar .txt files under data.path={str(path)!r}")
         classes = sorted({p.parent.name for p in self.files if p.parent != root})
         self.class_index = {c: i for i, c in enumerate(classes)}
         self.root = root
@@ -84,6 +97,8 @@ class ImageFolderDataset(Dataset):
         item: dict[str, Any] = {"image": to_tensor(np.clip(image, 0, 1))}
         if path.parent != self.root:
             item["class"] = self.class_index[path.parent.name]
+        if self.captions is not None:
+            item["caption"] = self.captions[i]
         return item
 
 
@@ -92,6 +107,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "image_folder": ImageFolderDataset,
     "shapes": ShapesDataset,
     "photos": PhotosDataset,
+    "coco": CocoDataset,
 }
 
 

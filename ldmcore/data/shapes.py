@@ -84,7 +84,7 @@ class ShapesDataset(Dataset):
 
     def __init__(self, image_size: int = 32, channels: int = 3, hflip: bool = False,
                  shift: float = 0.0, path: Any = None, num_items: int = 2000, max_shapes: int = 3,
-                 seed: int = 0) -> None:
+                 seed: int = 0, **_: Any) -> None:
         self.image_size, self.channels = image_size, channels
         self.num_items, self.max_shapes, self.seed = num_items, max_shapes, seed
         self.pipeline = build_pipeline(image_size, hflip, shift, with_boxes=True)

@@ -17,13 +17,22 @@ import torch  # noqa: E402
 
 
 def build_pipeline(image_size: int, hflip: bool = False, shift: float = 0.0,
-                   with_boxes: bool = False) -> A.Compose:
+                   with_boxes: bool = False, crop: bool = False,
+                   label_fields: tuple[str, ...] = ("labels", "colors")) -> A.Compose:
     """Resize to ``image_size`` (bicubic; masks nearest), then the optional augmentations.
 
-    ``with_boxes``: also carry normalised (x0, y0, x1, y1) ``bboxes`` with their ``labels`` and
-    ``colors`` fields; boxes that leave the frame are dropped together with their fields.
+    ``crop``: keep the aspect ratio instead: resize the shorter side to ``image_size`` (area
+    filter; masks nearest), then take the centre ``image_size`` square.
+    ``with_boxes``: also carry normalised (x0, y0, x1, y1) ``bboxes`` with their
+    ``label_fields``; boxes that leave the frame (less than 10% of the box left) are dropped
+    together with their fields, boxes cut by the frame are clipped to it.
     """
-    steps: list[A.BasicTransform] = [A.Resize(image_size, image_size, interpolation=cv2.INTER_CUBIC)]
+    steps: list[A.BasicTransform]
+    if crop:
+        steps = [A.SmallestMaxSize(max_size=image_size, interpolation=cv2.INTER_AREA),
+                 A.CenterCrop(image_size, image_size)]
+    else:
+        steps = [A.Resize(image_size, image_size, interpolation=cv2.INTER_CUBIC)]
     if hflip:
         steps.append(A.HorizontalFlip(p=0.5))
     if shift > 0:
@@ -32,7 +41,7 @@ def build_pipeline(image_size: int, hflip: bool = False, shift: float = 0.0,
     if not with_boxes:
         return A.Compose(steps)
     return A.Compose(steps, bbox_params=A.BboxParams(format="albumentations", min_visibility=0.1,
-                                                     label_fields=["labels", "colors"]))
+                                                     label_fields=list(label_fields)))
 
 
 def is_deterministic(hflip: bool, shift: float) -> bool:
