@@ -16,14 +16,12 @@
   and a resumed run sees the batches an uninterrupted one would.
 
 K, the number of categories, sets the plugins' class counts (``conditions.layout.num_classes=K``,
-``conditions.segmap.num_classes=K+1`` for the background). ``python -m ldmcore.data.coco
-ANNOTATIONS.json`` prints the label of each category and those overrides.
+``conditions.segmap.num_classes=K+1`` for the background). ``python -m
+ldmcore.data.coco_labels INSTANCES.json`` prints the label of each category and those overrides.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -133,33 +131,3 @@ class CocoDataset(Dataset):
                 boxes.append([x0 / w, y0 / h, x1 / w, y1 / h])
                 labels.append(label)
         return mask, np.asarray(boxes, dtype=np.float32).reshape(-1, 4), labels
-
-
-def describe(annotations: Path) -> str:
-    """The label of each category of an instances JSON and the plugin overrides that fit it."""
-    instances = load_instances(Path(annotations), "annotations")
-    k = len(instances.category_ids)
-    lines = [f"{k} categories; label = index in category-id order:"]
-    lines += [f"  {label:4d}  id {cid:<6d} {name}" for label, (cid, name)
-              in enumerate(zip(instances.category_ids, instances.category_names))]
-    names = json.dumps(list(instances.category_names), separators=(",", ":"))
-    lines.append(f"overrides: conditions.layout.num_classes={k} "
-                 f"'conditions.layout.class_names={names}' conditions.segmap.num_classes={k + 1}")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m ldmcore.data.coco INSTANCES.json", file=sys.stderr)
-        return 2
-    try:
-        print(describe(Path(args[0])))
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
