@@ -18,6 +18,14 @@ from torch import nn
 from ldmcore.nn.attention import attention
 
 
+# Initial log-variance of q(z|x). At log-variance 0 the sampled latent is mostly unit noise over
+# means that start near 0.1, so the decoder first learns to ignore it and colour arrives late
+# (on the shapes data: 2 of 64 scenes reconstructed with the right colours after 500 steps,
+# against 24 of 64 from -6). The tiny KL weight drives the variance down anyway; this starts
+# there. Loaded weights (Stable Diffusion's) overwrite it.
+INITIAL_LOGVAR = -6.0
+
+
 @dataclass(frozen=True)
 class AutoencoderShape:
     in_channels: int = 3
@@ -202,6 +210,8 @@ class AutoencoderKL(nn.Module):
         self.decoder = Decoder(shape)
         zc = shape.latent_channels
         self.quant_conv = nn.Conv2d(2 * zc, 2 * zc, 1)
+        with torch.no_grad():  # the posterior starts nearly deterministic (std e^-3 ~ 0.05)
+            self.quant_conv.bias[zc:].fill_(INITIAL_LOGVAR)
         self.post_quant_conv = nn.Conv2d(zc, zc, 1)
         self.register_buffer("scale_factor", torch.tensor(1.0))
 
