@@ -139,7 +139,9 @@ class ConditionEncoder(nn.Module):
 
     @classmethod
     def parse(cls, text: str) -> Any:
-        """Turn a command-line string into one value of this condition (default: the string)."""
+        """Turn a command-line string into one value of this condition (default: the string).
+        Override as a classmethod, or as a plain method when parsing needs the instance's config
+        (layout's class names); ``ldm sample`` always calls it on the built encoder."""
         return text
 
     def collate(self, values: list[Any]) -> Any:

@@ -70,11 +70,19 @@ def test_layout_tokens_mask_variable_box_counts_and_keep_a_null_key() -> None:
 
 
 def test_layout_parses_json_boxes_with_names_or_indices() -> None:
-    boxes, labels = LayoutEncoder.parse('[[0.1,0.2,0.3,0.4,"square"],[0.5,0.5,0.9,0.9,2]]')
+    enc = LayoutEncoder(LayoutConfig(), SPEC)
+    boxes, labels = enc.parse('[[0.1,0.2,0.3,0.4,"square"],[0.5,0.5,0.9,0.9,2]]')
     assert torch.allclose(boxes, torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.9, 0.9]]))
     assert labels.tolist() == [1, 2]
     with pytest.raises(ConfigError, match="cond.layout"):
-        LayoutEncoder.parse("a circle")
+        enc.parse("a circle")
+
+
+def test_layout_names_come_from_the_model_config() -> None:
+    enc = LayoutEncoder(LayoutConfig(num_classes=2, class_names=("person", "dog")), SPEC)
+    assert enc.parse('[[0.1,0.2,0.3,0.4,"dog"]]')[1].tolist() == [1]
+    with pytest.raises(ConfigError, match="person, dog"):
+        enc.parse('[[0.1,0.2,0.3,0.4,"circle"]]')
 
 
 def test_lowres_concat_is_the_resized_image_and_the_level_is_a_vector() -> None:

@@ -91,10 +91,10 @@ class LayoutEncoder(ConditionEncoder):
     def collate(self, values: list[Any]) -> list[Any]:
         return list(values)
 
-    @classmethod
-    def parse(cls, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """JSON: ``[[x0, y0, x1, y1, "circle"], [x0, y0, x1, y1, 2], ...]`` (label by name or index)."""
-        names = LayoutConfig().class_names
+    def parse(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """JSON: ``[[x0, y0, x1, y1, "circle"], [x0, y0, x1, y1, 2], ...]``: a label by index, or
+        by name from this model's ``class_names`` (an instance method: the names are config)."""
+        names = self.config.class_names
         try:
             items = json.loads(text)
             boxes, labels = [], []
