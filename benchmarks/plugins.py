@@ -1,0 +1,122 @@
+"""Every built-in condition plugin, trained and measured: the issue-3 table.
+
+For each dataset the first stage (the KL autoencoder) is trained once, as in the LDM paper, and
+every experiment on that dataset starts from it (``autoencoder.checkpoint=...``). Each experiment
+then trains its UNet and plugin with ``ldm train experiment=NAME`` and is scored by ``ldm eval``
+on held-out conditions. The table reports the shared stage-1 time, each experiment's own time,
+their sum (the time to reproduce that experiment alone), the metric and its target.
+
+    python benchmarks/plugins.py                 # all experiments (about 1.5 h on 2 cores)
+    python benchmarks/plugins.py shapes_layout   # some of them
+
+Results: ``benchmarks/results/plugins.json`` and ``plugins.md``; sample grids beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run import RESULTS, machine, timed_command  # noqa: E402
+
+# experiment -> (dataset, metric key in eval.json, how it passes, target in words)
+EXPERIMENTS = {
+    "shapes_text": ("shapes", "text_caption_match", lambda r: r["text_caption_match"] >= 0.85,
+                    "caption match >= 0.85"),
+    "shapes_layout": ("shapes", "layout_mean_iou", lambda r: r["layout_mean_iou"] >= 0.6,
+                      "mean IoU >= 0.6"),
+    "shapes_segmap": ("shapes", "segmap_miou", lambda r: r["segmap_miou"] >= 0.7, "mIoU >= 0.7"),
+    "shapes_multi": ("shapes", "text_caption_match",
+                     lambda r: r["text_caption_match"] >= 0.85 and r["layout_mean_iou"] >= 0.6
+                     and r["segmap_miou"] >= 0.7, "all three targets"),
+    "photos_sr4x": ("photos", "lowres_psnr", lambda r: r["lowres_psnr"] >= r["bicubic_psnr"] + 1.0,
+                    "PSNR >= bicubic + 1 dB"),
+    "photos_inpaint": ("photos", "inpaint_hole_psnr",
+                       lambda r: r["inpaint_known_max_abs_error"] == 0.0
+                       and r["inpaint_hole_psnr"] > r["blur_fill_hole_psnr"],
+                       "known region exact, hole PSNR > blur fill"),
+}
+# the experiment whose autoencoder settings train each dataset's shared first stage
+STAGE_ONE = {"shapes": "shapes_layout", "photos": "photos_sr4x"}
+
+
+def first_stage(dataset: str, root: Path, reuse: bool, extra: list[str]) -> tuple[Path, float]:
+    run = root / f"{dataset}_autoencoder"
+    weights = run / "checkpoints" / "autoencoder.safetensors"
+    if reuse and weights.exists():
+        return weights, json.loads((run / "stage1_time.json").read_text())["wall_s"]
+    timing = timed_command(["train", f"experiment={STAGE_ONE[dataset]}", f"run_dir={run}",
+                            "trainer.max_steps=0", "trainer.progress=false", "overwrite=true", *extra])
+    (run / "stage1_time.json").write_text(json.dumps(timing))
+    return weights, timing["wall_s"]
+
+
+def experiment(name: str, weights: Path, root: Path, extra: list[str]) -> dict:
+    run = root / name
+    train = timed_command(["train", f"experiment={name}", f"run_dir={run}",
+                           f"autoencoder.checkpoint={weights}", "trainer.progress=false",
+                           "overwrite=true", *extra])
+    t0 = time.perf_counter()
+    timed_command(["eval", f"run={run}", "n=64"])
+    report = json.loads((run / "eval.json").read_text())
+    return {"train": train, "eval_s": round(time.perf_counter() - t0, 1), "eval": report}
+
+
+def table(rows: dict[str, dict]) -> str:
+    lines = ["| experiment | stage 1 (shared) s | own training s | total s | metric | value | target | met |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        _, key, _, target = EXPERIMENTS[name]
+        value = row["eval"][key]
+        lines.append(f"| {name} | {row['stage1_s']:.0f} | {row['train']['wall_s']:.0f} | "
+                     f"{row['stage1_s'] + row['train']['wall_s']:.0f} | {key} | {value:.3f} | "
+                     f"{target} | {'yes' if row['met'] else 'no'} |")
+    lines.append("")
+    lines.append("All metrics of each run (eval.json):")
+    lines.append("")
+    for name, row in rows.items():
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in row["eval"].items() if isinstance(v, float))
+        lines.append(f"- {name}: {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"some of: {', '.join(EXPERIMENTS)} (default all)")
+    parser.add_argument("--root", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--reuse-stage1", action="store_true",
+                        help="keep a first stage already trained under --root")
+    parser.add_argument("--set", nargs="*", default=[], help="extra overrides for every experiment")
+    args = parser.parse_args()
+    names = args.names or list(EXPERIMENTS)
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        parser.error(f"unknown experiment {unknown[0]!r}; choose from {', '.join(EXPERIMENTS)}")
+    args.root.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "plugins.json"
+    rows: dict[str, dict] = json.loads(out.read_text())["experiments"] if out.exists() else {}
+    stage1: dict[str, tuple[Path, float]] = {}
+    for name in names:
+        dataset = EXPERIMENTS[name][0]
+        if dataset not in stage1:
+            stage1[dataset] = first_stage(dataset, args.root, args.reuse_stage1, args.set)
+        weights, stage1_s = stage1[dataset]
+        row = experiment(name, weights, args.root, args.set)
+        row["stage1_s"] = stage1_s
+        row["met"] = bool(EXPERIMENTS[name][2](row["eval"]))
+        row["command"] = (f"ldm train experiment={name} autoencoder.checkpoint={weights}; "
+                          f"ldm eval run={args.root / name} n=64")
+        rows[name] = row
+        shutil.copy(args.root / name / "eval_grid.png", RESULTS / f"plugins_{name}.png")
+        out.write_text(json.dumps({"machine": machine(), "experiments": rows}, indent=1))
+        (RESULTS / "plugins.md").write_text(table(rows))
+        print(table({name: row}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
