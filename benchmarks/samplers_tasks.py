@@ -1,0 +1,115 @@
+"""Task fidelity against network evaluations (NFE) for every sampler, on a trained shapes run.
+
+The digits table (``benchmarks/samplers.py``) reads class fidelity; this one scores a plugin
+run on the shapes data with its own ``ldm eval`` metric (layout: mean IoU of requested boxes
+with the detected shapes; segmap: mIoU; text: caption match) on the same held-out conditions
+and the same per-sample noise, for every shipped sampler and each evaluation budget, plus the
+wall time per sample (sampling and decoding, this machine).
+
+    python benchmarks/samplers_tasks.py --run runs/bench/shapes_layout [--n 64] [--nfe 5 10 20 50 100]
+
+Results: ``benchmarks/results/samplers_<run name>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run import RESULTS, machine  # noqa: E402
+from samplers import BUDGETS, sampler_setups  # noqa: E402
+
+
+def task_scores(model, batch: dict, images: torch.Tensor) -> dict[str, float]:
+    """The ``ldm eval`` metric of each enabled shapes plugin on these samples."""
+    from ldmcore.eval.shapes import caption_match, layout_iou, mean_iou, segmentation
+    from ldmcore.images import to_uint8
+
+    pixels = to_uint8(images)
+    names = model.conditioner.encoders
+    out: dict[str, float] = {}
+    if "text" in names:
+        out["text_caption_match"] = float(np.mean([caption_match(p, c) for p, c in zip(pixels, batch["caption"])]))
+    if "layout" in names:
+        out["layout_mean_iou"] = float(np.mean([layout_iou(p, b.numpy(), lab.numpy()) for p, b, lab
+                                                in zip(pixels, batch["bboxes"], batch["labels"])]))
+    if "segmap" in names:
+        out["segmap_miou"] = float(np.mean([mean_iou(segmentation(p), m.numpy())
+                                            for p, m in zip(pixels, batch["mask"])]))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="a trained shapes plugin run")
+    parser.add_argument("--n", type=int, default=64, help="held-out conditions")
+    parser.add_argument("--nfe", type=int, nargs="+", default=list(BUDGETS))
+    parser.add_argument("--samplers", nargs="+", default=None, help="default: every shipped one")
+    parser.add_argument("--spacing", default="trailing", help="timesteps of ddim/ddpm")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from ldmcore.diffusion.guidance import Guidance
+    from ldmcore.eval.tasks import held_out_batch
+    from ldmcore.sample import load_run
+    from ldmcore.train_autoencoder import autocast
+
+    cfg, model, _ = load_run(args.run)
+    batch = held_out_batch(cfg, args.n)
+    values = {name: enc.batch_value(batch) for name, enc in model.conditioner.encoders.items()}
+    noise = torch.randn((args.n, *model.latent_shape()), generator=torch.Generator().manual_seed(0))
+    out = RESULTS / f"samplers_{args.run.name}.json"
+    store = {"machine": machine(), "run": str(args.run), "n": args.n,
+             "guidance": cfg.sampler.guidance, "rows": {}}
+    for name, setup in sampler_setups(args.samplers, args.spacing).items():
+        spec = setup["spec"]
+        for budget in args.nfe:
+            steps = spec.steps_for(budget)
+            t0 = time.perf_counter()
+            with torch.inference_mode(), autocast("bf16", torch.device("cpu")):
+                images = model.sample(values, args.n, sampler=spec, steps=steps, sigmas=setup["plan"],
+                                      sampler_options=setup["knobs"],
+                                      guidance=Guidance(cfg.sampler.guidance), noise=noise,
+                                      generator=torch.Generator().manual_seed(0)).float()
+            wall = time.perf_counter() - t0
+            row = {"sampler": name, "budget": budget, "steps": steps, "evals": spec.evals(steps),
+                   "ms_per_sample": round(1e3 * wall / args.n, 1), **task_scores(model, batch, images)}
+            store["rows"][f"{name}@{budget}"] = row
+            out.write_text(json.dumps(store, indent=1))
+            print(row, flush=True)
+    out.with_suffix(".md").write_text(markdown(store))
+    print(markdown(store))
+
+
+def markdown(store: dict) -> str:
+    rows = list(store["rows"].values())
+    metrics = [k for k in rows[0] if k.endswith(("_iou", "_miou", "_match"))]
+    budgets = sorted({r["budget"] for r in rows})
+    lines = [f"Run `{store['run']}`, {store['n']} held-out conditions, guidance {store['guidance']}, "
+             f"bf16 on {store['machine']['cpu']} ({store['machine']['threads']} threads).", ""]
+    for metric in [*metrics, "ms_per_sample"]:
+        lines += [f"**{metric}** by network evaluations", "",
+                  "| sampler | " + " | ".join(str(b) for b in budgets) + " |",
+                  "|---|" + "---|" * len(budgets)]
+        for name in dict.fromkeys(r["sampler"] for r in rows):
+            cells = [store["rows"].get(f"{name}@{b}", {}).get(metric) for b in budgets]
+            lines.append(f"| {name} | " + " | ".join("" if c is None else f"{c:.3g}" for c in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
