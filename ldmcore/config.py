@@ -200,6 +200,18 @@ class TrainerConfig(Strict):
     progress: bool = True
     train_only: tuple[str, ...] | None = Field(None, description="train only these: 'plugins', plugin "
                                                                  "names or parameter prefixes; the rest is frozen")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: 'ddp' replicates the model and averages gradients; 'fsdp' "
+                           "shards the UNet's weights, gradients, optimizer state and EMA (FSDP2). "
+                           "Checkpoints are full either way (ldmcore/parallel.py)")
+
+    @model_validator(mode="after")
+    def _fsdp_trains_the_whole_unet(self) -> TrainerConfig:
+        if self.strategy == "fsdp" and self.train_only:
+            raise ValueError("trainer.strategy=fsdp shards whole UNet tensors, while trainer.train_only "
+                             "trains slices of them (gradient masks on the input convolution); use "
+                             "trainer.strategy=ddp with train_only, or drop train_only to use fsdp.")
+        return self
 
 
 class ExperimentConfig(Strict):
