@@ -247,7 +247,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
         bar.close()
         raise
     bar.close()
-    if step == 0 or not run.last.exists():
+    if step == 0 or last_good != step:  # decided alike on every rank (not by a file rank 0 writes)
         checkpoint_to(run.last)
     _sample_grid_on(parallel, model, ema, held, dataset, cfg, run.samples / f"step_{step}.png")
     cluster.barrier()
