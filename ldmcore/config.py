@@ -41,6 +41,12 @@ class UNetConfig(Strict):
     use_linear_in_transformer: bool = False
     norm_groups: int = Field(32, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    vector_projection: Literal["mlp", "linear"] = Field(
+        "mlp", description="how vector plugins enter the timestep embedding: 'mlp' (Linear-SiLU-Linear) "
+                           "or 'linear' (bias-free; on one-hot vectors an embedding table, as SD x4's noise level)")
+    cross_only_levels: tuple[int, ...] = Field(
+        (), description="attention levels whose first attention attends to the context instead of the "
+                        "features (SD x4 upscaler: CompVis disable_self_attentions)")
 
 
 class DiffusionConfig(Strict):
