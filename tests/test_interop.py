@@ -286,3 +286,16 @@ def test_x4_upscaler_layout_maps_onto_the_lowres_plugin(tmp_path):
                     encoder_hidden_states=ctx, class_labels=level).sample
     ours = model.unet(torch.cat([z, enc.noised(low, level.float(), eps)], 1), t, ctx, None, hot)
     assert _max_err(ours, ref) <= TOL
+
+    # and back: diffusers loads the export as the same upscaler pipeline, weights bit-identical
+    from diffusers import StableDiffusionUpscalePipeline
+
+    out = export_run(run, tmp_path / "x4_again", "diffusers")
+    again = StableDiffusionUpscalePipeline.from_pretrained(str(out))
+    assert again.config.max_noise_level == 350
+    assert again.low_res_scheduler.config.beta_end == pytest.approx(0.02)
+    theirs = pipe.unet.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in again.unet.state_dict().items())
+    assert set(again.unet.state_dict()) == set(theirs)
+    with pytest.raises(ConfigError, match="layout=diffusers"):
+        export_run(run, tmp_path / "x4.safetensors", "sd")
