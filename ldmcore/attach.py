@@ -156,12 +156,15 @@ def _masked(param: torch.nn.Parameter, slices: dict[str, tuple[int, int]], tag: 
     return param
 
 
-def plugin_tensors(model: LatentDiffusion, name: str, att: Attachment | None) -> dict[str, torch.Tensor]:
-    """One plugin's shareable weights: its encoder state and, when attached, its backbone slices."""
+def plugin_tensors(model: LatentDiffusion, name: str, att: Attachment | None,
+                   state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """One plugin's shareable weights: its encoder state and, when attached, its backbone slices
+    (read from ``state``, the model's full state dict, when given: under FSDP the model's own
+    UNet tensors are shards)."""
     enc = model.conditioner.encoders[name]
     tensors = checkpoint.with_prefix("encoder.", enc.state_dict())
     if att is not None and name in att.new_plugins:
-        own = dict(model.state_dict())
+        own = dict(state if state is not None else model.state_dict())
         if name in att.concat_slices:
             a, b = att.concat_slices[name]
             tensors["backbone.in_conv"] = own[IN_CONV][:, a:b]
@@ -175,10 +178,12 @@ def plugin_tensors(model: LatentDiffusion, name: str, att: Attachment | None) ->
     return tensors
 
 
-def save_plugin_weights(folder: Path, model: LatentDiffusion, att: Attachment | None, meta: dict) -> None:
-    """``folder/<name>.safetensors`` for every plugin that has weights."""
+def save_plugin_weights(folder: Path, model: LatentDiffusion, att: Attachment | None, meta: dict,
+                        state: dict[str, torch.Tensor] | None = None) -> None:
+    """``folder/<name>.safetensors`` for every plugin that has weights (``state``: as in
+    ``plugin_tensors``)."""
     for name in model.conditioner.encoders:
-        tensors = plugin_tensors(model, name, att)
+        tensors = plugin_tensors(model, name, att, state)
         if tensors:
             checkpoint.save(folder / f"{name}.safetensors", tensors, {**meta, "plugin": name})
 

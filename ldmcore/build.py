@@ -82,7 +82,8 @@ def build_model(cfg: ExperimentConfig, autoencoder: AutoencoderKL | None = None,
                      attention_levels=u.attention_levels, middle_attention=u.middle_attention,
                      num_head_channels=u.num_head_channels, num_heads=u.num_heads, transformer_depth=u.transformer_depth,
                      use_linear_in_transformer=u.use_linear_in_transformer,
-                     norm_groups=u.norm_groups, dropout=u.dropout)
+                     norm_groups=u.norm_groups, dropout=u.dropout,
+                     vector_projection=u.vector_projection, cross_only_levels=u.cross_only_levels)
     shape = derive_unet_shape(base, autoencoder.shape.latent_channels, conditioner, u.context_dim)
     d = cfg.model.diffusion
     schedule = NoiseSchedule.build(d.schedule, d.timesteps, d.beta_start, d.beta_end,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,12 +148,15 @@ def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor]
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                      place: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> None:
+    """Load what ``optimizer_state`` wrote; ``place(param_index, tensor)`` may turn a saved full
+    tensor into this process's shard (FSDP)."""
     state: dict[int, dict[str, Any]] = {}
     for name, val in tensors.items():
         if name.startswith("optim."):
             _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = val
+            state.setdefault(int(idx), {})[key] = place(int(idx), val) if place else val
     for idx, scalars in meta.get("scalars", {}).items():
         state.setdefault(int(idx), {}).update(scalars)
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

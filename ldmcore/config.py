@@ -41,6 +41,12 @@ class UNetConfig(Strict):
     use_linear_in_transformer: bool = False
     norm_groups: int = Field(32, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    vector_projection: Literal["mlp", "linear"] = Field(
+        "mlp", description="how vector plugins enter the timestep embedding: 'mlp' (Linear-SiLU-Linear) "
+                           "or 'linear' (bias-free; on one-hot vectors an embedding table, as SD x4's noise level)")
+    cross_only_levels: tuple[int, ...] = Field(
+        (), description="attention levels whose first attention attends to the context instead of the "
+                        "features (SD x4 upscaler: CompVis disable_self_attentions)")
 
 
 class DiffusionConfig(Strict):
@@ -206,6 +212,18 @@ class TrainerConfig(Strict):
     progress: bool = True
     train_only: tuple[str, ...] | None = Field(None, description="train only these: 'plugins', plugin "
                                                                  "names or parameter prefixes; the rest is frozen")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: 'ddp' replicates the model and averages gradients; 'fsdp' "
+                           "shards the UNet's weights, gradients, optimizer state and EMA (FSDP2). "
+                           "Checkpoints are full either way (ldmcore/parallel.py)")
+
+    @model_validator(mode="after")
+    def _fsdp_trains_the_whole_unet(self) -> TrainerConfig:
+        if self.strategy == "fsdp" and self.train_only:
+            raise ValueError("trainer.strategy=fsdp shards whole UNet tensors, while trainer.train_only "
+                             "trains slices of them (gradient masks on the input convolution); use "
+                             "trainer.strategy=ddp with train_only, or drop train_only to use fsdp.")
+        return self
 
 
 class ExperimentConfig(Strict):

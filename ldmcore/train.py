@@ -10,7 +10,6 @@ step, the RNG state, the resolved config and plugin versions; ``resume=true`` co
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,13 @@ from ldmcore.build import build_autoencoder, build_model, load_autoencoder
 from ldmcore.config import ExperimentConfig
 from ldmcore.data.batches import (InMemoryBatches, StepBatchSampler, loader_batches, memory_batches,
                                   step_generator)
-from ldmcore.distributed import connect, wrap
+from ldmcore.distributed import connect
 from ldmcore.data.datasets import build_dataset
 from ldmcore.data.transforms import is_deterministic
 from ldmcore.errors import TrainingDiverged
 from ldmcore.images import save_grid
 from ldmcore.model import LatentDiffusion
+from ldmcore.parallel import DataParallel, make_parallel
 from ldmcore.randomness import BatchRandom
 from ldmcore.registry import Registry, default_registry
 from ldmcore.runfolder import MetricsLog, RunFolder
@@ -38,7 +38,11 @@ FORMAT = "ldmcore/run/1"
 
 
 class EMA:
-    """Exponential moving average of parameters, with the usual warm-up of the decay."""
+    """Exponential moving average of parameters, with the usual warm-up of the decay.
+
+    Under FSDP a shadow is sharded like its parameter (each rank averages its own shard, which
+    is the same arithmetic as averaging the full tensor); checkpoints gather it in full.
+    """
 
     def __init__(self, params: dict[str, torch.nn.Parameter], decay: float) -> None:
         self.decay = decay
@@ -47,8 +51,12 @@ class EMA:
     @torch.no_grad()
     def update(self, params: dict[str, torch.nn.Parameter], step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(list(self.shadow.values()),
-                             [params[k].detach().float() for k in self.shadow], 1 - d)
+        groups: dict[type, list[str]] = {}  # sharded (DTensor) and plain tensors cannot mix in one call
+        for k, v in self.shadow.items():
+            groups.setdefault(type(v), []).append(k)
+        for keys in groups.values():
+            torch._foreach_lerp_([self.shadow[k] for k in keys],
+                                 [params[k].detach().float() for k in keys], 1 - d)
 
 
 def denoiser_params(model: LatentDiffusion) -> dict[str, torch.nn.Parameter]:
@@ -67,13 +75,21 @@ def plugin_versions(model: LatentDiffusion, registry: Registry) -> dict[str, dic
             for n in model.conditioner.encoders if n in info}
 
 
-def save_state(path: Path, model: LatentDiffusion, ema: EMA, opt: torch.optim.Optimizer, step: int,
-               cfg: ExperimentConfig, registry: Registry) -> None:
-    tensors = checkpoint.with_prefix("", {k: v for k, v in model.state_dict().items()})
+def training_state(model: LatentDiffusion, ema: EMA, opt: torch.optim.Optimizer
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every tensor of a checkpoint (sharded ones still sharded under FSDP) and the optimizer's
+    JSON metadata."""
+    tensors = dict(model.state_dict())
     tensors.update(checkpoint.with_prefix("ema.", ema.shadow))
     opt_tensors, opt_meta = checkpoint.optimizer_state(opt)
     tensors.update(opt_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
+    return tensors, opt_meta
+
+
+def save_state(path: Path, tensors: dict[str, torch.Tensor], opt_meta: dict[str, Any], step: int,
+               cfg: ExperimentConfig, model: LatentDiffusion, registry: Registry) -> None:
+    """Write full (unsharded) training state; see ``training_state`` and ``DataParallel.full``."""
     checkpoint.save(path, tensors, {
         "format": FORMAT, "kind": "latent_diffusion", "step": step,
         "config": cfg.model_dump(mode="json"), "plugins": plugin_versions(model, registry),
@@ -109,6 +125,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(cfg.seed)
     cluster = connect()
+    parallel = make_parallel(tc.strategy, cluster)
     device = cluster.device
     run = RunFolder(cfg.run_dir)
     resume = cfg.resume and run.root.exists()
@@ -137,14 +154,18 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     model = build_model(cfg, ae, registry)
     attachment = attach_pretrained(model, cfg.model.init_from) if cfg.model.init_from else None
     model = model.to(device)
+    saved = checkpoint.load(run.last) if resume and run.last.exists() else None
+    if saved is not None:  # full weights go in before FSDP cuts them into shards
+        _restore_model(model, saved[0], run.last)
+    parallel.shard(model)
     params = (train_only_params(model, attachment, list(tc.train_only)) if tc.train_only
               else denoiser_params(model))
     opt = torch.optim.AdamW(params.values(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     ema = EMA(params, tc.ema_decay)
     step = 0
-    if resume and run.last.exists():
-        step = _restore(run.last, model, ema, opt)
-    objective = wrap(LossModule(model), cluster)
+    if saved is not None:
+        step = _restore_training(*saved, params, ema, opt, parallel)
+    objective = parallel.wrap(LossModule(model))
 
     cache = None
     if held is not None and tc.cache_latents:
@@ -160,9 +181,14 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     bar = tqdm(total=tc.max_steps, initial=step, desc=f"diffusion (global batch {global_batch})",
                disable=not (tc.progress and cluster.is_main), dynamic_ncols=True)
 
-    def checkpoint_to(path: Path) -> None:
+    def checkpoint_to(*paths: Path) -> dict[str, torch.Tensor]:
+        """Gather the state once (every rank takes part) and write it to ``paths`` on rank 0."""
+        tensors, opt_meta = training_state(model, ema, opt)
+        tensors = parallel.full(tensors)
         if cluster.is_main:
-            save_state(path, model, ema, opt, step, cfg, registry)
+            for path in paths:
+                save_state(path, tensors, opt_meta, step, cfg, model, registry)
+        return tensors
 
     model.train()
     t0, steps_done, last_good = time.perf_counter(), 0, step
@@ -180,11 +206,13 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
                 else:
                     batch, latents = next(data), None
                 batch = {k2: (v.to(device) if isinstance(v, torch.Tensor) else v) for k2, v in batch.items()}
-                sync = micro == tc.grad_accum - 1 or not cluster.distributed
-                with (nullcontext() if sync else objective.no_sync()), autocast(tc.precision, device):
-                    loss = objective(batch, latents, rng) / tc.grad_accum
-                loss.backward()
+                sync = micro == tc.grad_accum - 1
+                with parallel.accumulating(objective, sync):  # FSDP reads it during backward
+                    with autocast(tc.precision, device):
+                        loss = objective(batch, latents, rng) / tc.grad_accum
+                    loss.backward()
                 total += loss.detach().float().cpu()
+            parallel.after_backward(params.values())
             total = cluster.mean(total)
             if not torch.isfinite(total):
                 raise TrainingDiverged(
@@ -192,7 +220,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
                     f"checkpoint ({str(run.last)!r}, step {last_good}) is intact. Lower "
                     f"trainer.lr (now {tc.lr}), set trainer.grad_clip, or use trainer.precision=fp32.")
             if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params.values(), tc.grad_clip)
+                parallel.clip_grad_norm(params.values(), tc.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             ema.update(params, step)
@@ -205,24 +233,23 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
                 log.write(stage="diffusion", step=step, loss=float(total), lr=_lr_at(cfg, step - 1),
                           steps_per_s=rate, images_per_s=rate * global_batch)
             if step % tc.checkpoint_every == 0 or step == tc.max_steps:
-                checkpoint_to(run.last)
+                periodic = tc.keep_checkpoints and step < tc.max_steps
+                full = checkpoint_to(run.last, *([run.step_checkpoint(step)] if periodic else []))
                 if cluster.is_main:
-                    save_plugin_weights(run.root / "plugins", model, attachment, {"step": step})
+                    save_plugin_weights(run.root / "plugins", model, attachment, {"step": step}, full)
+                    if periodic:
+                        run.prune(tc.keep_checkpoints)
                 last_good = step
-                if tc.keep_checkpoints and step < tc.max_steps and cluster.is_main:
-                    checkpoint_to(run.step_checkpoint(step))
-                    run.prune(tc.keep_checkpoints)
-            if tc.sample_every and step % tc.sample_every == 0 and step < tc.max_steps and cluster.is_main:
-                _sample_grid(model, ema, held, dataset, cfg, run.samples / f"step_{step}.png")
+            if tc.sample_every and step % tc.sample_every == 0 and step < tc.max_steps:
+                _sample_grid_on(parallel, model, ema, held, dataset, cfg, run.samples / f"step_{step}.png")
     except KeyboardInterrupt:
         checkpoint_to(run.last)
         bar.close()
         raise
     bar.close()
-    if step == 0 or not run.last.exists():
+    if step == 0 or last_good != step:  # decided alike on every rank (not by a file rank 0 writes)
         checkpoint_to(run.last)
-    if cluster.is_main:
-        _sample_grid(model, ema, held, dataset, cfg, run.samples / f"step_{step}.png")
+    _sample_grid_on(parallel, model, ema, held, dataset, cfg, run.samples / f"step_{step}.png")
     cluster.barrier()
     return run
 
@@ -231,13 +258,25 @@ def _batches(dataset: Any, held: InMemoryBatches | None, sampler: StepBatchSampl
     return memory_batches(held, sampler) if held else loader_batches(dataset, sampler, workers)
 
 
-def _restore(path: Path, model: LatentDiffusion, ema: EMA, opt: torch.optim.Optimizer) -> int:
-    tensors, meta = checkpoint.load(path)
+def _restore_model(model: LatentDiffusion, tensors: dict[str, torch.Tensor], path: Path) -> None:
     state = {k: v for k, v in tensors.items() if not k.startswith(("ema.", "optim.", "rng."))}
     checkpoint.load_into(model, state, "model", path)
-    for k in ema.shadow:
-        ema.shadow[k].copy_(tensors[f"ema.{k}"])
-    checkpoint.restore_optimizer(opt, tensors, meta["optimizer"])
+
+
+def _restore_training(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                      params: dict[str, torch.nn.Parameter], ema: EMA, opt: torch.optim.Optimizer,
+                      parallel: DataParallel) -> int:
+    """EMA, optimizer state, RNG and step from a full checkpoint, cut to this rank's shards."""
+    with torch.no_grad():
+        for k in ema.shadow:
+            ema.shadow[k].copy_(parallel.place(tensors[f"ema.{k}"], ema.shadow[k]))
+    order = list(params.values())  # the optimizer numbers its parameters in this order
+
+    def place(idx: int, value: torch.Tensor) -> torch.Tensor:
+        like = order[idx]  # moments have the parameter's shape; AdamW's step is a scalar
+        return parallel.place(value, like) if value.shape == like.shape else value
+
+    checkpoint.restore_optimizer(opt, tensors, meta["optimizer"], place)
     torch.set_rng_state(tensors["rng.torch"])
     return int(meta["step"])
 
@@ -262,8 +301,15 @@ def _sample_latents(cache: tuple[torch.Tensor, torch.Tensor], idx: list[int], rn
     return (mean + torch.exp(0.5 * logvar) * noise) * model.autoencoder.scale_factor
 
 
+def _sample_grid_on(parallel: DataParallel, model: LatentDiffusion, ema: EMA,
+                    held: InMemoryBatches | None, dataset: Any, cfg: ExperimentConfig, out: Path) -> None:
+    """Rank 0 samples; under FSDP every rank runs the sharded UNet with it and rank 0 writes."""
+    if parallel.collective_forward or parallel.cluster.is_main:
+        _sample_grid(model, ema, held, dataset, cfg, out, write=parallel.cluster.is_main)
+
+
 def _sample_grid(model: LatentDiffusion, ema: EMA, held: InMemoryBatches | None, dataset: Any,
-                 cfg: ExperimentConfig, out: Path, n: int = 16) -> None:
+                 cfg: ExperimentConfig, out: Path, n: int = 16, write: bool = True) -> None:
     """Sample with EMA weights, conditioned on the first ``n`` dataset items' conditions."""
     from ldmcore.data.datasets import collate
 
@@ -279,7 +325,8 @@ def _sample_grid(model: LatentDiffusion, ema: EMA, held: InMemoryBatches | None,
                               generator=torch.Generator().manual_seed(cfg.seed))
     _copy_into(model, live)
     model.train()
-    save_grid(images, out, nrow=8)
+    if write:
+        save_grid(images, out, nrow=8)
 
 
 def _copy_into(model: LatentDiffusion, values: dict[str, torch.Tensor]) -> None:

@@ -110,3 +110,61 @@ def _calibrate(unet, context_dim: int, sample: int) -> None:
     std = unet(x, torch.tensor([500, 500]), encoder_hidden_states=ctx).sample.std()
     unet.conv_out.weight.div_(std)
     unet.conv_out.bias.div_(std)
+
+
+def build_upscaler(seed: int = 0):
+    """A diffusers StableDiffusionUpscalePipeline in the SD x4 upscaler's layout, tiny, random.
+
+    As the real model (stabilityai/stable-diffusion-x4-upscaler): a 7-channel UNet (4 latent + 3
+    low-res RGB channels at latent resolution), no attention at level 0, cross-attention-only
+    transformers (``only_cross_attention``) on all but the last level, the noise level through a
+    1000-row class-embedding table, linear projections and OpenCLIP-style (GELU) text; an f=4 VAE
+    with scaling factor 0.08333; a linear DDPM ``low_res_scheduler`` and ``max_noise_level`` 350.
+    """
+    from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    width = 64
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=7, out_channels=4, block_out_channels=(32, 64, 64),
+        layers_per_block=2, cross_attention_dim=width, attention_head_dim=8,
+        use_linear_projection=True, only_cross_attention=(True, True, False), num_class_embeds=1000,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+    with torch.no_grad():  # a trained table has rows of the time embedding's scale, not N(0, 1)
+        unet.class_embedding.weight.mul_(0.1)
+    vae = AutoencoderKL(block_out_channels=(32, 32, 64), layers_per_block=1, latent_channels=4,
+                        norm_num_groups=32, sample_size=32, scaling_factor=0.08333,
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
+    import tempfile
+
+    tokenizer = _load_tokenizer(write_tokenizer(Path(tempfile.mkdtemp(prefix="sdtok-")), "!"))
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+        num_attention_heads=1, max_position_embeddings=77, hidden_act="gelu",
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, projection_dim=width))
+    _calibrate_upscaler(unet, width)
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+        low_res_scheduler=DDPMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                                        num_train_timesteps=1000),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.0001, beta_end=0.02,
+                                num_train_timesteps=1000, prediction_type="v_prediction",
+                                set_alpha_to_one=False, steps_offset=1, clip_sample=False),
+        max_noise_level=350)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(torch.float32)
+
+
+@torch.no_grad()
+def _calibrate_upscaler(unet, context_dim: int) -> None:
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(2, 7, 8, 8, generator=g)
+    ctx = torch.randn(2, 77, context_dim, generator=g)
+    std = unet(x, torch.tensor([500, 500]), encoder_hidden_states=ctx,
+               class_labels=torch.tensor([20, 300])).sample.std()
+    unet.conv_out.weight.div_(std)
+    unet.conv_out.bias.div_(std)

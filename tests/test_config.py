@@ -193,6 +193,18 @@ def test_literal_fields_list_their_valid_values():
     assert "'fp32'" in message(exc) and "'bf16'" in message(exc)
 
 
+def test_an_unknown_strategy_lists_ddp_and_fsdp():
+    with pytest.raises(ConfigError) as exc:
+        load(["trainer.strategy=zero3"])
+    assert "'trainer.strategy'" in message(exc) and "'ddp'" in message(exc) and "'fsdp'" in message(exc)
+
+
+def test_fsdp_refuses_train_only_and_names_the_alternative():
+    with pytest.raises(ConfigError) as exc:
+        load(["trainer.strategy=fsdp", "trainer.train_only=[plugins]"])
+    assert "trainer.train_only" in message(exc) and "trainer.strategy=ddp" in message(exc)
+
+
 def test_unknown_experiment_lists_the_experiments_that_exist():
     with pytest.raises(ConfigError) as exc:
         load(["experiment=nope"])

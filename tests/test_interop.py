@@ -240,3 +240,62 @@ def test_inpainting_layout_maps_onto_the_inpaint_plugin(tmp_path):
     single = export_run(run, tmp_path / "inpaint.safetensors", "sd")  # back in SD's channel order
     tensors, _ = checkpoint.load(single)
     assert torch.equal(tensors["model.diffusion_model.input_blocks.0.0.weight"], pipe.unet.conv_in.weight)
+
+
+@torch.no_grad()
+def test_x4_upscaler_layout_maps_onto_the_lowres_plugin(tmp_path):
+    """SD x4: [z | low-res image noised by the DDPM low_res_scheduler], the noise level through a
+    class-embedding table. Imported, the ``lowres`` plugin (ddpm levels, one-hot vector) and the
+    text plugin feed the UNet, whose prediction matches diffusers' on the same inputs."""
+    from sd_fixtures import build_upscaler
+
+    pipe = build_upscaler()
+    pipe.save_pretrained(str(tmp_path / "x4"), safe_serialization=True)
+    run = import_pretrained(tmp_path / "x4", tmp_path / "run")
+    assert json.loads((run / "import.json").read_text())["variant"] == "sd2-x4-upscaler"
+    model = from_pretrained(run)
+    assert list(model.conditioner.encoders) == ["text", "lowres"]
+    assert model.autoencoder.scale_factor == pytest.approx(0.08333)
+    lowres = model.conditioner.encoders["lowres"].config
+    assert (lowres.noise, lowres.level_encoding, lowres.num_levels, lowres.max_noise_level,
+            lowres.sample_noise_level) == ("ddpm", "onehot", 1000, 350, 20)
+
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(2, 4, 8, 8, generator=g)
+    low = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1  # the low-res image: latent size, [-1, 1]
+    t = torch.tensor([900, 40])
+    torch.manual_seed(7)  # the plugin draws its augmentation noise from the global generator
+    cond = model.conditioner({"text": PROMPTS, "lowres": low}, 2)
+    ours = model.network(z, t, cond)
+
+    ids = pipe.tokenizer(PROMPTS, padding="max_length", max_length=77, truncation=True,
+                         return_tensors="pt").input_ids
+    ctx = pipe.text_encoder(ids)[0]
+    torch.manual_seed(7)
+    eps = torch.randn_like(low)
+    level = torch.tensor([20, 20])  # the pipeline's default noise_level
+    noised = pipe.low_res_scheduler.add_noise(low, eps, level)
+    ref = pipe.unet(torch.cat([z, noised], 1), t, encoder_hidden_states=ctx, class_labels=level).sample
+    assert _max_err(ours, ref) <= TOL
+
+    # other levels through the same table and schedule (the plugin's own noising, the UNet's vector)
+    enc = model.conditioner.encoders["lowres"]
+    level = torch.tensor([0, 349])
+    hot = torch.nn.functional.one_hot(level, 1000).float()
+    ref = pipe.unet(torch.cat([z, pipe.low_res_scheduler.add_noise(low, eps, level)], 1), t,
+                    encoder_hidden_states=ctx, class_labels=level).sample
+    ours = model.unet(torch.cat([z, enc.noised(low, level.float(), eps)], 1), t, ctx, None, hot)
+    assert _max_err(ours, ref) <= TOL
+
+    # and back: diffusers loads the export as the same upscaler pipeline, weights bit-identical
+    from diffusers import StableDiffusionUpscalePipeline
+
+    out = export_run(run, tmp_path / "x4_again", "diffusers")
+    again = StableDiffusionUpscalePipeline.from_pretrained(str(out))
+    assert again.config.max_noise_level == 350
+    assert again.low_res_scheduler.config.beta_end == pytest.approx(0.02)
+    theirs = pipe.unet.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in again.unet.state_dict().items())
+    assert set(again.unet.state_dict()) == set(theirs)
+    with pytest.raises(ConfigError, match="layout=diffusers"):
+        export_run(run, tmp_path / "x4.safetensors", "sd")

@@ -97,6 +97,27 @@ def test_lowres_concat_is_the_resized_image_and_the_level_is_a_vector() -> None:
     assert out[Injection.VECTOR].shape == (2, 64)
 
 
+def test_lowres_ddpm_levels_noise_as_q_sample_and_index_a_one_hot_table() -> None:
+    """SD x4's form: q(x_level | x) of a linear DDPM schedule, the level one-hot (null: zeros)."""
+    cfg = LowresConfig(noise="ddpm", level_encoding="onehot", num_levels=1000, sample_noise_level=250,
+                       max_noise_level=350)
+    enc = LowresEncoder(cfg, SPEC).eval()
+    low, eps = torch.rand(2, 3, 4, 4) * 2 - 1, torch.randn(2, 3, 4, 4)
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    abar = float(torch.cumprod(1 - betas, 0)[250])
+    expected = abar ** 0.5 * low + (1 - abar) ** 0.5 * eps
+    torch.testing.assert_close(enc.noised(low, torch.tensor([250.0, 250.0]), eps), expected,
+                               rtol=1e-5, atol=1e-5)
+    vector = enc(low)[Injection.VECTOR]
+    assert vector.shape == (2, 1000) and vector.sum().item() == 2 and vector[:, 250].eq(1).all()
+    assert enc.null(2)[Injection.VECTOR].eq(0).all()
+    assert enc.train()(low)[Injection.VECTOR].argmax(1).lt(350).all()  # train-time levels < max
+    with pytest.raises(ValueError, match="needs noise=ddpm"):
+        LowresConfig(level_encoding="onehot")
+    with pytest.raises(ValueError, match="integer step"):
+        LowresConfig(noise="ddpm", sample_noise_level=0.5)
+
+
 def test_inpaint_condition_and_paste_back_keep_the_known_region_exact() -> None:
     enc = InpaintEncoder(InpaintConfig(), SPEC)
     image = torch.rand(1, 3, 16, 16) * 2 - 1

@@ -202,8 +202,10 @@ def read_diffusers(folder: Path, *, prediction: str | None = None, image_size: i
         arch.prediction = prediction
     factor = ae_shape.downsample_factor
     arch.image_size = image_size or int(ucfg.get("sample_size", 64)) * factor
-    unet = keymaps.rename(_weights(folder / "unet", "diffusion_pytorch_model", source),
-                          {v: k for k, v in keymaps.unet_keymap(unet_shape).items()}, "unet", source)
+    unet = keymaps.from_diffusers_unet(_weights(folder / "unet", "diffusion_pytorch_model", source),
+                                       unet_shape, source)
+    if arch.is_upscaler:
+        arch.lowres = _upscaler_levels(folder, source)
     autoencoder = keymaps.from_diffusers_autoencoder(
         _weights(folder / "vae", "diffusion_pytorch_model", source), ae_shape, source)
     _check_against(lambda: UNetModel(unet_shape), unet, "unet", source)
@@ -219,6 +221,24 @@ def read_diffusers(folder: Path, *, prediction: str | None = None, image_size: i
         arch.family = {"quick_gelu": "sd1", "gelu": "sd2"}.get(tcfg.get("hidden_act"), "custom")
     return Pretrained(arch=arch, source=source, unet=unet, autoencoder=autoencoder,
                       text_folder=text_folder, tokenizer=tokenizer)
+
+
+def _upscaler_levels(folder: Path, source: str) -> dict[str, Any]:
+    """The ``lowres`` plugin's level settings of an SD x4 upscaler folder: the DDPM schedule of
+    ``low_res_scheduler/`` and the pipeline's ``max_noise_level`` (diffusers' defaults if absent)."""
+    levels: dict[str, Any] = {"beta_start": 1e-4, "beta_end": 0.02, "max_noise_level": 350}
+    sched = folder / "low_res_scheduler" / "scheduler_config.json"
+    if sched.is_file():
+        cfg = json.loads(sched.read_text())
+        if cfg.get("beta_schedule", "linear") != "linear":
+            raise CheckpointError(f"{source!r}: low_res_scheduler uses beta_schedule="
+                                  f"{cfg['beta_schedule']!r}; the lowres plugin's ddpm levels are linear.")
+        levels.update(beta_start=cfg.get("beta_start", 1e-4), beta_end=cfg.get("beta_end", 0.02),
+                      timesteps=cfg.get("num_train_timesteps", 1000))
+    index = folder / "model_index.json"
+    if index.is_file():
+        levels["max_noise_level"] = json.loads(index.read_text()).get("max_noise_level", 350)
+    return levels
 
 
 def read_pretrained(source: Path | str, **options: Any) -> Pretrained:
@@ -246,7 +266,8 @@ def experiment_config(p: Pretrained, name: str = "imported") -> dict[str, Any]:
             "num_res_blocks": u.num_res_blocks, "attention_levels": list(u.attention_levels),
             "middle_attention": u.middle_attention, "num_head_channels": u.num_head_channels,
             "num_heads": u.num_heads, "transformer_depth": u.transformer_depth,
-            "use_linear_in_transformer": u.use_linear_in_transformer, "norm_groups": u.norm_groups}
+            "use_linear_in_transformer": u.use_linear_in_transformer, "norm_groups": u.norm_groups,
+            "vector_projection": u.vector_projection, "cross_only_levels": list(u.cross_only_levels)}
     if u.context_dim is not None:
         unet["context_dim"] = u.context_dim
     conditions: dict[str, Any] = {}
@@ -254,7 +275,9 @@ def experiment_config(p: Pretrained, name: str = "imported") -> dict[str, Any]:
         conditions["text"] = {"model": TEXT_DIR, "max_length": int(a.text.get("max_position_embeddings", 77)),
                               "hidden_layer": a.text_hidden_layer, "mask_padding": False, "unconditional": "empty"}
     extra = u.in_channels - u.out_channels
-    if extra == u.out_channels + 1 and _has_plugin("inpaint"):
+    if a.is_upscaler and _has_plugin("lowres"):
+        conditions["lowres"] = _lowres_plugin(p)
+    elif extra == u.out_channels + 1 and _has_plugin("inpaint"):
         conditions["inpaint"] = {"drop_prob": 0.0}
     elif extra:
         raise CheckpointError(
@@ -263,7 +286,7 @@ def experiment_config(p: Pretrained, name: str = "imported") -> dict[str, Any]:
             + (" (SD inpainting: masked-image latents + mask)" if extra == 5 else "")
             + ". Those concat channels belong to the `inpaint` plugin, which this installation "
               "does not provide yet; `ldm plugins` lists what is installed.")
-    if u.vector_dim:
+    if u.vector_dim and "lowres" not in conditions:
         raise CheckpointError(f"{p.source!r}: its UNet takes a {u.vector_dim}-d vector condition "
                               f"(label_emb); no installed plugin is known to produce it.")
     return {
@@ -277,6 +300,21 @@ def experiment_config(p: Pretrained, name: str = "imported") -> dict[str, Any]:
         "trainer": {"precision": "fp32"},
         "conditions": conditions,
     }
+
+
+def _lowres_plugin(p: Pretrained) -> dict[str, Any]:
+    """SD x4 upscaler -> ``lowres``: the image at latent resolution (factor = the VAE's), noised by
+    integer DDPM levels, each level one row of the UNet's embedding table (one-hot vector)."""
+    levels = p.arch.lowres
+    num = p.arch.unet.vector_dim
+    if levels.get("timesteps", num) != num:
+        raise CheckpointError(f"{p.source!r}: low_res_scheduler has {levels['timesteps']} steps but "
+                              f"the UNet's noise-level table has {num} rows.")
+    return {"factor": p.arch.autoencoder.downsample_factor, "noise": "ddpm", "level_encoding": "onehot",
+            "num_levels": num, "ddpm_beta_start": levels["beta_start"], "ddpm_beta_end": levels["beta_end"],
+            "max_noise_level": min(int(levels["max_noise_level"]), num - 1),
+            "sample_noise_level": min(20, num - 1),  # StableDiffusionUpscalePipeline's default
+            "drop_prob": 0.0}
 
 
 def _has_plugin(name: str) -> bool:

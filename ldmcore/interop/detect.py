@@ -42,12 +42,23 @@ class Architecture:
         "spacing": "leading", "offset": 1, "set_alpha_to_one": False})
     scale_factor: float = 0.18215
     image_size: int = 512
+    # SD x4 upscaler: the low-res image's noise schedule (low_res_scheduler/) and level limits
+    lowres: dict[str, Any] = field(default_factory=dict)
 
     @property
     def variant(self) -> str:
         """A human name: sd1, sd2, sd1-inpainting (9-channel input)..."""
         extra = self.unet.in_channels - self.unet.out_channels
+        if self.is_upscaler:
+            return self.family + "-x4-upscaler"
         return self.family + ("-inpainting" if extra == 5 else f"+{extra}ch" if extra else "")
+
+    @property
+    def is_upscaler(self) -> bool:
+        """SD x4's layout: the low-res image's channels concatenated, its noise level as a table."""
+        u = self.unet
+        return (u.in_channels - u.out_channels == self.autoencoder.in_channels
+                and u.vector_dim > 0 and u.vector_projection == "linear")
 
 
 def _ints(keys: list[str], pattern: str) -> list[int]:
@@ -63,8 +74,10 @@ def unet_shape_from_compvis(state: dict[str, torch.Tensor], family: str, source:
                               f"input_blocks.0.0.weight and out.2.weight are missing).")
     if "label_emb.weight" in state or "label_emb.0.weight" in state:
         raise CheckpointError(f"{source!r} has a class-embedding UNet (label_emb as nn.Embedding, "
-                              f"e.g. the SD x4 upscaler's noise-level classes); ldmcore imports "
-                              f"vector conditions as a projection (label_emb.0.0/0.2) only.")
+                              f"e.g. the SD x4 upscaler's noise-level classes); from single files "
+                              f"ldmcore imports vector conditions as a projection (label_emb.0.0/0.2) "
+                              f"only. Import the model's diffusers folder instead (it maps onto the "
+                              f"lowres plugin).")
     conv_in = state["input_blocks.0.0.weight"]
     mc = conv_in.shape[0]
     blocks = _ints(keys, r"input_blocks\.(\d+)\.")
@@ -154,8 +167,7 @@ def apply_overrides(arch: Architecture, meta: dict[str, Any]) -> Architecture:
 # -- diffusers configs ---------------------------------------------------------------------------
 _UNSUPPORTED_UNET = {
     "class_embed_type": (None, "projection"), "addition_embed_type": (None,),
-    "num_class_embeds": (None,), "encoder_hid_dim": (None,), "time_cond_proj_dim": (None,),
-    "only_cross_attention": (False,), "dual_cross_attention": (False,),
+    "encoder_hid_dim": (None,), "time_cond_proj_dim": (None,), "dual_cross_attention": (False,),
     "resnet_time_scale_shift": ("default",), "time_embedding_type": ("positional",),
     "flip_sin_to_cos": (True,), "freq_shift": (0,), "act_fn": ("silu",), "center_input_sample": (False,),
     "class_embeddings_concat": (False,), "conv_in_kernel": (3,), "conv_out_kernel": (3,),
@@ -198,16 +210,35 @@ def unet_shape_from_diffusers(cfg: dict[str, Any], source: str) -> UNetShape:
     mid = cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn")
     if mid not in ("UNetMidBlock2DCrossAttn", "UNetMidBlock2D"):
         raise CheckpointError(f"{source!r}: mid_block_type={mid!r} is not supported.")
+    cross_only = _cross_only_levels(cfg, attn, source)
+    vector_dim, projection = 0, "mlp"
+    if cfg.get("class_embed_type") == "projection":
+        vector_dim = cfg.get("projection_class_embeddings_input_dim") or 0
+    elif cfg.get("num_class_embeds"):  # an nn.Embedding table: one-hot vectors through a Linear
+        vector_dim, projection = int(cfg["num_class_embeds"]), "linear"
     return UNetShape(
         in_channels=cfg["in_channels"], out_channels=cfg["out_channels"], model_channels=mc,
         channel_mult=tuple(c // mc for c in boc), num_res_blocks=cfg["layers_per_block"],
         attention_levels=attn, middle_attention=mid == "UNetMidBlock2DCrossAttn",
         num_head_channels=head_channels, num_heads=num_heads, transformer_depth=depth,
         context_dim=cfg.get("cross_attention_dim") if attn else None,
-        vector_dim=(cfg.get("projection_class_embeddings_input_dim") or 0)
-        if cfg.get("class_embed_type") == "projection" else 0,
+        vector_dim=vector_dim, vector_projection=projection, cross_only_levels=cross_only,
         use_linear_in_transformer=bool(cfg.get("use_linear_projection")),
         norm_groups=cfg.get("norm_num_groups", 32), dropout=0.0)
+
+
+def _cross_only_levels(cfg: dict[str, Any], attn: tuple[int, ...], source: str) -> tuple[int, ...]:
+    """diffusers' ``only_cross_attention`` (per down block) as attention levels; the middle block
+    must keep its self-attention (SD x4 upscaler: ``[true, true, true, false]``)."""
+    only = cfg.get("only_cross_attention", False)
+    mid = cfg.get("mid_block_only_cross_attention")
+    if isinstance(only, bool):
+        mid = only if mid is None else mid
+        only = [only] * len(cfg["block_out_channels"])
+    if mid:
+        raise CheckpointError(f"{source!r}: mid_block_only_cross_attention=true (a middle block without "
+                              f"self-attention) is not supported; only per-level only_cross_attention is.")
+    return tuple(i for i in attn if only[i])
 
 
 def autoencoder_shape_from_diffusers(cfg: dict[str, Any], source: str) -> AutoencoderShape:

@@ -5,7 +5,9 @@ The single file uses the CompVis names (``model.diffusion_model.*``, ``first_sta
 as in SD 2.x) plus ``betas``/``alphas_cumprod``, and records ldmcore's exact shapes in metadata
 (``ldmcore.*``), so ``ldm import`` reads it back without SD's constants. The diffusers folder is
 what ``StableDiffusionPipeline.from_pretrained`` loads: ``unet/``, ``vae/``, ``text_encoder/``,
-``tokenizer/``, ``scheduler/`` (DDIM) and ``model_index.json``.
+``tokenizer/``, ``scheduler/`` (DDIM) and ``model_index.json``; a model in SD x4 upscaler's
+layout (the ``lowres`` plugin with DDPM levels and a one-hot table) becomes a
+``StableDiffusionUpscalePipeline`` folder with ``low_res_scheduler/``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ DIFFUSERS_VERSION = "0.30.0"
 def _text_plugin(model) -> Any | None:
     """The run's text plugin, if it can be exported (no projection); other plugins are refused."""
     encoders = dict(model.conditioner.encoders)
-    other = sorted(n for n in encoders if n not in ("text", "inpaint"))
+    other = sorted(n for n in encoders if n not in ("text", "inpaint") and not (n == "lowres" and _is_upscaler(model)))
     if other:
         raise ConfigError(f"this model has the plugin(s) {', '.join(other)}, which neither SD single "
                           f"files nor diffusers' StableDiffusionPipeline can hold; only text-to-image "
@@ -51,6 +53,17 @@ def _text_plugin(model) -> Any | None:
     return text
 
 
+def _is_upscaler(model) -> bool:
+    """The SD x4 upscaler's layout: the ``lowres`` plugin as its only concat and vector condition,
+    with DDPM levels indexing the UNet's linear (table) vector input."""
+    encoders = model.conditioner.encoders
+    enc = encoders["lowres"] if "lowres" in encoders else None
+    u = model.unet.shape
+    return (enc is not None and enc.config.noise == "ddpm" and enc.config.level_encoding == "onehot"
+            and u.vector_projection == "linear" and u.vector_dim == enc.config.num_levels
+            and model.conditioner.concat_channels == model.autoencoder.shape.in_channels)
+
+
 def _unet_state(model) -> dict[str, torch.Tensor]:
     """The UNet's tensors in SD's channel order (inpainting: mask before masked latents)."""
     state = model.unet.state_dict()
@@ -62,6 +75,14 @@ def _unet_state(model) -> dict[str, torch.Tensor]:
     return state
 
 
+def _scale_factor(model) -> float:
+    """The latent scale as the decimal it was written as: it is held in float32, and 0.08333 read
+    back as 0.08332999795675278 would fail diffusers' check for SD x4's VAE."""
+    import numpy as np
+
+    return float(str(np.float32(float(model.autoencoder.scale_factor))))
+
+
 def _schedule_tensors(model) -> dict[str, torch.Tensor]:
     s = model.schedule
     return {"betas": s.betas.float(), "alphas_cumprod": s.alphas_cumprod.float()}
@@ -71,7 +92,7 @@ def _meta(model, cfg) -> dict[str, Any]:
     d = cfg.model.diffusion
     return {"ldmcore.unet": asdict(model.unet.shape), "ldmcore.autoencoder": asdict(model.autoencoder.shape),
             "ldmcore.prediction": model.prediction.value,
-            "ldmcore.scale_factor": float(model.autoencoder.scale_factor),
+            "ldmcore.scale_factor": _scale_factor(model),
             "ldmcore.image_size": cfg.data.image_size,
             "ldmcore.schedule": {"schedule": d.schedule.value, "timesteps": d.timesteps,
                                  "beta_start": d.beta_start, "beta_end": d.beta_end},
@@ -103,6 +124,10 @@ def export_single_file(model, cfg, out: Path | str, *, overwrite: bool = False) 
     if out.exists() and not overwrite:
         raise ConfigError(f"{str(out)!r} already exists; choose a new path or pass overwrite=true.")
     text = _text_plugin(model)
+    if _is_upscaler(model):
+        raise ConfigError("SD x4 upscaler models export as diffusers folders only (layout=diffusers): "
+                          "their noise-level table and low-res noise schedule have no single-file "
+                          "form that ldmcore or diffusers reads back.")
     tensors = checkpoint.with_prefix(UNET, _unet_state(model))
     tensors.update({VAE + k: v for k, v in model.autoencoder.state_dict().items() if k != "scale_factor"})
     tensors.update(_schedule_tensors(model))
@@ -154,8 +179,13 @@ def export_diffusers(model, cfg, out: Path | str, *, overwrite: bool = False) ->
         "use_linear_projection": u.use_linear_in_transformer, "transformer_layers_per_block": u.transformer_depth,
         "norm_num_groups": u.norm_groups, "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu",
     }
-    if u.vector_dim:
+    if u.vector_dim and u.vector_projection == "linear":
+        unet_cfg.update(class_embed_type=None, num_class_embeds=u.vector_dim)
+    elif u.vector_dim:
         unet_cfg.update(class_embed_type="projection", projection_class_embeddings_input_dim=u.vector_dim)
+    if u.cross_only_levels:
+        unet_cfg.update(only_cross_attention=[i in u.cross_only_levels for i in range(levels)],
+                        mid_block_only_cross_attention=False)
     ae_levels = len(ae.ch_mult)
     vae_cfg = {
         "_class_name": "AutoencoderKL", "_diffusers_version": DIFFUSERS_VERSION,
@@ -166,7 +196,7 @@ def export_diffusers(model, cfg, out: Path | str, *, overwrite: bool = False) ->
         "up_block_types": ["AttnUpDecoderBlock2D" if i in ae.attn_levels else "UpDecoderBlock2D"
                            for i in reversed(range(ae_levels))],
         "norm_num_groups": ae.norm_groups, "act_fn": "silu", "sample_size": cfg.data.image_size,
-        "scaling_factor": float(model.autoencoder.scale_factor),
+        "scaling_factor": _scale_factor(model),
     }
     d = cfg.model.diffusion
     sched_cfg = {"_class_name": "DDIMScheduler", "_diffusers_version": DIFFUSERS_VERSION,
@@ -180,9 +210,8 @@ def export_diffusers(model, cfg, out: Path | str, *, overwrite: bool = False) ->
                           f"in diffusers' SD pipelines; export a linear or scaled_linear model.")
 
     def write(root: Path) -> None:
-        unet_map = keymaps.unet_keymap(u)
         for sub, conf, tensors in (
-                ("unet", unet_cfg, {unet_map[k]: v for k, v in _unet_state(model).items()}),
+                ("unet", unet_cfg, keymaps.to_diffusers_unet(_unet_state(model), u)),
                 ("vae", vae_cfg, keymaps.to_diffusers_autoencoder(model.autoencoder.state_dict(), ae))):
             (root / sub).mkdir()
             (root / sub / "config.json").write_text(json.dumps(conf, indent=1))
@@ -195,6 +224,10 @@ def export_diffusers(model, cfg, out: Path | str, *, overwrite: bool = False) ->
                  "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
                  "feature_extractor": [None, None], "image_encoder": [None, None],
                  "requires_safety_checker": False}
+        if _is_upscaler(model):
+            for key in ("image_encoder", "requires_safety_checker"):  # not arguments of this pipeline
+                index.pop(key)
+            index.update(_upscaler_parts(model, root))
         if text is not None:
             _save_text(text, root / "text_encoder")
             text.tokenizer.save_pretrained(str(root / "tokenizer"))
@@ -203,6 +236,20 @@ def export_diffusers(model, cfg, out: Path | str, *, overwrite: bool = False) ->
             (root / "model_index.json").write_text(json.dumps(index, indent=1))
 
     return _atomic_dir(Path(out), overwrite, write)
+
+
+def _upscaler_parts(model, root: Path) -> dict[str, Any]:
+    """``low_res_scheduler/`` (the lowres plugin's DDPM levels) and StableDiffusionUpscalePipeline's
+    model_index entries."""
+    c = model.conditioner.encoders["lowres"].config
+    (root / "low_res_scheduler").mkdir()
+    (root / "low_res_scheduler" / "scheduler_config.json").write_text(json.dumps({
+        "_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION, "beta_schedule": "linear",
+        "beta_start": c.ddpm_beta_start, "beta_end": c.ddpm_beta_end, "num_train_timesteps": c.num_levels},
+        indent=1))
+    return {"_class_name": "StableDiffusionUpscalePipeline", "max_noise_level": int(c.max_noise_level),
+            "low_res_scheduler": ["diffusers", "DDPMScheduler"], "safety_checker": [None, None],
+            "watermarker": [None, None]}
 
 
 def _save_text(text, folder: Path) -> None:

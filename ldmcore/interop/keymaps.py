@@ -44,6 +44,8 @@ def unet_keymap(shape: UNetShape) -> dict[str, str]:
         part = key.split(".")
         if key.startswith("time_embed."):
             theirs = f"time_embedding.linear_{1 if part[1] == '0' else 2}.{part[2]}"
+        elif key == "label_emb.weight":  # linear vector input == diffusers' class-embedding table
+            theirs = "class_embedding.weight"
         elif key.startswith("label_emb."):  # vector input == diffusers' "projection" class embedding
             theirs = f"class_embedding.linear_{1 if part[2] == '0' else 2}.{part[3]}"
         elif key.startswith("input_blocks.0.0."):
@@ -80,6 +82,23 @@ def unet_keymap(shape: UNetShape) -> dict[str, str]:
             raise AssertionError(f"unmapped UNet key {key}")
         out[key] = theirs
     return out
+
+
+# A linear vector input (``label_emb.weight``, (emb, levels)) is diffusers' ``nn.Embedding`` table
+# (levels, emb) transposed: one-hot vectors through the Linear pick the table's rows.
+_TRANSPOSED = "label_emb.weight"
+
+
+def from_diffusers_unet(state: dict[str, torch.Tensor], shape: UNetShape, source: str) -> dict[str, torch.Tensor]:
+    ours = rename(state, {v: k for k, v in unet_keymap(shape).items()}, "unet", source)
+    if _TRANSPOSED in ours:
+        ours[_TRANSPOSED] = ours[_TRANSPOSED].t().contiguous()
+    return ours
+
+
+def to_diffusers_unet(state: dict[str, torch.Tensor], shape: UNetShape) -> dict[str, torch.Tensor]:
+    kmap = unet_keymap(shape)
+    return {kmap[k]: (v.t().contiguous() if k == _TRANSPOSED else v) for k, v in state.items()}
 
 
 def autoencoder_keymap(shape: AutoencoderShape) -> dict[str, str]:

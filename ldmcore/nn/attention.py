@@ -78,11 +78,17 @@ class FeedForward(nn.Module):
 
 
 class BasicTransformerBlock(nn.Module):
-    """Self-attention, cross-attention, feed-forward; pre-norm residuals."""
+    """Self-attention, cross-attention, feed-forward; pre-norm residuals.
 
-    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None) -> None:
+    ``cross_only``: the first attention attends to the context too, not to the features (SD's x4
+    upscaler; CompVis ``disable_self_attn``, diffusers ``only_cross_attention``).
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None,
+                 cross_only: bool = False) -> None:
         super().__init__()
-        self.attn1 = CrossAttention(dim, None, heads, head_dim)
+        self.cross_only = cross_only and context_dim is not None
+        self.attn1 = CrossAttention(dim, context_dim if self.cross_only else None, heads, head_dim)
         self.attn2 = CrossAttention(dim, context_dim, heads, head_dim)
         self.ff = FeedForward(dim)
         self.norm1 = nn.LayerNorm(dim)
@@ -91,7 +97,7 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None,
                 mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x))
+        x = x + (self.attn1(self.norm1(x), context, mask) if self.cross_only else self.attn1(self.norm1(x)))
         x = x + self.attn2(self.norm2(x), context, mask)
         return x + self.ff(self.norm3(x))
 
@@ -105,7 +111,8 @@ class SpatialTransformer(nn.Module):
     """
 
     def __init__(self, channels: int, heads: int, head_dim: int, context_dim: int | None,
-                 depth: int = 1, groups: int = 32, use_linear: bool = False) -> None:
+                 depth: int = 1, groups: int = 32, use_linear: bool = False,
+                 cross_only: bool = False) -> None:
         super().__init__()
         inner = heads * head_dim
         self.use_linear = use_linear
@@ -117,7 +124,7 @@ class SpatialTransformer(nn.Module):
             self.proj_in = nn.Conv2d(channels, inner, 1)
             self.proj_out = nn.Conv2d(inner, channels, 1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(inner, heads, head_dim, context_dim) for _ in range(depth))
+            BasicTransformerBlock(inner, heads, head_dim, context_dim, cross_only) for _ in range(depth))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -36,6 +36,11 @@ class UNetShape:
     middle_attention: bool = True  # SD layout: middle_block.1 is a SpatialTransformer
     context_dim: int | None = None  # None: no cross-attention plugin enabled
     vector_dim: int = 0  # 0: no vector plugin enabled
+    # how plugin vectors enter the timestep embedding: "mlp" (Linear-SiLU-Linear, keys
+    # label_emb.0.0/0.2, diffusers' "projection" class embedding) or "linear" (one bias-free
+    # Linear, key label_emb.weight: on one-hot vectors a class-embedding table, as SD x4's noise level)
+    vector_projection: str = "mlp"
+    cross_only_levels: tuple[int, ...] = ()  # levels whose attn1 attends to the context (SD x4 upscaler)
     use_linear_in_transformer: bool = False
     norm_groups: int = 32
     dropout: float = 0.0
@@ -109,15 +114,20 @@ class UNetModel(nn.Module):
         mc, groups = s.model_channels, s.norm_groups
         emb_dim = mc * 4
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        if s.vector_dim:
+        if s.vector_projection not in ("mlp", "linear"):
+            raise ValueError(f"vector_projection={s.vector_projection!r}: 'mlp' or 'linear'")
+        if s.vector_dim and s.vector_projection == "linear":
+            self.label_emb = nn.Linear(s.vector_dim, emb_dim, bias=False)
+        elif s.vector_dim:
             # nested as in SDXL's "sequential" adm input: keys label_emb.0.0.* / label_emb.0.2.*
             self.label_emb = nn.Sequential(nn.Sequential(
                 nn.Linear(s.vector_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
 
-        def transformer(ch: int) -> SpatialTransformer:
+        def transformer(ch: int, level: int | None = None) -> SpatialTransformer:
             heads = s.num_heads or max(1, ch // s.num_head_channels)
             return SpatialTransformer(ch, heads, ch // heads, s.context_dim, s.transformer_depth,
-                                      groups, s.use_linear_in_transformer)
+                                      groups, s.use_linear_in_transformer,
+                                      cross_only=level in s.cross_only_levels)
 
         self.input_blocks = nn.ModuleList(
             [TimestepEmbedSequential(nn.Conv2d(s.in_channels, mc, 3, padding=1))])
@@ -128,7 +138,7 @@ class UNetModel(nn.Module):
                 layers: list[nn.Module] = [ResBlock(ch, emb_dim, mc * mult, groups, s.dropout)]
                 ch = mc * mult
                 if level in s.attention_levels:
-                    layers.append(transformer(ch))
+                    layers.append(transformer(ch, level))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_channels.append(ch)
             if level != len(s.channel_mult) - 1:
@@ -146,7 +156,7 @@ class UNetModel(nn.Module):
                 layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mc * mult, groups, s.dropout)]
                 ch = mc * mult
                 if level in s.attention_levels:
-                    layers.append(transformer(ch))
+                    layers.append(transformer(ch, level))
                 if level and i == s.num_res_blocks:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))

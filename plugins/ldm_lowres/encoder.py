@@ -5,13 +5,28 @@ a random level (noise augmentation, so the model does not copy compression artef
 level is given to the UNet as a vector condition (sinusoidal embedding). At sampling time the
 level is ``sample_noise_level``. In a batch the value is the low-resolution image; at train time
 it is derived from ``batch["image"]`` by area downsampling by ``factor``.
+
+Two choices make the plugin express Stable Diffusion's x4 upscaler exactly:
+
+* ``noise``: ``additive`` adds Gaussian noise of std ``level`` to the image; ``ddpm`` treats the
+  level as an integer step of a linear DDPM schedule (``ddpm_beta_start``..``ddpm_beta_end`` over
+  ``num_levels`` steps) and noises as q(x_level | x) = sqrt(abar) x + sqrt(1 - abar) eps, which is
+  SD x4's ``low_res_scheduler`` (CompVis ``ImageConcatWithNoiseAugmentation``).
+* ``level_encoding``: ``sinusoidal`` embeds the level in ``level_dim`` sinusoids; ``onehot`` emits a
+  ``num_levels``-wide one-hot vector, which a UNet with ``model.unet.vector_projection=linear``
+  turns into a row of an embedding table: SD x4's noise-level class embedding.
+
+A low-resolution image already at the latent grid's size (SD x4: f=4 latents of a x4 upscale) is
+concatenated as it is; any other size is resized (bilinear, antialiased).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
                                   Injection, OutputSpec)
@@ -23,9 +38,28 @@ from ldmcore.nn.embeddings import timestep_embedding
 class LowresConfig(EncoderConfig):
     drop_prob: float = Field(0.0, ge=0.0, le=1.0)
     factor: int = Field(4, ge=1, description="downsampling factor of the low-resolution input")
-    max_noise_level: float = Field(0.2, ge=0.0, description="train-time augmentation std, at most")
-    sample_noise_level: float = Field(0.0, ge=0.0)
-    level_dim: int = Field(64, ge=2)
+    max_noise_level: float = Field(0.2, ge=0.0, description="train-time augmentation level, at most "
+                                   "(additive: a std; ddpm: an integer step, levels drawn in [0, max))")
+    sample_noise_level: float = Field(0.0, ge=0.0, description="the level at sampling time")
+    level_dim: int = Field(64, ge=2, description="sinusoidal level embedding width")
+    noise: Literal["additive", "ddpm"] = Field("additive", description="how a level noises the image")
+    level_encoding: Literal["sinusoidal", "onehot"] = Field("sinusoidal", description="the level as a "
+                                                            "vector: sinusoids, or one-hot over num_levels")
+    num_levels: int = Field(1000, ge=2, description="ddpm: schedule steps (= one-hot width)")
+    ddpm_beta_start: float = Field(1e-4, gt=0, lt=1)
+    ddpm_beta_end: float = Field(0.02, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _integer_levels_for_ddpm(self) -> LowresConfig:
+        if self.level_encoding == "onehot" and self.noise != "ddpm":
+            raise ValueError("level_encoding=onehot needs noise=ddpm (integer levels to index).")
+        if self.noise == "ddpm":
+            for key in ("max_noise_level", "sample_noise_level"):
+                v = getattr(self, key)
+                if v != int(v) or v >= self.num_levels:
+                    raise ValueError(f"{key}={v}: with noise=ddpm a level is an integer step in "
+                                     f"0..{self.num_levels - 1} (num_levels={self.num_levels}).")
+        return self
 
 
 class LowresEncoder(ConditionEncoder):
@@ -37,11 +71,19 @@ class LowresEncoder(ConditionEncoder):
     def __init__(self, config: LowresConfig, backbone: BackboneSpec) -> None:
         super().__init__(config, backbone)
         self.register_buffer("_device_probe", torch.zeros(()), persistent=False)
+        if config.noise == "ddpm":  # in float32, as diffusers' DDPMScheduler computes them
+            betas = torch.linspace(config.ddpm_beta_start, config.ddpm_beta_end, config.num_levels,
+                                   dtype=torch.float32)
+            self.register_buffer("_alphas_cumprod", torch.cumprod(1.0 - betas, 0), persistent=False)
+
+    @property
+    def _vector_width(self) -> int:
+        return self.config.num_levels if self.config.level_encoding == "onehot" else self.config.level_dim
 
     def output_specs(self) -> dict[Injection, OutputSpec]:
         c, (h, w) = self.backbone.image_channels, self.backbone.latent_size
         return {Injection.CONCAT: OutputSpec(Injection.CONCAT, (c, h, w)),
-                Injection.VECTOR: OutputSpec(Injection.VECTOR, (self.config.level_dim,))}
+                Injection.VECTOR: OutputSpec(Injection.VECTOR, (self._vector_width,))}
 
     def batch_value(self, batch):
         if "lowres" in batch:
@@ -56,17 +98,32 @@ class LowresEncoder(ConditionEncoder):
         if low.dim() != 4 or low.shape[1] != self.backbone.image_channels:
             raise ConfigError(f"lowres: expected images with {self.backbone.image_channels} "
                               f"channels, got shape {tuple(low.shape)}.")
-        b = low.shape[0]
-        if self.training and self.config.max_noise_level > 0:
-            level = self.random().rand(b).to(low.device) * self.config.max_noise_level
+        b, cfg = low.shape[0], self.config
+        if self.training and cfg.max_noise_level > 0:
+            rng = self.random()
+            level = (rng.randint(int(cfg.max_noise_level), b).float() if cfg.noise == "ddpm"
+                     else rng.rand(b) * cfg.max_noise_level).to(low.device)
         else:
-            level = torch.full((b,), self.config.sample_noise_level, device=low.device)
-        low = low + level.view(-1, 1, 1, 1) * self.random().randn(tuple(low.shape)).to(low)
-        grid = F.interpolate(low, size=self.backbone.latent_size, mode="bilinear", align_corners=False,
-                             antialias=True)
-        return {Injection.CONCAT: grid, Injection.VECTOR: self._level(level)}
+            level = torch.full((b,), cfg.sample_noise_level, device=low.device)
+        low = self.noised(low, level, self.random().randn(tuple(low.shape)).to(low))
+        if tuple(low.shape[-2:]) != tuple(self.backbone.latent_size):
+            low = F.interpolate(low, size=self.backbone.latent_size, mode="bilinear",
+                                align_corners=False, antialias=True)
+        return {Injection.CONCAT: low, Injection.VECTOR: self._level(level)}
+
+    def noised(self, low: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The low-resolution image at noise ``level`` (B,), given standard normal ``noise``."""
+        if self.config.noise == "additive":
+            return low + level.view(-1, 1, 1, 1) * noise
+        abar = self._alphas_cumprod.to(low.device)[level.long()].view(-1, 1, 1, 1)
+        return abar.sqrt() * low + (1.0 - abar).sqrt() * noise
 
     def _level(self, level: torch.Tensor) -> torch.Tensor:
+        if self.config.level_encoding == "onehot":  # level -1 (the null) is the zero vector
+            hot = torch.zeros(level.shape[0], self.config.num_levels, device=level.device)
+            known = level >= 0
+            hot[known, level[known].long()] = 1.0
+            return hot
         return timestep_embedding(level * 1000.0, self.config.level_dim)
 
     def null(self, batch_size: int) -> ConditionOutput:
