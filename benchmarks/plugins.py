@@ -99,7 +99,6 @@ def main() -> None:
         parser.error(f"unknown experiment {unknown[0]!r}; choose from {', '.join(EXPERIMENTS)}")
     args.root.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "plugins.json"
-    rows: dict[str, dict] = json.loads(out.read_text())["experiments"] if out.exists() else {}
     stage1: dict[str, tuple[Path, float]] = {}
     for name in names:
         dataset = EXPERIMENTS[name][0]
@@ -111,6 +110,8 @@ def main() -> None:
         row["met"] = bool(EXPERIMENTS[name][2](row["eval"]))
         row["command"] = (f"ldm train experiment={name} autoencoder.checkpoint={weights}; "
                           f"ldm eval run={args.root / name} n=64")
+        # re-read before writing: several invocations may run side by side
+        rows: dict[str, dict] = json.loads(out.read_text())["experiments"] if out.exists() else {}
         rows[name] = row
         shutil.copy(args.root / name / "eval_grid.png", RESULTS / f"plugins_{name}.png")
         out.write_text(json.dumps({"machine": machine(), "experiments": rows}, indent=1))
