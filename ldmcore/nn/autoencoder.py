@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldmcore.nn.attention import attention
+from ldmcore.nn.norms import GroupNorm
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,8 @@ class AutoencoderShape:
         return 2 ** (len(self.ch_mult) - 1)
 
 
-def _norm(groups: int, ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, ch, eps=1e-6)
+def _norm(groups: int, ch: int) -> GroupNorm:
+    return GroupNorm(groups, ch, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
