@@ -29,6 +29,7 @@ from ldmcore.data.transforms import is_deterministic
 from ldmcore.errors import TrainingDiverged
 from ldmcore.images import save_grid
 from ldmcore.model import LatentDiffusion
+from ldmcore.nn.execution import for_training
 from ldmcore.randomness import BatchRandom
 from ldmcore.registry import Registry, default_registry
 from ldmcore.runfolder import MetricsLog, RunFolder
@@ -137,6 +138,8 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     model = build_model(cfg, ae, registry)
     attachment = attach_pretrained(model, cfg.model.init_from) if cfg.model.init_from else None
     model = model.to(device)
+    for_training(model.unet, channels_last=cfg.execution.channels_last)
+    for_training(model.autoencoder, channels_last=cfg.execution.channels_last)
     params = (train_only_params(model, attachment, list(tc.train_only)) if tc.train_only
               else denoiser_params(model))
     opt = torch.optim.AdamW(params.values(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)

@@ -206,11 +206,17 @@ class AutoencoderKL(nn.Module):
         self.post_quant_conv = nn.Conv2d(zc, zc, 1)
         self.register_buffer("scale_factor", torch.tensor(1.0))
 
+    def _in(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs in the weights' dtype (bf16 weights for inference) unless autocast decides."""
+        if torch.is_autocast_enabled(x.device.type):
+            return x
+        return x.to(self.post_quant_conv.weight.dtype)
+
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        return DiagonalGaussian.from_moments(self.quant_conv(self.encoder(x)))
+        return DiagonalGaussian.from_moments(self.quant_conv(self.encoder(self._in(x))))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z))
+        return self.decoder(self.post_quant_conv(self._in(z)))
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, DiagonalGaussian]:
@@ -230,4 +236,4 @@ class AutoencoderKL(nn.Module):
 
     def images(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode scaled latents back to images."""
-        return self.decode(latents / self.scale_factor)
+        return self.decode(latents / self.scale_factor).float()

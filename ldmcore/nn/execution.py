@@ -76,3 +76,19 @@ class Compiled(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.module, name)
+
+
+def for_inference(module: nn.Module, *, bf16_weights: bool = False, channels_last: bool = True,
+                  compile: bool = False) -> nn.Module:
+    """``module`` (modified in place) ready for sampling; wrapped in ``Compiled`` if asked."""
+    module.eval()
+    if channels_last:
+        to_channels_last(module)
+    if bf16_weights:
+        cast_weights(module, torch.bfloat16)
+    return Compiled(module) if compile else module
+
+
+def for_training(module: nn.Module, *, channels_last: bool = True) -> nn.Module:
+    """``module`` (modified in place; parameters keep their identity) ready for training."""
+    return to_channels_last(module) if channels_last else module
