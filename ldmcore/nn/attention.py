@@ -96,10 +96,9 @@ class BasicTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None,
                 mask: torch.Tensor | None) -> torch.Tensor:
-        # in-place adds into the fresh outputs of the last linear of each branch
-        x = self.attn1(self.norm1(x)).add_(x)
-        x = self.attn2(self.norm2(x), context, mask).add_(x)
-        return self.ff(self.norm3(x)).add_(x)
+        x = x + self.attn1(self.norm1(x))
+        x = x + self.attn2(self.norm2(x), context, mask)
+        return x + self.ff(self.norm3(x))
 
 
 class SpatialTransformer(nn.Module):
@@ -128,12 +127,19 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
-        # (B, C, H, W) -> (B, HW, C): a view when x is channels_last, a copy otherwise; SD 1.x's
-        # 1x1-conv projections are the same matmul as a linear over these tokens
-        tokens = self.norm(x).flatten(2).transpose(1, 2)
-        tokens = F.linear(tokens, self.proj_in.weight.flatten(1), self.proj_in.bias)
+        residual = x
+        x = self.norm(x)
+        if not self.use_linear:
+            x = self.proj_in(x)
+        # (B, C, H, W) -> (B, HW, C) and back: views when x is channels_last, copies otherwise
+        x = x.flatten(2).transpose(1, 2)
+        if self.use_linear:
+            x = self.proj_in(x)
         for block in self.transformer_blocks:
-            tokens = block(tokens, context, mask)
-        tokens = F.linear(tokens, self.proj_out.weight.flatten(1), self.proj_out.bias)
-        out = tokens.transpose(1, 2).reshape(b, c, h, w)  # channels_last strides, no copy
-        return out + x
+            x = block(x, context, mask)
+        if self.use_linear:
+            x = self.proj_out(x)
+        x = x.transpose(1, 2).reshape(b, -1, h, w)
+        if not self.use_linear:
+            x = self.proj_out(x)
+        return x + residual
