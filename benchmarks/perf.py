@@ -31,6 +31,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,7 +49,7 @@ from ldmcore.diffusion.denoisers import DiscreteDenoiser  # noqa: E402
 from ldmcore.diffusion.guidance import Guidance, GuidedDenoiser  # noqa: E402
 from ldmcore.diffusion.samplers import sample_dpmpp_2m  # noqa: E402
 from ldmcore.diffusion.schedule import NoiseSchedule  # noqa: E402
-from ldmcore.nn.execution import cast_weights, to_channels_last  # noqa: E402
+from ldmcore.nn.execution import Compiled, cast_weights, to_channels_last  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 BF16_TOLERANCE = 0.1  # max abs difference from float32 allowed for bf16 outputs of unit scale
@@ -120,16 +121,31 @@ def ratios(seconds: dict[str, float]) -> dict[str, float]:
     out = {}
     for prec in ("fp32", "bf16"):
         theirs = [v for k, v in seconds.items() if k.startswith("diffusers") and prec in k]
-        ours = [v for k, v in seconds.items() if k.startswith("ldmcore") and prec in k]
+        ours = [v for k, v in seconds.items()
+                if k.startswith("ldmcore") and prec in k and "compiled" not in k]
         if theirs and ours:
             out[prec] = round(min(theirs) / min(ours), 2)
+        for k, v in seconds.items():  # torch.compile is an option: its ratio is reported apart
+            if theirs and k.startswith("ldmcore") and prec in k and "compiled" in k:
+                out[f"{prec}_compiled"] = round(min(theirs) / v, 2)
     return out
 
 
 @torch.inference_mode()
-def unet_forward(m: Models, batch: int, reps: int) -> dict:
+def unet_forward(m: Models, batch: int, reps: int, compiled: bool = False) -> dict:
     x, t, ctx = anchor.inputs(batch)
-    return {"batch": batch, **compare(unet_variants(m, x, t, ctx), reps)}
+    variants = unet_variants(m, x, t, ctx)
+    if compiled:  # execution.compile: inductor with freezing, compiled once for this shape
+        fast = Compiled(m.unet16)
+        t0 = time.perf_counter()
+        fast(x, t, ctx)
+        compile_s = time.perf_counter() - t0
+        variants["ldmcore bf16 compiled"] = (False, lambda: fast(x, t, ctx))
+    out = {"batch": batch, **compare(variants, reps)}
+    if compiled:
+        out["compile_seconds"] = round(compile_s, 1)
+        out["compile_failed"] = fast.failed
+    return out
 
 
 @torch.inference_mode()
@@ -327,12 +343,18 @@ def markdown(result: dict) -> str:
         if not r:
             continue
         s, d = r["seconds"], r["max_abs_diff_vs_fp32"]
-        ours16 = next(k for k in s if k.startswith("ldmcore bf16"))
+        ours16 = next(k for k in s if k.startswith("ldmcore bf16") and "compiled" not in k)
         lines.append(
             f"| {task} | {r['batch']} | {s['diffusers fp32']} | {s['ldmcore fp32']} | "
             f"{r['speedup'].get('fp32')}x | {s['diffusers bf16 autocast']} / "
             f"{s['diffusers bf16 autocast+cl']} | {s[ours16]} | {r['speedup'].get('bf16')}x | "
             f"{d['ldmcore fp32']:.1e} / {d[ours16]:.1e} |")
+    b8 = result.get("unet_b8", {})
+    if "ldmcore bf16 compiled" in b8.get("seconds", {}):
+        lines += ["", f"With `execution.compile` (inductor, freezing; {b8['compile_seconds']} s to "
+                  f"compile): UNet batch 8 bf16 {b8['seconds']['ldmcore bf16 compiled']} s, "
+                  f"{b8['speedup']['bf16_compiled']}x diffusers' best, max abs diff "
+                  f"{b8['max_abs_diff_vs_fp32']['ldmcore bf16 compiled']:.1e}."]
     if "flops" in result:
         f = result["flops"]
         lines += ["", f"UNet forward, batch 8: {f['unet_b8_gflop']} GFLOP. Matmul peak (2048^2): "
@@ -354,6 +376,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--reps", type=int, default=None, help="rounds per task (default 5; quick 2)")
     ap.add_argument("--only", default=",".join(TASKS), help=f"comma-separated subset of {TASKS}")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time torch.compile'd ldmcore bf16 at batch 8 (minutes to compile)")
     ap.add_argument("--peak", nargs=2, metavar=("TASK", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -375,7 +399,7 @@ def main() -> None:
     result["anchor"]["unet_parameters"] = anchor.parameter_count(m.unet32)
     steps = [("matmul", lambda: matmul_peak(reps)),
              ("unet_b1", lambda: unet_forward(m, 1, reps)),
-             ("unet_b8", lambda: unet_forward(m, 8, reps)),
+             ("unet_b8", lambda: unet_forward(m, 8, reps, args.compile)),
              ("sample", lambda: sample(m, small, max(2, reps - 2))),
              ("vae_decode", lambda: vae_decode(m, small, reps)),
              ("train_step", lambda: train_step(m, 8, reps))]

@@ -54,12 +54,17 @@ class Compiled(nn.Module):
     a weight's dtype keeps working. The parameters are the wrapped module's own.
     """
 
-    def __init__(self, module: nn.Module, mode: str | None = None, dynamic: bool | None = False) -> None:
+    def __init__(self, module: nn.Module, mode: str | None = None, dynamic: bool | None = False,
+                 freeze: bool = True) -> None:
         super().__init__()
         self.module = module
         self.failed: str | None = None
+        # inductor's freezing (inference only) folds the weights in as constants and prepacks
+        # them for oneDNN; it applies to calls under no_grad/inference_mode
+        compiled = torch.compile(module, mode=mode, dynamic=dynamic,
+                                 options={"freezing": freeze} if freeze else None)
         # kept off the module registry so the parameters are listed once, under ``module``
-        object.__setattr__(self, "_compiled", torch.compile(module, mode=mode, dynamic=dynamic))
+        object.__setattr__(self, "_compiled", compiled)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.failed is None:
