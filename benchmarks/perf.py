@@ -55,7 +55,8 @@ RESULTS = Path(__file__).parent / "results"
 BF16_TOLERANCE = 0.1  # max abs difference from float32 allowed for bf16 outputs of unit scale
 GUIDANCE = 5.0
 STEPS = 20
-TASKS = ("matmul", "unet_b1", "unet_b8", "sample", "vae_decode", "train_step", "flops", "memory")
+TASKS = ("matmul", "unet_b1", "unet_b8", "sample", "vae_decode", "train_step", "demo_step", "flops",
+         "memory")
 
 CL = torch.channels_last
 
@@ -248,6 +249,42 @@ def train_step(m: Models, batch: int, reps: int) -> dict:
     return {"batch": batch, **out}
 
 
+def demo_step(reps: int) -> dict:
+    """The demo's own training step (``experiment=demo``, bf16 autocast), channels_last on vs
+    off: the same means applied to what ``make demo`` spends its time on."""
+    from ldmcore.build import build_model
+    from ldmcore.config import load
+    from ldmcore.nn.execution import for_training
+    from ldmcore.train import denoiser_params
+
+    cfg = load(["experiment=demo"])
+    runs = {}
+    for cl in (False, True):
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        for_training(model.unet, channels_last=cl)
+        for_training(model.autoencoder, channels_last=cl)
+        runs[cl] = (model, torch.optim.AdamW(denoiser_params(model).values(), lr=0.0))
+    bs = cfg.trainer.batch_size
+    z = torch.randn(bs, *runs[False][0].latent_shape(), generator=torch.Generator().manual_seed(4))
+    batch = {"class": torch.randint(0, 10, (bs,), generator=torch.Generator().manual_seed(5))}
+
+    def step(cl: bool):
+        model, opt = runs[cl]
+
+        def run() -> None:
+            with autocast(True):
+                loss = model.loss(batch, z, generator=torch.Generator().manual_seed(0))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return run
+
+    s = alternate({"channels_last off": step(False), "channels_last on": step(True)}, reps)
+    return {"batch": bs, "seconds": {k: round(v, 4) for k, v in s.items()},
+            "speedup": round(s["channels_last off"] / s["channels_last on"], 2)}
+
+
 def matmul_peak(reps: int) -> dict:
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -362,6 +399,11 @@ def markdown(result: dict) -> str:
                   f"{result['matmul']['gflops']['bf16']} GFLOP/s bf16.", "",
                   "| variant | GFLOP/s | of its dtype's matmul peak |", "|---|---|---|"]
         lines += [f"| {k} | {v['gflops']} | {v['of_peak']:.0%} |" for k, v in f["by_variant"].items()]
+    if "demo_step" in result:
+        d = result["demo_step"]
+        lines += ["", f"`make demo`'s training step (batch {d['batch']}, bf16 autocast): channels_last "
+                  f"off {d['seconds']['channels_last off']} s, on {d['seconds']['channels_last on']} s "
+                  f"({d['speedup']}x)."]
     if "memory" in result:
         lines += ["", "Peak resident memory added by one call (MiB, fresh process each):", "",
                   "| task | variant | MiB |", "|---|---|---|"]
@@ -402,7 +444,8 @@ def main() -> None:
              ("unet_b8", lambda: unet_forward(m, 8, reps, args.compile)),
              ("sample", lambda: sample(m, small, max(2, reps - 2))),
              ("vae_decode", lambda: vae_decode(m, small, reps)),
-             ("train_step", lambda: train_step(m, 8, reps))]
+             ("train_step", lambda: train_step(m, 8, reps)),
+             ("demo_step", lambda: demo_step(reps))]
     for name, fn in steps:
         if name in only:
             result[name] = fn()
@@ -413,6 +456,12 @@ def main() -> None:
         result["memory"] = memory(args.threads)
     stem = "perf-quick" if args.quick else "perf"
     RESULTS.mkdir(exist_ok=True)
+    previous = RESULTS / f"{stem}.json"
+    if only != set(TASKS) and previous.exists():  # a subset run updates the earlier results
+        merged = json.loads(previous.read_text())
+        merged.update({k: v for k, v in result.items() if k in TASKS})
+        merged["command"] = f"{merged['command']}; then {result['command']}"
+        result = merged
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1))
     (RESULTS / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))

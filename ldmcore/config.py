@@ -213,6 +213,8 @@ class ExecutionConfig(Strict):
                                                  "instead of autocast re-casting every call")
     compile: bool = Field(False, description="sampling: torch.compile the UNet (minutes of "
                                              "compilation per shape on CPU), eager on failure")
+    checkpointing: bool = Field(False, description="training: recompute each UNet block's "
+                                                   "activations in backward (memory for time)")
 
 
 class ExperimentConfig(Strict):

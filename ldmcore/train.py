@@ -138,7 +138,8 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     model = build_model(cfg, ae, registry)
     attachment = attach_pretrained(model, cfg.model.init_from) if cfg.model.init_from else None
     model = model.to(device)
-    for_training(model.unet, channels_last=cfg.execution.channels_last)
+    for_training(model.unet, channels_last=cfg.execution.channels_last,
+                 checkpointing=cfg.execution.checkpointing)
     for_training(model.autoencoder, channels_last=cfg.execution.channels_last)
     params = (train_only_params(model, attachment, list(tc.train_only)) if tc.train_only
               else denoiser_params(model))

@@ -174,3 +174,21 @@ def test_execution_config_defaults_and_bad_values():
     with pytest.raises(ConfigError) as exc:
         load(["execution.compile=sometimes"])
     assert "'execution.compile'" in str(exc.value)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(pair):
+    x, t, ctx = inputs()
+
+    def grads(checkpointing: bool):
+        net = execution.for_training(copy.deepcopy(pair.unet), channels_last=False,
+                                     checkpointing=checkpointing).train()
+        net(x, t, ctx).square().mean().backward()
+        return torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    assert torch.allclose(grads(True), grads(False), atol=1e-6, rtol=1e-5)
+
+
+def test_denoiser_timestep_lookup_stays_on_the_sigma_device():
+    den = DiscreteDenoiser(lambda z, t: z, NoiseSchedule.build("scaled_linear"))
+    sigmas = den.t_to_sigma(torch.tensor([0.0, 10.5, 999.0]))
+    assert torch.allclose(den.sigma_to_t(sigmas), torch.tensor([0.0, 10.5, 999.0], dtype=torch.float64))

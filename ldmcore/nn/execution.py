@@ -11,6 +11,8 @@ them keeps the output within a stated tolerance of the float32 eager reference.
   and compute their statistics in float32 (PyTorch's CPU and CUDA norm kernels accept bf16
   activations with float32 affine parameters); the attention softmax accumulates in float32
   inside the fused kernel. Training keeps float32 master weights under autocast instead.
+* ``checkpointing`` (training) keeps only each UNet block's input and recomputes the rest in
+  backward: less activation memory for about one more forward pass of time; same gradients.
 * ``compile`` wraps the module in ``torch.compile``; the first call that fails to compile
   (no C++ compiler, an unsupported op) prints one line and the module runs eagerly from then on.
 """
@@ -94,6 +96,12 @@ def for_inference(module: nn.Module, *, bf16_weights: bool = False, channels_las
     return Compiled(module) if compile else module
 
 
-def for_training(module: nn.Module, *, channels_last: bool = True) -> nn.Module:
-    """``module`` (modified in place; parameters keep their identity) ready for training."""
+def for_training(module: nn.Module, *, channels_last: bool = True,
+                 checkpointing: bool = False) -> nn.Module:
+    """``module`` (modified in place; parameters keep their identity) ready for training.
+    ``checkpointing`` recomputes each UNet block's activations in backward (memory for time)."""
+    if checkpointing:
+        if not hasattr(module, "checkpointing"):
+            raise TypeError(f"{type(module).__name__} has no gradient checkpointing switch")
+        module.checkpointing = True
     return to_channels_last(module) if channels_last else module

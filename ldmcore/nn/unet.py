@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ldmcore.nn.attention import SpatialTransformer
 from ldmcore.nn.norms import GroupNorm
@@ -180,12 +181,25 @@ class UNetModel(nn.Module):
             emb = emb + self.label_emb(vector.to(emb.dtype))
         if s.context_dim is not None and context is None:
             raise ValueError("this UNet was built with cross-attention; pass `context`")
+        run = self._checkpointed if self.checkpointing and torch.is_grad_enabled() else _call
         skips = []
         h = x
         for block in self.input_blocks:
-            h = block(h, emb, context, context_mask)
+            h = run(block, h, emb, context, context_mask)
             skips.append(h)
-        h = self.middle_block(h, emb, context, context_mask)
+        h = run(self.middle_block, h, emb, context, context_mask)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+            h = run(block, torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
         return self.out(h)
+
+    # Gradient checkpointing (``execution.checkpointing``): keep only each block's input and
+    # recompute its activations during backward; an execution switch, not part of the shape.
+    checkpointing: bool = False
+
+    @staticmethod
+    def _checkpointed(block: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+        return checkpoint(block, *args, use_reentrant=False)
+
+
+def _call(block: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+    return block(*args)
