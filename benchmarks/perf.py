@@ -42,7 +42,7 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import anchor  # noqa: E402
-from timing import alternate, peak_rss_mib  # noqa: E402
+from timing import alternate, alternate_clocks, peak_rss_mib  # noqa: E402
 
 from ldmcore.conditioning import Conditioning  # noqa: E402
 from ldmcore.diffusion.denoisers import DiscreteDenoiser  # noqa: E402
@@ -103,12 +103,15 @@ def compare(variants: dict[str, tuple[bool, callable]], reps: int, reference: st
         with autocast(ac):
             outputs[name] = fn()
     wrapped = {name: (lambda ac=ac, fn=fn: _run(ac, fn)) for name, (ac, fn) in variants.items()}
-    seconds = alternate(wrapped, reps)
+    clocks = alternate_clocks(wrapped, reps)
+    seconds = clocks["wall"]
     ref = outputs[reference]
     result = {"seconds": {k: round(v, 4) for k, v in seconds.items()},
+              "cpu_seconds": {k: round(v, 4) for k, v in clocks["cpu"].items()},
               "max_abs_diff_vs_fp32": {k: err(v, ref) for k, v in outputs.items() if k != reference},
               "reference_std": float(ref.float().std())}
     result["speedup"] = ratios(seconds)
+    result["speedup_cpu_clock"] = ratios(clocks["cpu"])
     return result
 
 
@@ -372,20 +375,23 @@ def markdown(result: dict) -> str:
              f"command: `{result['command']}`", "",
              f"bf16 tolerance: max abs difference from the float32 reference below {BF16_TOLERANCE} "
              "(outputs of unit scale; `reference_std` is the reference's std).", "",
+             "Speedup = diffusers' best median / ldmcore's (wall clock; the CPU-clock column "
+             "uses this process's CPU time, steadier on a shared machine at one thread).", "",
              "| task | batch | diffusers fp32 s | ldmcore fp32 s | fp32 speedup | diffusers bf16 s "
-             "(autocast / +cl) | ldmcore bf16 s | bf16 speedup | ldmcore max abs diff fp32 / bf16 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "(autocast / +cl) | ldmcore bf16 s | bf16 speedup | CPU-clock speedup fp32 / bf16 "
+             "| ldmcore max abs diff fp32 / bf16 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for task in ("unet_b1", "unet_b8", "sample", "vae_decode", "train_step"):
         r = result.get(task)
         if not r:
             continue
-        s, d = r["seconds"], r["max_abs_diff_vs_fp32"]
+        s, d, cpu = r["seconds"], r["max_abs_diff_vs_fp32"], r.get("speedup_cpu_clock", {})
         ours16 = next(k for k in s if k.startswith("ldmcore bf16") and "compiled" not in k)
         lines.append(
             f"| {task} | {r['batch']} | {s['diffusers fp32']} | {s['ldmcore fp32']} | "
             f"{r['speedup'].get('fp32')}x | {s['diffusers bf16 autocast']} / "
             f"{s['diffusers bf16 autocast+cl']} | {s[ours16]} | {r['speedup'].get('bf16')}x | "
-            f"{d['ldmcore fp32']:.1e} / {d[ours16]:.1e} |")
+            f"{cpu.get('fp32')}x / {cpu.get('bf16')}x | {d['ldmcore fp32']:.1e} / {d[ours16]:.1e} |")
     b8 = result.get("unet_b8", {})
     if "ldmcore bf16 compiled" in b8.get("seconds", {}):
         lines += ["", f"With `execution.compile` (inductor, freezing; {b8['compile_seconds']} s to "

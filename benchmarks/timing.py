@@ -16,17 +16,29 @@ from pathlib import Path
 
 def alternate(variants: dict[str, Callable[[], object]], reps: int, warmup: int = 1
               ) -> dict[str, float]:
-    """Median seconds per call of each variant, timed round-robin after ``warmup`` rounds."""
+    """Median wall seconds per call of each variant, timed round-robin after ``warmup`` rounds."""
+    return alternate_clocks(variants, reps, warmup)["wall"]
+
+
+def alternate_clocks(variants: dict[str, Callable[[], object]], reps: int, warmup: int = 1
+                     ) -> dict[str, dict[str, float]]:
+    """Medians per variant on two clocks: ``wall`` (perf_counter) and ``cpu`` (this process's
+    CPU time). On a shared machine the CPU clock leaves out the time spent waiting for a core,
+    so at one thread it is the steadier measure; with several threads it also counts their
+    spin-waits, so the wall clock is then the one to read."""
     for _ in range(warmup):
         for fn in variants.values():
             fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(reps):
         for name, fn in variants.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {"wall": {n: statistics.median(ts) for n, ts in wall.items()},
+            "cpu": {n: statistics.median(ts) for n, ts in cpu.items()}}
 
 
 def _status_kib(field: str) -> int:

@@ -129,9 +129,16 @@ class SpatialTransformer(nn.Module):
         b, c, h, w = x.shape
         residual = x
         x = self.norm(x)
+        if not self.use_linear and is_channels_last(x):
+            # (B, C, H, W) -> (B, HW, C) is a view here, and the 1x1 convs are the same GEMMs as
+            # linears over those tokens (CPU convolution sends NHWC 1x1 convs to a slow path)
+            x = F.linear(x.flatten(2).transpose(1, 2), self.proj_in.weight.flatten(1), self.proj_in.bias)
+            for block in self.transformer_blocks:
+                x = block(x, context, mask)
+            x = F.linear(x, self.proj_out.weight.flatten(1), self.proj_out.bias)
+            return x.transpose(1, 2).reshape(b, c, h, w) + residual
         if not self.use_linear:
             x = self.proj_in(x)
-        # (B, C, H, W) -> (B, HW, C) and back: views when x is channels_last, copies otherwise
         x = x.flatten(2).transpose(1, 2)
         if self.use_linear:
             x = self.proj_in(x)
@@ -143,3 +150,16 @@ class SpatialTransformer(nn.Module):
         if not self.use_linear:
             x = self.proj_out(x)
         return x + residual
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """A 4-d tensor stored NHWC (and not also plain-contiguous, as 1x1 maps are)."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def pointwise(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution; on NHWC input, the same GEMM as a linear over the pixels."""
+    if is_channels_last(x):
+        y = F.linear(x.permute(0, 2, 3, 1), conv.weight.flatten(1), conv.bias)
+        return y.permute(0, 3, 1, 2)
+    return conv(x)

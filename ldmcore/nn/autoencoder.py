@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldmcore.nn.attention import attention
+from ldmcore.nn.attention import attention, pointwise
 from ldmcore.nn.norms import GroupNorm
 
 
@@ -52,7 +52,7 @@ class ResnetBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(self.norm2(h)))
-        skip = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
+        skip = pointwise(self.nin_shortcut, x) if hasattr(self, "nin_shortcut") else x
         return skip + h
 
 
@@ -70,9 +70,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         y = self.norm(x)
-        q, k, v = (m(y).flatten(2).transpose(1, 2)[:, None] for m in (self.q, self.k, self.v))
+        q, k, v = (pointwise(m, y).flatten(2).transpose(1, 2)[:, None] for m in (self.q, self.k, self.v))
         out = attention(q, k, v)[:, 0]
-        return x + self.proj_out(out.transpose(1, 2).reshape(b, c, h, w))
+        return x + pointwise(self.proj_out, out.transpose(1, 2).reshape(b, c, h, w))
 
 
 class Downsample(nn.Module):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ldmcore.nn.attention import SpatialTransformer
+from ldmcore.nn.attention import SpatialTransformer, pointwise
 from ldmcore.nn.norms import GroupNorm
 from ldmcore.nn.embeddings import timestep_embedding
 
@@ -102,7 +102,8 @@ class ResBlock(TimestepBlock):
         h = self.in_layers(x)
         h += self.emb_layers(emb).to(h.dtype)[..., None, None]
         out = self.out_layers(h)
-        out += self.skip_connection(x)
+        skip = self.skip_connection
+        out += pointwise(skip, x) if isinstance(skip, nn.Conv2d) else skip(x)
         return out
 
 
