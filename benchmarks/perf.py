@@ -52,7 +52,7 @@ from ldmcore.diffusion.schedule import NoiseSchedule  # noqa: E402
 from ldmcore.nn.execution import Compiled, cast_weights, to_channels_last  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-BF16_TOLERANCE = 0.1  # max abs difference from float32 allowed for bf16 outputs of unit scale
+BF16_TOLERANCE = 0.05  # bf16: max abs difference from float32 over the reference's max abs value
 GUIDANCE = 5.0
 STEPS = 20
 TASKS = ("matmul", "unet_b1", "unet_b8", "sample", "vae_decode", "train_step", "demo_step", "flops",
@@ -106,10 +106,13 @@ def compare(variants: dict[str, tuple[bool, callable]], reps: int, reference: st
     clocks = alternate_clocks(wrapped, reps)
     seconds = clocks["wall"]
     ref = outputs[reference]
+    scale = float(ref.float().abs().max())
     result = {"seconds": {k: round(v, 4) for k, v in seconds.items()},
               "cpu_seconds": {k: round(v, 4) for k, v in clocks["cpu"].items()},
               "max_abs_diff_vs_fp32": {k: err(v, ref) for k, v in outputs.items() if k != reference},
-              "reference_std": float(ref.float().std())}
+              "relative_diff_vs_fp32": {k: round(err(v, ref) / scale, 5)
+                                        for k, v in outputs.items() if k != reference},
+              "reference_max_abs": scale}
     result["speedup"] = ratios(seconds)
     result["speedup_cpu_clock"] = ratios(clocks["cpu"])
     return result
@@ -373,13 +376,14 @@ def markdown(result: dict) -> str:
     lines = [f"# ldmcore vs diffusers, same weights ({'quick' if result['quick'] else 'full'} run)", "",
              f"machine: {result['machine']}", "",
              f"command: `{result['command']}`", "",
-             f"bf16 tolerance: max abs difference from the float32 reference below {BF16_TOLERANCE} "
-             "(outputs of unit scale; `reference_std` is the reference's std).", "",
+             f"bf16 tolerance: max abs difference from the float32 reference at most "
+             f"{BF16_TOLERANCE:.0%} of the reference's max abs value (float32 paths: 1e-4 absolute, "
+             "the interop parity tolerance); the last column gives that relative difference.", "",
              "Speedup = diffusers' best median / ldmcore's (wall clock; the CPU-clock column "
              "uses this process's CPU time, steadier on a shared machine at one thread).", "",
              "| task | batch | diffusers fp32 s | ldmcore fp32 s | fp32 speedup | diffusers bf16 s "
              "(autocast / +cl) | ldmcore bf16 s | bf16 speedup | CPU-clock speedup fp32 / bf16 "
-             "| ldmcore max abs diff fp32 / bf16 |",
+             "| ldmcore fp32 max abs diff / bf16 relative diff |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for task in ("unet_b1", "unet_b8", "sample", "vae_decode", "train_step"):
         r = result.get(task)
@@ -391,7 +395,8 @@ def markdown(result: dict) -> str:
             f"| {task} | {r['batch']} | {s['diffusers fp32']} | {s['ldmcore fp32']} | "
             f"{r['speedup'].get('fp32')}x | {s['diffusers bf16 autocast']} / "
             f"{s['diffusers bf16 autocast+cl']} | {s[ours16]} | {r['speedup'].get('bf16')}x | "
-            f"{cpu.get('fp32')}x / {cpu.get('bf16')}x | {d['ldmcore fp32']:.1e} / {d[ours16]:.1e} |")
+            f"{cpu.get('fp32')}x / {cpu.get('bf16')}x | {d['ldmcore fp32']:.1e} / "
+            f"{r['relative_diff_vs_fp32'][ours16]:.1%} |")
     b8 = result.get("unet_b8", {})
     if "ldmcore bf16 compiled" in b8.get("seconds", {}):
         lines += ["", f"With `execution.compile` (inductor, freezing; {b8['compile_seconds']} s to "
@@ -436,7 +441,7 @@ def main() -> None:
     if only - set(TASKS):
         ap.error(f"unknown task(s) {sorted(only - set(TASKS))}; valid: {', '.join(TASKS)}")
     reps = args.reps or (2 if args.quick else 5)
-    small = 1 if args.quick else 4
+    small = 1 if args.quick else 4  # sample batch (the UNet sees twice that, CFG)
     result: dict = {"quick": args.quick, "command": " ".join(["benchmarks/perf.py", *sys.argv[1:]]),
                     "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                                f"{args.threads} torch threads, torch {torch.__version__}",
@@ -449,7 +454,7 @@ def main() -> None:
              ("unet_b1", lambda: unet_forward(m, 1, reps)),
              ("unet_b8", lambda: unet_forward(m, 8, reps, args.compile)),
              ("sample", lambda: sample(m, small, max(2, reps - 2))),
-             ("vae_decode", lambda: vae_decode(m, small, reps)),
+             ("vae_decode", lambda: vae_decode(m, 1, reps)),  # 256x256 px: seconds per image
              ("train_step", lambda: train_step(m, 8, reps)),
              ("demo_step", lambda: demo_step(reps))]
     for name, fn in steps:
