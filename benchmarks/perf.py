@@ -220,7 +220,6 @@ def vae_decode(m: Models, batch: int, reps: int) -> dict:
 
 def train_step(m: Models, batch: int, reps: int) -> dict:
     """Forward + MSE on eps + backward + AdamW step, on separate trainable copies."""
-    from ldmcore.train import adamw
 
     x, t, ctx = anchor.inputs(batch, seed=3)
     noise = torch.randn_like(x)
@@ -228,11 +227,8 @@ def train_step(m: Models, batch: int, reps: int) -> dict:
             "diffusers cl": copy.deepcopy(m.d_unet_cl).train(),
             "ldmcore": copy.deepcopy(m.unet32).train()}
     # lr 0: AdamW does all its work (moments, update, decay) but the weights stay those of step
-    # 0, so every variant's prediction is comparable with the float32 reference. Each library
-    # steps the way its training code does: ldmcore.train.adamw (PyTorch's fused kernel),
-    # diffusers' training examples a plain torch.optim.AdamW.
-    opts = {k: (adamw(v.parameters(), lr=0.0) if k == "ldmcore" else torch.optim.AdamW(v.parameters(), lr=0.0))
-            for k, v in nets.items()}
+    # 0, so every variant's prediction is comparable with the float32 reference
+    opts = {k: torch.optim.AdamW(v.parameters(), lr=0.0) for k, v in nets.items()}
     xcl = x.contiguous(memory_format=CL)
 
     def step(key: str):
@@ -266,7 +262,7 @@ def demo_step(reps: int) -> dict:
     from ldmcore.build import build_model
     from ldmcore.config import load
     from ldmcore.nn.execution import for_training
-    from ldmcore.train import adamw, denoiser_params
+    from ldmcore.train import denoiser_params
 
     cfg = load(["experiment=demo"])
     runs = {}
@@ -275,7 +271,7 @@ def demo_step(reps: int) -> dict:
         model = build_model(cfg)
         for_training(model.unet, channels_last=cl)
         for_training(model.autoencoder, channels_last=cl)
-        runs[cl] = (model, adamw(denoiser_params(model).values(), lr=0.0))
+        runs[cl] = (model, torch.optim.AdamW(denoiser_params(model).values(), lr=0.0))
     bs = cfg.trainer.batch_size
     z = torch.randn(bs, *runs[False][0].latent_shape(), generator=torch.Generator().manual_seed(4))
     batch = {"class": torch.randint(0, 10, (bs,), generator=torch.Generator().manual_seed(5))}
@@ -368,9 +364,7 @@ def peak_child(task: str, variant: str) -> None:
         x, t, ctx = anchor.inputs(8)
         net = (m.unet32 if variant.startswith("ldmcore") else
                m.d_unet_cl if variant.endswith("cl") else m.d_unet).train()
-        from ldmcore.train import adamw
-
-        opt = (adamw if variant.startswith("ldmcore") else torch.optim.AdamW)(net.parameters(), lr=1e-5)
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-5)
         ac = "bf16" in variant
         xin = x.contiguous(memory_format=CL) if variant.endswith("cl") else x
 

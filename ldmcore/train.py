@@ -10,7 +10,6 @@ step, the RNG state, the resolved config and plugin versions; ``resume=true`` co
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -51,16 +50,6 @@ class EMA:
         d = min(self.decay, (1 + step) / (10 + step))
         torch._foreach_lerp_(list(self.shadow.values()),
                              [params[k].detach().float() for k in self.shadow], 1 - d)
-
-
-def adamw(params: Iterable[torch.nn.Parameter], **options: Any) -> torch.optim.AdamW:
-    """AdamW with PyTorch's fused kernel where the parameters' device has one (CPU, CUDA): the
-    same update as the per-tensor loop, about 2.7x faster on this CPU (0.045 vs 0.12 s for 300
-    tensors of 256x256), which is several percent of a training step of the anchor UNet."""
-    params = list(params)
-    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
-                                 for p in params)
-    return torch.optim.AdamW(params, fused=fused or None, **options)
 
 
 def denoiser_params(model: LatentDiffusion) -> dict[str, torch.nn.Parameter]:
@@ -154,7 +143,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     for_training(model.autoencoder, channels_last=cfg.execution.channels_last)
     params = (train_only_params(model, attachment, list(tc.train_only)) if tc.train_only
               else denoiser_params(model))
-    opt = adamw(params.values(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(params.values(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     ema = EMA(params, tc.ema_decay)
     step = 0
     if resume and run.last.exists():
