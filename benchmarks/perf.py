@@ -340,10 +340,10 @@ def flops_table(gflop: float, peak: dict, unet_b8: dict) -> dict:
     return out
 
 
-def memory(threads: int) -> dict:
+def memory(threads: int, tasks: tuple[str, ...] = ("unet_b8", "train_step")) -> dict:
     """Peak RSS of one call per variant, each in a fresh child process."""
     out = {}
-    for task in ("unet_b8", "train_step"):
+    for task in tasks:
         for variant in ("diffusers fp32", "ldmcore fp32", "diffusers bf16 autocast",
                         "diffusers bf16 autocast+cl", "ldmcore bf16"):
             if task == "train_step" and variant == "ldmcore bf16":
@@ -472,7 +472,7 @@ def main() -> None:
     if "flops" in only:
         result["flops"] = {"unet_b8_gflop": round(unet_flops(m) / 1e9, 2)}
     if "memory" in only:
-        result["memory"] = memory(args.threads)
+        result["memory"] = memory(args.threads, ("unet_b8",) if args.quick else ("unet_b8", "train_step"))
     stem = "perf-quick" if args.quick else "perf"
     RESULTS.mkdir(exist_ok=True)
     previous = RESULTS / f"{stem}.json"

@@ -18,8 +18,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ldmcore.nn.attention import SpatialTransformer, pointwise
-from ldmcore.nn.norms import GroupNorm
 from ldmcore.nn.embeddings import timestep_embedding
+from ldmcore.nn.norms import GroupNorm
 
 
 @dataclass(frozen=True)
