@@ -35,7 +35,7 @@ def cast_weights(module: nn.Module, dtype: torch.dtype) -> nn.Module:
         if isinstance(m, NORMS):
             m.float()
             continue
-        for name, p in m.named_parameters(recurse=False):
+        for p in m.parameters(recurse=False):
             if p.is_floating_point():
                 p.data = p.data.to(dtype)
         for name, b in m.named_buffers(recurse=False):
