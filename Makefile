@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test bench bench-quick bench-samplers clean
+.PHONY: setup demo test bench bench-quick bench-perf bench-samplers clean
 
 setup: $(STAMP)
 
@@ -35,11 +35,18 @@ test: setup
 	$(PY) -m pytest tests
 	cd $(EXAMPLE) && $(abspath $(PY)) -m pytest
 
+# run.py: the demo's phases and the training step; perf.py: ldmcore vs diffusers on the same
+# weights (UNet, 20-step sample, VAE decode, training step; fp32 and bf16; FLOP/s; memory)
 bench: setup
 	$(PY) benchmarks/run.py
+	nice $(PY) benchmarks/perf.py
 
 bench-quick: setup
 	$(PY) benchmarks/run.py --quick
+	nice $(PY) benchmarks/perf.py --quick
+
+bench-perf: setup
+	nice $(PY) benchmarks/perf.py
 
 # fidelity against network evaluations for every sampler, on the demo run (make demo first)
 bench-samplers: setup

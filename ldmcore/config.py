@@ -226,6 +226,21 @@ class TrainerConfig(Strict):
         return self
 
 
+class ExecutionConfig(Strict):
+    """How the backbone runs (``ldmcore/nn/execution.py``): speed only, never saved with weights,
+    each within a stated tolerance of the float32 eager result (tests/test_execution.py)."""
+
+    channels_last: bool = Field(True, description="NHWC weights and activations for the UNet "
+                                                  "and autoencoder, in training and sampling")
+    bf16_weights: bool = Field(True, description="sampling at precision=bf16: store the UNet and "
+                                                 "autoencoder in bf16 once (norms stay float32) "
+                                                 "instead of autocast re-casting every call")
+    compile: bool = Field(False, description="sampling: torch.compile the UNet (minutes of "
+                                             "compilation per shape on CPU), eager on failure")
+    checkpointing: bool = Field(False, description="training: recompute each UNet block's "
+                                                   "activations in backward (memory for time)")
+
+
 class ExperimentConfig(Strict):
     name: str = "run"
     seed: int = 0
@@ -237,6 +252,7 @@ class ExperimentConfig(Strict):
     data: DataConfig = DataConfig()
     sampler: SamplerConfig = SamplerConfig()
     trainer: TrainerConfig = TrainerConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     conditions: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -31,6 +31,7 @@ from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan, Spacing
 from ldmcore.errors import ConfigError, nearest
 from ldmcore.images import save_grid, save_png
 from ldmcore.model import LatentDiffusion
+from ldmcore.nn.execution import for_inference
 from ldmcore.registry import Registry, default_registry
 from ldmcore.runfolder import RunFolder
 from ldmcore.train_autoencoder import autocast
@@ -215,6 +216,11 @@ def load_image(path: Path, size: int, channels: int, what: str = "init") -> torc
 
 def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
     cfg, model, _ = load_run(req.run, registry, req.ema)
+    ex = cfg.execution
+    bf16_weights = req.precision == "bf16" and ex.bf16_weights
+    model.unet = for_inference(model.unet, bf16_weights=bf16_weights,
+                               channels_last=ex.channels_last, compile=ex.compile)
+    for_inference(model.autoencoder, bf16_weights=bf16_weights, channels_last=ex.channels_last)
     setup = sampling_setup(req, model, cfg, registry)
     size, channels = cfg.data.image_size, cfg.data.channels
     init = None if req.init is None else load_image(req.init, size, channels)
@@ -233,7 +239,7 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
         batch = {k: encoders[k].collate([v[k] for v in chunk]) for k in encoders}
         noise = torch.stack([torch.randn(model.latent_shape(), generator=torch.Generator().manual_seed(req.seed + start + i))
                              for i in range(len(chunk))])
-        with autocast(req.precision, device):
+        with autocast("fp32" if bf16_weights else req.precision, device):  # bf16 weights: no casts
             images.append(model.sample(batch, len(chunk), noise=noise, init=init, mask=mask,
                                        generator=torch.Generator().manual_seed(req.seed + start),
                                        **setup))

@@ -28,6 +28,7 @@ from ldmcore.data.transforms import is_deterministic
 from ldmcore.errors import TrainingDiverged
 from ldmcore.images import save_grid
 from ldmcore.model import LatentDiffusion
+from ldmcore.nn.execution import for_training
 from ldmcore.parallel import DataParallel, make_parallel
 from ldmcore.randomness import BatchRandom
 from ldmcore.registry import Registry, default_registry
@@ -154,6 +155,10 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     model = build_model(cfg, ae, registry)
     attachment = attach_pretrained(model, cfg.model.init_from) if cfg.model.init_from else None
     model = model.to(device)
+    # FSDP2 shards only contiguous parameters, so under fsdp the UNet keeps NCHW weights
+    for_training(model.unet, channels_last=cfg.execution.channels_last and tc.strategy != "fsdp",
+                 checkpointing=cfg.execution.checkpointing)
+    for_training(model.autoencoder, channels_last=cfg.execution.channels_last)
     saved = checkpoint.load(run.last) if resume and run.last.exists() else None
     if saved is not None:  # full weights go in before FSDP cuts them into shards
         _restore_model(model, saved[0], run.last)

@@ -47,23 +47,32 @@ class DiscreteDenoiser:
     def sigma_max(self) -> float:
         return float(self.log_sigmas[-1].exp())
 
+    def _table(self, device: torch.device) -> torch.Tensor:
+        """``log_sigmas`` on ``device``, copied once: the lookup then runs where sigma lives,
+        with no device-to-host copy (a host sync on CUDA) per sampler step."""
+        if self.log_sigmas.device != device:
+            self.log_sigmas = self.log_sigmas.to(device)
+        return self.log_sigmas
+
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Fractional timesteps (float64) whose schedule sigma is ``sigma``, clamped to the table."""
-        log_sigma = sigma.detach().double().cpu().log().clamp(self.log_sigmas[0], self.log_sigmas[-1])
-        high = torch.searchsorted(self.log_sigmas, log_sigma).clamp(1, len(self.log_sigmas) - 1)
+        table = self._table(sigma.device)
+        log_sigma = sigma.detach().double().log().clamp(table[0], table[-1])
+        high = torch.searchsorted(table, log_sigma).clamp(1, len(table) - 1)
         low = high - 1
-        w = (log_sigma - self.log_sigmas[low]) / (self.log_sigmas[high] - self.log_sigmas[low])
+        w = (log_sigma - table[low]) / (table[high] - table[low])
         t = low.double() + w.clamp(0, 1)
         # float32 sigmas of table entries land within ~1e-5 of their integer timestep
         nearest = t.round()
-        return torch.where((t - nearest).abs() < 1e-4, nearest, t).to(sigma.device)
+        return torch.where((t - nearest).abs() < 1e-4, nearest, t)
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
         """Inverse of ``sigma_to_t`` (log-linear between integer timesteps)."""
-        t = t.double().cpu().clamp(0, len(self.log_sigmas) - 1)
-        low = t.floor().long().clamp(max=len(self.log_sigmas) - 2)
+        table = self._table(t.device)
+        t = t.double().clamp(0, len(table) - 1)
+        low = t.floor().long().clamp(max=len(table) - 2)
         w = t - low
-        return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[low + 1]).exp()
+        return ((1 - w) * table[low] + w * table[low + 1]).exp()
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
         shape = (-1, *([1] * (x.dim() - 1)))

@@ -138,6 +138,8 @@ class GuidedDenoiser:
         return guided
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
+        if self.guidance.interval is None:  # no interval: no per-step host sync on the mask
+            return self.guided(x, sigma)
         active = self.guidance.active(sigma)
         if bool(active.all()):
             return self.guided(x, sigma)

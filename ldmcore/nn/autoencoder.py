@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldmcore.nn.attention import attention
+from ldmcore.nn.attention import attention, pointwise
+from ldmcore.nn.norms import GroupNorm
 
 
 # Initial log-variance of q(z|x). At log-variance 0 the sampled latent is mostly unit noise over
@@ -42,8 +43,8 @@ class AutoencoderShape:
         return 2 ** (len(self.ch_mult) - 1)
 
 
-def _norm(groups: int, ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, ch, eps=1e-6)
+def _norm(groups: int, ch: int) -> GroupNorm:
+    return GroupNorm(groups, ch, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
@@ -59,7 +60,7 @@ class ResnetBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(self.norm2(h)))
-        skip = self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x
+        skip = pointwise(self.nin_shortcut, x) if hasattr(self, "nin_shortcut") else x
         return skip + h
 
 
@@ -77,9 +78,9 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         y = self.norm(x)
-        q, k, v = (m(y).flatten(2).transpose(1, 2)[:, None] for m in (self.q, self.k, self.v))
+        q, k, v = (pointwise(m, y).flatten(2).transpose(1, 2)[:, None] for m in (self.q, self.k, self.v))
         out = attention(q, k, v)[:, 0]
-        return x + self.proj_out(out.transpose(1, 2).reshape(b, c, h, w))
+        return x + pointwise(self.proj_out, out.transpose(1, 2).reshape(b, c, h, w))
 
 
 class Downsample(nn.Module):
@@ -215,11 +216,17 @@ class AutoencoderKL(nn.Module):
         self.post_quant_conv = nn.Conv2d(zc, zc, 1)
         self.register_buffer("scale_factor", torch.tensor(1.0))
 
+    def _in(self, x: torch.Tensor) -> torch.Tensor:
+        """Inputs in the weights' dtype (bf16 weights for inference) unless autocast decides."""
+        if torch.is_autocast_enabled(x.device.type):
+            return x
+        return x.to(self.post_quant_conv.weight.dtype)
+
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
-        return DiagonalGaussian.from_moments(self.quant_conv(self.encoder(x)))
+        return DiagonalGaussian.from_moments(self.quant_conv(self.encoder(self._in(x))))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(z))
+        return self.decoder(self.post_quant_conv(self._in(z)))
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, DiagonalGaussian]:
@@ -239,4 +246,4 @@ class AutoencoderKL(nn.Module):
 
     def images(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode scaled latents back to images."""
-        return self.decode(latents / self.scale_factor)
+        return self.decode(latents / self.scale_factor).float()

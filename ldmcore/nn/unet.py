@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from ldmcore.nn.attention import SpatialTransformer
+from ldmcore.nn.attention import SpatialTransformer, pointwise
 from ldmcore.nn.embeddings import timestep_embedding
+from ldmcore.nn.norms import GroupNorm
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,10 @@ class ResBlock(TimestepBlock):
     def __init__(self, channels: int, emb_dim: int, out_channels: int, groups: int,
                  dropout: float) -> None:
         super().__init__()
-        self.in_layers = nn.Sequential(nn.GroupNorm(groups, channels), nn.SiLU(),
+        self.in_layers = nn.Sequential(GroupNorm(groups, channels), nn.SiLU(),
                                        nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_channels))
-        self.out_layers = nn.Sequential(nn.GroupNorm(groups, out_channels), nn.SiLU(),
+        self.out_layers = nn.Sequential(GroupNorm(groups, out_channels), nn.SiLU(),
                                         nn.Dropout(dropout),
                                         nn.Conv2d(out_channels, out_channels, 3, padding=1))
         nn.init.zeros_(self.out_layers[-1].weight)
@@ -101,9 +103,13 @@ class ResBlock(TimestepBlock):
                                 else nn.Conv2d(channels, out_channels, 1))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        # in-place adds into fresh conv outputs: no backward formula needs a conv's output
         h = self.in_layers(x)
-        h = h + self.emb_layers(emb).to(h.dtype)[..., None, None]
-        return self.skip_connection(x) + self.out_layers(h)
+        h += self.emb_layers(emb).to(h.dtype)[..., None, None]
+        out = self.out_layers(h)
+        skip = self.skip_connection
+        out += pointwise(skip, x) if isinstance(skip, nn.Conv2d) else skip(x)
+        return out
 
 
 class UNetModel(nn.Module):
@@ -161,7 +167,7 @@ class UNetModel(nn.Module):
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(),
+        self.out = nn.Sequential(GroupNorm(groups, ch), nn.SiLU(),
                                  nn.Conv2d(ch, s.out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
@@ -173,6 +179,12 @@ class UNetModel(nn.Module):
         s = self.shape
         if x.shape[1] != s.in_channels:
             raise ValueError(f"UNet expects {s.in_channels} input channels, got {x.shape[1]}")
+        first = self.input_blocks[0][0].weight
+        if not torch.is_autocast_enabled(x.device.type):  # bf16 weights take bf16 inputs
+            x = x.to(first.dtype)
+            context = None if context is None else context.to(first.dtype)
+        if first.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
         emb = self.time_embed(timestep_embedding(t, s.model_channels).to(x.dtype))
         if s.vector_dim:
             if vector is None:
@@ -180,12 +192,25 @@ class UNetModel(nn.Module):
             emb = emb + self.label_emb(vector.to(emb.dtype))
         if s.context_dim is not None and context is None:
             raise ValueError("this UNet was built with cross-attention; pass `context`")
+        run = self._checkpointed if self.checkpointing and torch.is_grad_enabled() else _call
         skips = []
         h = x
         for block in self.input_blocks:
-            h = block(h, emb, context, context_mask)
+            h = run(block, h, emb, context, context_mask)
             skips.append(h)
-        h = self.middle_block(h, emb, context, context_mask)
+        h = run(self.middle_block, h, emb, context, context_mask)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+            h = run(block, torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
         return self.out(h)
+
+    # Gradient checkpointing (``execution.checkpointing``): keep only each block's input and
+    # recompute its activations during backward; an execution switch, not part of the shape.
+    checkpointing: bool = False
+
+    @staticmethod
+    def _checkpointed(block: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+        return checkpoint(block, *args, use_reentrant=False)
+
+
+def _call(block: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+    return block(*args)

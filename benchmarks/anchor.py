@@ -1,0 +1,97 @@
+"""The performance anchor: one SD-like UNet and VAE, the same random weights in diffusers and ldmcore.
+
+Issue 6 fixes the anchor as "a 35M-parameter SD-like UNet, 32x32x4 latents, batch 8, 16 context
+tokens of 384". In diffusers terms that is Stable Diffusion 1.x's layout (four levels, attention
+on the first three, two ResBlocks per level, 8 heads, 32 GroupNorm groups, 1x1-conv projections)
+at a fifth of SD's widths: ``block_out_channels=(64, 128, 256, 256)``, 35.6M parameters. The
+VAE is SD's KL-f8 layout at half width, ``(64, 128, 256, 256)``, decoding 32x32 latents to
+256x256 images.
+
+Both models are built by diffusers with seeded random weights and converted to ldmcore through
+the same key maps ``ldm import`` uses, so both libraries run the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ldmcore.interop import keymaps
+from ldmcore.interop.detect import autoencoder_shape_from_diffusers, unet_shape_from_diffusers
+from ldmcore.nn.autoencoder import AutoencoderKL
+from ldmcore.nn.unet import UNetModel
+
+UNET_WIDTHS = (64, 128, 256, 256)
+VAE_WIDTHS = (64, 128, 256, 256)
+LATENT = 32
+CONTEXT_TOKENS = 16
+CONTEXT_DIM = 384
+
+
+@dataclass
+class Anchor:
+    """The anchor's models in both libraries (float32, eval mode) and its inputs."""
+
+    diffusers_unet: torch.nn.Module
+    diffusers_vae: torch.nn.Module
+    unet: UNetModel
+    vae: AutoencoderKL
+
+
+def diffusers_unet(seed: int = 0, widths: tuple[int, ...] = UNET_WIDTHS):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    levels = len(widths)
+    unet = UNet2DConditionModel(
+        sample_size=LATENT, in_channels=4, out_channels=4, block_out_channels=widths,
+        layers_per_block=2, cross_attention_dim=CONTEXT_DIM, attention_head_dim=8,
+        norm_num_groups=32, down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1))
+    return unet.eval()
+
+
+def diffusers_vae(seed: int = 0, widths: tuple[int, ...] = VAE_WIDTHS):
+    from diffusers import AutoencoderKL as DiffusersVAE
+
+    torch.manual_seed(seed + 1)
+    return DiffusersVAE(block_out_channels=widths, layers_per_block=2, latent_channels=4,
+                        norm_num_groups=32, sample_size=LATENT * 8,
+                        down_block_types=("DownEncoderBlock2D",) * len(widths),
+                        up_block_types=("UpDecoderBlock2D",) * len(widths)).eval()
+
+
+def to_ldmcore_unet(unet) -> UNetModel:
+    shape = unet_shape_from_diffusers(dict(unet.config), "anchor")
+    mapping = {v: k for k, v in keymaps.unet_keymap(shape).items()}
+    ours = UNetModel(shape)
+    ours.load_state_dict(keymaps.rename(unet.state_dict(), mapping, "unet", "anchor"))
+    return ours.eval()
+
+
+def to_ldmcore_vae(vae) -> AutoencoderKL:
+    shape = autoencoder_shape_from_diffusers(dict(vae.config), "anchor")
+    ours = AutoencoderKL(shape)
+    state = keymaps.from_diffusers_autoencoder(vae.state_dict(), shape, "anchor")
+    ours.load_state_dict({**state, "scale_factor": ours.scale_factor}, strict=True)
+    return ours.eval()
+
+
+def build(seed: int = 0, unet_widths: tuple[int, ...] = UNET_WIDTHS,
+          vae_widths: tuple[int, ...] = VAE_WIDTHS) -> Anchor:
+    du, dv = diffusers_unet(seed, unet_widths), diffusers_vae(seed, vae_widths)
+    return Anchor(du, dv, to_ldmcore_unet(du), to_ldmcore_vae(dv))
+
+
+def inputs(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(latents, timesteps, context) for a UNet call."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, LATENT, LATENT, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    ctx = torch.randn(batch, CONTEXT_TOKENS, CONTEXT_DIM, generator=g)
+    return x, t, ctx
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,59 @@
+"""Side-by-side timing: alternate the variants in one process, report medians.
+
+A loaded machine slows every variant alike when they alternate call by call, so the ratio of
+medians survives load that the absolute times do not. Peak memory is measured per variant in a
+fresh child process (``peak_rss_mib``): the resident-set high-water mark of one call above the
+resident set just before it, read from /proc after resetting the mark (Linux ``clear_refs``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def alternate(variants: dict[str, Callable[[], object]], reps: int, warmup: int = 1
+              ) -> dict[str, float]:
+    """Median wall seconds per call of each variant, timed round-robin after ``warmup`` rounds."""
+    return alternate_clocks(variants, reps, warmup)["wall"]
+
+
+def alternate_clocks(variants: dict[str, Callable[[], object]], reps: int, warmup: int = 1
+                     ) -> dict[str, dict[str, float]]:
+    """Medians per variant on two clocks: ``wall`` (perf_counter) and ``cpu`` (this process's
+    CPU time). On a shared machine the CPU clock leaves out the time spent waiting for a core,
+    so at one thread it is the steadier measure; with several threads it also counts their
+    spin-waits, so the wall clock is then the one to read."""
+    for _ in range(warmup):
+        for fn in variants.values():
+            fn()
+    wall: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(reps):
+        for name, fn in variants.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {"wall": {n: statistics.median(ts) for n, ts in wall.items()},
+            "cpu": {n: statistics.median(ts) for n, ts in cpu.items()}}
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_rss_mib(fn: Callable[[], object]) -> float | None:
+    """Resident memory one call of ``fn`` adds at its peak, in MiB (None where /proc lacks it)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        before = _status_kib("VmRSS")
+        fn()
+        return round((_status_kib("VmHWM") - before) / 1024, 1)
+    except (OSError, RuntimeError):
+        return None
