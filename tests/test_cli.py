@@ -22,10 +22,12 @@ from ldmcore.registry import ALLOW_ENV, DISABLE_ENV, build_registry
 
 
 def ldm(*args: str, cwd) -> subprocess.CompletedProcess:
+    """Run the CLI in a child process; the timeout only guards against hangs (loaded CI machines
+    can take minutes just to import torch)."""
     env = {k: v for k, v in os.environ.items() if k not in (ALLOW_ENV, DISABLE_ENV)}
     env.update(HF_HUB_OFFLINE="1", NO_ALBUMENTATIONS_UPDATE="1")
     return subprocess.run([sys.executable, "-m", "ldmcore.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
 
 
 def error_paragraph(stderr: str) -> str:
