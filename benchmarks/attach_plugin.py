@@ -1,15 +1,15 @@
 """Attach a new plugin to a trained backbone and fine-tune only the plugin (issue 5).
 
-Starting from a trained shapes run (default: ``runs/bench/shapes_text``), the ``segmap`` plugin
-(a concat condition) is attached with ``model.init_from=BASE`` and trained with
-``trainer.train_only=[plugins]``: its rescaler and the zero-initialised input-convolution
-channels it adds are the only trained weights. The segmap metric (mIoU of the requested map
-with the generated image's segmentation, ``ldm eval``) is measured at step 0, where the
-attachment changes no output, and after fine-tuning; then every backbone tensor of the
-fine-tuned checkpoint (UNet, its EMA, the autoencoder; for the widened input convolution, the
-pretrained channels) is compared byte for byte with the base run's.
+Starting from a trained shapes run (default: ``runs/bench/shapes_layout``, boxes and kinds but
+no colours), a new plugin (default ``lowres``: the 8x8 image as concat channels plus its noise
+level as a vector, so both zero-initialised attachment paths are exercised) is attached with
+``model.init_from=BASE`` and trained with ``trainer.train_only=[plugins]``: the plugin and the
+backbone slices it adds are the only trained weights. The plugin's ``ldm eval`` metric is
+measured at step 0, where the attachment changes no output, and after fine-tuning; then every
+backbone tensor of the fine-tuned checkpoint (UNet, its EMA, the autoencoder; for the widened
+input convolution, the pretrained channels) is compared byte for byte with the base run's.
 
-    python benchmarks/attach_plugin.py [--base runs/bench/shapes_text] [--steps 1000]
+    python benchmarks/attach_plugin.py [--base runs/bench/shapes_layout] [--plugin lowres] [--steps 400]
 
 Results: ``benchmarks/results/attach_plugin.json`` and ``.md``.
 """
@@ -29,9 +29,13 @@ import torch  # noqa: E402
 IN_CONV = "unet.input_blocks.0.0.weight"
 
 
-def segmap_miou(run: Path) -> float:
+METRIC = {"lowres": "lowres_psnr", "segmap": "segmap_miou", "layout": "layout_mean_iou",
+          "inpaint": "inpaint_hole_psnr"}
+
+
+def plugin_metric(run: Path, plugin: str) -> dict:
     timed_command(["eval", f"run={run}", "n=64"])
-    return json.loads((run / "eval.json").read_text())["segmap_miou"]
+    return json.loads((run / "eval.json").read_text())
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:
@@ -39,56 +43,74 @@ def _bytes(t: torch.Tensor) -> torch.Tensor:
 
 
 def backbone_identical(base: Path, tuned: Path) -> dict:
-    """Compare every backbone tensor of ``base`` with ``tuned`` byte for byte."""
+    """Compare every backbone tensor of ``tuned`` with the pretrained one byte for byte.
+
+    ``model.init_from`` starts from the base run's EMA weights (what it samples with), so the
+    reference for ``unet.X`` is the base's ``ema.unet.X`` where the base keeps one. The tuned
+    run's raw tensors and, where it keeps them, its EMA copies are both compared.
+    """
     from ldmcore import checkpoint
 
     old, _ = checkpoint.load(base / "checkpoints" / "last.safetensors")
     new, _ = checkpoint.load(tuned / "checkpoints" / "last.safetensors")
     compared, differing = 0, []
     for key, value in old.items():
-        if not key.startswith(("unet.", "ema.unet.", "autoencoder.")):
+        if not key.startswith(("unet.", "autoencoder.")):
             continue
-        other = new[key]
-        if key.endswith(IN_CONV):  # widened: the pretrained input channels come first
-            other = other[:, :value.shape[1]]
-        compared += 1
-        if other.shape != value.shape or not torch.equal(_bytes(other), _bytes(value)):
-            differing.append(key)
+        reference = old.get(f"ema.{key}", value)
+        for stored in (key, f"ema.{key}"):
+            if stored not in new:  # train_only keeps EMA copies of trained tensors only
+                continue
+            other = new[stored]
+            if key == IN_CONV:  # widened: the pretrained input channels come first
+                other = other[:, :reference.shape[1]]
+            compared += 1
+            if other.shape != reference.shape or not torch.equal(_bytes(other), _bytes(reference)):
+                differing.append(stored)
     return {"tensors_compared": compared, "tensors_differing": differing}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, default=Path("runs/bench/shapes_text"))
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--base", type=Path, default=Path("runs/bench/shapes_layout"))
+    parser.add_argument("--plugin", default="lowres", choices=sorted(METRIC))
+    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--root", type=Path, default=Path("runs/bench"))
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides")
+    parser.add_argument("--reuse", action="store_true", help="score runs already trained under --root")
     args = parser.parse_args()
     from ldmcore.sample import load_run
 
     cfg, _, _ = load_run(args.base)
-    plugins = [*cfg.conditions, "segmap"]
+    plugins = [*cfg.conditions, args.plugin]
+    key = METRIC[args.plugin]
     common = [f"experiment={cfg.name}", f"condition=[{','.join(plugins)}]",
               f"model.init_from={args.base}", "trainer.train_only=[plugins]",
               "trainer.weight_decay=0", "trainer.progress=false", "overwrite=true", *args.set]
-    at_zero = args.root / "attach_step0"
-    timed_command(["train", f"run_dir={at_zero}", "trainer.max_steps=0", *common])
-    before = segmap_miou(at_zero)
-    tuned = args.root / "attach_segmap"
-    timing = timed_command(["train", f"run_dir={tuned}", f"trainer.max_steps={args.steps}", *common])
-    after = segmap_miou(tuned)
+    at_zero, tuned = args.root / "attach_step0", args.root / f"attach_{args.plugin}"
+    if args.reuse:
+        before, after = (json.loads((r / "eval.json").read_text()) for r in (at_zero, tuned))
+        timing = json.loads((tuned / "train_time.json").read_text())
+    else:
+        timed_command(["train", f"run_dir={at_zero}", "trainer.max_steps=0", *common])
+        before = plugin_metric(at_zero, args.plugin)
+        timing = timed_command(["train", f"run_dir={tuned}", f"trainer.max_steps={args.steps}", *common])
+        (tuned / "train_time.json").write_text(json.dumps(timing))
+        after = plugin_metric(tuned, args.plugin)
     check = backbone_identical(args.base, tuned)
-    store = {"machine": machine(), "base": str(args.base), "plugin": "segmap", "steps": args.steps,
-             "segmap_miou_step0": before, "segmap_miou_after": after, "train": timing, **check,
+    store = {"machine": machine(), "base": str(args.base), "plugin": args.plugin, "steps": args.steps,
+             "metric": key, "eval_step0": before, "eval_after": after, "train": timing, **check,
              "command": " ".join(["ldm train", f"run_dir={tuned}", f"trainer.max_steps={args.steps}", *common])}
     out = RESULTS / "attach_plugin.json"
     out.write_text(json.dumps(store, indent=1))
-    md = (f"Base `{args.base}` ({', '.join(cfg.conditions)}); `segmap` attached and trained alone "
-          f"for {args.steps} steps ({timing['wall_s']:.0f} s).\n\n"
-          f"| | segmap mIoU |\n|---|---|\n| step 0 (attached, no output change) | {before:.3f} |\n"
-          f"| after fine-tuning the plugin only | {after:.3f} |\n\n"
+    rows = "".join(f"| {k} | {before[k]:.3f} | {after[k]:.3f} |\n" for k in after
+                   if isinstance(after[k], float) and k in before)
+    md = (f"Base `{args.base}` ({', '.join(cfg.conditions)}); `{args.plugin}` attached and trained "
+          f"alone for {args.steps} steps ({timing['wall_s']:.0f} s); its metric is `{key}`.\n\n"
+          f"| eval.json | step 0 (attached, no output change) | after fine-tuning the plugin only |\n"
+          f"|---|---|---|\n{rows}\n"
           f"Backbone tensors compared byte for byte: {check['tensors_compared']}, differing: "
-          f"{len(check['tensors_differing'])}.\n")
+          f"{len(check['tensors_differing'])} ({', '.join(check['tensors_differing'][:4]) or 'none'}).\n")
     out.with_suffix(".md").write_text(md)
     print(md)
 
