@@ -81,7 +81,8 @@ def table(rows: dict[str, dict]) -> str:
     lines.append("")
     for name, row in rows.items():
         shown = ", ".join(f"{k} {v:.3f}" for k, v in row["eval"].items() if isinstance(v, float))
-        lines.append(f"- {name}: {shown}")
+        note = row["train"].get("note")
+        lines.append(f"- {name}: {shown}" + (f" ({note})" if note else ""))
     return "\n".join(lines) + "\n"
 
 
