@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test bench bench-quick bench-perf bench-samplers clean
+.PHONY: setup demo test bench bench-quick bench-perf bench-samplers bench-plugins clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,13 @@ bench-perf: setup
 	nice $(PY) benchmarks/perf.py
 
 # fidelity against network evaluations for every sampler, on the demo run (make demo first)
+# every plugin experiment trained and scored, then the studies that use those runs (hours on 2 cores)
+bench-plugins: setup
+	$(PY) benchmarks/plugins.py
+	$(PY) benchmarks/samplers_tasks.py --run runs/bench/shapes_layout
+	$(PY) benchmarks/plugin_guidance.py --run runs/bench/shapes_multi --base 1.0 --high 3.0
+	$(PY) benchmarks/attach_plugin.py
+
 bench-samplers: setup
 	$(PY) benchmarks/sampler_orders.py
 	$(PY) benchmarks/samplers.py --run runs/demo
