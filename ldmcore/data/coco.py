@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from ldmcore.data.captions import MissingCaptions, complete_captions
 from ldmcore.data.coco_json import CocoImage, CocoInstances, load_captions, load_instances
 from ldmcore.data.masks import MaskFormatError, decode_segmentation
-from ldmcore.data.transforms import build_pipeline, to_tensor
+from ldmcore.data.transforms import build_pipeline, read_pixels, to_tensor
 from ldmcore.errors import DataError
 
 SHOWN = 5
@@ -97,15 +97,8 @@ class CocoDataset(Dataset):
         return item
 
     def _read(self, image: CocoImage) -> np.ndarray:
-        from PIL import Image
-
         path = self.root / image.file_name
-        try:
-            with Image.open(path) as img:
-                img = img.convert("L" if self.channels == 1 else "RGB")
-                array = np.asarray(img, dtype=np.float32) / 255.0
-        except OSError as exc:
-            raise DataError(f"cannot read image {str(path)!r}: {exc}") from None
+        array = read_pixels(path, self.channels)
         if array.shape[:2] != (image.height, image.width):
             raise DataError(f"image {str(path)!r} is {array.shape[1]}x{array.shape[0]} (WxH) but "
                             f"data.annotations says {image.width}x{image.height}; the masks and "

@@ -19,7 +19,7 @@ from ldmcore.data.captions import MissingCaptions, complete_captions, sidecar_ca
 from ldmcore.data.coco import CocoDataset
 from ldmcore.data.photos import PhotosDataset
 from ldmcore.data.shapes import ShapesDataset
-from ldmcore.data.transforms import build_pipeline, to_tensor
+from ldmcore.data.transforms import build_pipeline, read_pixels, to_tensor
 from ldmcore.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -84,16 +84,8 @@ class ImageFolderDataset(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from PIL import Image
-
         path = self.files[i]
-        try:
-            with Image.open(path) as img:
-                img = img.convert("L" if self.channels == 1 else "RGB")
-                array = np.asarray(img, dtype=np.float32) / 255.0
-        except OSError as exc:
-            raise DataError(f"cannot read image {str(path)!r}: {exc}") from None
-        image = self.pipeline(image=array)["image"]
+        image = self.pipeline(image=read_pixels(path, self.channels))["image"]
         item: dict[str, Any] = {"image": to_tensor(np.clip(image, 0, 1))}
         if path.parent != self.root:
             item["class"] = self.class_index[path.parent.name]

@@ -54,3 +54,18 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     if image.ndim == 2:
         image = image[..., None]
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().clamp(0, 1) * 2 - 1
+
+
+def read_pixels(path, channels: int) -> np.ndarray:
+    """An image file as an (H, W) or (H, W, 3) float32 array in [0, 1], the input of
+    ``build_pipeline``; an unreadable file is a ``DataError`` naming it."""
+    from PIL import Image
+
+    from ldmcore.errors import DataError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            return np.asarray(img, dtype=np.float32) / 255.0
+    except OSError as exc:
+        raise DataError(f"cannot read image {str(path)!r}: {exc}") from None
