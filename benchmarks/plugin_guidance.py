@@ -28,7 +28,6 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run import RESULTS, machine  # noqa: E402
-from samplers_tasks import task_scores  # noqa: E402
 
 METRIC = {"text": "text_caption_match", "layout": "layout_mean_iou", "segmap": "segmap_miou"}
 
@@ -47,7 +46,7 @@ def main() -> None:
 
     from ldmcore.diffusion.guidance import Guidance
     from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan
-    from ldmcore.eval.tasks import held_out_batch
+    from ldmcore.eval.tasks import held_out_batch, shape_scores
     from ldmcore.sample import load_run
     from ldmcore.train_autoencoder import autocast
 
@@ -67,7 +66,7 @@ def main() -> None:
                                   guidance=Guidance(args.base, per_plugin=scales), noise=noise,
                                   generator=torch.Generator().manual_seed(0)).float()
         rows[label] = {"scales": scales, "seconds": round(time.perf_counter() - t0, 1),
-                       **task_scores(model, batch, images)}
+                       **shape_scores(model.conditioner.encoders, batch, images)}
         print(label, rows[label], flush=True)
     checks = {}
     for p in plugins:

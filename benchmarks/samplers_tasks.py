@@ -23,31 +23,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run import RESULTS, machine  # noqa: E402
 from samplers import BUDGETS, sampler_setups  # noqa: E402
-
-
-def task_scores(model, batch: dict, images: torch.Tensor) -> dict[str, float]:
-    """The ``ldm eval`` metric of each enabled shapes plugin on these samples."""
-    from ldmcore.eval.shapes import caption_match, layout_iou, mean_iou, segmentation
-    from ldmcore.images import to_uint8
-
-    pixels = to_uint8(images)
-    names = model.conditioner.encoders
-    out: dict[str, float] = {}
-    if "text" in names:
-        out["text_caption_match"] = float(np.mean([caption_match(p, c) for p, c in zip(pixels, batch["caption"])]))
-    if "layout" in names:
-        out["layout_mean_iou"] = float(np.mean([layout_iou(p, b.numpy(), lab.numpy()) for p, b, lab
-                                                in zip(pixels, batch["bboxes"], batch["labels"])]))
-    if "segmap" in names:
-        out["segmap_miou"] = float(np.mean([mean_iou(segmentation(p), m.numpy())
-                                            for p, m in zip(pixels, batch["mask"])]))
-    return out
 
 
 def main() -> None:
@@ -63,7 +43,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from ldmcore.diffusion.guidance import Guidance
-    from ldmcore.eval.tasks import held_out_batch
+    from ldmcore.eval.tasks import held_out_batch, shape_scores
     from ldmcore.sample import load_run
     from ldmcore.train_autoencoder import autocast
 
@@ -86,7 +66,7 @@ def main() -> None:
                                       generator=torch.Generator().manual_seed(0)).float()
             wall = time.perf_counter() - t0
             row = {"sampler": name, "budget": budget, "steps": steps, "evals": spec.evals(steps),
-                   "ms_per_sample": round(1e3 * wall / args.n, 1), **task_scores(model, batch, images)}
+                   "ms_per_sample": round(1e3 * wall / args.n, 1), **shape_scores(model.conditioner.encoders, batch, images)}
             store["rows"][f"{name}@{budget}"] = row
             out.write_text(json.dumps(store, indent=1))
             print(row, flush=True)

@@ -48,6 +48,22 @@ def blur_fill(image: torch.Tensor, hole: torch.Tensor, iterations: int = 50) -> 
     return x
 
 
+def shape_scores(plugins: Any, batch: dict[str, Any], images: torch.Tensor) -> dict[str, float]:
+    """The shapes metric of each of ``plugins`` (text, layout, segmap) that is enabled, on
+    ``images`` generated from the held-out ``batch``."""
+    pixels = to_uint8(images)
+    scores: dict[str, float] = {}
+    if "text" in plugins:
+        scores["text_caption_match"] = float(np.mean([caption_match(p, c) for p, c in zip(pixels, batch["caption"])]))
+    if "layout" in plugins:
+        scores["layout_mean_iou"] = float(np.mean([layout_iou(p, b.numpy(), lab.numpy()) for p, b, lab in
+                                                   zip(pixels, batch["bboxes"], batch["labels"])]))
+    if "segmap" in plugins:
+        scores["segmap_miou"] = float(np.mean([mean_iou(segmentation(p), m.numpy()) for p, m in
+                                               zip(pixels, batch["mask"])]))
+    return scores
+
+
 def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int = 0,
                  out: Path | None = None) -> dict[str, Any]:
     cfg, model, _ = load_run(run_dir)
@@ -61,17 +77,9 @@ def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int
                               generator=torch.Generator().manual_seed(seed)).float()
     if out is not None:
         save_grid(images, out / "eval_grid.png", nrow=8)
-    pixels = to_uint8(images)
     report: dict[str, Any] = {"samples": n, "data": cfg.data.name}
     names = model.conditioner.encoders
-    if "text" in names:
-        report["text_caption_match"] = float(np.mean([caption_match(p, c) for p, c in zip(pixels, batch["caption"])]))
-    if "layout" in names:
-        report["layout_mean_iou"] = float(np.mean([layout_iou(p, b.numpy(), lab.numpy()) for p, b, lab in
-                                                   zip(pixels, batch["bboxes"], batch["labels"])]))
-    if "segmap" in names:
-        report["segmap_miou"] = float(np.mean([mean_iou(segmentation(p), m.numpy()) for p, m in
-                                               zip(pixels, batch["mask"])]))
+    report.update(shape_scores(names, batch, images))
     target = batch["image"]
     if "lowres" in names:
         low = values["lowres"]
