@@ -19,19 +19,25 @@ from ldmcore.diffusion.schedule import NoiseSchedule
 from ldmcore.errors import ConfigError
 from ldmcore.model import LatentDiffusion, derive_unet_shape
 from ldmcore.nn.autoencoder import AutoencoderKL, AutoencoderShape
+from ldmcore.nn.pixel_space import PixelSpace
 from ldmcore.nn.unet import UNetModel, UNetShape
 from ldmcore.registry import Registry
 
 
 def autoencoder_shape(ae: AutoencoderConfig, image_channels: int) -> AutoencoderShape:
+    if ae.kind == "pixels":  # the latent is the image: its channels, one level
+        return AutoencoderShape(in_channels=image_channels, out_channels=image_channels,
+                                latent_channels=image_channels, ch_mult=(1,))
     return AutoencoderShape(in_channels=image_channels, out_channels=image_channels,
                             latent_channels=ae.latent_channels, ch=ae.ch, ch_mult=ae.ch_mult,
                             num_res_blocks=ae.num_res_blocks, attn_levels=ae.attn_levels,
                             norm_groups=ae.norm_groups)
 
 
-def build_autoencoder(cfg: ExperimentConfig) -> AutoencoderKL:
+def build_autoencoder(cfg: ExperimentConfig) -> AutoencoderKL | PixelSpace:
     ae = cfg.autoencoder
+    if ae.kind == "pixels":
+        return PixelSpace(autoencoder_shape(ae, cfg.data.channels))
     _check_groups("autoencoder", ae.norm_groups, [ae.ch * m for m in ae.ch_mult])
     return AutoencoderKL(autoencoder_shape(ae, cfg.data.channels))
 
@@ -46,7 +52,8 @@ def backbone_spec(cfg: ExperimentConfig, root: Path | None = None) -> BackboneSp
                           f"downsampling factor f={f} (autoencoder.ch_mult has "
                           f"{len(cfg.autoencoder.ch_mult)} levels); use a multiple of {f}.")
     latent = (size // f, size // f)
-    return BackboneSpec(latent_channels=cfg.autoencoder.latent_channels, latent_size=latent,
+    channels = autoencoder_shape(cfg.autoencoder, cfg.data.channels).latent_channels
+    return BackboneSpec(latent_channels=channels, latent_size=latent,
                         context_dim=cfg.model.unet.context_dim, image_channels=cfg.data.channels,
                         image_size=(size, size), root=root)
 
@@ -96,8 +103,8 @@ def frozen_encoder(autoencoder: AutoencoderKL):
 
     @torch.no_grad()
     def encode(images: torch.Tensor) -> torch.Tensor:
-        param = next(autoencoder.parameters())
-        return autoencoder.encode(images.to(param)).mean * autoencoder.scale_factor
+        where = autoencoder.scale_factor  # device (and dtype: bf16 weights cast buffers too)
+        return autoencoder.encode(images.to(where)).mean * autoencoder.scale_factor
 
     return encode
 

@@ -90,7 +90,10 @@ class AutoencoderTrainConfig(Strict):
 
 
 class AutoencoderConfig(Strict):
-    latent_channels: int = Field(4, ge=1)
+    kind: Literal["kl", "pixels"] = Field(
+        "kl", description="kl: a KL autoencoder trained in stage 1 (or loaded); pixels: no first "
+                          "stage, diffusion on the images themselves (f = 1, the image's channels)")
+    latent_channels: int = Field(4, ge=1, description="kl only; pixels use the image's channels")
     ch: int = Field(64, ge=8)
     ch_mult: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = Field(1, ge=1)
@@ -101,7 +104,7 @@ class AutoencoderConfig(Strict):
 
     @property
     def downsample_factor(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
+        return 1 if self.kind == "pixels" else 2 ** (len(self.ch_mult) - 1)
 
 
 class DataConfig(Strict):

@@ -42,7 +42,7 @@ class Cluster:
         """The average of a scalar over all ranks (for logging and the finite-loss check)."""
         if not self.distributed:
             return value
-        value = value.detach().clone().float()
+        value = value.detach().float().to(self.device, copy=True)  # NCCL reduces device tensors
         dist.all_reduce(value)
         return value / self.world
 

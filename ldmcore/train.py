@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from ldmcore import checkpoint
@@ -52,12 +53,16 @@ class EMA:
     @torch.no_grad()
     def update(self, params: dict[str, torch.nn.Parameter], step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        groups: dict[type, list[str]] = {}  # sharded (DTensor) and plain tensors cannot mix in one call
-        for k, v in self.shadow.items():
-            groups.setdefault(type(v), []).append(k)
-        for keys in groups.values():
-            torch._foreach_lerp_([self.shadow[k] for k in keys],
-                                 [params[k].detach().float() for k in keys], 1 - d)
+        keys = list(self.shadow)
+        # on local tensors: a sharded shadow and its parameter hold the same shard on this rank,
+        # and DTensor's foreach rules differ between torch versions
+        torch._foreach_lerp_([local(self.shadow[k]) for k in keys],
+                             [local(params[k].detach()).float() for k in keys], 1 - d)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a sharded tensor (a view that writes through), or the tensor itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
 def denoiser_params(model: LatentDiffusion) -> dict[str, torch.nn.Parameter]:
@@ -140,8 +145,8 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     held = InMemoryBatches(dataset) if in_memory else None
 
     # -- stage 1: on rank 0; the others wait and read its file ----------------------------------
-    if cfg.model.init_from is not None:
-        ae = build_autoencoder(cfg)  # its weights come with the pretrained run
+    if cfg.model.init_from is not None or cfg.autoencoder.kind == "pixels":
+        ae = build_autoencoder(cfg)  # weights come with the pretrained run; pixels have none
     elif cfg.autoencoder.checkpoint is not None:
         ae = load_autoencoder(cfg, cfg.autoencoder.checkpoint)
     else:

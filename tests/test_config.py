@@ -109,7 +109,7 @@ def test_every_group_option_composes_validates_and_keeps_its_values(group, optio
 
 @pytest.mark.parametrize("name", options("autoencoder"))
 def test_autoencoder_option_name_states_its_downsampling_factor(name):
-    f = int(name.rsplit("_f", 1)[1])
+    f = 1 if name == "pixels" else int(name.rsplit("_f", 1)[1])  # pixels: no first stage
     assert load([f"autoencoder={name}"]).autoencoder.downsample_factor == f
 
 

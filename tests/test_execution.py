@@ -26,7 +26,7 @@ from ldmcore.diffusion.schedule import NoiseSchedule  # noqa: E402
 from ldmcore.diffusion.sigmas import SigmaPlan  # noqa: E402
 from ldmcore.errors import ConfigError  # noqa: E402
 from ldmcore.nn import execution  # noqa: E402
-from ldmcore.nn.norms import SMALL_MAP, GroupNorm  # noqa: E402
+from ldmcore.nn.norms import SMALL_MAP, GroupNorm, LayerNorm, affine_for  # noqa: E402
 
 PARITY = 1e-4  # float32 fast paths: the interop parity tolerance
 BF16_TOL = 0.05  # bf16 paths: max abs difference over max abs value of the float32 reference
@@ -129,6 +129,18 @@ def test_groupnorm_detour_is_bit_identical(shape):
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(out, native.contiguous(memory_format=torch.channels_last))
     assert (out.float() - exact).abs().max() < 0.05  # one bf16 rounding of values up to ~4
+
+
+@pytest.mark.parametrize("norm", [GroupNorm(4, 8), LayerNorm(8)])
+def test_norms_cast_float32_affine_to_bf16_activations_off_the_cpu(norm):
+    """CUDA's norm kernels take one dtype for input and affine, while bf16 weights keep float32
+    norms. The meta device stands in for CUDA here (CI has no GPU)."""
+    x = torch.randn(2, 8, 4, 8).bfloat16()
+    assert norm(x).dtype == torch.bfloat16  # CPU kernels take the mixed pair as is
+    assert all(t.dtype == torch.float32 for t in affine_for(norm, x))
+    meta = copy.deepcopy(norm).to("meta")
+    assert all(t.dtype == torch.bfloat16 for t in affine_for(meta, x.to("meta")))
+    assert meta(x.to("meta")).dtype == torch.bfloat16 and meta.weight.dtype == torch.float32
 
 
 def test_failing_compile_falls_back_to_eager(monkeypatch, capsys):

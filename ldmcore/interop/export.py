@@ -273,6 +273,10 @@ def export_run(run_dir: Path | str, out: Path | str, layout: str, *, ema: bool =
     from ldmcore.sample import load_run
 
     cfg, model, _ = load_run(Path(run_dir), use_ema=ema)
+    if cfg.autoencoder.kind == "pixels":
+        raise ConfigError(f"{str(run_dir)!r} is a pixel-space model (autoencoder.kind=pixels): it "
+                          f"has no VAE, and both export layouts are latent diffusion pipelines "
+                          f"with one. Export runs with autoencoder.kind=kl.")
     if layout == "sd":
         return export_single_file(model, cfg, out, overwrite=overwrite)
     if layout == "diffusers":

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldmcore.nn.norms import GroupNorm
+from ldmcore.nn.norms import GroupNorm, LayerNorm
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -102,9 +102,9 @@ class BasicTransformerBlock(nn.Module):
         self.attn1 = CrossAttention(dim, context_dim if self.cross_only else None, heads, head_dim)
         self.attn2 = CrossAttention(dim, context_dim, heads, head_dim)
         self.ff = FeedForward(dim)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.norm3 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
+        self.norm3 = LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None,
                 mask: torch.Tensor | None) -> torch.Tensor:

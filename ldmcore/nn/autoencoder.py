@@ -194,8 +194,10 @@ class DiagonalGaussian:
         return cls(mean, logvar.clamp(-30.0, 20.0))
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        # drawn where the generator lives (a CPU generator drives a CUDA run), then moved
+        where = self.mean.device if generator is None else generator.device
         noise = torch.randn(self.mean.shape, generator=generator, dtype=self.mean.dtype,
-                            device=self.mean.device)
+                            device=where).to(self.mean.device)
         return self.mean + torch.exp(0.5 * self.logvar) * noise
 
     def kl(self) -> torch.Tensor:
