@@ -6,8 +6,9 @@ Every task times the libraries alternating in this one process, ``reps`` rounds,
 median seconds and the ratio diffusers / ldmcore (above 1: ldmcore is faster). Variants:
 
 * fp32: both libraries in float32 (ldmcore with channels_last).
-* bf16: diffusers under bf16 autocast, and under autocast with channels_last (its best; the
-  ratio is taken against the faster of the two); ldmcore with bf16 weights and channels_last
+* bf16: diffusers under bf16 autocast, under autocast with channels_last, and (inference) with
+  its weights cast to bf16 and channels_last (``torch_dtype=torch.bfloat16``); the ratio is
+  taken against the fastest of them. ldmcore with bf16 weights and channels_last
   for inference, bf16 autocast and channels_last for training (float32 master weights).
 
 Each variant's output is compared with the float32 diffusers output (max abs difference).
@@ -77,6 +78,9 @@ class Models:
         self.d_unet, self.d_vae = a.diffusers_unet, a.diffusers_vae
         self.d_unet_cl = copy.deepcopy(a.diffusers_unet).to(memory_format=CL)
         self.d_vae_cl = copy.deepcopy(a.diffusers_vae).to(memory_format=CL)
+        # diffusers' other bf16 path: weights cast once (``torch_dtype=torch.bfloat16``), + NHWC
+        self.d_unet16cl = copy.deepcopy(a.diffusers_unet).to(torch.bfloat16, memory_format=CL)
+        self.d_vae16cl = copy.deepcopy(a.diffusers_vae).to(torch.bfloat16, memory_format=CL)
         self.unet32 = to_channels_last(a.unet)
         self.unet16 = cast_weights(to_channels_last(copy.deepcopy(a.unet)), torch.bfloat16)
         self.vae32 = to_channels_last(a.vae)
@@ -91,6 +95,8 @@ def unet_variants(m: Models, x, t, ctx) -> dict[str, tuple[bool, callable]]:
         "ldmcore fp32": (False, lambda: m.unet32(x, t, ctx)),
         "diffusers bf16 autocast": (True, lambda: m.d_unet(x, t, encoder_hidden_states=ctx).sample),
         "diffusers bf16 autocast+cl": (True, lambda: m.d_unet_cl(xcl, t, encoder_hidden_states=ctx).sample),
+        "diffusers bf16 weights+cl": (False, lambda: m.d_unet16cl(
+            xcl.bfloat16(), t, encoder_hidden_states=ctx.bfloat16()).sample),
         "ldmcore bf16": (False, lambda: m.unet16(x, t, ctx)),
     }
 
@@ -174,9 +180,10 @@ def sample(m: Models, batch: int, reps: int) -> dict:
         lat = noise * sched.init_noise_sigma
         for t in sched.timesteps:
             inp = sched.scale_model_input(torch.cat([lat, lat]), t)
-            if unet is m.d_unet_cl:
+            if unet is not m.d_unet:
                 inp = inp.contiguous(memory_format=CL)
-            uncond, cond = unet(inp, t, encoder_hidden_states=both).sample.chunk(2)
+            dtype = next(unet.parameters()).dtype
+            uncond, cond = unet(inp.to(dtype), t, encoder_hidden_states=both.to(dtype)).sample.float().chunk(2)
             lat = sched.step(uncond + GUIDANCE * (cond - uncond), t, lat).prev_sample
         return lat
 
@@ -199,6 +206,7 @@ def sample(m: Models, batch: int, reps: int) -> dict:
         "ldmcore fp32": (False, lambda: ldmcore_loop(m.unet32)),
         "diffusers bf16 autocast": (True, lambda: diffusers_loop(m.d_unet)),
         "diffusers bf16 autocast+cl": (True, lambda: diffusers_loop(m.d_unet_cl)),
+        "diffusers bf16 weights+cl": (False, lambda: diffusers_loop(m.d_unet16cl)),
         "ldmcore bf16": (False, lambda: ldmcore_loop(m.unet16)),
     }
     return {"batch": batch, "steps": STEPS, "guidance": GUIDANCE, **compare(variants, reps)}
@@ -213,6 +221,7 @@ def vae_decode(m: Models, batch: int, reps: int) -> dict:
         "ldmcore fp32": (False, lambda: m.vae32.decode(z)),
         "diffusers bf16 autocast": (True, lambda: m.d_vae.decode(z).sample),
         "diffusers bf16 autocast+cl": (True, lambda: m.d_vae_cl.decode(zcl).sample),
+        "diffusers bf16 weights+cl": (False, lambda: m.d_vae16cl.decode(zcl.bfloat16()).sample),
         "ldmcore bf16": (False, lambda: m.vae16.decode(z)),
     }
     return {"batch": batch, **compare(variants, reps)}
@@ -387,7 +396,7 @@ def markdown(result: dict) -> str:
              "Speedup = diffusers' best median / ldmcore's (wall clock; the CPU-clock column "
              "uses this process's CPU time, steadier on a shared machine at one thread).", "",
              "| task | batch | diffusers fp32 s | ldmcore fp32 s | fp32 speedup | diffusers bf16 s "
-             "(autocast / +cl) | ldmcore bf16 s | bf16 speedup | CPU-clock speedup fp32 / bf16 "
+             "(autocast / +cl / bf16 weights+cl) | ldmcore bf16 s | bf16 speedup | CPU-clock speedup fp32 / bf16 "
              "| ldmcore fp32 max abs diff / bf16 relative diff |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for task in ("unet_b1", "unet_b8", "sample", "vae_decode", "train_step"):
@@ -399,7 +408,7 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {task} | {r['batch']} | {s['diffusers fp32']} | {s['ldmcore fp32']} | "
             f"{r['speedup'].get('fp32')}x | {s['diffusers bf16 autocast']} / "
-            f"{s['diffusers bf16 autocast+cl']} | {s[ours16]} | {r['speedup'].get('bf16')}x | "
+            f"{s['diffusers bf16 autocast+cl']} / {s.get('diffusers bf16 weights+cl', '-')} | {s[ours16]} | {r['speedup'].get('bf16')}x | "
             f"{cpu.get('fp32')}x / {cpu.get('bf16')}x | {d['ldmcore fp32']:.1e} / "
             f"{r['relative_diff_vs_fp32'][ours16]:.1%} |")
     b8 = result.get("unet_b8", {})
