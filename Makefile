@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test bench bench-quick bench-perf bench-samplers bench-plugins clean
+.PHONY: setup demo test bench bench-quick bench-perf bench-samplers bench-plugins bench-fig6 clean
 
 setup: $(STAMP)
 
@@ -55,6 +55,11 @@ bench-plugins: setup
 	$(PY) benchmarks/samplers_tasks.py --run runs/bench/shapes_layout
 	$(PY) benchmarks/plugin_guidance.py --run runs/bench/shapes_multi --base 1.0 --high 3.0
 	$(PY) benchmarks/attach_plugin.py
+
+bench-fig6: setup  # pixels vs latents for the same training time (about 1 h: two runs at a time)
+	$(PY) benchmarks/latent_vs_pixel.py run digits 4 2 8 1 --budget 480 & \
+	$(PY) benchmarks/latent_vs_pixel.py run shapes 4 2 8 1 --budget 480 & wait
+	$(PY) benchmarks/latent_vs_pixel.py report
 
 bench-samplers: setup
 	$(PY) benchmarks/sampler_orders.py

@@ -95,7 +95,8 @@ def build_model(cfg: ExperimentConfig, autoencoder: AutoencoderKL | None = None,
     d = cfg.model.diffusion
     schedule = NoiseSchedule.build(d.schedule, d.timesteps, d.beta_start, d.beta_end,
                                    zero_terminal_snr=d.zero_terminal_snr)
-    return LatentDiffusion(autoencoder, UNetModel(shape), conditioner, schedule, latent, d.prediction)
+    return LatentDiffusion(autoencoder, UNetModel(shape), conditioner, schedule, latent, d.prediction,
+                           d.snr_gamma)
 
 
 def frozen_encoder(autoencoder: AutoencoderKL):

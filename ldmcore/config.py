@@ -57,6 +57,8 @@ class DiffusionConfig(Strict):
     prediction: Prediction = Prediction.EPS
     zero_terminal_snr: bool = Field(False, description="rescale betas to zero terminal SNR "
                                     "(Lin et al. 2023); needs prediction: v")
+    snr_gamma: float | None = Field(None, gt=0, description="Min-SNR-gamma loss weighting (Hang et "
+                                    "al. 2023; 5 is their choice); null: the uniform loss of LDM")
 
     @model_validator(mode="after")
     def _v_for_zero_snr(self) -> DiffusionConfig:

@@ -43,8 +43,9 @@ def derive_unet_shape(base: UNetShape, latent_channels: int, conditioner: Condit
 class LatentDiffusion(nn.Module):
     def __init__(self, autoencoder: AutoencoderKL, unet: UNetModel, conditioner: Conditioner,
                  schedule: NoiseSchedule, latent_size: tuple[int, int],
-                 prediction: Prediction = Prediction.EPS) -> None:
+                 prediction: Prediction = Prediction.EPS, snr_gamma: float | None = None) -> None:
         super().__init__()
+        self.snr_gamma = snr_gamma  # Min-SNR-gamma loss weights (None: uniform)
         self.latent_size = tuple(latent_size)
         self.autoencoder = autoencoder.requires_grad_(False).eval()
         self.unet = unet
@@ -96,7 +97,11 @@ class LatentDiffusion(nn.Module):
         zt = self.schedule.add_noise(z0, noise, t)
         cond = self.conditioner(batch, b, drop=True, generator=rng)
         out = self.network(zt, t, cond)
-        return F.mse_loss(out.float(), self.schedule.target(self.prediction, z0, noise, t).float())
+        target = self.schedule.target(self.prediction, z0, noise, t).float()
+        if self.snr_gamma is None:
+            return F.mse_loss(out.float(), target)
+        per_sample = (out.float() - target).pow(2).flatten(1).mean(1)
+        return (self.schedule.min_snr_weight(t, self.prediction, self.snr_gamma) * per_sample).mean()
 
     # -- sampling -----------------------------------------------------------------------------
     def latent_shape(self) -> tuple[int, int, int]:

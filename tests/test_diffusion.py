@@ -186,6 +186,44 @@ def test_abar_broadcasts_per_sample_in_the_input_dtype() -> None:
     torch.testing.assert_close(a.flatten(), torch.tensor(expected, dtype=torch.float32))
 
 
+def test_min_snr_weights_follow_hang_et_al() -> None:
+    """eps: min(SNR, g) / SNR; v: min(SNR, g) / (SNR + 1); SNR = abar / (1 - abar), by hand."""
+    schedule = NoiseSchedule.build("linear", 10, 0.1, 0.2)
+    t = torch.tensor([0, 4, 9])
+    abar = [math.prod(1 - (0.1 + k * 0.1 / 9) for k in range(i + 1)) for i in (0, 4, 9)]
+    snr = [a / (1 - a) for a in abar]  # 9.0, 0.88.., 0.15..: one above gamma = 2, two below
+    eps = schedule.min_snr_weight(t, Prediction.EPS, 2.0)
+    v = schedule.min_snr_weight(t, Prediction.V, 2.0)
+    torch.testing.assert_close(eps, torch.tensor([min(r, 2.0) / r for r in snr]))
+    torch.testing.assert_close(v, torch.tensor([min(r, 2.0) / (r + 1) for r in snr]))
+    zero = NoiseSchedule.build("scaled_linear", 1000, zero_terminal_snr=True)
+    assert float(zero.min_snr_weight(torch.tensor([999]), Prediction.EPS, 5.0)) == 1.0  # the limit
+
+
+def test_min_snr_loss_is_the_weighted_per_sample_mse() -> None:
+    """A gamma above every SNR weighs eps losses by 1 (the uniform loss); a small gamma
+    re-weighs each sample's MSE by its own weight."""
+    from ldmcore.build import build_model
+    from ldmcore.config import load
+
+    torch.manual_seed(0)
+    model = build_model(load(["experiment=smoke"]))
+    batch = {"class": torch.tensor([1, 2, 3, 4])}
+    latents = torch.randn(4, *model.latent_shape())
+
+    @torch.no_grad()
+    def loss(gamma):
+        model.snr_gamma = gamma
+        return model.loss(batch, latents, generator=torch.Generator().manual_seed(3))
+
+    torch.testing.assert_close(loss(1e12), loss(None))
+    rng = torch.Generator().manual_seed(3)  # the loss draws t first: the same t here
+    t = torch.randint(0, model.schedule.num_timesteps, (4,), generator=rng)
+    weight = model.schedule.min_snr_weight(t, model.prediction, 0.05)
+    assert not torch.allclose(weight, torch.ones(4))
+    assert float(loss(0.05)) < float(loss(None))  # every weight is at most 1
+
+
 # ------------------------------------------------------------------------------------------
 # timesteps
 # ------------------------------------------------------------------------------------------

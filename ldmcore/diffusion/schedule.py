@@ -95,6 +95,22 @@ class NoiseSchedule:
         a = self.abar(t, z0)
         return a.sqrt() * z0 + (1 - a).sqrt() * noise
 
+    def min_snr_weight(self, t: torch.Tensor, prediction: Prediction, gamma: float) -> torch.Tensor:
+        """Per-sample loss weights of Min-SNR-gamma (Hang et al. 2023, eq. 9), shape (B,).
+
+        With SNR(t) = abar / (1 - abar), the weight that turns the ``prediction`` loss into
+        min(SNR, gamma) times the x0 loss: min(SNR, gamma) / SNR for eps (1 wherever SNR <= gamma,
+        and 1 in the limit SNR -> 0), min(SNR, gamma) / (SNR + 1) for v. It stops the many
+        low-noise steps, whose targets are easy, from dominating the gradient."""
+        abar = self.alphas_cumprod.to(t.device)[t.long()].double()
+        snr = abar / (1 - abar).clamp_min(1e-20)
+        clipped = snr.clamp(max=gamma)
+        if Prediction(prediction) is Prediction.EPS:
+            weight = torch.where(snr > 0, clipped / snr.clamp_min(1e-20), torch.ones_like(snr))
+        else:
+            weight = clipped / (snr + 1)
+        return weight.float()
+
     def target(self, prediction: Prediction, z0: torch.Tensor, noise: torch.Tensor,
                t: torch.Tensor) -> torch.Tensor:
         """What the network is trained to output."""
