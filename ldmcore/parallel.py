@@ -155,6 +155,11 @@ class ShardedDataParallel(DataParallel):
         return distribute_tensor(full, like.device_mesh, like.placements)
 
 
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a sharded tensor (a view that writes through), or the tensor itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 def make_parallel(strategy: str, cluster: Cluster) -> DataParallel:
     """The strategy object for ``trainer.strategy`` (validated by the config)."""
     return ShardedDataParallel(cluster) if strategy == "fsdp" else DataParallel(cluster)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from ldmcore import checkpoint
@@ -30,7 +29,7 @@ from ldmcore.errors import TrainingDiverged
 from ldmcore.images import save_grid
 from ldmcore.model import LatentDiffusion
 from ldmcore.nn.execution import for_training
-from ldmcore.parallel import DataParallel, make_parallel
+from ldmcore.parallel import DataParallel, local_part, make_parallel
 from ldmcore.randomness import BatchRandom
 from ldmcore.registry import Registry, default_registry
 from ldmcore.runfolder import MetricsLog, RunFolder
@@ -56,13 +55,8 @@ class EMA:
         keys = list(self.shadow)
         # on local tensors: a sharded shadow and its parameter hold the same shard on this rank,
         # and DTensor's foreach rules differ between torch versions
-        torch._foreach_lerp_([local(self.shadow[k]) for k in keys],
-                             [local(params[k].detach()).float() for k in keys], 1 - d)
-
-
-def local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a sharded tensor (a view that writes through), or the tensor itself."""
-    return t.to_local() if isinstance(t, DTensor) else t
+        torch._foreach_lerp_([local_part(self.shadow[k]) for k in keys],
+                             [local_part(params[k].detach()).float() for k in keys], 1 - d)
 
 
 def denoiser_params(model: LatentDiffusion) -> dict[str, torch.nn.Parameter]:
