@@ -114,6 +114,15 @@ def few_keys(keys: list[str], shown: int) -> str:
     return ", ".join(keys[:shown]) + (f" (+{len(keys) - shown} more)" if len(keys) > shown else "")
 
 
+TRAINING_PREFIXES = ("ema.", "optim.", "rng.")  # a training checkpoint's non-model tensors
+
+
+def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path | str) -> None:
+    """The model's own tensors of a training checkpoint (not its EMA, optimizer or RNG) into ``model``."""
+    state = {k: v for k, v in tensors.items() if not k.startswith(TRAINING_PREFIXES)}
+    load_into(model, state, "model", path)
+
+
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path | str) -> None:
     """``load_state_dict`` that reports missing/unexpected/mis-shaped keys as a CheckpointError."""
     own = module.state_dict()

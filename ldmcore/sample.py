@@ -115,8 +115,7 @@ def load_run(run_dir: Path, registry: Registry | None = None, use_ema: bool = Tr
                           f"metadata has no config); was it written by `ldm train`?")
     cfg = validate(meta["config"])
     model = build_model(cfg, registry=registry, root=run.root)
-    state = {k: v for k, v in tensors.items() if not k.startswith(("ema.", "optim.", "rng."))}
-    checkpoint.load_into(model, state, "model", run.last)
+    checkpoint.load_model_state(model, tensors, run.last)
     if use_ema:
         own = model.state_dict()
         with torch.no_grad():

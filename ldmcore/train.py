@@ -160,7 +160,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     for_training(model.autoencoder, channels_last=cfg.execution.channels_last)
     saved = checkpoint.load(run.last) if resume and run.last.exists() else None
     if saved is not None:  # full weights go in before FSDP cuts them into shards
-        _restore_model(model, saved[0], run.last)
+        checkpoint.load_model_state(model, saved[0], run.last)
     parallel.shard(model)
     params = (train_only_params(model, attachment, list(tc.train_only)) if tc.train_only
               else denoiser_params(model))
@@ -260,11 +260,6 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
 
 def _batches(dataset: Any, held: InMemoryBatches | None, sampler: StepBatchSampler, workers: int):
     return memory_batches(held, sampler) if held else loader_batches(dataset, sampler, workers)
-
-
-def _restore_model(model: LatentDiffusion, tensors: dict[str, torch.Tensor], path: Path) -> None:
-    state = {k: v for k, v in tensors.items() if not k.startswith(("ema.", "optim.", "rng."))}
-    checkpoint.load_into(model, state, "model", path)
 
 
 def _restore_training(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
