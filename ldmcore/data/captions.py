@@ -29,14 +29,18 @@ def sidecar_caption(image: Path) -> str | None:
                         f"text files.") from None
 
 
+def first_few(names: list[str]) -> str:
+    """The first ``SHOWN`` names, quoted, then how many more (for messages about many files)."""
+    more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
+    return ", ".join(map(repr, names[:SHOWN])) + more
+
+
 def complete_captions(captions: list[str | None], names: list[str], missing: MissingCaptions,
                       source: str) -> list[str]:
     """``captions`` with each None (image ``names[i]`` has none) made "" or a DataError."""
     lacking = [name for name, c in zip(names, captions) if c is None]
     if lacking and missing == "error":
-        shown = ", ".join(repr(n) for n in lacking[:SHOWN])
-        more = f" and {len(lacking) - SHOWN} more" if len(lacking) > SHOWN else ""
         raise DataError(f"{len(lacking)} of {len(names)} images have no caption in {source}: "
-                        f"{shown}{more}. Add their captions, or set data.missing_captions=empty "
-                        f"to give them the empty caption.")
+                        f"{first_few(lacking)}. Add their captions, or set "
+                        f"data.missing_captions=empty to give them the empty caption.")
     return ["" if c is None else c for c in captions]

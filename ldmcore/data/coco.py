@@ -29,13 +29,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ldmcore.data.captions import MissingCaptions, complete_captions
+from ldmcore.data.captions import MissingCaptions, complete_captions, first_few
 from ldmcore.data.coco_json import CocoImage, CocoInstances, load_captions, load_instances
 from ldmcore.data.masks import MaskFormatError, decode_segmentation
 from ldmcore.data.transforms import build_pipeline, read_pixels, to_tensor
 from ldmcore.errors import DataError
 
-SHOWN = 5
 
 
 class CocoDataset(Dataset):
@@ -59,10 +58,9 @@ class CocoDataset(Dataset):
             raise DataError(f"data.annotations={str(annotations)!r} lists no images.")
         absent = [im.file_name for im in self.images if not (self.root / im.file_name).is_file()]
         if absent:
-            more = f" and {len(absent) - SHOWN} more" if len(absent) > SHOWN else ""
             raise DataError(f"{len(absent)} images of data.annotations are not under "
-                            f"data.path={str(path)!r}: {', '.join(map(repr, absent[:SHOWN]))}"
-                            f"{more}. data.path must be the folder their file_name is relative to.")
+                            f"data.path={str(path)!r}: {first_few(absent)}. data.path must be "
+                            f"the folder their file_name is relative to.")
         self.captions: list[str] | None = None
         if captions is not None:
             found = load_captions(Path(captions), {im.id for im in self.images})
