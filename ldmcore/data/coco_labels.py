@@ -13,13 +13,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from ldmcore.data.coco_json import load_instances
+from ldmcore.data.coco_json import CocoInstances, load_instances
 from ldmcore.errors import DataError
 
 
 def overrides(annotations: Path) -> list[str]:
     """The Hydra overrides that size the layout and segmap plugins for this file's categories."""
-    instances = load_instances(Path(annotations), "annotations")
+    return _overrides_for(load_instances(Path(annotations), "annotations"))
+
+
+def _overrides_for(instances: CocoInstances) -> list[str]:
     k = len(instances.category_ids)
     names = json.dumps(list(instances.category_names), separators=(",", ":"))
     return [f"conditions.layout.num_classes={k}", f"conditions.layout.class_names={names}",
@@ -33,7 +36,7 @@ def describe(annotations: Path) -> str:
     lines = [f"{k} categories; label = index in category-id order:"]
     lines += [f"  {label:4d}  id {cid:<6d} {name}" for label, (cid, name)
               in enumerate(zip(instances.category_ids, instances.category_names))]
-    lines.append("overrides: " + " ".join(shlex.quote(o) for o in overrides(annotations)))
+    lines.append("overrides: " + " ".join(shlex.quote(o) for o in _overrides_for(instances)))
     return "\n".join(lines)
 
 
