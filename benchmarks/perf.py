@@ -43,7 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import anchor  # noqa: E402
-from timing import alternate, alternate_clocks, peak_rss_mib  # noqa: E402
+from timing import alternate, alternate_clocks, peak_rss_mib, ratios  # noqa: E402
 
 from ldmcore.conditioning import Conditioning  # noqa: E402
 from ldmcore.diffusion.denoisers import DiscreteDenoiser  # noqa: E402
@@ -127,21 +127,6 @@ def compare(variants: dict[str, tuple[bool, callable]], reps: int, reference: st
 def _run(ac: bool, fn) -> None:
     with autocast(ac):
         fn()
-
-
-def ratios(seconds: dict[str, float]) -> dict[str, float]:
-    """diffusers' best time / ldmcore's, per precision."""
-    out = {}
-    for prec in ("fp32", "bf16"):
-        theirs = [v for k, v in seconds.items() if k.startswith("diffusers") and prec in k]
-        ours = [v for k, v in seconds.items()
-                if k.startswith("ldmcore") and prec in k and "compiled" not in k]
-        if theirs and ours:
-            out[prec] = round(min(theirs) / min(ours), 2)
-        for k, v in seconds.items():  # torch.compile is an option: its ratio is reported apart
-            if theirs and k.startswith("ldmcore") and prec in k and "compiled" in k:
-                out[f"{prec}_compiled"] = round(min(theirs) / v, 2)
-    return out
 
 
 @torch.inference_mode()

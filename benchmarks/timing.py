@@ -41,6 +41,22 @@ def alternate_clocks(variants: dict[str, Callable[[], object]], reps: int, warmu
             "cpu": {n: statistics.median(ts) for n, ts in cpu.items()}}
 
 
+def ratios(seconds: dict[str, float], precisions: tuple[str, ...] = ("fp32", "bf16")) -> dict[str, float]:
+    """diffusers' best time / ldmcore's, per precision named in the variant names (above 1:
+    ldmcore is faster). ``torch.compile``d variants get their own ``PREC_compiled`` ratio."""
+    out = {}
+    for prec in precisions:
+        theirs = [v for k, v in seconds.items() if k.startswith("diffusers") and prec in k]
+        ours = [v for k, v in seconds.items()
+                if k.startswith("ldmcore") and prec in k and "compiled" not in k]
+        if theirs and ours:
+            out[prec] = round(min(theirs) / min(ours), 2)
+        for k, v in seconds.items():  # torch.compile is an option: its ratio is reported apart
+            if theirs and k.startswith("ldmcore") and prec in k and "compiled" in k:
+                out[f"{prec}_compiled"] = round(min(theirs) / v, 2)
+    return out
+
+
 def _status_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import copy
 import json
-import statistics
 import sys
 import time
 import traceback
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import anchor  # noqa: E402
+import timing  # noqa: E402
 
 from ldmcore.conditioning import Conditioning  # noqa: E402
 from ldmcore.diffusion.denoisers import DiscreteDenoiser  # noqa: E402
@@ -61,23 +61,17 @@ def sync_call(fn, ctx=None):
 
 
 def alternate(variants: dict, reps: int, warmup: int = 3) -> dict:
-    """Median seconds per variant (name -> (context, call)), round-robin; errors recorded."""
+    """Median seconds per variant (name -> (context, call)), round-robin (``timing.alternate``);
+    a variant that fails its first call is recorded with its error instead of timed."""
     calls, errors = {}, {}
     for name, (ctx, fn) in variants.items():
         try:
-            for _ in range(warmup):
-                sync_call(fn, ctx)()
+            sync_call(fn, ctx)()
             calls[name] = sync_call(fn, ctx)
         except Exception as exc:  # a variant this torch/GPU cannot run is reported, not fatal
             errors[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-    times = {name: [] for name in calls}
-    for _ in range(reps):
-        for name, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {"seconds": {n: round(statistics.median(ts), 5) for n, ts in times.items()},
-            "errors": errors}
+    seconds = timing.alternate(calls, reps, warmup=warmup - 1)
+    return {"seconds": {n: round(v, 5) for n, v in seconds.items()}, "errors": errors}
 
 
 def peak_mib(ctx, fn) -> float | None:
@@ -91,17 +85,6 @@ def peak_mib(ctx, fn) -> float | None:
         return round((torch.cuda.max_memory_allocated() - base) / 2 ** 20, 1)
     except Exception:
         return None
-
-
-def ratios(seconds: dict) -> dict:
-    """diffusers' best / ldmcore's best, per precision (above 1: ldmcore faster)."""
-    out = {}
-    for prec in ("fp32", "bf16", "fp16"):
-        theirs = [v for k, v in seconds.items() if k.startswith("diffusers") and prec in k]
-        ours = [v for k, v in seconds.items() if k.startswith("ldmcore") and prec in k]
-        if theirs and ours:
-            out[prec] = round(min(theirs) / min(ours), 2)
-    return out
 
 
 def compare(variants: dict, reps: int, reference: str = "diffusers fp32") -> dict:
@@ -123,7 +106,7 @@ def compare(variants: dict, reps: int, reference: str = "diffusers fp32") -> dic
                                            for n, o in diffs.items() if n != reference}
     result["peak_mib"] = {n: peak_mib(ctx, fn) for n, (ctx, fn) in variants.items()
                           if n not in result["errors"]}
-    result["speedup"] = ratios(result["seconds"])
+    result["speedup"] = timing.ratios(result["seconds"], ("fp32", "bf16", "fp16"))
     return result
 
 
