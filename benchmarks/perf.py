@@ -163,12 +163,13 @@ def sample(m: Models, batch: int, reps: int) -> dict:
         sched = DPMSolverMultistepScheduler(**cfg)
         sched.set_timesteps(STEPS)
         lat = noise * sched.init_noise_sigma
+        dtype = next(unet.parameters()).dtype  # bf16 weights take bf16 inputs
+        context = both.to(dtype)
         for t in sched.timesteps:
             inp = sched.scale_model_input(torch.cat([lat, lat]), t)
             if unet is not m.d_unet:
                 inp = inp.contiguous(memory_format=CL)
-            dtype = next(unet.parameters()).dtype
-            uncond, cond = unet(inp.to(dtype), t, encoder_hidden_states=both.to(dtype)).sample.float().chunk(2)
+            uncond, cond = unet(inp.to(dtype), t, encoder_hidden_states=context).sample.float().chunk(2)
             lat = sched.step(uncond + GUIDANCE * (cond - uncond), t, lat).prev_sample
         return lat
 

@@ -172,9 +172,10 @@ def sample(m: Models, batch: int, reps: int) -> dict:
         sched = DPMSolverMultistepScheduler(**cfg)
         sched.set_timesteps(STEPS, device=DEV)
         lat = noise * sched.init_noise_sigma
+        context = both.to(dtype)
         for t in sched.timesteps:
             inp = sched.scale_model_input(torch.cat([lat, lat]), t).to(dtype)
-            uncond, cond = unet(inp, t, encoder_hidden_states=both.to(dtype)).sample.float().chunk(2)
+            uncond, cond = unet(inp, t, encoder_hidden_states=context).sample.float().chunk(2)
             lat = sched.step(uncond + GUIDANCE * (cond - uncond), t, lat).prev_sample
         return lat
 
