@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from run import RESULTS, machine  # noqa: E402
 
-from ldmcore.eval.digits import _to_reader_space, train_reader  # noqa: E402
+from ldmcore.eval.digits import _to_reader_space, split_digits, train_reader  # noqa: E402
 from ldmcore.eval.tasks import held_out_batch, shape_scores  # noqa: E402
 from ldmcore.images import save_grid  # noqa: E402
 from ldmcore.sample import load_run  # noqa: E402
@@ -95,13 +95,8 @@ class Scorer:
     def __init__(self, dataset: str, cfg, n: int) -> None:
         self.dataset, self.n = dataset, n
         if dataset == "digits":
-            from sklearn.datasets import load_digits
-            from sklearn.model_selection import train_test_split
-
             self.reader, self.reader_accuracy = train_reader()
-            digits = load_digits()  # the reader's held-out quarter is the reference set
-            _, x_test, _, _ = train_test_split(digits.images, digits.target, test_size=0.25,
-                                               random_state=0, stratify=digits.target)
+            _, x_test, _, _ = split_digits()  # the reader's held-out quarter is the reference set
             self.real = x_test.reshape(len(x_test), -1).astype(np.float64)
             self.labels = torch.arange(n) % 10
         else:

@@ -36,17 +36,24 @@ def _to_reader_space(images: np.ndarray) -> np.ndarray:
     return (small * 16.0).reshape(len(images), -1).numpy()
 
 
-def train_reader(seed: int = 0):
-    """An SVC on 75% of the real digits; returns (reader, held-out accuracy via round trip)."""
+def split_digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The reader's split of the real 8x8 digits: (x_train, x_test, y_train, y_test), a
+    stratified 75 / 25."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    return train_test_split(digits.images, digits.target, test_size=0.25, random_state=seed,
+                            stratify=digits.target)
+
+
+def train_reader(seed: int = 0):
+    """An SVC on 75% of the real digits; returns (reader, held-out accuracy via round trip)."""
     from sklearn.svm import SVC
 
     from ldmcore.data.transforms import build_pipeline
 
-    digits = load_digits()
-    x_train, x_test, y_train, y_test = train_test_split(
-        digits.images, digits.target, test_size=0.25, random_state=seed, stratify=digits.target)
+    x_train, x_test, y_train, y_test = split_digits(seed)
     reader = SVC(gamma=0.001, C=10.0).fit(x_train.reshape(len(x_train), -1), y_train)
     pipe = build_pipeline(32)
     up = np.stack([np.clip(pipe(image=(im / 16.0).astype(np.float32))["image"], 0, 1) * 255 for im in x_test])
