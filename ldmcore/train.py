@@ -9,6 +9,7 @@ step, the RNG state, the resolved config and plugin versions; ``resume=true`` co
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from ldmcore import checkpoint
 from ldmcore.attach import attach_pretrained, save_plugin_weights, train_only_params
 from ldmcore.build import build_autoencoder, build_model, load_autoencoder
-from ldmcore.config import ExperimentConfig
+from ldmcore.config import ExperimentConfig, TrainerConfig
 from ldmcore.data.batches import (InMemoryBatches, StepBatchSampler, loader_batches, memory_batches,
                                   step_generator)
 from ldmcore.distributed import connect
@@ -97,9 +98,16 @@ def save_state(path: Path, tensors: dict[str, torch.Tensor], opt_meta: dict[str,
     })
 
 
-def _lr_at(cfg: ExperimentConfig, step: int) -> float:
-    warm = cfg.trainer.warmup_steps
-    return cfg.trainer.lr * (min(1.0, (step + 1) / warm) if warm else 1.0)
+def lr_at(trainer: TrainerConfig, step: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): a linear warmup over
+    ``warmup_steps``, then constant or a half cosine that reaches 0 at ``max_steps``."""
+    warm = trainer.warmup_steps
+    if step < warm:
+        return trainer.lr * (step + 1) / warm
+    if trainer.lr_schedule == "constant":
+        return trainer.lr
+    progress = (step - warm) / max(1, trainer.max_steps - warm)
+    return trainer.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 class LossModule(torch.nn.Module):
@@ -199,7 +207,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     try:
         while step < tc.max_steps:
             for group in opt.param_groups:
-                group["lr"] = _lr_at(cfg, step)
+                group["lr"] = lr_at(tc, step)
             total = torch.zeros(())
             for micro in range(tc.grad_accum):
                 k = step * tc.grad_accum + micro
@@ -234,7 +242,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
             if log and (step % tc.log_every == 0 or step == tc.max_steps):
                 rate = steps_done / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{float(total):.4f}", it_s=f"{rate:.2f}")
-                log.write(stage="diffusion", step=step, loss=float(total), lr=_lr_at(cfg, step - 1),
+                log.write(stage="diffusion", step=step, loss=float(total), lr=lr_at(tc, step - 1),
                           steps_per_s=rate, images_per_s=rate * global_batch)
             if step % tc.checkpoint_every == 0 or step == tc.max_steps:
                 periodic = tc.keep_checkpoints and step < tc.max_steps

@@ -44,3 +44,29 @@ def test_lowres_noise_augmentation_follows_the_conditioner_generator_not_the_glo
     a, b, c = encode(0, 1), encode(0, 2), encode(1, 1)
     assert torch.equal(a.concat, b.concat) and torch.equal(a.vector, b.vector)
     assert not torch.equal(a.concat, c.concat)
+
+
+def test_free_form_holes_are_one_thick_stroke_each_and_depend_only_on_the_generator():
+    from scipy import ndimage
+
+    cfg = InpaintConfig(free_form=1.0, stroke_width=(0.1, 0.2))
+    holes = random_holes(32, (32, 32), cfg, BatchRandom(torch.Generator().manual_seed(0)))
+    assert torch.equal(holes, random_holes(32, (32, 32), cfg, BatchRandom(torch.Generator().manual_seed(0))))
+    halves = [random_holes(16, (32, 32), cfg, BatchRandom(torch.Generator().manual_seed(0), rank, 2))
+              for rank in (0, 1)]
+    assert torch.equal(torch.cat(halves), holes)
+    for hole in holes[:, 0].numpy().astype(bool):
+        assert ndimage.label(hole)[1] == 1  # one connected stroke
+        # the brush is at least 0.1 * 32 = 3.2 pixels wide: an erosion by one pixel leaves it
+        assert ndimage.binary_erosion(hole).any()
+        assert not hole.all()
+    mixed = random_holes(64, (32, 32), InpaintConfig(free_form=0.5), BatchRandom(torch.Generator().manual_seed(1)))
+    rectangles = [bool(h.sum() == (h.any(1).sum() * h.any(0).sum())) for h in mixed[:, 0]]
+    assert 16 < sum(rectangles) < 56  # about half of each kind
+
+
+def test_stroke_width_must_be_an_ordered_share():
+    import pytest
+
+    with pytest.raises(ValueError, match="stroke_width"):
+        InpaintConfig(stroke_width=(0.3, 0.1))

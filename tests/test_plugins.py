@@ -118,6 +118,34 @@ def test_lowres_ddpm_levels_noise_as_q_sample_and_index_a_one_hot_table() -> Non
         LowresConfig(noise="ddpm", sample_noise_level=0.5)
 
 
+def test_lowres_consistency_projection_agrees_with_the_input_and_never_moves_away_from_the_truth() -> None:
+    enc = LowresEncoder(LowresConfig(consistent=True), SPEC).eval()
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.rand(8, 3, 16, 16, generator=gen) - 0.5
+    low = torch.nn.functional.avg_pool2d(truth, 4)
+    samples = truth + 0.1 * torch.randn(8, 3, 16, 16, generator=gen)
+    out = enc.finish(samples, low)
+    # no clipping was needed here, so the projection is exact: block means are the input
+    assert out.abs().max() < 1
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(out, 4), low, rtol=0, atol=1e-6)
+    # only the block means changed: the detail inside each block is the sample's
+    detail = samples - torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(samples, 4),
+                                                       scale_factor=4, mode="nearest")
+    torch.testing.assert_close(out - torch.nn.functional.interpolate(low, scale_factor=4, mode="nearest"),
+                               detail, rtol=0, atol=1e-6)
+    before = (samples - truth).pow(2).flatten(1).sum(1)
+    after = (out - truth).pow(2).flatten(1).sum(1)
+    assert (after <= before + 1e-6).all() and (after < before).any()
+    # saturated samples are clipped into range and still come no further from the truth
+    wild = torch.randn(8, 3, 16, 16, generator=gen) * 3
+    clipped = enc.finish(wild, low)
+    assert clipped.abs().max() <= 1
+    assert ((clipped - truth).pow(2).flatten(1).sum(1) <= (wild - truth).pow(2).flatten(1).sum(1)).all()
+    assert torch.equal(LowresEncoder(LowresConfig(), SPEC).finish(samples, low), samples)  # off: as is
+    with pytest.raises(ConfigError, match="lowres: consistent=true"):
+        enc.finish(samples, torch.zeros(8, 3, 5, 5))
+
+
 def test_inpaint_condition_and_paste_back_keep_the_known_region_exact() -> None:
     enc = InpaintEncoder(InpaintConfig(), SPEC)
     image = torch.rand(1, 3, 16, 16) * 2 - 1

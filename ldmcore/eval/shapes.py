@@ -19,6 +19,10 @@ from scipy import ndimage
 from ldmcore.data.shapes import COLOR_NAMES, COLORS, SHAPES
 
 MIN_AREA_FRACTION = 0.004  # components smaller than this share of the image are noise
+# The generator orders a caption by its boxes' exact centres; the reader sees pixel extents,
+# which move a centre by a pixel or so. Shapes stacked with centres this close have no
+# readable left-to-right order, so either order of them reads as the caption.
+ORDER_TIE_PIXELS = 2.0
 
 
 @dataclass(frozen=True)
@@ -68,13 +72,44 @@ def detect(image: np.ndarray, tolerance: int = 100) -> list[Detection]:
     return sorted(found, key=lambda d: (d.box[0] + d.box[2]) / 2)
 
 
+def phrase(d: Detection) -> str:
+    return f"a {COLOR_NAMES[d.color]} {SHAPES[d.kind]}"
+
+
 def caption_of(detections: list[Detection]) -> str:
-    return " and ".join(f"a {COLOR_NAMES[d.color]} {SHAPES[d.kind]}" for d in detections)
+    return " and ".join(phrase(d) for d in detections)
+
+
+def order_ties(detections: list[Detection], width: int) -> list[list[Detection]]:
+    """Left-to-right detections cut into runs whose neighbouring centres lie within
+    ``ORDER_TIE_PIXELS`` of each other: the order inside a run is not readable."""
+    runs: list[list[Detection]] = []
+    last = None
+    for d in detections:
+        centre = (d.box[0] + d.box[2]) / 2 * width
+        if runs and centre - last < ORDER_TIE_PIXELS:
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+        last = centre
+    return runs
 
 
 def caption_match(image: np.ndarray, caption: str) -> bool:
-    """Do the shapes read from the image, left to right, say exactly the caption?"""
-    return caption_of(detect(image)) == caption
+    """Do the shapes read from the image, left to right, say exactly the caption?
+
+    Every phrase must be read, none added, in the caption's order; shapes stacked so that
+    their centres are within ``ORDER_TIE_PIXELS`` may come in either order."""
+    wanted = caption.split(" and ") if caption else []
+    found = detect(image)
+    if len(found) != len(wanted):
+        return False
+    start = 0
+    for run in order_ties(found, image.shape[1]):
+        if sorted(phrase(d) for d in run) != sorted(wanted[start:start + len(run)]):
+            return False
+        start += len(run)
+    return True
 
 
 def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:

@@ -4,17 +4,19 @@ The value is a pair (image, mask): image (C, H, W) in [-1, 1], mask (1, H, W) wi
 (to generate) and 0 = known. The condition is ``[E(image * (1 - mask)) | mask at latent size]``
 concatenated to z_t, as Stable Diffusion's inpainting UNet (4 latent + 1 mask channels). After
 decoding, the known pixels are pasted back, so the known region is exactly unchanged. At train
-time a random rectangular hole is cut from ``batch["image"]``. The null is "everything is a
-hole": an all-ones mask and the encoding of an all-zero (grey) image.
+time a random hole is cut from ``batch["image"]``: a rectangle, or (a ``free_form`` share of the
+time) a free-form brush stroke, the thick random polyline of DeepFill v2 (Yu et al. 2019). The
+null is "everything is a hole": an all-ones mask and the encoding of an all-zero (grey) image.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
                                   Injection, OutputSpec)
@@ -26,6 +28,19 @@ from ldmcore.randomness import BatchRandom
 class InpaintConfig(EncoderConfig):
     min_hole: float = Field(0.25, gt=0.0, le=1.0, description="train holes: smallest side, of the image")
     max_hole: float = Field(0.6, gt=0.0, le=1.0)
+    free_form: float = Field(0.0, ge=0.0, le=1.0, description="share of train holes that are "
+                                                               "brush strokes instead of rectangles")
+    stroke_segments: int = Field(5, ge=1, description="free-form: line segments per stroke")
+    stroke_width: tuple[float, float] = Field((0.08, 0.2), description="free-form: brush width range, "
+                                                                        "of the image's shorter side")
+
+    @model_validator(mode="after")
+    def _ordered_ranges(self) -> InpaintConfig:
+        lo, hi = self.stroke_width
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"stroke_width={list(self.stroke_width)}: write [low, high] with "
+                             f"0 < low <= high <= 1 (shares of the image's shorter side).")
+        return self
 
 
 class InpaintEncoder(ConditionEncoder):
@@ -97,10 +112,22 @@ class InpaintEncoder(ConditionEncoder):
 
 
 def random_holes(n: int, size: tuple[int, int], config: InpaintConfig, rng: BatchRandom) -> torch.Tensor:
+    """(n, 1, H, W) masks: a ``free_form`` share brush strokes, the rest rectangles.
+
+    Every number comes from ``rng`` in a fixed order, so the holes of a training step depend only
+    on its seed; with ``free_form=0`` no stroke is drawn and the draws are the rectangles' alone.
+    """
+    boxes = random_rectangles(n, size, config, rng)
+    if config.free_form == 0:
+        return boxes
+    strokes = random_strokes(n, size, config, rng)
+    return torch.where((rng.rand(n) < config.free_form).view(-1, 1, 1, 1), strokes, boxes)
+
+
+def random_rectangles(n: int, size: tuple[int, int], config: InpaintConfig, rng: BatchRandom) -> torch.Tensor:
     """(n, 1, H, W) masks, each one random rectangle of side in [min_hole, max_hole] of the image.
 
-    Four uniform numbers per sample (height, width, top, left) from ``rng``, so the holes of a
-    training step depend only on its seed.
+    Four uniform numbers per sample (height, width, top, left) from ``rng``.
     """
     h, w = size
     lo, hi = config.min_hole, max(config.min_hole, config.max_hole)
@@ -112,4 +139,30 @@ def random_holes(n: int, size: tuple[int, int], config: InpaintConfig, rng: Batc
     ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
     inside = ((ys >= top.view(-1, 1, 1)) & (ys < (top + hh).view(-1, 1, 1))
               & (xs >= left.view(-1, 1, 1)) & (xs < (left + ww).view(-1, 1, 1)))
+    return inside[:, None].float()
+
+
+def random_strokes(n: int, size: tuple[int, int], config: InpaintConfig, rng: BatchRandom) -> torch.Tensor:
+    """(n, 1, H, W) masks, each one brush stroke: a polyline of ``stroke_segments`` segments from a
+    uniform start, each of uniform direction and a length of 15-40% of the shorter side (ends kept
+    in the image), drawn with a round brush of width in ``stroke_width``. The pixels whose centres
+    lie within half a width of the polyline are the hole."""
+    h, w = size
+    side = float(min(h, w))
+    x, y = rng.rand(n) * w, rng.rand(n) * h
+    lo, hi = config.stroke_width
+    radius = side * (lo + (hi - lo) * rng.rand(n)) / 2
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5).view(1, h, 1)
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5).view(1, 1, w)
+    inside = torch.zeros(n, h, w, dtype=torch.bool)
+    for _ in range(config.stroke_segments):
+        angle, length = rng.rand(n) * 2 * math.pi, side * (0.15 + 0.25 * rng.rand(n))
+        x2 = (x + length * torch.cos(angle)).clamp(0, w)
+        y2 = (y + length * torch.sin(angle)).clamp(0, h)
+        dx, dy = (x2 - x).view(-1, 1, 1), (y2 - y).view(-1, 1, 1)
+        x0, y0 = x.view(-1, 1, 1), y.view(-1, 1, 1)
+        along = (((xs - x0) * dx + (ys - y0) * dy) / (dx * dx + dy * dy).clamp_min(1e-12)).clamp(0, 1)
+        near = (xs - x0 - along * dx) ** 2 + (ys - y0 - along * dy) ** 2 <= radius.view(-1, 1, 1) ** 2
+        inside |= near
+        x, y = x2, y2
     return inside[:, None].float()

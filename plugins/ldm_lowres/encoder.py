@@ -18,6 +18,16 @@ Two choices make the plugin express Stable Diffusion's x4 upscaler exactly:
 
 A low-resolution image already at the latent grid's size (SD x4: f=4 latents of a x4 upscale) is
 concatenated as it is; any other size is resized (bilinear, antialiased).
+
+``consistent: true`` makes each decoded sample agree with its low-resolution input: every
+``k x k`` block (``k`` = output size / input size) is shifted so that its mean is the input pixel,
+then the result is clipped to [-1, 1]. The shift is the orthogonal projection onto the images
+whose area downsampling is the input (for area pooling, nearest upsampling is the
+pseudo-inverse), and the clip the projection onto the valid range. Both sets hold the true
+image and projections onto convex sets never move a point away from their members, so the
+sample can only come closer to the truth: the super-resolution counterpart of inpainting's
+paste-back (the "consistency enforcing" step of explorable super-resolution, Bahat & Michaeli
+2020). It assumes the input came from area downsampling, as this plugin makes training pairs.
 """
 
 from __future__ import annotations
@@ -48,6 +58,8 @@ class LowresConfig(EncoderConfig):
     num_levels: int = Field(1000, ge=2, description="ddpm: schedule steps (= one-hot width)")
     ddpm_beta_start: float = Field(1e-4, gt=0, lt=1)
     ddpm_beta_end: float = Field(0.02, gt=0, lt=1)
+    consistent: bool = Field(False, description="after decoding, project each sample onto the images "
+                                                "whose area downsampling is the low-res input")
 
     @model_validator(mode="after")
     def _integer_levels_for_ddpm(self) -> LowresConfig:
@@ -91,13 +103,17 @@ class LowresEncoder(ConditionEncoder):
         f = self.config.factor
         return F.avg_pool2d(batch["image"], f) if f > 1 else batch["image"]
 
-    def forward(self, value: torch.Tensor) -> ConditionOutput:
+    def _images(self, value: torch.Tensor) -> torch.Tensor:
         low = torch.as_tensor(value).float().to(self._device_probe.device)
         if low.dim() == 4 and low.shape[1] == 3 and self.backbone.image_channels == 1:
             low = low.mean(1, keepdim=True)
         if low.dim() != 4 or low.shape[1] != self.backbone.image_channels:
             raise ConfigError(f"lowres: expected images with {self.backbone.image_channels} "
                               f"channels, got shape {tuple(low.shape)}.")
+        return low
+
+    def forward(self, value: torch.Tensor) -> ConditionOutput:
+        low = self._images(value)
         b, cfg = low.shape[0], self.config
         if self.training and cfg.max_noise_level > 0:
             rng = self.random()
@@ -110,6 +126,23 @@ class LowresEncoder(ConditionEncoder):
             low = F.interpolate(low, size=self.backbone.latent_size, mode="bilinear",
                                 align_corners=False, antialias=True)
         return {Injection.CONCAT: low, Injection.VECTOR: self._level(level)}
+
+    def finish(self, images: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """With ``consistent``: shift every block to the mean of its low-res pixel, then clip
+        (the two projections of the module docstring); otherwise the samples as they are."""
+        if not self.config.consistent:
+            return images
+        low = self._images(value).to(images.device)
+        (h, w), (lh, lw) = images.shape[-2:], low.shape[-2:]
+        if h % lh or w % lw or h // lh != w // lw:
+            raise ConfigError(f"lowres: consistent=true needs the output ({h}x{w}) to be a whole "
+                              f"multiple of the low-resolution input ({lh}x{lw}), the same along "
+                              f"both sides; give an input of {h // self.config.factor}x"
+                              f"{w // self.config.factor} or set conditions.lowres.consistent=false.")
+        k = h // lh
+        out = images.float()
+        shift = low - F.avg_pool2d(out, k)
+        return (out + F.interpolate(shift, scale_factor=k, mode="nearest")).clamp(-1, 1)
 
     def noised(self, low: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The low-resolution image at noise ``level`` (B,), given standard normal ``noise``."""
