@@ -41,11 +41,21 @@ EXPERIMENTS = {
                        and r["inpaint_hole_psnr"] > r["blur_fill_hole_psnr"],
                        "known region exact, hole PSNR > blur fill"),
 }
-# the experiment whose autoencoder settings train each dataset's shared first stage
+# the experiment whose autoencoder settings train each dataset's shared first stage (none when
+# it diffuses pixels)
 STAGE_ONE = {"shapes": "shapes_layout", "photos": "photos_sr4x"}
 
 
-def first_stage(dataset: str, root: Path, reuse: bool, extra: list[str]) -> tuple[Path, float]:
+def on_pixels(name: str, extra: list[str]) -> bool:
+    """Does the experiment diffuse pixels (``autoencoder=pixels``: no first stage to train)?"""
+    from ldmcore.config import load
+
+    return load([f"experiment={name}", *extra]).autoencoder.kind == "pixels"
+
+
+def first_stage(dataset: str, root: Path, reuse: bool, extra: list[str]) -> tuple[Path | None, float]:
+    if on_pixels(STAGE_ONE[dataset], extra):
+        return None, 0.0
     run = root / f"{dataset}_autoencoder"
     weights = run / "checkpoints" / "autoencoder.safetensors"
     if reuse and weights.exists():
@@ -56,11 +66,11 @@ def first_stage(dataset: str, root: Path, reuse: bool, extra: list[str]) -> tupl
     return weights, timing["wall_s"]
 
 
-def experiment(name: str, weights: Path, root: Path, extra: list[str]) -> dict:
+def experiment(name: str, weights: Path | None, root: Path, extra: list[str]) -> dict:
     run = root / name
-    train = timed_command(["train", f"experiment={name}", f"run_dir={run}",
-                           f"autoencoder.checkpoint={weights}", "trainer.progress=false",
-                           "overwrite=true", *extra])
+    stage1 = [] if weights is None else [f"autoencoder.checkpoint={weights}"]
+    train = timed_command(["train", f"experiment={name}", f"run_dir={run}", *stage1,
+                           "trainer.progress=false", "overwrite=true", *extra])
     t0 = time.perf_counter()
     timed_command(["eval", f"run={run}", "n=64"])
     report = json.loads((run / "eval.json").read_text())
@@ -109,7 +119,8 @@ def main() -> None:
         row = experiment(name, weights, args.root, args.set)
         row["stage1_s"] = stage1_s
         row["met"] = bool(EXPERIMENTS[name][2](row["eval"]))
-        row["command"] = (f"ldm train experiment={name} autoencoder.checkpoint={weights}; "
+        stage1_override = "" if weights is None else f" autoencoder.checkpoint={weights}"
+        row["command"] = (f"ldm train experiment={name}{stage1_override}; "
                           f"ldm eval run={args.root / name} n=64")
         # re-read before writing: several invocations may run side by side
         rows: dict[str, dict] = json.loads(out.read_text())["experiments"] if out.exists() else {}
