@@ -53,10 +53,11 @@ def cmd_eval(args: list[str]) -> int:
     held-out conditions (see ``ldmcore.eval.tasks``)."""
     import yaml
 
-    opts = _key_values(args, {"run", "samples", "n", "steps", "seed"})
+    opts = _key_values(args, {"run", "samples", "n", "steps", "seed", "average"})
     if "run" not in opts:
         raise ConfigError("ldm eval needs run=RUN_DIR (and for digits runs optionally samples=DIR, "
-                          "default RUN_DIR/samples/final; for other runs n=64 steps=... seed=0).")
+                          "default RUN_DIR/samples/final; for other runs n=64 steps=... seed=0 "
+                          "average=1).")
     run = Path(opts["run"])
     config_file = run / "config.yaml"
     if not config_file.is_file():
@@ -76,11 +77,14 @@ def cmd_eval(args: list[str]) -> int:
     from ldmcore.eval.tasks import evaluate_run
 
     try:
-        n, seed = int(opts.get("n", 64)), int(opts.get("seed", 0))
+        n, seed, average = int(opts.get("n", 64)), int(opts.get("seed", 0)), int(opts.get("average", 1))
         steps = int(opts["steps"]) if "steps" in opts else None
     except ValueError:
-        raise ConfigError("ldm eval: n, steps and seed must be integers.") from None
-    metrics = evaluate_run(run, n=n, steps=steps, seed=seed, out=run)
+        raise ConfigError("ldm eval: n, steps, seed and average must be integers.") from None
+    if n < 1 or average < 1:
+        raise ConfigError(f"ldm eval: n={n} and average={average} must be at least 1 (average=K "
+                          f"also scores the mean of K samples per condition).")
+    metrics = evaluate_run(run, n=n, steps=steps, seed=seed, out=run, average=average)
     report.write_text(json.dumps(metrics, indent=1))
     for key, value in metrics.items():
         print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}")

@@ -226,7 +226,11 @@ def test_eval_scores_every_plugin_on_held_out_conditions(tmp_path: Path) -> None
     from ldmcore.cli import main
 
     run = train(load(["experiment=photos_inpaint", f"run_dir={tmp_path / 'run'}", *SMOKE]))
-    assert main(["eval", f"run={run.root}", "n=4", "steps=2"]) == 0
+    assert main(["eval", f"run={run.root}", "n=4", "steps=2", "average=2"]) == 0
     report = json.loads((run.root / "eval.json").read_text())
     assert report["inpaint_known_max_abs_error"] == 0.0  # paste-back: the known region is exact
     assert report["blur_fill_hole_psnr"] > 5 and np.isfinite(report["inpaint_hole_psnr"])
+    # average=2: the mean of two draws per condition is scored too, and is not the single draw
+    assert report["averaged_samples"] == 2 and np.isfinite(report["inpaint_hole_psnr_mean_of_samples"])
+    assert report["inpaint_hole_psnr_mean_of_samples"] != report["inpaint_hole_psnr"]
+    assert main(["eval", f"run={run.root}", "average=0"]) == 2
