@@ -19,7 +19,7 @@ from ldmcore.diffusion.schedule import NoiseSchedule
 from ldmcore.errors import ConfigError
 from ldmcore.model import LatentDiffusion, derive_unet_shape
 from ldmcore.nn.autoencoder import AutoencoderKL, AutoencoderShape
-from ldmcore.nn.pixel_space import PixelSpace
+from ldmcore.nn.pixel_space import FirstStage, PixelSpace
 from ldmcore.nn.unet import UNetModel, UNetShape
 from ldmcore.registry import Registry
 
@@ -34,7 +34,7 @@ def autoencoder_shape(ae: AutoencoderConfig, image_channels: int) -> Autoencoder
                             norm_groups=ae.norm_groups)
 
 
-def build_autoencoder(cfg: ExperimentConfig) -> AutoencoderKL | PixelSpace:
+def build_autoencoder(cfg: ExperimentConfig) -> FirstStage:
     ae = cfg.autoencoder
     if ae.kind == "pixels":
         return PixelSpace(autoencoder_shape(ae, cfg.data.channels))
@@ -59,7 +59,7 @@ def backbone_spec(cfg: ExperimentConfig, root: Path | None = None) -> BackboneSp
 
 
 def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
-                      autoencoder: AutoencoderKL | None = None, root: Path | None = None) -> Conditioner:
+                      autoencoder: FirstStage | None = None, root: Path | None = None) -> Conditioner:
     spec = backbone_spec(cfg, root)
     if autoencoder is not None:
         spec = replace(spec, encode=frozen_encoder(autoencoder))
@@ -67,7 +67,7 @@ def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
     return Conditioner(encoders)
 
 
-def build_model(cfg: ExperimentConfig, autoencoder: AutoencoderKL | None = None,
+def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,
                 registry: Registry | None = None, root: Path | None = None) -> LatentDiffusion:
     """The full LatentDiffusion for ``cfg`` (a fresh autoencoder unless one is given)."""
     autoencoder = autoencoder if autoencoder is not None else build_autoencoder(cfg)
@@ -99,7 +99,7 @@ def build_model(cfg: ExperimentConfig, autoencoder: AutoencoderKL | None = None,
                            d.snr_gamma)
 
 
-def frozen_encoder(autoencoder: AutoencoderKL):
+def frozen_encoder(autoencoder: FirstStage):
     """Images in [-1, 1] -> scaled posterior-mean latents, without gradients (for plugins)."""
 
     @torch.no_grad()
@@ -117,7 +117,7 @@ def _check_groups(where: str, groups: int, widths: list[int]) -> None:
                           f"{bad}; choose norm_groups dividing every width {widths}.")
 
 
-def load_autoencoder(cfg: ExperimentConfig, path: Path) -> AutoencoderKL:
+def load_autoencoder(cfg: ExperimentConfig, path: Path) -> FirstStage:
     """An autoencoder from a stage-1 checkpoint (``autoencoder.*`` tensors)."""
     tensors, _ = checkpoint.load(path)
     ae = build_autoencoder(cfg)

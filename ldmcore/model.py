@@ -23,7 +23,7 @@ from ldmcore.diffusion.samplers import SAMPLERS, SamplerSpec
 from ldmcore.diffusion.schedule import NoiseSchedule, Prediction
 from ldmcore.diffusion.sigmas import SigmaPlan
 from ldmcore.errors import ConfigError, nearest
-from ldmcore.nn.autoencoder import AutoencoderKL
+from ldmcore.nn.pixel_space import FirstStage
 from ldmcore.nn.unet import UNetModel, UNetShape
 from ldmcore.randomness import BatchRandom, as_batch_random
 
@@ -41,7 +41,7 @@ def derive_unet_shape(base: UNetShape, latent_channels: int, conditioner: Condit
 
 
 class LatentDiffusion(nn.Module):
-    def __init__(self, autoencoder: AutoencoderKL, unet: UNetModel, conditioner: Conditioner,
+    def __init__(self, autoencoder: FirstStage, unet: UNetModel, conditioner: Conditioner,
                  schedule: NoiseSchedule, latent_size: tuple[int, int],
                  prediction: Prediction = Prediction.EPS, snr_gamma: float | None = None) -> None:
         super().__init__()

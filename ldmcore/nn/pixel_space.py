@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ldmcore.nn.autoencoder import AutoencoderShape, DiagonalGaussian
+from ldmcore.nn.autoencoder import AutoencoderKL, AutoencoderShape, DiagonalGaussian
 
 
 class PixelSpace(nn.Module):
@@ -41,3 +41,7 @@ class PixelSpace(nn.Module):
     def fit_scale_factor(self, x: torch.Tensor) -> float:
         """Pixels in [-1, 1] are diffused as they are (as pixel-space DDPMs do): the factor stays 1."""
         return float(self.scale_factor)
+
+
+# What fills the first stage's place in the backbone: the KL autoencoder, or the pixels.
+FirstStage = AutoencoderKL | PixelSpace
