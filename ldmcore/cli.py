@@ -5,7 +5,7 @@
     ldm train experiment=NAME [hydra overrides ...]
     ldm sample run=RUN_DIR cond.NAME=VALUE [n=8 sampler=dpmpp_2m sigmas=karras steps=20
                guidance=3 guidance.NAME=5 eta=1 init=PNG strength=0.6 mask=PNG seed=0 out=DIR]
-    ldm eval run=RUN_DIR [samples=DIR]
+    ldm eval run=RUN_DIR [samples=DIR | n=64 steps=50 seed=0 average=1]
     ldm plugins [--json]
     ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]
     ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]
