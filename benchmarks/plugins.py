@@ -69,13 +69,18 @@ def first_stage(dataset: str, root: Path, reuse: bool, extra: list[str]) -> tupl
     return weights, timing["wall_s"]
 
 
+def eval_args(name: str, root: Path) -> list[str]:
+    """The ``ldm eval`` arguments that score experiment ``name``."""
+    return [f"run={root / name}", "n=64", *EVAL_OPTIONS.get(EXPERIMENTS[name][0], [])]
+
+
 def experiment(name: str, weights: Path | None, root: Path, extra: list[str]) -> dict:
     run = root / name
     stage1 = [] if weights is None else [f"autoencoder.checkpoint={weights}"]
     train = timed_command(["train", f"experiment={name}", f"run_dir={run}", *stage1,
                            "trainer.progress=false", "overwrite=true", *extra])
     t0 = time.perf_counter()
-    timed_command(["eval", f"run={run}", "n=64", *EVAL_OPTIONS.get(EXPERIMENTS[name][0], [])])
+    timed_command(["eval", *eval_args(name, root)])
     report = json.loads((run / "eval.json").read_text())
     return {"train": train, "eval_s": round(time.perf_counter() - t0, 1), "eval": report}
 
@@ -123,9 +128,8 @@ def main() -> None:
         row["stage1_s"] = stage1_s
         row["met"] = bool(EXPERIMENTS[name][2](row["eval"]))
         stage1_override = "" if weights is None else f" autoencoder.checkpoint={weights}"
-        options = "".join(f" {o}" for o in EVAL_OPTIONS.get(dataset, []))
         row["command"] = (f"ldm train experiment={name}{stage1_override}; "
-                          f"ldm eval run={args.root / name} n=64{options}")
+                          f"ldm eval {' '.join(eval_args(name, args.root))}")
         # re-read before writing: several invocations may run side by side
         rows: dict[str, dict] = json.loads(out.read_text())["experiments"] if out.exists() else {}
         rows[name] = row
