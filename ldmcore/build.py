@@ -95,8 +95,13 @@ def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,
     d = cfg.model.diffusion
     schedule = NoiseSchedule.build(d.schedule, d.timesteps, d.beta_start, d.beta_end,
                                    zero_terminal_snr=d.zero_terminal_snr)
+    if d.residual_scale != 1.0 and conditioner.base_plugin is None:
+        raise ConfigError(f"model.diffusion.residual_scale={d.residual_scale} scales the residual from "
+                          f"a base image, and none of the enabled plugins ({', '.join(conditioner.encoders)}) "
+                          f"gives one; enable a base (conditions.lowres.base=bicubic or "
+                          f"conditions.inpaint.base=blur_fill) or leave residual_scale at 1.")
     return LatentDiffusion(autoencoder, UNetModel(shape), conditioner, schedule, latent, d.prediction,
-                           d.snr_gamma)
+                           d.snr_gamma, d.residual_scale)
 
 
 def frozen_encoder(autoencoder: FirstStage):

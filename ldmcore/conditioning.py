@@ -137,6 +137,23 @@ class ConditionEncoder(nn.Module):
         """Post-process decoded samples (default: unchanged), e.g. paste back known pixels."""
         return images
 
+    @property
+    def provides_base(self) -> bool:
+        """Whether ``base()`` gives a first estimate of the clean latents (default False).
+        At most one enabled plugin may; the model then diffuses the residual (see ``base``)."""
+        return False
+
+    def base(self, value: Any) -> torch.Tensor:
+        """A first estimate of the clean latents from a batch of values, (B, latent_channels,
+        *latent_size) in the first stage's scaled latent space: e.g. the bicubic upsampling of a
+        low-resolution image, or a hole filled from its border. Called only when
+        ``provides_base`` is True, never dropped or nulled (it is not a network input but the
+        origin of the space the diffusion runs in): the model diffuses
+        ``residual_scale * (z_0 - base)`` and adds the base back after sampling, so an untrained
+        denoiser already returns the base, and training spends itself on what the base misses
+        (residual diffusion, as SRDiff, Li et al. 2022, and ResShift, Yue et al. 2023)."""
+        raise NotImplementedError(f"plugin {self.name!r} says provides_base but has no base()")
+
     @classmethod
     def parse(cls, text: str) -> Any:
         """Turn a command-line string into one value of this condition (default: the string).
@@ -182,6 +199,12 @@ class Conditioner(nn.Module):
             self._check_encoder(name, enc)
             if not enc.trainable:  # frozen: no gradients, no optimizer state, no DDP sync
                 enc.requires_grad_(False)
+        based = [name for name, enc in encoders.items() if enc.provides_base]
+        if len(based) > 1:
+            raise PluginError(f"plugins {' and '.join(repr(n) for n in based)} each give a base "
+                              f"image, and a model diffuses around one; turn the base off on all "
+                              f"but one (e.g. conditions.{based[-1]}.base=none).")
+        self.base_plugin: str | None = based[0] if based else None
 
     def _check_encoder(self, name: str, enc: ConditionEncoder) -> None:
         specs = self.specs[name]
@@ -292,6 +315,30 @@ class Conditioner(nn.Module):
                 out = _where(dropped < enc.config.drop_prob, self.null(name, batch_size), out)
             outputs[name] = out
         return self.route(outputs)
+
+    def resolve(self, batch: dict[str, Any], generator: BatchRandom | torch.Generator | None = None
+                ) -> dict[str, Any]:
+        """``batch`` with every enabled plugin's value under its name, derived values (a random
+        hole, a downsampled image) drawn once, so that the encoders and the base read the same."""
+        values = dict(batch)
+        for name, enc in self.encoders.items():
+            enc._random = None if generator is None else as_batch_random(generator)
+            try:
+                values[name] = enc.batch_value(batch)
+            except KeyError:
+                pass  # forward() names the missing value
+            finally:
+                enc._random = None
+        return values
+
+    @torch.no_grad()
+    def base(self, values: dict[str, Any]) -> torch.Tensor | None:
+        """The base plugin's first estimate of the clean latents for ``values`` (resolved), or
+        None when no enabled plugin gives one."""
+        if self.base_plugin is None:
+            return None
+        enc = self.encoders[self.base_plugin]
+        return enc.base(enc.batch_value(values)).float()
 
     def finish(self, images: torch.Tensor, values: dict[str, Any]) -> torch.Tensor:
         """Let every plugin post-process decoded samples, in enabling order."""

@@ -59,6 +59,9 @@ class DiffusionConfig(Strict):
                                     "(Lin et al. 2023); needs prediction: v")
     snr_gamma: float | None = Field(None, gt=0, description="Min-SNR-gamma loss weighting (Hang et "
                                     "al. 2023; 5 is their choice); null: the uniform loss of LDM")
+    residual_scale: float = Field(1.0, gt=0, description="with a plugin that gives a base image "
+                                  "(conditions.lowres.base, conditions.inpaint.base): the model "
+                                  "diffuses residual_scale * (z_0 - base); about 1 / std of the residual")
 
     @model_validator(mode="after")
     def _v_for_zero_snr(self) -> DiffusionConfig:

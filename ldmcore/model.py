@@ -19,6 +19,7 @@ from ldmcore.conditioning import Conditioner, Conditioning
 from ldmcore.diffusion.denoisers import DiscreteDenoiser
 from ldmcore.diffusion.guidance import Guidance, GuidedDenoiser, guide
 from ldmcore.diffusion.img2img import LatentBlend, noised, start_index
+from ldmcore.diffusion.residual import ResidualSpace
 from ldmcore.diffusion.samplers import SAMPLERS, SamplerSpec
 from ldmcore.diffusion.schedule import NoiseSchedule, Prediction
 from ldmcore.diffusion.sigmas import SigmaPlan
@@ -43,9 +44,11 @@ def derive_unet_shape(base: UNetShape, latent_channels: int, conditioner: Condit
 class LatentDiffusion(nn.Module):
     def __init__(self, autoencoder: FirstStage, unet: UNetModel, conditioner: Conditioner,
                  schedule: NoiseSchedule, latent_size: tuple[int, int],
-                 prediction: Prediction = Prediction.EPS, snr_gamma: float | None = None) -> None:
+                 prediction: Prediction = Prediction.EPS, snr_gamma: float | None = None,
+                 residual_scale: float = 1.0) -> None:
         super().__init__()
         self.snr_gamma = snr_gamma  # Min-SNR-gamma loss weights (None: uniform)
+        self.residual_scale = residual_scale  # with a base plugin: diffuse s (z_0 - base)
         self.latent_size = tuple(latent_size)
         self.autoencoder = autoencoder.requires_grad_(False).eval()
         self.unet = unet
@@ -90,18 +93,24 @@ class LatentDiffusion(nn.Module):
                 post = self.autoencoder.encode(batch["image"])
             eps_z = rng.randn(post.mean.shape).to(post.mean)
             latents = (post.mean + (0.5 * post.logvar).exp() * eps_z) * self.autoencoder.scale_factor
-        z0 = latents.detach()
+        values = self.conditioner.resolve(batch, generator=rng)  # e.g. one random hole for all
+        z0 = self.diffusion_space(values).into(latents.detach())
         b = z0.shape[0]
         t = rng.randint(self.schedule.num_timesteps, b).to(z0.device)
         noise = rng.randn(z0.shape).to(z0)
         zt = self.schedule.add_noise(z0, noise, t)
-        cond = self.conditioner(batch, b, drop=True, generator=rng)
+        cond = self.conditioner(values, b, drop=True, generator=rng)
         out = self.network(zt, t, cond)
         target = self.schedule.target(self.prediction, z0, noise, t).float()
         if self.snr_gamma is None:
             return F.mse_loss(out.float(), target)
         per_sample = (out.float() - target).pow(2).flatten(1).mean(1)
         return (self.schedule.min_snr_weight(t, self.prediction, self.snr_gamma) * per_sample).mean()
+
+    def diffusion_space(self, values: dict[str, Any]) -> ResidualSpace:
+        """Where the diffusion runs for condition ``values``: the latents, or the scaled residual
+        from the base plugin's estimate of them."""
+        return ResidualSpace(self.conditioner.base(values), self.residual_scale)
 
     # -- sampling -----------------------------------------------------------------------------
     def latent_shape(self) -> tuple[int, int, int]:
@@ -143,6 +152,8 @@ class LatentDiffusion(nn.Module):
         if noise is None:
             noise = torch.randn((n, *self.latent_shape()), generator=generator)
         noise = noise.to(device)
+        values = self.conditioner.resolve(values)
+        space = self.diffusion_space(values)
         model: Callable[..., torch.Tensor] = self.guided_denoiser(values, n, guidance)
         if init is None:
             if mask is not None:
@@ -154,10 +165,10 @@ class LatentDiffusion(nn.Module):
         else:
             if init.shape[0] == 1:
                 init = init.expand(n, *init.shape[1:])
-            known = self.encode_images(init.to(device), generator).float()
+            known = space.into(self.encode_images(init.to(device), generator).float())
             levels = levels[start_index(steps, strength):]
             if len(levels) == 1:
-                return self.autoencoder.images(known).clamp(-1, 1)
+                return self.autoencoder.images(space.out(known)).clamp(-1, 1)
             x = noised(known.double(), float(levels[0]), noise.double())
             if mask is not None:
                 model = LatentBlend(model, known, self.latent_mask(mask).to(device))
@@ -166,7 +177,7 @@ class LatentDiffusion(nn.Module):
             z0 = model.paste(z0)
         if float(levels[-1]) > 0:  # ended at sigma > 0: x = z / sqrt(abar), abar = 1 / (1 + sigma^2)
             z0 = z0 / (1.0 + float(levels[-1]) ** 2) ** 0.5
-        z0 = z0.float()
+        z0 = space.out(z0.float())
         return self.conditioner.finish(self.autoencoder.images(z0).clamp(-1, 1), values)
 
     def latent_mask(self, mask: torch.Tensor) -> torch.Tensor:

@@ -418,6 +418,25 @@ def rule_determinism(ctx: _Context) -> None:
                               f"encoder must treat samples independently (no batch statistics).")
 
 
+def rule_base(ctx: _Context) -> None:
+    """A plugin that provides a base gives a deterministic, finite estimate of the clean latents."""
+    enc = ctx.encoder()
+    if not enc.provides_base:
+        return
+    enc.eval()
+    value = ctx.value(enc)  # drawn once, as the model does for the encoders and the base
+    bb = enc.backbone
+    want = (_batch_size(ctx.batch()), bb.latent_channels, *bb.latent_size)
+    base = ctx.run("base()", lambda: enc.base(value))
+    if not isinstance(base, torch.Tensor) or tuple(base.shape) != want or not torch.isfinite(base).all():
+        got = tuple(base.shape) if isinstance(base, torch.Tensor) else type(base).__name__
+        raise _Broken(f"base() returned {got}; it must be a finite tensor (batch, latent_channels, "
+                      f"*latent_size) = {want}, an estimate of the clean latents.")
+    if not torch.equal(base, enc.base(value)):
+        raise _Broken("two base() calls on the same value differ; the model adds back the base it "
+                      "subtracted, so it must be deterministic.")
+
+
 def rule_save_load(ctx: _Context) -> None:
     from ldmcore import checkpoint
 
@@ -608,6 +627,7 @@ RULES: dict[str, Callable[[_Context], None]] = {
     "null": rule_null,
     "dropout": rule_dropout,
     "determinism": rule_determinism,
+    "base": rule_base,
     "save-load": rule_save_load,
     "parse": rule_parse,
     "gradients": rule_gradients,

@@ -97,6 +97,13 @@ def test_every_builtin_plugin_passes_the_kit(name):
     check_plugin(CASES[name])
 
 
+class TestLowresWithBaseConformance(ConformanceTests):
+    """The lowres plugin giving a base image (residual diffusion), rule by rule."""
+
+    case = PluginCase(LowresEncoder, config={"level_dim": 8, "base": "bicubic"}, cli_values=low_images,
+                      dataset="shapes", image_channels=3, plugin=ldm_lowres)
+
+
 class TestClassAsTokensConformance(ConformanceTests):
     """The class plugin's other injection (one cross-attention token), rule by rule."""
 
@@ -274,6 +281,17 @@ class Exploding(Good):
         return {Injection.VECTOR: super().forward(value)[Injection.VECTOR] * 1e38}
 
 
+class WrongBase(Good):
+    """Says it gives a base, and returns one at image size, not latent size."""
+
+    @property
+    def provides_base(self):
+        return True
+
+    def base(self, value):
+        return torch.zeros(len(value), self.backbone.latent_channels, *self.backbone.image_size)
+
+
 class Unregistered:
     """A plugin module whose hook registers nothing."""
 
@@ -289,6 +307,7 @@ class Unregistered:
     (case_of(PerSampleNull), "null", "not null(1) repeated"),
     (case_of(BatchNormed), "determinism", "alone than in a batch"),
     (case_of(UnsavedNull), "save-load", "missing from state_dict()"),
+    (case_of(WrongBase), "base", "it must be a finite tensor"),
     (case_of(ParseRaisesValueError), "parse", "raised ValueError"),
     (case_of(Good, cli_values=[]), "parse", "no cli_values"),
     (case_of(Good, bad_cli_values=["4"]), "parse", "accepted a value"),

@@ -7,7 +7,8 @@ the held-out strip of the photos). Each enabled plugin with a metric is scored:
 * layout: mean IoU of requested boxes with the detected shapes' boxes;
 * segmap: mIoU of the requested map with the generated image's segmentation;
 * lowres: PSNR/SSIM against the high-resolution crop, beside bicubic upsampling's;
-* inpaint: PSNR inside the hole beside a blur fill's, and the known region's max error.
+* inpaint: PSNR inside the hole beside a blur fill's (the converged harmonic fill of
+  ``ldmcore.hole_fill``), and the known region's max error.
 
 With ``average=K`` > 1 the pixel metrics (lowres, inpaint) are also given for the mean of K
 samples per condition (keys ``*_mean_of_samples``). PSNR rewards the posterior mean, and one
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from ldmcore.data import build_dataset, collate
 from ldmcore.eval.pixels import psnr, ssim
 from ldmcore.eval.shapes import caption_match, layout_iou, mean_iou, segmentation
+from ldmcore.hole_fill import CONVERGED_SWEEPS, blur_fill
 from ldmcore.images import save_grid, to_uint8
 from ldmcore.sample import load_run
 from ldmcore.train_autoencoder import autocast
@@ -44,14 +46,6 @@ def held_out_batch(cfg: Any, n: int) -> dict[str, Any]:
         kwargs["holdout"] = True
     dataset = build_dataset(d.name, **kwargs)
     return collate([dataset[i] for i in range(n)])
-
-
-def blur_fill(image: torch.Tensor, hole: torch.Tensor, iterations: int = 50) -> torch.Tensor:
-    """Fill the hole by repeated 3x3 averaging with the known pixels held fixed (a baseline)."""
-    x = torch.where(hole > 0.5, torch.zeros_like(image), image)
-    for _ in range(iterations):
-        x = torch.where(hole > 0.5, F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1), image)
-    return x
 
 
 def shape_scores(plugins: Any, batch: dict[str, Any], images: torch.Tensor) -> dict[str, float]:
@@ -131,7 +125,7 @@ def baseline_scores(plugins: Any, values: dict[str, Any], target: torch.Tensor) 
                       bicubic_ssim=float(ssim(bicubic, target).mean()))
     if "inpaint" in plugins:
         image, hole = values["inpaint"]
-        scores.update(blur_fill_hole_psnr=hole_psnr(blur_fill(image, hole), image, hole))
+        scores.update(blur_fill_hole_psnr=hole_psnr(blur_fill(image, hole, CONVERGED_SWEEPS), image, hole))
     return scores
 
 

@@ -30,6 +30,15 @@ from ldmcore.interop.convert import TEXT, UNET, VAE
 DIFFUSERS_VERSION = "0.30.0"
 
 
+def _refuse_base(model) -> None:
+    """SD files and diffusers pipelines diffuse the latents themselves, never a residual."""
+    name = model.conditioner.base_plugin
+    if name is not None:
+        raise ConfigError(f"this model diffuses the residual from the {name!r} plugin's base image "
+                          f"(conditions.{name}.base), which SD checkpoints and diffusers pipelines "
+                          f"have no place for; only models trained with base=none export.")
+
+
 def _text_plugin(model) -> Any | None:
     """The run's text plugin, if it can be exported (no projection); other plugins are refused."""
     encoders = dict(model.conditioner.encoders)
@@ -123,6 +132,7 @@ def export_single_file(model, cfg, out: Path | str, *, overwrite: bool = False) 
         raise ConfigError(f"{str(out)!r}: an SD single file is written as .safetensors.")
     if out.exists() and not overwrite:
         raise ConfigError(f"{str(out)!r} already exists; choose a new path or pass overwrite=true.")
+    _refuse_base(model)
     text = _text_plugin(model)
     if _is_upscaler(model):
         raise ConfigError("SD x4 upscaler models export as diffusers folders only (layout=diffusers): "
@@ -156,6 +166,7 @@ def export_single_file(model, cfg, out: Path | str, *, overwrite: bool = False) 
 
 def export_diffusers(model, cfg, out: Path | str, *, overwrite: bool = False) -> Path:
     """Write a diffusers folder (StableDiffusionPipeline when there is a text plugin)."""
+    _refuse_base(model)
     text = _text_plugin(model)
     u, ae = model.unet.shape, model.autoencoder.shape
     if u.context_dim is None and u.attention_levels:

@@ -7,12 +7,18 @@ decoding, the known pixels are pasted back, so the known region is exactly uncha
 time a random hole is cut from ``batch["image"]``: a rectangle, or (a ``free_form`` share of the
 time) a free-form brush stroke, the thick random polyline of DeepFill v2 (Yu et al. 2019). The
 null is "everything is a hole": an all-ones mask and the encoding of an all-zero (grey) image.
+
+``base: blur_fill`` gives the model a base image (``ConditionEncoder.base``): the image with its
+hole filled smoothly from the border (``ldmcore.hole_fill.blur_fill``, the harmonic fill), encoded
+by the frozen first stage. The model then diffuses the scaled residual from it (set
+``model.diffusion.residual_scale``), which is zero outside the hole, and learns only the texture
+and structure the smooth fill misses.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +27,7 @@ from pydantic import Field, model_validator
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
                                   Injection, OutputSpec)
 from ldmcore.errors import ConfigError, PluginError
+from ldmcore.hole_fill import blur_fill
 from ldmcore.images import read_image
 from ldmcore.randomness import BatchRandom
 
@@ -33,6 +40,8 @@ class InpaintConfig(EncoderConfig):
     stroke_segments: int = Field(5, ge=1, description="free-form: line segments per stroke")
     stroke_width: tuple[float, float] = Field((0.08, 0.2), description="free-form: brush width range, "
                                                                         "of the image's shorter side")
+    base: Literal["none", "blur_fill"] = Field("none", description="blur_fill: the model diffuses the "
+                                               "residual from the hole filled smoothly from its border")
 
     @model_validator(mode="after")
     def _ordered_ranges(self) -> InpaintConfig:
@@ -77,6 +86,14 @@ class InpaintEncoder(ConditionEncoder):
         zeros = torch.zeros(batch_size, c, h, w, device=self._device_probe.device)
         ones = torch.ones(batch_size, 1, *self.backbone.latent_size, device=zeros.device)
         return {Injection.CONCAT: torch.cat([self.backbone.encode(zeros), ones.to(zeros)], dim=1)}
+
+    @property
+    def provides_base(self) -> bool:
+        return self.config.base != "none"
+
+    def base(self, value: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The image with its hole blur-filled from the border, in the first stage's latents."""
+        return self.backbone.encode(blur_fill(*self._checked(value)))
 
     def finish(self, images: torch.Tensor, value: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Paste the known pixels back: outside the hole the result is the input, exactly."""

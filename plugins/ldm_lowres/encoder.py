@@ -28,6 +28,12 @@ image and projections onto convex sets never move a point away from their member
 sample can only come closer to the truth: the super-resolution counterpart of inpainting's
 paste-back (the "consistency enforcing" step of explorable super-resolution, Bahat & Michaeli
 2020). It assumes the input came from area downsampling, as this plugin makes training pairs.
+
+``base: bicubic`` gives the model a base image (``ConditionEncoder.base``): the bicubic
+upsampling of the input, encoded by the frozen first stage. The model then diffuses the scaled
+residual from it (set ``model.diffusion.residual_scale`` to about 1 / its std), starts from
+bicubic quality instead of from nothing, and learns only the detail bicubic misses, as SRDiff
+(Li et al. 2022) and ResShift (Yue et al. 2023) do.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from pydantic import Field, model_validator
 
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
                                   Injection, OutputSpec)
-from ldmcore.errors import ConfigError
+from ldmcore.errors import ConfigError, PluginError
 from ldmcore.images import read_image
 from ldmcore.nn.embeddings import timestep_embedding
 
@@ -60,6 +66,8 @@ class LowresConfig(EncoderConfig):
     ddpm_beta_end: float = Field(0.02, gt=0, lt=1)
     consistent: bool = Field(False, description="after decoding, project each sample onto the images "
                                                 "whose area downsampling is the low-res input")
+    base: Literal["none", "bicubic"] = Field("none", description="bicubic: the model diffuses the "
+                                             "residual from the bicubic upsampling of the input")
 
     @model_validator(mode="after")
     def _integer_levels_for_ddpm(self) -> LowresConfig:
@@ -83,6 +91,10 @@ class LowresEncoder(ConditionEncoder):
     def __init__(self, config: LowresConfig, backbone: BackboneSpec) -> None:
         super().__init__(config, backbone)
         self.register_buffer("_device_probe", torch.zeros(()), persistent=False)
+        if config.base != "none" and backbone.encode is None:
+            raise PluginError("lowres base=bicubic needs the backbone's frozen autoencoder "
+                              "(BackboneSpec.encode) to encode the upsampled image; build the model "
+                              "with ldmcore.build.build_model.")
         if config.noise == "ddpm":  # in float32, as diffusers' DDPMScheduler computes them
             betas = torch.linspace(config.ddpm_beta_start, config.ddpm_beta_end, config.num_levels,
                                    dtype=torch.float32)
@@ -143,6 +155,16 @@ class LowresEncoder(ConditionEncoder):
         out = images.float()
         shift = low - F.avg_pool2d(out, k)
         return (out + F.interpolate(shift, scale_factor=k, mode="nearest")).clamp(-1, 1)
+
+    @property
+    def provides_base(self) -> bool:
+        return self.config.base != "none"
+
+    def base(self, value: torch.Tensor) -> torch.Tensor:
+        """The input's bicubic upsampling to the image size, in the first stage's latents."""
+        low = self._images(value)
+        up = F.interpolate(low, size=self.backbone.image_size, mode="bicubic", align_corners=False)
+        return self.backbone.encode(up.clamp(-1, 1))
 
     def noised(self, low: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The low-resolution image at noise ``level`` (B,), given standard normal ``noise``."""
