@@ -115,7 +115,7 @@ class LowresEncoder(ConditionEncoder):
         f = self.config.factor
         return F.avg_pool2d(batch["image"], f) if f > 1 else batch["image"]
 
-    def _images(self, value: torch.Tensor) -> torch.Tensor:
+    def _checked(self, value: torch.Tensor) -> torch.Tensor:
         low = torch.as_tensor(value).float().to(self._device_probe.device)
         if low.dim() == 4 and low.shape[1] == 3 and self.backbone.image_channels == 1:
             low = low.mean(1, keepdim=True)
@@ -125,7 +125,7 @@ class LowresEncoder(ConditionEncoder):
         return low
 
     def forward(self, value: torch.Tensor) -> ConditionOutput:
-        low = self._images(value)
+        low = self._checked(value)
         b, cfg = low.shape[0], self.config
         if self.training and cfg.max_noise_level > 0:
             rng = self.random()
@@ -144,7 +144,7 @@ class LowresEncoder(ConditionEncoder):
         (the two projections of the module docstring); otherwise the samples as they are."""
         if not self.config.consistent:
             return images
-        low = self._images(value).to(images.device)
+        low = self._checked(value).to(images.device)
         (h, w), (lh, lw) = images.shape[-2:], low.shape[-2:]
         if h % lh or w % lw or h // lh != w // lw:
             raise ConfigError(f"lowres: consistent=true needs the output ({h}x{w}) to be a whole "
@@ -162,7 +162,7 @@ class LowresEncoder(ConditionEncoder):
 
     def base(self, value: torch.Tensor) -> torch.Tensor:
         """The input's bicubic upsampling to the image size, in the first stage's latents."""
-        low = self._images(value)
+        low = self._checked(value)
         up = F.interpolate(low, size=self.backbone.image_size, mode="bicubic", align_corners=False)
         return self.backbone.encode(up.clamp(-1, 1))
 

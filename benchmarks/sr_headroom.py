@@ -1,0 +1,155 @@
+"""How far above bicubic can any estimator of photos_sr4x's crops get? Model-free upper readings.
+
+PSNR rewards the posterior mean E[x | low-res], so the question behind the experiment's target
+(bicubic + 1 dB) is how much of the detail that 4x area downsampling removes is predictable from
+what is left. This script fits estimators of the residual ``crop - P(bicubic)`` (``P``: the
+consistency projection of ``conditions.lowres.consistent``) on the experiment's training crops
+and scores them on its held-out crops, beside bicubic and the projected bicubic:
+
+* the least-squares linear filter from each low-res pixel's k x k neighbourhood (all channels) to
+  its 4x4 residual block (the best linear upsampler on top of the projection);
+* a k-nearest-neighbour regression: each held-out low-res patch (contrast-normalised) takes the
+  mean residual of its K nearest training patches, a nonparametric estimate of E[residual | patch];
+* with ``--run``, a trained photos_sr4x model's own estimate of the mean: its denoised output from
+  pure noise at the schedule's largest sigma (the x0 that the first sampling step reads), through
+  the plugins' ``finish`` as a sample would be.
+
+    python benchmarks/sr_headroom.py [--train 20000] [--held 256] [--run runs/bench/photos_sr4x]
+
+Results: ``benchmarks/results/sr_headroom.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run import RESULTS, machine  # noqa: E402
+
+FACTOR = 4
+
+
+def upsampled(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Low-res input, its bicubic upsampling, and that projected onto the consistent images."""
+    low = F.avg_pool2d(images, FACTOR)
+    bicubic = F.interpolate(low, size=images.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+    shift = low - F.avg_pool2d(bicubic, FACTOR)
+    projected = (bicubic + F.interpolate(shift, scale_factor=FACTOR, mode="nearest")).clamp(-1, 1)
+    return low, bicubic, projected
+
+
+def patches(low: torch.Tensor, k: int) -> torch.Tensor:
+    """(B * h * w, C * k * k): every low-res pixel's neighbourhood, edges replicated."""
+    padded = F.pad(low, (k // 2,) * 4, mode="replicate")
+    return F.unfold(padded, k).transpose(1, 2).reshape(-1, low.shape[1] * k * k)
+
+
+def blocks(residual: torch.Tensor) -> torch.Tensor:
+    """(B * h * w, C * 16): the 4x4 residual block under each low-res pixel."""
+    c = residual.shape[1]
+    return F.unfold(residual, FACTOR, stride=FACTOR).transpose(1, 2).reshape(-1, c * FACTOR * FACTOR)
+
+
+def unblocks(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    b, _, h, w = like.shape
+    cols = rows.reshape(b, (h // FACTOR) * (w // FACTOR), -1).transpose(1, 2)
+    return F.fold(cols, (h, w), FACTOR, stride=FACTOR)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a - b).pow(2).flatten(1).mean(1)
+    return float((10 * torch.log10(4 / mse.clamp_min(1e-12))).mean())
+
+
+def linear_filter(train: torch.Tensor, held: torch.Tensor, k: int) -> torch.Tensor:
+    low, _, proj = upsampled(train)
+    x = torch.cat([patches(low, k), torch.ones(low.numel() // low.shape[1], 1)], 1).double()
+    weights = torch.linalg.lstsq(x, blocks(train - proj).double()).solution.float()
+    low_h, _, proj_h = upsampled(held)
+    xh = torch.cat([patches(low_h, k), torch.ones(low_h.numel() // low_h.shape[1], 1)], 1)
+    return (proj_h + unblocks(xh @ weights, held)).clamp(-1, 1)
+
+
+def nearest_neighbours(train: torch.Tensor, held: torch.Tensor, k: int, neighbours: int) -> torch.Tensor:
+    def normalised(low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = patches(low, k)
+        scale = p.std(1, keepdim=True).clamp_min(0.02)
+        return (p - p.mean(1, keepdim=True)) / scale, scale
+
+    low, _, proj = upsampled(train)
+    keys, scale = normalised(low)
+    answers = blocks(train - proj) / scale
+    low_h, _, proj_h = upsampled(held)
+    queries, scale_h = normalised(low_h)
+    rows = [answers[torch.cdist(q, keys).topk(neighbours, largest=False).indices].mean(1)
+            for q in queries.split(512)]  # 512 x keys distances: 2.6 GB at 20,000 crops
+    return (proj_h + unblocks(torch.cat(rows) * scale_h, held)).clamp(-1, 1)
+
+
+def model_mean(run: Path, held: torch.Tensor) -> torch.Tensor:
+    """The run's denoised estimate from pure noise at its largest sigma, finished as samples are."""
+    from ldmcore.diffusion.guidance import Guidance
+    from ldmcore.sample import load_run
+    from ldmcore.train_autoencoder import autocast
+
+    _, model, _ = load_run(run)
+    values = model.conditioner.resolve({"lowres": F.avg_pool2d(held, FACTOR)})
+    space = model.diffusion_space(values)
+    denoiser = model.guided_denoiser(values, held.shape[0], Guidance(scale=1.0))
+    sigma = float(model.schedule.sigmas[-1])
+    noise = torch.randn((held.shape[0], *model.latent_shape()), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(), autocast("bf16", torch.device("cpu")):
+        x0 = denoiser(noise.double() * (1 + sigma ** 2) ** 0.5, torch.full((held.shape[0],), sigma,
+                                                                          dtype=torch.float64)).float()
+    images = model.autoencoder.images(space.out(x0)).clamp(-1, 1)
+    return model.conditioner.finish(images, values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=int, default=20000, help="training crops (the experiment's num_items)")
+    parser.add_argument("--held", type=int, default=256, help="held-out crops")
+    parser.add_argument("--run", type=Path, default=None, help="a trained photos_sr4x run to read too")
+    args = parser.parse_args()
+    from ldmcore.config import load
+    from ldmcore.data import build_dataset, collate
+    from ldmcore.eval.tasks import held_out_batch
+
+    cfg = load(["experiment=photos_sr4x"])
+    d = cfg.data
+    dataset = build_dataset(d.name, **{**d.dataset_kwargs(), "num_items": args.train, "hflip": False})
+    train = collate([dataset[i] for i in range(args.train)])["image"]
+    held = held_out_batch(cfg, args.held)["image"]
+    _, bicubic, projected = upsampled(held)
+    rows = {"bicubic": psnr(bicubic, held), "bicubic, projected (consistent)": psnr(projected, held)}
+    for k in (3, 5):
+        rows[f"projected + least-squares {k}x{k} linear filter"] = psnr(linear_filter(train, held, k), held)
+    for k, n in ((3, 16), (3, 64), (5, 32)):
+        rows[f"projected + {n}-nearest-neighbour {k}x{k} patch regression"] = psnr(
+            nearest_neighbours(train, held, k, n), held)
+    if args.run is not None:
+        rows[f"model's mean estimate (x0 at the largest sigma), {args.run.name}"] = psnr(model_mean(args.run, held), held)
+    RESULTS.mkdir(exist_ok=True)
+    report = {"machine": machine(), "train_crops": args.train, "held_out_crops": args.held, "psnr_db": rows}
+    (RESULTS / "sr_headroom.json").write_text(json.dumps(report, indent=1))
+    lines = [f"photos_sr4x crops: estimators fitted on {args.train} training crops, PSNR on "
+             f"{args.held} held-out crops (`python benchmarks/sr_headroom.py"
+             f"{'' if args.run is None else f' --run {args.run}'}`).", "",
+             "| estimator | PSNR dB | vs bicubic |", "|---|---|---|"]
+    lines += [f"| {name} | {v:.2f} | {v - rows['bicubic']:+.2f} |" for name, v in rows.items()]
+    (RESULTS / "sr_headroom.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
