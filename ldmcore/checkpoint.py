@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ldmcore.errors import CheckpointError
+from ldmcore.errors import CheckpointError, first_few
 
 
 def save(path: Path | str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
@@ -109,11 +109,6 @@ def strip_prefix(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, tor
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def few_keys(keys: list[str], shown: int) -> str:
-    """The first ``shown`` keys, then how many more (for mismatch messages)."""
-    return ", ".join(keys[:shown]) + (f" (+{len(keys) - shown} more)" if len(keys) > shown else "")
-
-
 TRAINING_PREFIXES = ("ema.", "optim.", "rng.")  # a training checkpoint's non-model tensors
 
 
@@ -132,11 +127,11 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str
     if missing or unexpected or shape:
         problems = []
         if missing:
-            problems.append(f"missing {few_keys(missing, 4)}")
+            problems.append(f"missing {first_few(missing, 4)}")
         if unexpected:
-            problems.append(f"unexpected {few_keys(unexpected, 4)}")
+            problems.append(f"unexpected {first_few(unexpected, 4)}")
         if shape:
-            problems.append("shape mismatch at " + few_keys(
+            problems.append("shape mismatch at " + first_few(
                 [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(shape)], 4))
         raise CheckpointError(f"{what} weights in {str(path)!r} do not fit the configured model: "
                               f"{'; '.join(problems)}. Was it written with a different config?")

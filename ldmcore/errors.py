@@ -41,6 +41,13 @@ class TrainingDiverged(LdmError):
     """The loss became non-finite; the last good checkpoint is kept."""
 
 
+def first_few(items: list[str], shown: int) -> str:
+    """The first ``shown`` items joined by commas, then how many more: every message that lists
+    many names (valid choices, checkpoint keys, files) says it this one way."""
+    more = f" (and {len(items) - shown} more)" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
 def nearest(name: str, valid: Iterable[str], n: int = 3) -> str:
     """Return a phrase naming the valid choices closest to ``name`` (for error messages)."""
     valid = sorted(set(valid))
@@ -49,6 +56,4 @@ def nearest(name: str, valid: Iterable[str], n: int = 3) -> str:
         return "did you mean " + " or ".join(repr(c) for c in close) + "?"
     if not valid:
         return "there are no valid choices here."
-    shown = ", ".join(repr(v) for v in valid[:12])
-    more = f" (and {len(valid) - 12} more)" if len(valid) > 12 else ""
-    return f"valid choices: {shown}{more}."
+    return f"valid choices: {first_few([repr(v) for v in valid], 12)}."

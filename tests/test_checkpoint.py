@@ -248,7 +248,7 @@ def test_load_into_shortens_long_key_lists():
     module = torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(3)])  # 6 tensors
     with pytest.raises(CheckpointError) as exc:
         checkpoint.load_into(module, {}, "model", "p")
-    assert "(+2 more)" in str(exc.value)
+    assert "(and 2 more)" in str(exc.value)
 
 
 def test_load_into_copies_a_fitting_state():

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from ldmcore.errors import DataError
+from ldmcore.errors import DataError, first_few
 
 MissingCaptions = Literal["error", "empty"]
 SHOWN = 5
@@ -29,10 +29,9 @@ def sidecar_caption(image: Path) -> str | None:
                         f"text files.") from None
 
 
-def first_few(names: list[str]) -> str:
+def quoted_few(names: list[str]) -> str:
     """The first ``SHOWN`` names, quoted, then how many more (for messages about many files)."""
-    more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
-    return ", ".join(map(repr, names[:SHOWN])) + more
+    return first_few([repr(n) for n in names], SHOWN)
 
 
 def complete_captions(captions: list[str | None], names: list[str], missing: MissingCaptions,
@@ -41,6 +40,6 @@ def complete_captions(captions: list[str | None], names: list[str], missing: Mis
     lacking = [name for name, c in zip(names, captions) if c is None]
     if lacking and missing == "error":
         raise DataError(f"{len(lacking)} of {len(names)} images have no caption in {source}: "
-                        f"{first_few(lacking)}. Add their captions, or set "
+                        f"{quoted_few(lacking)}. Add their captions, or set "
                         f"data.missing_captions=empty to give them the empty caption.")
     return ["" if c is None else c for c in captions]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ldmcore.data.captions import MissingCaptions, complete_captions, first_few
+from ldmcore.data.captions import MissingCaptions, complete_captions, quoted_few
 from ldmcore.data.coco_json import CocoImage, CocoInstances, load_captions, load_instances
 from ldmcore.data.masks import MaskFormatError, decode_segmentation
 from ldmcore.data.transforms import build_pipeline, read_pixels, to_tensor
@@ -59,7 +59,7 @@ class CocoDataset(Dataset):
         absent = [im.file_name for im in self.images if not (self.root / im.file_name).is_file()]
         if absent:
             raise DataError(f"{len(absent)} images of data.annotations are not under "
-                            f"data.path={str(path)!r}: {first_few(absent)}. data.path must be "
+                            f"data.path={str(path)!r}: {quoted_few(absent)}. data.path must be "
                             f"the folder their file_name is relative to.")
         self.captions: list[str] | None = None
         if captions is not None:

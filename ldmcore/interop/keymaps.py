@@ -12,8 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from ldmcore.checkpoint import few_keys
-from ldmcore.errors import CheckpointError
+from ldmcore.errors import CheckpointError, first_few
 from ldmcore.nn.autoencoder import AutoencoderKL, AutoencoderShape
 from ldmcore.nn.unet import UNetModel, UNetShape
 
@@ -165,11 +164,11 @@ def report_mismatch(what: str, source: str, missing: list[str], unexpected: list
         return
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing: {few_keys(missing, 6)}")
+        problems.append(f"{len(missing)} missing: {first_few(missing, 6)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {few_keys(unexpected, 6)}")
+        problems.append(f"{len(unexpected)} unexpected: {first_few(unexpected, 6)}")
     if bad_shape:
-        problems.append(f"{len(bad_shape)} with the wrong shape: {few_keys(bad_shape, 6)}")
+        problems.append(f"{len(bad_shape)} with the wrong shape: {first_few(bad_shape, 6)}")
     raise CheckpointError(f"the {what} weights in {source!r} do not match the architecture "
                           f"detected from it: {'; '.join(problems)}. Nothing was written.")
 
