@@ -118,21 +118,21 @@ def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], p
     load_into(model, state, "model", path)
 
 
+def mismatch_problems(missing: list[str], unexpected: list[str], wrong_shape: list[str],
+                      shown: int) -> list[str]:
+    """The parts of a weights-mismatch message, each "N <kind>: the first few keys" (empty when
+    the keys fit): shared by loading into a module and by interop's key maps."""
+    kinds = (("missing", missing), ("unexpected", unexpected), ("with the wrong shape", wrong_shape))
+    return [f"{len(keys)} {kind}: {first_few(keys, shown)}" for kind, keys in kinds if keys]
+
+
 def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path | str) -> None:
     """``load_state_dict`` that reports missing/unexpected/mis-shaped keys as a CheckpointError."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shape = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
-    if missing or unexpected or shape:
-        problems = []
-        if missing:
-            problems.append(f"missing {first_few(missing, 4)}")
-        if unexpected:
-            problems.append(f"unexpected {first_few(unexpected, 4)}")
-        if shape:
-            problems.append("shape mismatch at " + first_few(
-                [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(shape)], 4))
+    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    problems = mismatch_problems(sorted(set(own) - set(state)), sorted(set(state) - set(own)),
+                                 [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape], 4)
+    if problems:
         raise CheckpointError(f"{what} weights in {str(path)!r} do not fit the configured model: "
                               f"{'; '.join(problems)}. Was it written with a different config?")
     module.load_state_dict(state)

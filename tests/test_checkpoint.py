@@ -239,8 +239,8 @@ def test_load_into_reports_missing_unexpected_and_mis_shaped_keys():
         checkpoint.load_into(module, state, "unet", "runs/x/last.safetensors")
     text = str(exc.value)
     assert "unet" in text and "runs/x/last.safetensors" in text
-    assert "missing bias" in text
-    assert "unexpected extra.scale" in text
+    assert "1 missing: bias" in text
+    assert "1 unexpected: extra.scale" in text
     assert "weight (4, 2) vs (4, 3)" in text
 
 

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from ldmcore.errors import CheckpointError, first_few
+from ldmcore.checkpoint import mismatch_problems
+from ldmcore.errors import CheckpointError
 from ldmcore.nn.autoencoder import AutoencoderKL, AutoencoderShape
 from ldmcore.nn.unet import UNetModel, UNetShape
 
@@ -160,17 +161,10 @@ def rename(state: dict[str, torch.Tensor], mapping: dict[str, str], what: str, s
 
 def report_mismatch(what: str, source: str, missing: list[str], unexpected: list[str],
                     bad_shape: list[str]) -> None:
-    if not (missing or unexpected or bad_shape):
-        return
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: {first_few(missing, 6)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {first_few(unexpected, 6)}")
-    if bad_shape:
-        problems.append(f"{len(bad_shape)} with the wrong shape: {first_few(bad_shape, 6)}")
-    raise CheckpointError(f"the {what} weights in {source!r} do not match the architecture "
-                          f"detected from it: {'; '.join(problems)}. Nothing was written.")
+    problems = mismatch_problems(missing, unexpected, bad_shape, 6)
+    if problems:
+        raise CheckpointError(f"the {what} weights in {source!r} do not match the architecture "
+                              f"detected from it: {'; '.join(problems)}. Nothing was written.")
 
 
 # -- SD inpainting: the input convolution's extra channels -------------------------------------
