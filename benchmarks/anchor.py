@@ -9,6 +9,10 @@ VAE is SD's KL-f8 layout at half width, ``(64, 128, 256, 256)``, decoding 32x32 
 
 Both models are built by diffusers with seeded random weights and converted to ldmcore through
 the same key maps ``ldm import`` uses, so both libraries run the same numbers.
+
+The sampling anchor is 20 steps of DPM-Solver++(2M) at guidance 5, both guidance branches in one
+batch, with the same noise and the same sigmas in both libraries (``sampling_inputs``,
+``diffusers_sample``, ``ldmcore_sample``); the CPU and CUDA benchmarks time the same loops.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ VAE_WIDTHS = (64, 128, 256, 256)
 LATENT = 32
 CONTEXT_TOKENS = 16
 CONTEXT_DIM = 384
+GUIDANCE = 5.0
+STEPS = 20
+SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                 num_train_timesteps=1000, algorithm_type="dpmsolver++", solver_order=2)
 
 
 @dataclass
@@ -95,3 +103,59 @@ def inputs(batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch
 
 def parameter_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+@dataclass
+class SamplingInputs:
+    """What both libraries' sampling loops start from, on one device."""
+
+    noise: torch.Tensor  # (B, 4, LATENT, LATENT)
+    context: torch.Tensor  # (B, CONTEXT_TOKENS, CONTEXT_DIM)
+    null: torch.Tensor  # zeros like context: the unconditional branch
+    sigmas: torch.Tensor  # float64, diffusers' DPM-Solver++ levels, ending at 0
+
+
+def sampling_inputs(batch: int, device: torch.device | str = "cpu") -> SamplingInputs:
+    from diffusers import DPMSolverMultistepScheduler
+
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(batch, 4, LATENT, LATENT, generator=g)
+    context = torch.randn(batch, CONTEXT_TOKENS, CONTEXT_DIM, generator=g)
+    sched = DPMSolverMultistepScheduler(**SCHEDULER)
+    sched.set_timesteps(STEPS)
+    return SamplingInputs(noise.to(device), context.to(device), torch.zeros_like(context).to(device),
+                          sched.sigmas.double().to(device))
+
+
+def diffusers_sample(unet, run: SamplingInputs, channels_last: bool = False) -> torch.Tensor:
+    """diffusers' own loop: its scheduler, the UNet in its weights' dtype, guidance on chunks."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched = DPMSolverMultistepScheduler(**SCHEDULER)
+    sched.set_timesteps(STEPS, device=run.noise.device)
+    latents = run.noise * sched.init_noise_sigma
+    dtype = next(unet.parameters()).dtype  # bf16/fp16 weights take inputs of their dtype
+    context = torch.cat([run.null, run.context]).to(dtype)
+    for t in sched.timesteps:
+        x = sched.scale_model_input(torch.cat([latents, latents]), t)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        uncond, cond = unet(x.to(dtype), t, encoder_hidden_states=context).sample.float().chunk(2)
+        latents = sched.step(uncond + GUIDANCE * (cond - uncond), t, latents).prev_sample
+    return latents
+
+
+def ldmcore_sample(unet: UNetModel, run: SamplingInputs) -> torch.Tensor:
+    """ldmcore's loop: the discrete denoiser, batched guidance and its DPM-Solver++(2M)."""
+    from ldmcore.conditioning import Conditioning
+    from ldmcore.diffusion.denoisers import DiscreteDenoiser
+    from ldmcore.diffusion.guidance import Guidance, GuidedDenoiser
+    from ldmcore.diffusion.samplers import sample_dpmpp_2m
+    from ldmcore.diffusion.schedule import NoiseSchedule
+
+    denoiser = DiscreteDenoiser(lambda z, t, cond: unet(z, t, cond.context), NoiseSchedule.build("scaled_linear"))
+    branches = [Conditioning(context=run.context), Conditioning(context=run.null)]
+    guided = GuidedDenoiser(denoiser, branches, [GUIDANCE, 1 - GUIDANCE], [1.0, 0.0],
+                            Guidance(scale=GUIDANCE), branches[0])
+    x = run.noise.double() * DiscreteDenoiser.initial_noise_scale(float(run.sigmas[0]))
+    return sample_dpmpp_2m(guided, x, run.sigmas)

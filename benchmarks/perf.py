@@ -45,17 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import anchor  # noqa: E402
 from timing import alternate, alternate_clocks, peak_rss_mib, ratios  # noqa: E402
 
-from ldmcore.conditioning import Conditioning  # noqa: E402
-from ldmcore.diffusion.denoisers import DiscreteDenoiser  # noqa: E402
-from ldmcore.diffusion.guidance import Guidance, GuidedDenoiser  # noqa: E402
-from ldmcore.diffusion.samplers import sample_dpmpp_2m  # noqa: E402
-from ldmcore.diffusion.schedule import NoiseSchedule  # noqa: E402
 from ldmcore.nn.execution import Compiled, cast_weights, to_channels_last  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 BF16_TOLERANCE = 0.05  # bf16: max abs difference from float32 over the reference's max abs value
-GUIDANCE = 5.0
-STEPS = 20
 TASKS = ("matmul", "unet_b1", "unet_b8", "sample", "vae_decode", "train_step", "demo_step", "flops",
          "memory")
 
@@ -148,54 +141,17 @@ def unet_forward(m: Models, batch: int, reps: int, compiled: bool = False) -> di
 
 @torch.inference_mode()
 def sample(m: Models, batch: int, reps: int) -> dict:
-    """20-step DPM-Solver++(2M), guidance 5 (both branches in one batch), same noise and sigmas."""
-    from diffusers import DPMSolverMultistepScheduler
-
-    cfg = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-               num_train_timesteps=1000, algorithm_type="dpmsolver++", solver_order=2)
-    g = torch.Generator().manual_seed(1)
-    noise = torch.randn(batch, 4, anchor.LATENT, anchor.LATENT, generator=g)
-    ctx = torch.randn(batch, anchor.CONTEXT_TOKENS, anchor.CONTEXT_DIM, generator=g)
-    null = torch.zeros_like(ctx)
-    both = torch.cat([null, ctx])
-
-    def diffusers_loop(unet):
-        sched = DPMSolverMultistepScheduler(**cfg)
-        sched.set_timesteps(STEPS)
-        lat = noise * sched.init_noise_sigma
-        dtype = next(unet.parameters()).dtype  # bf16 weights take bf16 inputs
-        context = both.to(dtype)
-        for t in sched.timesteps:
-            inp = sched.scale_model_input(torch.cat([lat, lat]), t)
-            if unet is not m.d_unet:
-                inp = inp.contiguous(memory_format=CL)
-            uncond, cond = unet(inp.to(dtype), t, encoder_hidden_states=context).sample.float().chunk(2)
-            lat = sched.step(uncond + GUIDANCE * (cond - uncond), t, lat).prev_sample
-        return lat
-
-    sched = DPMSolverMultistepScheduler(**cfg)
-    sched.set_timesteps(STEPS)
-    sigmas = sched.sigmas.double()  # the same noise levels for both libraries
-    schedule = NoiseSchedule.build("scaled_linear")
-    guidance = Guidance(scale=GUIDANCE)
-    branches = [Conditioning(context=ctx), Conditioning(context=null)]
-
-    def ldmcore_loop(unet):
-        denoiser = DiscreteDenoiser(lambda z, t, cond: unet(z, t, cond.context), schedule)
-        guided = GuidedDenoiser(denoiser, branches, [GUIDANCE, 1 - GUIDANCE], [1.0, 0.0],
-                                guidance, branches[0])
-        x = noise.double() * DiscreteDenoiser.initial_noise_scale(float(sigmas[0]))
-        return sample_dpmpp_2m(guided, x, sigmas)
-
+    """The sampling anchor (``anchor.sampling_inputs``): 20-step DPM-Solver++(2M), guidance 5."""
+    run = anchor.sampling_inputs(batch)
     variants = {
-        "diffusers fp32": (False, lambda: diffusers_loop(m.d_unet)),
-        "ldmcore fp32": (False, lambda: ldmcore_loop(m.unet32)),
-        "diffusers bf16 autocast": (True, lambda: diffusers_loop(m.d_unet)),
-        "diffusers bf16 autocast+cl": (True, lambda: diffusers_loop(m.d_unet_cl)),
-        "diffusers bf16 weights+cl": (False, lambda: diffusers_loop(m.d_unet16cl)),
-        "ldmcore bf16": (False, lambda: ldmcore_loop(m.unet16)),
+        "diffusers fp32": (False, lambda: anchor.diffusers_sample(m.d_unet, run)),
+        "ldmcore fp32": (False, lambda: anchor.ldmcore_sample(m.unet32, run)),
+        "diffusers bf16 autocast": (True, lambda: anchor.diffusers_sample(m.d_unet, run)),
+        "diffusers bf16 autocast+cl": (True, lambda: anchor.diffusers_sample(m.d_unet_cl, run, channels_last=True)),
+        "diffusers bf16 weights+cl": (False, lambda: anchor.diffusers_sample(m.d_unet16cl, run, channels_last=True)),
+        "ldmcore bf16": (False, lambda: anchor.ldmcore_sample(m.unet16, run)),
     }
-    return {"batch": batch, "steps": STEPS, "guidance": GUIDANCE, **compare(variants, reps)}
+    return {"batch": batch, "steps": anchor.STEPS, "guidance": anchor.GUIDANCE, **compare(variants, reps)}
 
 
 @torch.inference_mode()

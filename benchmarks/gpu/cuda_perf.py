@@ -37,17 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import anchor  # noqa: E402
 import timing  # noqa: E402
 
-from ldmcore.conditioning import Conditioning  # noqa: E402
-from ldmcore.diffusion.denoisers import DiscreteDenoiser  # noqa: E402
-from ldmcore.diffusion.guidance import Guidance, GuidedDenoiser  # noqa: E402
-from ldmcore.diffusion.samplers import sample_dpmpp_2m  # noqa: E402
-from ldmcore.diffusion.schedule import NoiseSchedule  # noqa: E402
 from ldmcore.nn.execution import cast_weights, to_channels_last  # noqa: E402
 
 CL = torch.channels_last
 DEV = torch.device("cuda")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-GUIDANCE, STEPS = 5.0, 20
 
 
 def sync_call(fn, ctx=None):
@@ -157,48 +151,15 @@ def unet_forward(m: Models, batch: int, reps: int) -> dict:
 
 @torch.inference_mode()
 def sample(m: Models, batch: int, reps: int) -> dict:
-    """20-step DPM-Solver++(2M), guidance 5, both branches in one batch, same noise and sigmas."""
-    from diffusers import DPMSolverMultistepScheduler
-
-    cfg = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-               num_train_timesteps=1000, algorithm_type="dpmsolver++", solver_order=2)
-    g = torch.Generator().manual_seed(1)
-    noise = torch.randn(batch, 4, anchor.LATENT, anchor.LATENT, generator=g).to(DEV)
-    ctx = torch.randn(batch, anchor.CONTEXT_TOKENS, anchor.CONTEXT_DIM, generator=g).to(DEV)
-    null = torch.zeros_like(ctx)
-    both = torch.cat([null, ctx])
-
-    def diffusers_loop(unet, dtype):
-        sched = DPMSolverMultistepScheduler(**cfg)
-        sched.set_timesteps(STEPS, device=DEV)
-        lat = noise * sched.init_noise_sigma
-        context = both.to(dtype)
-        for t in sched.timesteps:
-            inp = sched.scale_model_input(torch.cat([lat, lat]), t).to(dtype)
-            uncond, cond = unet(inp, t, encoder_hidden_states=context).sample.float().chunk(2)
-            lat = sched.step(uncond + GUIDANCE * (cond - uncond), t, lat).prev_sample
-        return lat
-
-    sched = DPMSolverMultistepScheduler(**cfg)
-    sched.set_timesteps(STEPS)
-    sigmas = sched.sigmas.double().to(DEV)
-    schedule = NoiseSchedule.build("scaled_linear")
-    branches = [Conditioning(context=ctx), Conditioning(context=null)]
-
-    def ldmcore_loop(unet):
-        denoiser = DiscreteDenoiser(lambda z, t, cond: unet(z, t, cond.context), schedule)
-        guided = GuidedDenoiser(denoiser, branches, [GUIDANCE, 1 - GUIDANCE], [1.0, 0.0],
-                                Guidance(scale=GUIDANCE), branches[0])
-        x = noise.double() * DiscreteDenoiser.initial_noise_scale(float(sigmas[0]))
-        return sample_dpmpp_2m(guided, x, sigmas)
-
-    variants = {"diffusers fp32": (nothing, lambda: diffusers_loop(m.d["fp32"], torch.float32)),
-                "ldmcore fp32": (nothing, lambda: ldmcore_loop(m.ours["fp32"]))}
-    for p, dt in DTYPES.items():
-        variants[f"diffusers {p} weights"] = (nothing, lambda p=p, dt=dt: diffusers_loop(m.d[p], dt))
-        variants[f"ldmcore {p}"] = (nothing, lambda p=p: ldmcore_loop(m.ours[p]))
-        variants[f"ldmcore {p} cl"] = (nothing, lambda p=p: ldmcore_loop(m.ours[f"{p} cl"]))
-    return {"batch": batch, "steps": STEPS, **compare(variants, reps)}
+    """The sampling anchor (``anchor.sampling_inputs``): 20-step DPM-Solver++(2M), guidance 5."""
+    run = anchor.sampling_inputs(batch, DEV)
+    variants = {"diffusers fp32": (nothing, lambda: anchor.diffusers_sample(m.d["fp32"], run)),
+                "ldmcore fp32": (nothing, lambda: anchor.ldmcore_sample(m.ours["fp32"], run))}
+    for p in DTYPES:
+        variants[f"diffusers {p} weights"] = (nothing, lambda p=p: anchor.diffusers_sample(m.d[p], run))
+        variants[f"ldmcore {p}"] = (nothing, lambda p=p: anchor.ldmcore_sample(m.ours[p], run))
+        variants[f"ldmcore {p} cl"] = (nothing, lambda p=p: anchor.ldmcore_sample(m.ours[f"{p} cl"], run))
+    return {"batch": batch, "steps": anchor.STEPS, **compare(variants, reps)}
 
 
 @torch.inference_mode()
