@@ -56,6 +56,7 @@ bench-plugins: setup
 	$(PY) benchmarks/plugin_guidance.py --run runs/bench/shapes_multi --base 1.0 --high 3.0
 	$(PY) benchmarks/attach_plugin.py
 	$(PY) benchmarks/sr_headroom.py --run runs/bench/photos_sr4x
+	$(PY) benchmarks/inpaint_headroom.py --run runs/bench/photos_inpaint
 
 bench-fig6: setup  # pixels vs latents for the same training time (about 1 h: two runs at a time)
 	$(PY) benchmarks/latent_vs_pixel.py run digits 4 2 8 1 --budget 480 & \

@@ -96,21 +96,22 @@ def nearest_neighbours(train: torch.Tensor, held: torch.Tensor, k: int, neighbou
     return (proj_h + unblocks(torch.cat(rows) * scale_h, held)).clamp(-1, 1)
 
 
-def model_mean(run: Path, held: torch.Tensor) -> torch.Tensor:
-    """The run's denoised estimate from pure noise at its largest sigma, finished as samples are."""
+def model_mean(run: Path, values: dict, n: int) -> torch.Tensor:
+    """The run's denoised estimate, for ``n`` samples of condition ``values``, from pure noise at
+    its largest sigma (the x0 the first sampling step reads), finished as samples are."""
     from ldmcore.diffusion.guidance import Guidance
     from ldmcore.sample import load_run
     from ldmcore.train_autoencoder import autocast
 
     _, model, _ = load_run(run)
-    values = model.conditioner.resolve({"lowres": F.avg_pool2d(held, FACTOR)})
+    values = model.conditioner.resolve(values)
     space = model.diffusion_space(values)
-    denoiser = model.guided_denoiser(values, held.shape[0], Guidance(scale=1.0))
+    denoiser = model.guided_denoiser(values, n, Guidance(scale=1.0))
     sigma = float(model.schedule.sigmas[-1])
-    noise = torch.randn((held.shape[0], *model.latent_shape()), generator=torch.Generator().manual_seed(0))
+    noise = torch.randn((n, *model.latent_shape()), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode(), autocast("bf16", torch.device("cpu")):
-        x0 = denoiser(noise.double() * (1 + sigma ** 2) ** 0.5, torch.full((held.shape[0],), sigma,
-                                                                          dtype=torch.float64)).float()
+        x0 = denoiser(noise.double() * (1 + sigma ** 2) ** 0.5,
+                      torch.full((n,), sigma, dtype=torch.float64)).float()
     images = model.autoencoder.images(space.out(x0)).clamp(-1, 1)
     return model.conditioner.finish(images, values)
 
@@ -138,7 +139,8 @@ def main() -> None:
         rows[f"projected + {n}-nearest-neighbour {k}x{k} patch regression"] = psnr(
             nearest_neighbours(train, held, k, n), held)
     if args.run is not None:
-        rows[f"model's mean estimate (x0 at the largest sigma), {args.run.name}"] = psnr(model_mean(args.run, held), held)
+        rows[f"model's mean estimate (x0 at the largest sigma), {args.run.name}"] = psnr(
+            model_mean(args.run, {"lowres": F.avg_pool2d(held, FACTOR)}, args.held), held)
     RESULTS.mkdir(exist_ok=True)
     report = {"machine": machine(), "train_crops": args.train, "held_out_crops": args.held, "psnr_db": rows}
     (RESULTS / "sr_headroom.json").write_text(json.dumps(report, indent=1))

@@ -1,0 +1,94 @@
+"""Model-free hole fills against photos_inpaint's bar, on the eval's own held-out holes.
+
+``ldm eval`` scores inpainting inside the hole beside a blur fill (the converged harmonic fill
+of ``ldmcore.hole_fill``). This script reads the fills a user could use without a model on the
+same held-out crops and holes (``ldm eval``'s, seed 0), so the bar and its headroom are
+measured, not assumed:
+
+* blur fills: 50 plain 3x3 sweeps from zero (the baseline before session 5), the multigrid fill
+  at 20 sweeps per level (the plugin's base) and at 200 (the eval's baseline);
+* scikit-image's biharmonic inpainting (``skimage.restoration.inpaint_biharmonic``), which also
+  continues gradients across the border;
+* with ``--run``, a trained photos_inpaint model's own estimate of the mean: its denoised output
+  from pure noise at the schedule's largest sigma, pasted back as samples are.
+
+    python benchmarks/inpaint_headroom.py [--n 64] [--run runs/bench/photos_inpaint]
+
+Results: ``benchmarks/results/inpaint_headroom.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run import RESULTS, machine  # noqa: E402
+from sr_headroom import model_mean  # noqa: E402
+
+
+def plain_sweeps(image: torch.Tensor, hole: torch.Tensor, sweeps: int) -> torch.Tensor:
+    """Repeated 3x3 averaging from a zero (grey) start, the known pixels held."""
+    inside = (hole > 0.5).expand_as(image)
+    x = torch.where(inside, torch.zeros_like(image), image)
+    for _ in range(sweeps):
+        x = torch.where(inside, F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1), image)
+    return x
+
+
+def biharmonic(image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+    from skimage.restoration import inpaint_biharmonic
+
+    filled = [inpaint_biharmonic(((im.permute(1, 2, 0).numpy() + 1) / 2).astype(np.float64),
+                                 h[0].numpy() > 0.5, channel_axis=-1) for im, h in zip(image, hole)]
+    return torch.from_numpy(np.stack(filled)).permute(0, 3, 1, 2).float() * 2 - 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=64, help="held-out crops (ldm eval's n)")
+    parser.add_argument("--run", type=Path, default=None, help="a trained photos_inpaint run to read too")
+    args = parser.parse_args()
+    from ldmcore.build import build_model
+    from ldmcore.config import load
+    from ldmcore.eval.tasks import held_out_batch, hole_psnr
+    from ldmcore.hole_fill import CONVERGED_SWEEPS, SWEEPS_PER_LEVEL, blur_fill
+
+    cfg = load(["experiment=photos_inpaint"])
+    encoder = build_model(cfg).conditioner.encoders["inpaint"]
+    torch.manual_seed(0)  # then the holes ldm eval draws (its seed 0)
+    image, hole = encoder.batch_value(held_out_batch(cfg, args.n))
+    fills = {
+        "blur, 50 plain sweeps from grey (the old baseline)": plain_sweeps(image, hole, 50),
+        f"blur fill, {SWEEPS_PER_LEVEL} sweeps per level (the plugin's base)": blur_fill(image, hole),
+        f"blur fill, {CONVERGED_SWEEPS} sweeps per level (ldm eval's baseline)": blur_fill(image, hole, CONVERGED_SWEEPS),
+        "biharmonic (scikit-image)": biharmonic(image, hole),
+    }
+    if args.run is not None:
+        fills[f"model's mean estimate (x0 at the largest sigma), {args.run.name}"] = model_mean(
+            args.run, {"inpaint": (image, hole)}, args.n)
+    rows = {name: hole_psnr(x, image, hole) for name, x in fills.items()}
+    report = {"machine": machine(), "held_out_crops": args.n, "hole_psnr_db": rows}
+    (RESULTS / "inpaint_headroom.json").write_text(json.dumps(report, indent=1))
+    run = "" if args.run is None else f" --run {args.run}"
+    bar = rows[next(k for k in rows if "ldm eval's baseline" in k)]
+    lines = [f"photos_inpaint: PSNR inside the hole on ldm eval's {args.n} held-out crops and holes "
+             f"(`python benchmarks/inpaint_headroom.py --n {args.n}{run}`).", "",
+             "| fill | hole PSNR dB | vs the eval's blur fill |", "|---|---|---|"]
+    lines += [f"| {name} | {v:.2f} | {v - bar:+.2f} |" for name, v in rows.items()]
+    (RESULTS / "inpaint_headroom.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
