@@ -20,7 +20,6 @@ Results: ``benchmarks/results/inpaint_headroom.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -33,8 +32,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import RESULTS, machine  # noqa: E402
-from sr_headroom import model_mean  # noqa: E402
+from headroom import model_mean, write_table  # noqa: E402
 
 
 def plain_sweeps(image: torch.Tensor, hole: torch.Tensor, sweeps: int) -> torch.Tensor:
@@ -68,27 +66,21 @@ def main() -> None:
     encoder = build_model(cfg).conditioner.encoders["inpaint"]
     torch.manual_seed(0)  # then the holes ldm eval draws (its seed 0)
     image, hole = encoder.batch_value(held_out_batch(cfg, args.n))
+    bar = f"blur fill, {CONVERGED_SWEEPS} sweeps per level (ldm eval's baseline)"
     fills = {
         "blur, 50 plain sweeps from grey (the old baseline)": plain_sweeps(image, hole, 50),
         f"blur fill, {SWEEPS_PER_LEVEL} sweeps per level (the plugin's base)": blur_fill(image, hole),
-        f"blur fill, {CONVERGED_SWEEPS} sweeps per level (ldm eval's baseline)": blur_fill(image, hole, CONVERGED_SWEEPS),
+        bar: blur_fill(image, hole, CONVERGED_SWEEPS),
         "biharmonic (scikit-image)": biharmonic(image, hole),
     }
     if args.run is not None:
         fills[f"model's mean estimate (x0 at the largest sigma), {args.run.name}"] = model_mean(
             args.run, {"inpaint": (image, hole)}, args.n)
     rows = {name: hole_psnr(x, image, hole) for name, x in fills.items()}
-    report = {"machine": machine(), "held_out_crops": args.n, "hole_psnr_db": rows}
-    (RESULTS / "inpaint_headroom.json").write_text(json.dumps(report, indent=1))
     run = "" if args.run is None else f" --run {args.run}"
-    bar = rows[next(k for k in rows if "ldm eval's baseline" in k)]
-    lines = [f"photos_inpaint: PSNR inside the hole on ldm eval's {args.n} held-out crops and holes "
-             f"(`python benchmarks/inpaint_headroom.py --n {args.n}{run}`).", "",
-             "| fill | hole PSNR dB | vs the eval's blur fill |", "|---|---|---|"]
-    lines += [f"| {name} | {v:.2f} | {v - bar:+.2f} |" for name, v in rows.items()]
-    (RESULTS / "inpaint_headroom.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    write_table("inpaint_headroom", f"photos_inpaint: PSNR inside the hole on ldm eval's {args.n} held-out "
+                f"crops and holes (`python benchmarks/inpaint_headroom.py --n {args.n}{run}`).", "fill",
+                rows, bar, held_out_crops=args.n)
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,6 @@ Results: ``benchmarks/results/sr_headroom.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import RESULTS, machine  # noqa: E402
+from headroom import model_mean, write_table  # noqa: E402
 
 FACTOR = 4
 
@@ -96,26 +95,6 @@ def nearest_neighbours(train: torch.Tensor, held: torch.Tensor, k: int, neighbou
     return (proj_h + unblocks(torch.cat(rows) * scale_h, held)).clamp(-1, 1)
 
 
-def model_mean(run: Path, values: dict, n: int) -> torch.Tensor:
-    """The run's denoised estimate, for ``n`` samples of condition ``values``, from pure noise at
-    its largest sigma (the x0 the first sampling step reads), finished as samples are."""
-    from ldmcore.diffusion.guidance import Guidance
-    from ldmcore.sample import load_run
-    from ldmcore.train_autoencoder import autocast
-
-    _, model, _ = load_run(run)
-    values = model.conditioner.resolve(values)
-    space = model.diffusion_space(values)
-    denoiser = model.guided_denoiser(values, n, Guidance(scale=1.0))
-    sigma = float(model.schedule.sigmas[-1])
-    noise = torch.randn((n, *model.latent_shape()), generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode(), autocast("bf16", torch.device("cpu")):
-        x0 = denoiser(noise.double() * (1 + sigma ** 2) ** 0.5,
-                      torch.full((n,), sigma, dtype=torch.float64)).float()
-    images = model.autoencoder.images(space.out(x0)).clamp(-1, 1)
-    return model.conditioner.finish(images, values)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=20000, help="training crops (the experiment's num_items)")
@@ -141,17 +120,10 @@ def main() -> None:
     if args.run is not None:
         rows[f"model's mean estimate (x0 at the largest sigma), {args.run.name}"] = psnr(
             model_mean(args.run, {"lowres": F.avg_pool2d(held, FACTOR)}, args.held), held)
-    RESULTS.mkdir(exist_ok=True)
-    report = {"machine": machine(), "train_crops": args.train, "held_out_crops": args.held, "psnr_db": rows}
-    (RESULTS / "sr_headroom.json").write_text(json.dumps(report, indent=1))
-    lines = [f"photos_sr4x crops: estimators fitted on {args.train} training crops, PSNR on "
-             f"{args.held} held-out crops (`python benchmarks/sr_headroom.py"
-             f"{'' if args.run is None else f' --run {args.run}'}`).", "",
-             "| estimator | PSNR dB | vs bicubic |", "|---|---|---|"]
-    lines += [f"| {name} | {v:.2f} | {v - rows['bicubic']:+.2f} |" for name, v in rows.items()]
-    (RESULTS / "sr_headroom.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    write_table("sr_headroom", f"photos_sr4x crops: estimators fitted on {args.train} training crops, "
+                f"PSNR on {args.held} held-out crops (`python benchmarks/sr_headroom.py"
+                f"{'' if args.run is None else f' --run {args.run}'}`).", "estimator", rows, "bicubic",
+                train_crops=args.train, held_out_crops=args.held)
 
 if __name__ == "__main__":
     main()
