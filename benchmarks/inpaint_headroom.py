@@ -29,19 +29,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from headroom import model_mean, write_table  # noqa: E402
-
-
-def plain_sweeps(image: torch.Tensor, hole: torch.Tensor, sweeps: int) -> torch.Tensor:
-    """Repeated 3x3 averaging from a zero (grey) start, the known pixels held."""
-    inside = (hole > 0.5).expand_as(image)
-    x = torch.where(inside, torch.zeros_like(image), image)
-    for _ in range(sweeps):
-        x = torch.where(inside, F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1), image)
-    return x
 
 
 def biharmonic(image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
@@ -60,7 +50,7 @@ def main() -> None:
     from ldmcore.build import build_model
     from ldmcore.config import load
     from ldmcore.eval.tasks import held_out_batch, hole_psnr
-    from ldmcore.hole_fill import CONVERGED_SWEEPS, SWEEPS_PER_LEVEL, blur_fill
+    from ldmcore.hole_fill import CONVERGED_SWEEPS, SWEEPS_PER_LEVEL, blur_fill, relax
 
     cfg = load(["experiment=photos_inpaint"])
     encoder = build_model(cfg).conditioner.encoders["inpaint"]
@@ -68,7 +58,7 @@ def main() -> None:
     image, hole = encoder.batch_value(held_out_batch(cfg, args.n))
     bar = f"blur fill, {CONVERGED_SWEEPS} sweeps per level (ldm eval's baseline)"
     fills = {
-        "blur, 50 plain sweeps from grey (the old baseline)": plain_sweeps(image, hole, 50),
+        "blur, 50 plain sweeps from grey (the old baseline)": relax(torch.zeros_like(image), image, hole > 0.5, 50),
         f"blur fill, {SWEEPS_PER_LEVEL} sweeps per level (the plugin's base)": blur_fill(image, hole),
         bar: blur_fill(image, hole, CONVERGED_SWEEPS),
         "biharmonic (scikit-image)": biharmonic(image, hole),

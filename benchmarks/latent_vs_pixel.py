@@ -107,7 +107,7 @@ class Scorer:
         if self.dataset == "digits":
             values = {"class": self.labels}
         else:
-            values = {name: enc.batch_value(self.batch) for name, enc in model.conditioner.encoders.items()}
+            values = model.conditioner.resolve(self.batch)
         noise = torch.randn((self.n, *model.latent_shape()), generator=torch.Generator().manual_seed(0))
         with torch.inference_mode(), autocast("bf16", torch.device("cpu")):
             images = model.sample(values, self.n, sampler="dpmpp_2m", steps=EVAL_STEPS,

@@ -53,7 +53,7 @@ def main() -> None:
     cfg, model, _ = load_run(args.run)
     plugins = [p for p in model.conditioner.encoders if p in METRIC]
     batch = held_out_batch(cfg, args.n)
-    values = {name: enc.batch_value(batch) for name, enc in model.conditioner.encoders.items()}
+    values = model.conditioner.resolve(batch)
     noise = torch.randn((args.n, *model.latent_shape()), generator=torch.Generator().manual_seed(0))
     settings = {"base": {p: args.base for p in plugins}}
     settings.update({f"{p} raised": {**settings["base"], p: args.high} for p in plugins})

@@ -49,7 +49,7 @@ def main() -> None:
 
     cfg, model, _ = load_run(args.run)
     batch = held_out_batch(cfg, args.n)
-    values = {name: enc.batch_value(batch) for name, enc in model.conditioner.encoders.items()}
+    values = model.conditioner.resolve(batch)
     noise = torch.randn((args.n, *model.latent_shape()), generator=torch.Generator().manual_seed(0))
     out = RESULTS / f"samplers_{args.run.name}.json"
     store = {"machine": machine(), "run": str(args.run), "n": args.n,

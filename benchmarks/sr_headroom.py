@@ -40,11 +40,11 @@ FACTOR = 4
 
 def upsampled(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Low-res input, its bicubic upsampling, and that projected onto the consistent images."""
+    from ldm_lowres.encoder import consistent
+
     low = F.avg_pool2d(images, FACTOR)
     bicubic = F.interpolate(low, size=images.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
-    shift = low - F.avg_pool2d(bicubic, FACTOR)
-    projected = (bicubic + F.interpolate(shift, scale_factor=FACTOR, mode="nearest")).clamp(-1, 1)
-    return low, bicubic, projected
+    return low, bicubic, consistent(bicubic, low)
 
 
 def patches(low: torch.Tensor, k: int) -> torch.Tensor:

@@ -19,8 +19,9 @@ input channels, context width and vector width are derived from the specs here.
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -298,8 +299,7 @@ class Conditioner(nn.Module):
             if keep is not None and name not in keep:
                 outputs[name] = self.null(name, batch_size)
                 continue
-            enc._random = None if generator is None else as_batch_random(generator)
-            try:
+            with _drawing(enc, generator):
                 try:
                     value = enc.batch_value(values)
                 except KeyError:
@@ -307,8 +307,6 @@ class Conditioner(nn.Module):
                                       f"enabled conditions are {sorted(self.encoders)} and each "
                                       f"needs a value (cond.{name}=... when sampling).") from None
                 out = self.encode(name, value)
-            finally:
-                enc._random = None
             if drop and enc.config.drop_prob > 0:
                 device = _first_tensor(out).device
                 dropped = as_batch_random(generator).rand(batch_size).to(device)
@@ -322,13 +320,8 @@ class Conditioner(nn.Module):
         hole, a downsampled image) drawn once, so that the encoders and the base read the same."""
         values = dict(batch)
         for name, enc in self.encoders.items():
-            enc._random = None if generator is None else as_batch_random(generator)
-            try:
+            with _drawing(enc, generator), contextlib.suppress(KeyError):  # forward() names a missing value
                 values[name] = enc.batch_value(batch)
-            except KeyError:
-                pass  # forward() names the missing value
-            finally:
-                enc._random = None
         return values
 
     @torch.no_grad()
@@ -368,6 +361,17 @@ class Conditioner(nn.Module):
             concat=torch.cat(concat, dim=1) if concat else None,
             vector=torch.cat(vector, dim=1) if vector else None,
         )
+
+
+@contextlib.contextmanager
+def _drawing(enc: ConditionEncoder, generator: BatchRandom | torch.Generator | None) -> Iterator[None]:
+    """While inside, ``enc.random()`` draws from ``generator`` (a training step's); after, from
+    torch's global generator again."""
+    enc._random = None if generator is None else as_batch_random(generator)
+    try:
+        yield
+    finally:
+        enc._random = None
 
 
 def _first_tensor(out: ConditionOutput) -> torch.Tensor:

@@ -27,17 +27,24 @@ def blur_fill(image: torch.Tensor, hole: torch.Tensor, sweeps: int = SWEEPS_PER_
     harmonic interpolation of the known pixels around them; the known pixels are returned as they
     are. An image with no known pixel fills with zeros (mid grey in [-1, 1])."""
     image = image.float()
-    hole = (hole.float() > 0.5).to(image).expand(image.shape[0], 1, *image.shape[-2:])
-    known = 1 - hole
+    inside = (hole > 0.5).expand(image.shape[0], 1, *image.shape[-2:])
     h, w = image.shape[-2:]
     if min(h, w) >= 4:  # start from the fill of the half-size problem
+        known = (~inside).to(image)
         weight = F.avg_pool2d(known, 2, ceil_mode=True)
         coarse = F.avg_pool2d(image * known, 2, ceil_mode=True) / weight.clamp_min(1e-6)
-        coarse = blur_fill(coarse, (weight == 0).to(image), sweeps)
+        coarse = blur_fill(coarse, weight == 0, sweeps)
         start = F.interpolate(coarse, scale_factor=2, mode="bilinear", align_corners=False)[..., :h, :w]
     else:
         start = torch.zeros_like(image)
-    inside = (hole > 0.5).expand_as(image)
+    return relax(start, image, inside, sweeps)
+
+
+def relax(start: torch.Tensor, image: torch.Tensor, hole: torch.Tensor, sweeps: int) -> torch.Tensor:
+    """``sweeps`` Jacobi sweeps of the fill: from ``start`` inside the boolean ``hole`` (and
+    ``image`` outside it), every hole pixel becomes the mean of its 3x3 neighbourhood (image
+    edges replicated) while the known pixels stay ``image``."""
+    inside = hole.expand_as(image)
     x = torch.where(inside, start, image)
     for _ in range(sweeps):
         x = torch.where(inside, F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1), image)

@@ -69,7 +69,7 @@ def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int
     cfg, model, _ = load_run(run_dir)
     torch.manual_seed(seed)  # random holes of the inpaint plugin
     batch = held_out_batch(cfg, n)
-    values = {name: enc.batch_value(batch) for name, enc in model.conditioner.encoders.items()}
+    values = model.conditioner.resolve(batch)
 
     def draw(k: int) -> torch.Tensor:
         """Samples of noise seed ``seed + k`` for every held-out condition."""

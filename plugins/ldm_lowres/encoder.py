@@ -151,10 +151,7 @@ class LowresEncoder(ConditionEncoder):
                               f"multiple of the low-resolution input ({lh}x{lw}), the same along "
                               f"both sides; give an input of {h // self.config.factor}x"
                               f"{w // self.config.factor} or set conditions.lowres.consistent=false.")
-        k = h // lh
-        out = images.float()
-        shift = low - F.avg_pool2d(out, k)
-        return (out + F.interpolate(shift, scale_factor=k, mode="nearest")).clamp(-1, 1)
+        return consistent(images, low)
 
     @property
     def provides_base(self) -> bool:
@@ -191,3 +188,12 @@ class LowresEncoder(ConditionEncoder):
     def parse(cls, text: str) -> torch.Tensor:
         """A PNG/JPEG path; read as RGB (averaged to grey for one-channel models)."""
         return read_image(text, 3, "cond.lowres")
+
+
+def consistent(images: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    """``images`` projected onto those whose area downsampling is ``low`` (each k x k block
+    shifted to its low-res pixel's mean), then clipped to [-1, 1]; sizes a whole multiple k."""
+    k = images.shape[-1] // low.shape[-1]
+    out = images.float()
+    shift = low - F.avg_pool2d(out, k)
+    return (out + F.interpolate(shift, scale_factor=k, mode="nearest")).clamp(-1, 1)
