@@ -4,9 +4,11 @@
 
     ldm train experiment=NAME [hydra overrides ...]
     ldm sample run=RUN_DIR cond.NAME=VALUE [n=8 sampler=dpmpp_2m sigmas=karras steps=20
-               guidance=3 guidance.NAME=5 eta=1 init=PNG strength=0.6 mask=PNG seed=0 out=DIR]
-    ldm eval run=RUN_DIR [samples=DIR | n=64 steps=50 seed=0 average=1]
+               guidance=3 guidance.NAME=5 eta=1 init=PNG strength=0.6 mask=PNG seed=0 out=DIR
+               precision=auto|fp32|bf16|fp16 threads=auto|N]
+    ldm eval run=RUN_DIR [samples=DIR | n=64 steps=50 seed=0 average=1 precision=auto threads=auto]
     ldm plugins [--json]
+    ldm doctor [--json]
     ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]
     ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]
     ldm new-plugin NAME [out=DIR]
@@ -53,7 +55,7 @@ def cmd_eval(args: list[str]) -> int:
     held-out conditions (see ``ldmcore.eval.tasks``)."""
     import yaml
 
-    opts = _key_values(args, {"run", "samples", "n", "steps", "seed", "average"})
+    opts = _key_values(args, {"run", "samples", "n", "steps", "seed", "average", "precision", "threads"})
     if "run" not in opts:
         raise ConfigError("ldm eval needs run=RUN_DIR (and for digits runs optionally samples=DIR, "
                           "default RUN_DIR/samples/final; for other runs n=64 steps=... seed=0 "
@@ -84,7 +86,8 @@ def cmd_eval(args: list[str]) -> int:
     if n < 1 or average < 1:
         raise ConfigError(f"ldm eval: n={n} and average={average} must be at least 1 (average=K "
                           f"also scores the mean of K samples per condition).")
-    metrics = evaluate_run(run, n=n, steps=steps, seed=seed, out=run, average=average)
+    metrics = evaluate_run(run, n=n, steps=steps, seed=seed, out=run, average=average,
+                           precision=opts.get("precision", "auto"), threads=opts.get("threads", "auto"))
     report.write_text(json.dumps(metrics, indent=1))
     for key, value in metrics.items():
         print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}")
@@ -118,6 +121,12 @@ def cmd_plugins(args: list[str]) -> int:
     for name, why in sorted(reg.broken.items()):
         print(f"broken: {name}: {why}")
     return 0
+
+
+def cmd_doctor(args: list[str]) -> int:
+    from ldmcore.doctor import main as doctor
+
+    return doctor(args)
 
 
 def _flag(opts: dict[str, str], key: str, default: bool) -> bool:
@@ -180,7 +189,8 @@ def cmd_new_plugin(args: list[str]) -> int:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "plugins": cmd_plugins,
-            "import": cmd_import, "export": cmd_export, "new-plugin": cmd_new_plugin}
+            "import": cmd_import, "export": cmd_export, "new-plugin": cmd_new_plugin,
+            "doctor": cmd_doctor}
 
 
 def _key_values(args: list[str], allowed: set[str]) -> dict[str, str]:

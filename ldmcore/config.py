@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.resources
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -213,9 +213,14 @@ class TrainerConfig(Strict):
     grad_accum: int = Field(1, ge=1)
     grad_clip: float | None = Field(1.0, gt=0)
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
-    precision: Literal["fp32", "bf16"] = "bf16"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 where the hardware runs it natively (AMX/AVX-512-BF16 "
+                            "CPUs, Ampere+ GPUs), else fp32 on CPU and fp16 on GPU "
+                            "(ldmcore/hardware/precision.py)")
     cache_latents: bool = True
-    threads: int | None = Field(None, ge=1)
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        "auto", description="auto (or null): the cores no other process is using, re-checked "
+                            "while training; N: exactly N (ldmcore/hardware/threads.py)")
     log_every: int = Field(50, ge=1)
     sample_every: int = Field(0, ge=0, description="0 = only at the end")
     checkpoint_every: int = Field(500, ge=1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from ldmcore.model import LatentDiffusion
 from ldmcore.nn.execution import for_inference
 from ldmcore.registry import Registry, default_registry
 from ldmcore.runfolder import RunFolder
-from ldmcore.train_autoencoder import autocast
+from ldmcore.hardware import autocast, choose
 
 
 class SampleRequest(Strict):
@@ -58,7 +58,11 @@ class SampleRequest(Strict):
     seed: int = 0
     out: Path | None = None  # default: RUN/samples/sample_<seed>
     batch: int = Field(64, ge=1)
-    precision: str = Field("bf16", pattern="^(bf16|fp32)$")
+    precision: str = Field("auto", pattern="^(auto|bf16|fp32|fp16)$",
+                           description="auto: bf16 where the hardware runs it natively, else fp32 "
+                                       "(CPU) or fp16 (GPU); not inherited from training")
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description="auto: the cores other processes "
+                                                               "leave free; N: exactly N")
     ema: bool = True
     cond: dict[str, str] = Field(default_factory=dict)
 
@@ -216,7 +220,10 @@ def load_image(path: Path, size: int, channels: int, what: str = "init") -> torc
 def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
     cfg, model, _ = load_run(req.run, registry, req.ema)
     ex = cfg.execution
-    bf16_weights = req.precision == "bf16" and ex.bf16_weights
+    device = next(model.unet.parameters()).device
+    hardware = choose(req.precision, req.threads, device)
+    precision = hardware.precision
+    bf16_weights = precision.name == "bf16" and ex.bf16_weights
     model.unet = for_inference(model.unet, bf16_weights=bf16_weights,
                                channels_last=ex.channels_last, compile=ex.compile)
     for_inference(model.autoencoder, bf16_weights=bf16_weights, channels_last=ex.channels_last)
@@ -231,14 +238,13 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
     encoders = model.conditioner.encoders
     texts: list[dict[str, str]] = [row for row in rows for _ in range(req.n)]
     values = [{k: encoders[k].parse(v) for k, v in row.items()} for row in texts]
-    device = next(model.unet.parameters()).device
     images = []
     for start in range(0, len(values), req.batch):
         chunk = values[start:start + req.batch]
         batch = {k: encoders[k].collate([v[k] for v in chunk]) for k in encoders}
         noise = torch.stack([torch.randn(model.latent_shape(), generator=torch.Generator().manual_seed(req.seed + start + i))
                              for i in range(len(chunk))])
-        with autocast("fp32" if bf16_weights else req.precision, device):  # bf16 weights: no casts
+        with autocast("fp32" if bf16_weights else precision.name, device):  # bf16 weights: no casts
             images.append(model.sample(batch, len(chunk), noise=noise, init=init, mask=mask,
                                        generator=torch.Generator().manual_seed(req.seed + start),
                                        **setup))
@@ -259,7 +265,7 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
         "guidance_interval": g.interval, "init": None if req.init is None else str(req.init),
         "strength": setup["strength"] if req.init is not None else None,
         "mask": None if req.mask is None else str(req.mask),
-        "precision": req.precision, "ema": req.ema, "samples": records}, indent=1))
+        **hardware.record(), "ema": req.ema, "samples": records}, indent=1))
     return out
 
 

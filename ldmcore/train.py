@@ -1,9 +1,10 @@
 """Training: stage 1 (autoencoder) when needed, then the latent diffusion model.
 
 AdamW with linear warm-up, EMA of the denoiser (UNet + trainable encoders), gradient
-accumulation, optional bf16 autocast, gradient clipping. A non-finite loss stops the run with
-the last good checkpoint intact. ``last.safetensors`` holds weights, EMA, optimizer state, the
-step, the RNG state, the resolved config and plugin versions; ``resume=true`` continues exactly
+accumulation, mixed precision and threads chosen from the hardware (``ldmcore/hardware``),
+gradient clipping. A non-finite loss stops the run with the last good checkpoint intact.
+``last.safetensors`` holds weights, EMA, optimizer state, the step, the RNG state, the resolved
+config, plugin versions and the precision/threads chosen; ``resume=true`` continues exactly
 (batches and noise depend only on (seed, step)).
 """
 
@@ -27,6 +28,7 @@ from ldmcore.distributed import connect
 from ldmcore.data.datasets import build_dataset
 from ldmcore.data.transforms import is_deterministic
 from ldmcore.errors import TrainingDiverged
+from ldmcore.hardware import ThreadGovernor, autocast, choose, choose_precision
 from ldmcore.images import save_grid
 from ldmcore.model import LatentDiffusion
 from ldmcore.nn.execution import for_training
@@ -34,7 +36,7 @@ from ldmcore.parallel import DataParallel, local_part, make_parallel
 from ldmcore.randomness import BatchRandom
 from ldmcore.registry import Registry, default_registry
 from ldmcore.runfolder import MetricsLog, RunFolder
-from ldmcore.train_autoencoder import autocast, train_autoencoder
+from ldmcore.train_autoencoder import train_autoencoder
 
 FORMAT = "ldmcore/run/1"
 
@@ -89,12 +91,14 @@ def training_state(model: LatentDiffusion, ema: EMA, opt: torch.optim.Optimizer
 
 
 def save_state(path: Path, tensors: dict[str, torch.Tensor], opt_meta: dict[str, Any], step: int,
-               cfg: ExperimentConfig, model: LatentDiffusion, registry: Registry) -> None:
-    """Write full (unsharded) training state; see ``training_state`` and ``DataParallel.full``."""
+               cfg: ExperimentConfig, model: LatentDiffusion, registry: Registry,
+               hardware: dict[str, Any] | None = None) -> None:
+    """Write full (unsharded) training state; see ``training_state`` and ``DataParallel.full``.
+    ``hardware`` records the precision and threads this run chose and why."""
     checkpoint.save(path, tensors, {
         "format": FORMAT, "kind": "latent_diffusion", "step": step,
         "config": cfg.model_dump(mode="json"), "plugins": plugin_versions(model, registry),
-        "optimizer": opt_meta,
+        "optimizer": opt_meta, **({"hardware": hardware} if hardware else {}),
     })
 
 
@@ -129,12 +133,12 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     """
     registry = registry or default_registry()
     tc = cfg.trainer
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
     torch.manual_seed(cfg.seed)
     cluster = connect()
     parallel = make_parallel(tc.strategy, cluster)
     device = cluster.device
+    hardware = choose(tc.precision, tc.threads, device, announce=cluster.is_main)
+    precision, threads = hardware.precision, ThreadGovernor(hardware.threads)
     run = RunFolder(cfg.run_dir)
     resume = cfg.resume and run.root.exists()
     d = cfg.data
@@ -142,6 +146,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     dataset = build_dataset(d.name, limit=d.limit, **d.dataset_kwargs())
     if cluster.is_main:
         run.prepare(cfg.model_dump(mode="json"), resume=cfg.resume, overwrite=cfg.overwrite)
+        MetricsLog(run.metrics).write(stage="hardware", **hardware.record())
     cluster.barrier()
     in_memory = is_deterministic(d.hflip, d.shift) and len(dataset) <= 100_000
     held = InMemoryBatches(dataset) if in_memory else None
@@ -155,7 +160,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
         if cluster.is_main and not run.autoencoder.exists():
             sampler = StepBatchSampler(len(dataset), cfg.autoencoder.train.batch_size, cfg.seed + 1)
             train_autoencoder(cfg, build_autoencoder(cfg), _batches(dataset, held, sampler, d.num_workers),
-                              run, device)
+                              run, device, precision.name, threads)
         cluster.barrier()
         ae = load_autoencoder(cfg, run.autoencoder)
     # -- stage 2 --------------------------------------------------------------------------------
@@ -173,6 +178,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     params = (train_only_params(model, attachment, list(tc.train_only)) if tc.train_only
               else denoiser_params(model))
     opt = torch.optim.AdamW(params.values(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaler)  # fp16 only
     ema = EMA(params, tc.ema_decay)
     step = 0
     if saved is not None:
@@ -181,7 +187,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
 
     cache = None
     if held is not None and tc.cache_latents:
-        cache = _encode_all(model, held.data["image"], device, tc.precision)
+        cache = _encode_all(model, held.data["image"], device, precision.name)
     sampler = StepBatchSampler(len(dataset), tc.batch_size * cluster.world, cfg.seed,
                                step * tc.grad_accum, rank=cluster.rank, world=cluster.world)
     data = None if cache is not None else _batches(dataset, held, sampler, d.num_workers)
@@ -199,7 +205,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
         tensors = parallel.full(tensors)
         if cluster.is_main:
             for path in paths:
-                save_state(path, tensors, opt_meta, step, cfg, model, registry)
+                save_state(path, tensors, opt_meta, step, cfg, model, registry, hardware.record())
         return tensors
 
     model.train()
@@ -220,9 +226,9 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
                 batch = {k2: (v.to(device) if isinstance(v, torch.Tensor) else v) for k2, v in batch.items()}
                 sync = micro == tc.grad_accum - 1
                 with parallel.accumulating(objective, sync):  # FSDP reads it during backward
-                    with autocast(tc.precision, device):
+                    with precision.autocast():
                         loss = objective(batch, latents, rng) / tc.grad_accum
-                    loss.backward()
+                    scaler.scale(loss).backward()
                 total += loss.detach().float().cpu()
             parallel.after_backward(params.values())
             total = cluster.mean(total)
@@ -231,19 +237,24 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
                     f"the loss became {float(total)} at step {step}; stopped. The last good "
                     f"checkpoint ({str(run.last)!r}, step {last_good}) is intact. Lower "
                     f"trainer.lr (now {tc.lr}), set trainer.grad_clip, or use trainer.precision=fp32.")
+            scaler.unscale_(opt)
             if tc.grad_clip:
                 parallel.clip_grad_norm(params.values(), tc.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             opt.zero_grad(set_to_none=True)
             ema.update(params, step)
             step += 1
             steps_done += 1
             bar.update(1)
+            retuned = threads.tick()
+            if log and retuned is not None:
+                log.write(stage="hardware", step=step, threads=retuned)
             if log and (step % tc.log_every == 0 or step == tc.max_steps):
                 rate = steps_done / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{float(total):.4f}", it_s=f"{rate:.2f}")
                 log.write(stage="diffusion", step=step, loss=float(total), lr=lr_at(tc, step - 1),
-                          steps_per_s=rate, images_per_s=rate * global_batch)
+                          steps_per_s=rate, images_per_s=rate * global_batch, threads=threads.threads)
             if step % tc.checkpoint_every == 0 or step == tc.max_steps:
                 periodic = tc.keep_checkpoints and step < tc.max_steps
                 full = checkpoint_to(run.last, *([run.step_checkpoint(step)] if periodic else []))
@@ -324,7 +335,8 @@ def _sample_grid(model: LatentDiffusion, ema: EMA, held: InMemoryBatches | None,
     live = {k: p.detach().clone() for k, p in denoiser_params(model).items()}
     _copy_into(model, ema.shadow)
     model.eval()
-    with autocast(cfg.trainer.precision, next(model.unet.parameters()).device):
+    device = next(model.unet.parameters()).device
+    with autocast(choose_precision(cfg.trainer.precision, device).name, device):
         sc = cfg.sampler
         images = model.sample(batch, len(batch["image"]), sampler=default_registry().sampler(sc.name),
                               steps=sc.steps, sigmas=sc.plan(), sampler_options=sc.knobs(),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -20,21 +19,20 @@ from ldmcore import checkpoint
 from ldmcore.config import ExperimentConfig
 from ldmcore.data.batches import step_generator
 from ldmcore.errors import TrainingDiverged
+from ldmcore.hardware.precision import autocast
+from ldmcore.hardware.threads import ThreadGovernor
 from ldmcore.nn.autoencoder import AutoencoderKL
 from ldmcore.nn.discriminator import PatchDiscriminator, hinge_d_loss
 from ldmcore.runfolder import MetricsLog, RunFolder
 
 
-def autocast(precision: str, device: torch.device):
-    """bf16 autocast (AMX on CPU, tensor cores on CUDA) or nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def train_autoencoder(cfg: ExperimentConfig, ae: AutoencoderKL, batches: Iterator[dict[str, Any]],
-                      run: RunFolder, device: torch.device) -> AutoencoderKL:
+                      run: RunFolder, device: torch.device, precision: str = "fp32",
+                      threads: ThreadGovernor | None = None) -> AutoencoderKL:
+    """Train ``ae`` under ``precision`` (a resolved choice: fp32, bf16 or fp16); ``threads``
+    keeps the thread count at the free cores while it runs."""
     tc = cfg.autoencoder.train
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 only
     ae.to(device).train()
     opt = torch.optim.AdamW(ae.parameters(), lr=tc.lr, betas=(0.5, 0.9), weight_decay=0.0)
     disc = None
@@ -50,7 +48,7 @@ def train_autoencoder(cfg: ExperimentConfig, ae: AutoencoderKL, batches: Iterato
         if first is None:
             first = x
         gen = step_generator(cfg.seed, step, 2)
-        with autocast(cfg.trainer.precision, device):
+        with autocast(precision, device):
             recon, post = ae(x, gen)
             rec_loss = F.l1_loss(recon.float(), x)
             kl = post.kl().mean()  # per sample, summed over latent dims
@@ -63,15 +61,20 @@ def train_autoencoder(cfg: ExperimentConfig, ae: AutoencoderKL, batches: Iterato
             raise TrainingDiverged(f"autoencoder loss became {loss.item()} at step {step}; lower "
                                    f"autoencoder.train.lr (now {tc.lr}) or kl_weight.")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
-        opt.step()
+        scaler.step(opt)
         if use_gan:
-            with autocast(cfg.trainer.precision, device):
+            with autocast(precision, device):
                 d_loss = hinge_d_loss(disc(x).float(), disc(recon.detach()).float())
             opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
+            scaler.scale(d_loss).backward()
+            scaler.step(opt_d)
+        scaler.update()
+        retuned = threads.tick() if threads is not None else None
+        if retuned is not None:
+            log.write(stage="hardware", step=step, threads=retuned)
         if step % cfg.trainer.log_every == 0 or step == tc.steps - 1:
             rate = (step + 1) / (time.perf_counter() - t0)
             bar.set_postfix(l1=f"{rec_loss.item():.4f}", kl=f"{kl.item():.3f}", it_s=f"{rate:.1f}")

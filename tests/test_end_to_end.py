@@ -24,6 +24,7 @@ from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, EncoderConfig,
                                   OutputSpec)
 from ldmcore.config import load
 from ldmcore.errors import TrainingDiverged
+from ldmcore.hardware import cpu_info
 from ldmcore.hookspecs import hookimpl
 from ldmcore.registry import build_registry
 from ldmcore.sample import load_run, parse_request, run_sampling
@@ -71,6 +72,39 @@ def test_run_folder_layout(smoke_run: Path) -> None:
     assert len(scale) == 1 and scale[0] > 0
 
 
+def _hardware_records(run: Path) -> tuple[dict, dict]:
+    """The precision/threads record of a run's metrics.jsonl and of its last checkpoint."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in records if r["stage"] == "hardware")
+    return first, checkpoint.load(run / "checkpoints" / "last.safetensors")[1]["hardware"]
+
+
+def test_auto_precision_is_chosen_from_the_cpu_and_recorded(smoke_run: Path) -> None:
+    logged, saved = _hardware_records(smoke_run)
+    expected = "bf16" if cpu_info().native_bf16 else "fp32"
+    assert logged["precision"] == saved["precision"] == expected
+    assert logged["precision_requested"] == "auto" and logged["threads"] == 1  # smoke sets 1
+    assert cpu_info().model in saved["machine"]
+
+
+def test_the_other_kind_of_cpu_trains_in_its_own_precision(smoke_run: Path, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """``auto`` as it would choose on the other kind of CPU (AVX2-only <-> AMX) trains too."""
+    native = cpu_info().native_bf16
+    monkeypatch.setenv("LDM_NATIVE_BF16", "0" if native else "1")
+    cpu_info.cache_clear()
+    try:
+        args = [a for a in overrides(tmp_path / "other", smoke_run, "trainer.max_steps=2")
+                if a != "trainer.precision=fp32"]
+        train(load(args))
+    finally:
+        monkeypatch.delenv("LDM_NATIVE_BF16")
+        cpu_info.cache_clear()
+    logged, saved = _hardware_records(tmp_path / "other")
+    assert logged["precision"] == saved["precision"] == ("fp32" if native else "bf16")
+    assert "LDM_NATIVE_BF16" in saved["precision_reason"]
+
+
 def test_scale_factor_is_one_over_latent_std(smoke_run: Path) -> None:
     """LDM's scale_by_std: latents of the first batch have unit std after scaling."""
     cfg, model, _ = load_run(smoke_run)
@@ -88,11 +122,23 @@ def test_sample_same_seed_same_pixels(smoke_run: Path, tmp_path: Path) -> None:
     for out in (a, b):
         ldm("sample", f"run={smoke_run}", "cond.class=[3,7]", "n=2", f"out={out}", "seed=5")
     index = json.loads((a / "samples.json").read_text())
+    assert index["precision"] == ("bf16" if cpu_info().native_bf16 else "fp32")  # auto
     assert [r["conditions"]["class"] for r in index["samples"]] == [3, 3, 7, 7]
     assert [r["seed"] for r in index["samples"]] == [5, 6, 7, 8]
     for r in index["samples"]:
         assert (a / r["file"]).read_bytes() == (b / r["file"]).read_bytes()
     assert (a / "grid.png").is_file()
+
+
+def test_sample_takes_precision_and_threads_settings(smoke_run: Path, tmp_path: Path) -> None:
+    refused = ldm("sample", f"run={smoke_run}", "cond.class=1", "n=1", "precision=fp16",
+                  f"out={tmp_path / 'fp16'}", check=False)
+    assert refused.returncode == 2 and "fp16 is for CUDA" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "fp16").exists()
+    ldm("sample", f"run={smoke_run}", "cond.class=1", "n=1", "precision=fp32", "threads=2",
+        f"out={tmp_path / 'ok'}")
+    index = json.loads((tmp_path / "ok" / "samples.json").read_text())
+    assert (index["precision"], index["threads"], index["threads_requested"]) == ("fp32", 2, "2")
 
 
 def test_sample_is_independent_of_batch_composition(smoke_run: Path, tmp_path: Path) -> None:

@@ -27,7 +27,11 @@ from ldmcore.interop.export import export_run  # noqa: E402
 
 from sd_fixtures import build_pipeline  # noqa: E402
 
-TOL = 1e-4
+TOL = 1e-4  # one network call on unit-scale inputs: float32 round-off of other kernels is ~1e-6
+# 10 guided sampling steps: float32 round-off (eps 1.2e-7) of different kernels grows through the
+# steps, each multiplied by up to 1 + guidance: measured 2.1e-5 of the latents' scale with AVX2
+# kernels, 5e-6 with AVX-512/AMX ones; a wrong update rule or schedule is off by more than 1e-2
+SAMPLE_RTOL = 2e-4
 PROMPTS = ["a red circle", "a blue square and a green triangle"]
 
 
@@ -60,6 +64,11 @@ def imported(sd, request):
 
 def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
+
+
+def _scale(ref: torch.Tensor) -> float:
+    """The magnitude that a tolerance relative to ``ref`` is taken of: its largest |value|."""
+    return ref.float().abs().max().item()
 
 
 @torch.no_grad()
@@ -117,8 +126,8 @@ def test_ddim_sample_matches(imported):
                          callback=lambda info: latents.update(x=info["x"]))
     # the sampler works in x = z / sqrt(abar); SD's last step ends on abar of t=0
     last = float(plan.sigmas(model.schedule, 10)[-1])
-    assert _max_err(latents["x"] / (1 + last ** 2) ** 0.5, ref) <= TOL
-    assert _max_err(image, ref_image.clamp(-1, 1)) <= TOL
+    assert _max_err(latents["x"] / (1 + last ** 2) ** 0.5, ref) <= SAMPLE_RTOL * _scale(ref)
+    assert _max_err(image, ref_image.clamp(-1, 1)) <= SAMPLE_RTOL * _scale(ref_image.clamp(-1, 1))
 
 
 def test_diffusers_reads_our_single_file(sd):

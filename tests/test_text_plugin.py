@@ -34,9 +34,14 @@ def test_frozen_weights_stay_out_of_the_checkpoint_and_the_optimizer(encoder):
 
 
 def test_null_is_the_empty_prompt(encoder):
-    null = encoder.null(3)[Injection.CROSSATTN]
-    empty = encoder([""] * 3)[Injection.CROSSATTN]
+    # both sides computed the same way (one prompt, one row): equal bit for bit
+    null = encoder.null(1)[Injection.CROSSATTN]
+    empty = encoder([""])[Injection.CROSSATTN]
     assert torch.equal(null.values, empty.values) and torch.equal(null.mask, empty.mask)
+    # a batch of nulls repeats that row; a batched projection may round differently per CPU
+    many = encoder.null(3)[Injection.CROSSATTN]
+    torch.testing.assert_close(many.values, null.values.expand_as(many.values))  # float32 defaults
+    assert torch.equal(many.mask, null.mask.expand_as(many.mask))
 
 
 def test_sd_options_attend_to_padding_and_skip_the_projection():

@@ -32,7 +32,7 @@ from ldmcore.eval.shapes import caption_match, layout_iou, mean_iou, segmentatio
 from ldmcore.hole_fill import CONVERGED_SWEEPS, blur_fill
 from ldmcore.images import save_grid, to_uint8
 from ldmcore.sample import load_run
-from ldmcore.train_autoencoder import autocast
+from ldmcore.hardware import choose
 
 HELD_OUT_SEED = 1_000_003
 
@@ -65,8 +65,10 @@ def shape_scores(plugins: Any, batch: dict[str, Any], images: torch.Tensor) -> d
 
 
 def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int = 0,
-                 out: Path | None = None, average: int = 1) -> dict[str, Any]:
+                 out: Path | None = None, average: int = 1, precision: str = "auto",
+                 threads: int | str = "auto") -> dict[str, Any]:
     cfg, model, _ = load_run(run_dir)
+    mixed = choose(precision, threads, next(model.unet.parameters()).device).precision
     torch.manual_seed(seed)  # random holes of the inpaint plugin
     batch = held_out_batch(cfg, n)
     values = model.conditioner.resolve(batch)
@@ -74,7 +76,7 @@ def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int
     def draw(k: int) -> torch.Tensor:
         """Samples of noise seed ``seed + k`` for every held-out condition."""
         noise = torch.randn((n, *model.latent_shape()), generator=torch.Generator().manual_seed(seed + k))
-        with autocast("bf16", torch.device("cpu")):
+        with mixed.autocast():
             return model.sample(values, n, sampler=cfg.sampler.name, steps=steps or cfg.sampler.steps,
                                 guidance=cfg.sampler.guidance, noise=noise,
                                 generator=torch.Generator().manual_seed(seed + k)).float()
@@ -82,7 +84,7 @@ def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int
     images = draw(0)
     if out is not None:
         save_grid(images, out / "eval_grid.png", nrow=8)
-    report: dict[str, Any] = {"samples": n, "data": cfg.data.name}
+    report: dict[str, Any] = {"samples": n, "data": cfg.data.name, "precision": mixed.name}
     names = model.conditioner.encoders
     report.update(shape_scores(names, batch, images))
     if not {"lowres", "inpaint"} & set(names):
