@@ -35,14 +35,17 @@ test: setup
 	$(PY) -m pytest tests
 	cd $(EXAMPLE) && $(abspath $(PY)) -m pytest
 
-# run.py: the demo's phases and the training step; perf.py: ldmcore vs diffusers on the same
-# weights (UNet, 20-step sample, VAE decode, training step; fp32 and bf16; FLOP/s; memory)
+# run.py: the demo's phases; auto_choice.py: precision/threads=auto against the explicit choices
+# on the demo's step; perf.py: ldmcore vs diffusers on the same weights (UNet, 20-step sample,
+# VAE decode, training step; fp32, and bf16 where the CPU runs it natively; FLOP/s; memory)
 bench: setup
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/auto_choice.py
 	nice $(PY) benchmarks/perf.py
 
 bench-quick: setup
 	$(PY) benchmarks/run.py --quick
+	$(PY) benchmarks/auto_choice.py --reps 3
 	nice $(PY) benchmarks/perf.py --quick
 
 bench-perf: setup

@@ -45,7 +45,7 @@ from ldmcore.eval.digits import _to_reader_space, split_digits, train_reader  # 
 from ldmcore.eval.tasks import held_out_batch, shape_scores  # noqa: E402
 from ldmcore.images import save_grid  # noqa: E402
 from ldmcore.sample import load_run  # noqa: E402
-from ldmcore.train_autoencoder import autocast  # noqa: E402
+from ldmcore.hardware import choose_precision  # noqa: E402
 
 FACTORS = {1: "pixels", 2: "kl_f2", 4: "kl_f4", 8: "kl_f8"}
 DATASETS = {
@@ -109,7 +109,7 @@ class Scorer:
         else:
             values = model.conditioner.resolve(self.batch)
         noise = torch.randn((self.n, *model.latent_shape()), generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode(), autocast("bf16", torch.device("cpu")):
+        with torch.inference_mode(), choose_precision("auto").autocast():
             images = model.sample(values, self.n, sampler="dpmpp_2m", steps=EVAL_STEPS,
                                   guidance=cfg.sampler.guidance, noise=noise,
                                   generator=torch.Generator().manual_seed(0)).float()

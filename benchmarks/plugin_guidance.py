@@ -48,7 +48,7 @@ def main() -> None:
     from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan
     from ldmcore.eval.tasks import held_out_batch, shape_scores
     from ldmcore.sample import load_run
-    from ldmcore.train_autoencoder import autocast
+    from ldmcore.hardware import choose_precision
 
     cfg, model, _ = load_run(args.run)
     plugins = [p for p in model.conditioner.encoders if p in METRIC]
@@ -60,7 +60,7 @@ def main() -> None:
     rows = {}
     for label, scales in settings.items():
         t0 = time.perf_counter()
-        with torch.inference_mode(), autocast("bf16", torch.device("cpu")):
+        with torch.inference_mode(), choose_precision("auto").autocast():
             images = model.sample(values, args.n, sampler="dpmpp_2m", steps=args.steps,
                                   sigmas=SigmaPlan(SigmaKind.KARRAS),
                                   guidance=Guidance(args.base, per_plugin=scales), noise=noise,

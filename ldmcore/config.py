@@ -401,6 +401,7 @@ def compose(overrides: list[str], registry=None) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     sources = config_sources(registry)
+    OmegaConf.register_new_resolver("per_precision", per_precision, replace=True)
 
     def run(ovr: list[str], throw_on_missing: bool = True) -> dict[str, Any]:
         GlobalHydra.instance().clear()
@@ -432,6 +433,18 @@ def compose(overrides: list[str], registry=None) -> dict[str, Any]:
                               f"Options for {group}=: {', '.join(options)}.{_broken_note(registry)}"
                               ) from None
         raise ConfigError(f"cannot compose the config from {overrides}: {msg}") from None
+
+
+def per_precision(precision: str, mixed: Any, fp32: Any) -> Any:
+    """``${per_precision:${trainer.precision},A,B}`` in a config: ``A`` where ``precision``
+    resolves to bf16/fp16 on this machine's device (AMX CPUs, GPUs), ``B`` where it resolves to
+    float32 (AVX2-only CPUs under ``auto``). Lets an experiment fit its time budget on both."""
+    import torch
+
+    from ldmcore.hardware import choose_precision
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return fp32 if choose_precision(str(precision), device).name == "fp32" else mixed
 
 
 def _broken_note(registry=None) -> str:
