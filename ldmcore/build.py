@@ -42,9 +42,10 @@ def build_autoencoder(cfg: ExperimentConfig) -> FirstStage:
     return AutoencoderKL(autoencoder_shape(ae, cfg.data.channels))
 
 
-def backbone_spec(cfg: ExperimentConfig, root: Path | None = None) -> BackboneSpec:
+def backbone_spec(cfg: ExperimentConfig, root: Path | None = None,
+                  trusted_paths: frozenset[str] = frozenset()) -> BackboneSpec:
     """What plugins learn of the backbone; ``root`` is the folder relative plugin paths resolve
-    against (the run folder when a run is loaded)."""
+    against (the run folder when a run is loaded), ``trusted_paths`` those the user gave."""
     f = cfg.autoencoder.downsample_factor
     size = cfg.data.image_size
     if size % f:
@@ -55,12 +56,13 @@ def backbone_spec(cfg: ExperimentConfig, root: Path | None = None) -> BackboneSp
     channels = autoencoder_shape(cfg.autoencoder, cfg.data.channels).latent_channels
     return BackboneSpec(latent_channels=channels, latent_size=latent,
                         context_dim=cfg.model.unet.context_dim, image_channels=cfg.data.channels,
-                        image_size=(size, size), root=root)
+                        image_size=(size, size), root=root, trusted_paths=trusted_paths)
 
 
 def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
-                      autoencoder: FirstStage | None = None, root: Path | None = None) -> Conditioner:
-    spec = backbone_spec(cfg, root)
+                      autoencoder: FirstStage | None = None, root: Path | None = None,
+                      trusted_paths: frozenset[str] = frozenset()) -> Conditioner:
+    spec = backbone_spec(cfg, root, trusted_paths)
     if autoencoder is not None:
         spec = replace(spec, encode=frozen_encoder(autoencoder))
     encoders = {name: cls(config, spec) for name, (cls, config) in resolve_conditions(cfg, registry).items()}
@@ -68,10 +70,11 @@ def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
 
 
 def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,
-                registry: Registry | None = None, root: Path | None = None) -> LatentDiffusion:
+                registry: Registry | None = None, root: Path | None = None,
+                trusted_paths: frozenset[str] = frozenset()) -> LatentDiffusion:
     """The full LatentDiffusion for ``cfg`` (a fresh autoencoder unless one is given)."""
     autoencoder = autoencoder if autoencoder is not None else build_autoencoder(cfg)
-    conditioner = build_conditioner(cfg, registry, autoencoder, root)
+    conditioner = build_conditioner(cfg, registry, autoencoder, root, trusted_paths)
     u = cfg.model.unet
     levels = len(u.channel_mult)
     bad = [lv for lv in u.attention_levels if not 0 <= lv < levels]

@@ -108,7 +108,7 @@ def cmd_plugins(args: list[str]) -> int:
     dirs = [{"package": d.package, "path": str(d.path)} for d in reg.config_dirs]
     if "--json" in args:
         print(json.dumps({"plugins": [asdict(i) for i in infos], "config_dirs": dirs,
-                          "broken": reg.broken}, indent=1))
+                          "broken": reg.broken, "clashes": reg.clashes}, indent=1))
         return 0
     rows = [("name", "injection", "package", "version", "trainable", "hooks")]
     rows += [(i.name, ",".join(i.injections), i.package, i.version, str(i.trainable),
@@ -120,6 +120,8 @@ def cmd_plugins(args: list[str]) -> int:
         print(f"configs: {d['package']}: {d['path']}")
     for name, why in sorted(reg.broken.items()):
         print(f"broken: {name}: {why}")
+    for what, packages in sorted(reg.clashes.items()):
+        print(f"clash: {what} is registered by {' and '.join(packages)} (runs that use it stop)")
     return 0
 
 
@@ -204,6 +206,19 @@ def _key_values(args: list[str], allowed: set[str]) -> dict[str, str]:
     return out
 
 
+def _check_utf8(args: list[str]) -> None:
+    """Arguments that are not valid UTF-8 reach Python as lone surrogates, which would fail
+    deep inside a tokenizer or a JSON writer; name the argument instead."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            byte = ord(exc.object[exc.start]) - 0xDC00  # surrogateescape keeps the byte here
+            shown = arg.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+            raise ConfigError(f"argument {shown!r} is not valid UTF-8 (byte 0x{byte:02x} at "
+                              f"character {exc.start}); write it in UTF-8.") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -215,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
+        _check_utf8(rest)
         return COMMANDS[command](rest)
     except LdmError as err:
         # wrap only at spaces: paths and keys in the message stay whole, so they can be copied

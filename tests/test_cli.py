@@ -157,7 +157,8 @@ def test_plugins_table_shows_broken_plugins(capsys, monkeypatch):
     assert code == 0
     assert "broken: ldm_text:text: ImportError: No module named 'transformers'" in out
     code, out, _ = run_main(capsys, "plugins", "--json")
-    assert json.loads(out) == {"plugins": [], "config_dirs": [], "broken": dict(reg.broken)}
+    assert json.loads(out) == {"plugins": [], "config_dirs": [], "broken": dict(reg.broken),
+                               "clashes": {}}
 
 
 def test_plugins_table_lists_name_injection_package_version(capsys, monkeypatch):

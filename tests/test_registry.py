@@ -20,9 +20,10 @@ from torch import nn
 from ldmcore import registry as registry_mod
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, Conditioner, Conditioning,
                                   EncoderConfig, Injection, OutputSpec, Tokens)
-from ldmcore.errors import PluginError
+from ldmcore.errors import PluginClash, PluginError
 from ldmcore.hookspecs import hookimpl
-from ldmcore.registry import ALLOW_ENV, DISABLE_ENV, ENTRY_POINT_GROUP, Registry, build_registry
+from ldmcore.registry import (ALLOW_ENV, DISABLE_ENV, ENTRY_POINT_GROUP, SKIP_ENV, Registry,
+                              build_registry)
 
 BUILTINS = sorted(e.name for e in md.entry_points(group=ENTRY_POINT_GROUP)  # first-party plugins
                   if e.dist is not None and e.dist.metadata["Name"] == "ldmcore")
@@ -35,6 +36,7 @@ SPEC = BackboneSpec(latent_channels=4, latent_size=(8, 8), context_dim=16, image
 def clean_env(monkeypatch):
     monkeypatch.delenv(ALLOW_ENV, raising=False)
     monkeypatch.delenv(DISABLE_ENV, raising=False)
+    monkeypatch.delenv(SKIP_ENV, raising=False)
 
 
 # -- tiny encoders with exactly known outputs --------------------------------------------------
@@ -253,9 +255,15 @@ def test_same_name_through_entry_points_names_both(monkeypatch):
 
     with_entry_points(monkeypatch, FakeEntryPoint("zz_other", "other_pkg",
                                                   lambda: plugin_module("other_pkg", OtherClass)))
-    with pytest.raises(PluginError) as exc:
-        build_registry()
-    assert "ldmcore" in str(exc.value) and "other_pkg" in str(exc.value)
+    reg = build_registry()  # a clash stops only the runs that use the name
+    with pytest.raises(PluginClash) as exc:
+        reg.condition("class")
+    assert "'ldmcore' and 'other_pkg'" in str(exc.value) and SKIP_ENV in str(exc.value)
+    assert reg.clashes == {"condition 'class'": ["ldmcore", "other_pkg"]}
+    assert "class" not in [i.name for i in reg.infos()]  # neither wins by install order
+    assert reg.condition("layout").name == "layout"  # the other names still work
+    monkeypatch.setenv(SKIP_ENV, "other_pkg")
+    assert build_registry().condition("class") is not OtherClass
 
 
 @pytest.mark.parametrize("bad, words", [

@@ -109,9 +109,8 @@ class TextEncoder(ConditionEncoder):
 
     def __init__(self, config: TextConfig, backbone: BackboneSpec) -> None:
         super().__init__(config, backbone)
-        folder = Path(config.model or default_model_dir())
-        if not folder.is_absolute() and getattr(backbone, "root", None) is not None:
-            folder = backbone.root / folder
+        folder = (backbone.local_path(config.model, "conditions.text.model") if config.model
+                  else Path(default_model_dir()))
         self.folder = folder
         model, self.tokenizer = _load_pretrained(folder)
         self.__dict__["transformer"] = model  # frozen and unregistered: not in state_dict
