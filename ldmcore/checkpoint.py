@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -66,8 +67,11 @@ def _space(path: Path, needed: int) -> str:
         free = shutil.disk_usage(folder).free
     except OSError:
         return ""
-    return (f"The disk holding {str(folder)!r} has {free / 2**20:.1f} MB free; this checkpoint "
-            f"needs about {needed / 2**20:.1f} MB. ")
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    capped = (f" and files of this process are capped at {limit / 2**20:.1f} MB (ulimit -f)"
+              if limit != resource.RLIM_INFINITY and limit < needed else "")
+    return (f"The disk holding {str(folder)!r} has {free / 2**20:.1f} MB free{capped}; this "
+            f"checkpoint needs about {needed / 2**20:.1f} MB. ")
 
 
 def _untie(flat: dict[str, torch.Tensor]) -> None:

@@ -18,6 +18,7 @@ Errors a user can cause print one paragraph and exit with status 2; a traceback 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -27,6 +28,9 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from ldmcore.errors import ConfigError, LdmError, nearest  # noqa: E402
+
+# a full disk, a quota, a file-size limit, a read-only disk: the machine's state, not a bug
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 USAGE = __doc__.split("::", 1)[1].split("Errors", 1)[0].rstrip() + "\n"
 
@@ -219,6 +223,15 @@ def _check_utf8(args: list[str]) -> None:
                               f"character {exc.start}); write it in UTF-8.") from None
 
 
+def _report(command: str, err: LdmError) -> int:
+    """Print a user error as one paragraph and return its exit status."""
+    # wrap only at spaces: paths and keys in the message stay whole, so they can be copied
+    print("\n".join(textwrap.wrap(f"ldm {command}: error: {err}", width=100,
+                                   break_long_words=False, break_on_hyphens=False)),
+          file=sys.stderr)
+    return err.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -233,11 +246,14 @@ def main(argv: list[str] | None = None) -> int:
         _check_utf8(rest)
         return COMMANDS[command](rest)
     except LdmError as err:
-        # wrap only at spaces: paths and keys in the message stay whole, so they can be copied
-        print("\n".join(textwrap.wrap(f"ldm {command}: error: {err}", width=100,
-                                       break_long_words=False, break_on_hyphens=False)),
-              file=sys.stderr)
-        return err.exit_code
+        return _report(command, err)
+    except OSError as err:
+        if err.errno not in DISK_ERRORS:
+            raise
+        return _report(command, LdmError(
+            f"cannot write {err.filename or 'a file'!r}: {err.strerror}. Free space (or raise the "
+            f"quota or the file-size limit) and run the command again; a training run keeps its "
+            f"last checkpoint (resume=true continues it)."))
     except KeyboardInterrupt:
         print(f"ldm {command}: interrupted; a training run keeps its last checkpoint "
               f"(resume=true continues it).", file=sys.stderr)

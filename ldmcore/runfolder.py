@@ -122,8 +122,9 @@ class RunFolder:
                     lock.release()
                     lock = None
                     existed = False
-            _make_dirs(self.root, (self.checkpoints, self.samples))
-            self.marker.write_text(json.dumps({"made_by": "ldm train"}) + "\n")
+            _make_dirs(self.root, ())
+            self.marker.write_text(json.dumps({"made_by": "ldm train"}) + "\n")  # first: a kill
+            _make_dirs(self.checkpoints, (self.samples,))  # from here on leaves a resumable run
             lock = lock or RunLock(self.root)
             self.remove_temp_files()
             self.config.write_text(yaml.safe_dump(config, sort_keys=False))

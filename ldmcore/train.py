@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ldmcore import checkpoint
 from ldmcore.attach import attach_pretrained, save_plugin_weights, train_only_params
-from ldmcore.build import build_autoencoder, build_model, load_autoencoder
+from ldmcore.build import build_autoencoder, build_model, check_shapes, load_autoencoder
 from ldmcore.config import ExperimentConfig, TrainerConfig
 from ldmcore.data.batches import (InMemoryBatches, StepBatchSampler, loader_batches, memory_batches,
                                   step_generator)
@@ -144,6 +144,8 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     run = RunFolder(cfg.run_dir)
     if cluster.is_main:
         run.check_claim(resume=cfg.resume, overwrite=cfg.overwrite)
+    check_shapes(cfg)
+    _check_sources(cfg)
     d = cfg.data
     dataset = build_dataset(d.name, limit=d.limit, **d.dataset_kwargs())
     _check_batch_fits(cfg, len(dataset), cluster.world)
@@ -156,6 +158,19 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
         cluster.barrier()
         _fit(cfg, registry, run, dataset, cluster, parallel, hardware, saved, stop)
     return run
+
+
+def _check_sources(cfg: ExperimentConfig) -> None:
+    """The runs and files the config starts from exist (each named by its setting)."""
+    init = cfg.model.init_from
+    if init is not None and not RunFolder(init).last.is_file():
+        raise ConfigError(f"model.init_from={str(init)!r} is not a run folder with a checkpoint "
+                          f"(no {str(RunFolder(init).last)!r}); name a run made by `ldm train` "
+                          f"or `ldm import`.")
+    ae = cfg.autoencoder.checkpoint
+    if ae is not None and not Path(ae).is_file():
+        raise ConfigError(f"autoencoder.checkpoint={str(ae)!r} is not a file; name a stage-1 "
+                          f"checkpoint such as RUN_DIR/checkpoints/autoencoder.safetensors.")
 
 
 def _check_batch_fits(cfg: ExperimentConfig, items: int, world: int) -> None:
