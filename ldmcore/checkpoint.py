@@ -68,10 +68,17 @@ def _space(path: Path, needed: int) -> str:
     except OSError:
         return ""
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    capped = (f" and files of this process are capped at {limit / 2**20:.1f} MB (ulimit -f)"
+    capped = (f" and files of this process are capped at {_size(limit)} (ulimit -f)"
               if limit != resource.RLIM_INFINITY and limit < needed else "")
-    return (f"The disk holding {str(folder)!r} has {free / 2**20:.1f} MB free{capped}; this "
-            f"checkpoint needs about {needed / 2**20:.1f} MB. ")
+    return (f"The disk holding {str(folder)!r} has {_size(free)} free{capped}; this checkpoint "
+            f"needs about {_size(needed)}. ")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.1f} KB"
 
 
 def _untie(flat: dict[str, torch.Tensor]) -> None:

@@ -143,3 +143,27 @@ def same_weights(a: Path, b: Path) -> list[str]:
     if set(ta) != set(tb):
         return sorted(set(ta) ^ set(tb))
     return [k for k in ta if ta[k].dtype != tb[k].dtype or not torch.equal(ta[k], tb[k])]
+
+
+def bomb_png(path: Path, side: int = 30_000) -> Path:
+    """A ~100-byte PNG whose header declares side x side grey pixels: a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * (side + 1), 9)) + chunk(b"IEND", b""))
+    return path
+
+
+def rewrite_checkpoint(path: Path, change_tensors=None, change_meta=None) -> None:
+    """Rewrite a checkpoint with its tensors and/or metadata changed (for broken-file tests)."""
+    tensors, meta = checkpoint.load(path)
+    if change_tensors:
+        change_tensors(tensors)
+    if change_meta:
+        change_meta(meta)
+    checkpoint.save(path, tensors, meta)
