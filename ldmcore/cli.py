@@ -5,7 +5,8 @@
     ldm train experiment=NAME [hydra overrides ...]
     ldm sample run=RUN_DIR cond.NAME=VALUE [n=8 sampler=dpmpp_2m sigmas=karras steps=20
                guidance=3 guidance.NAME=5 eta=1 init=PNG strength=0.6 mask=PNG seed=0 out=DIR
-               precision=auto|fp32|bf16|fp16 threads=auto|N]
+               precision=auto|fp32|bf16|fp16 threads=auto|N overwrite=true
+               conditions.NAME.KEY=VALUE]
     ldm eval run=RUN_DIR [samples=DIR | n=64 steps=50 seed=0 average=1 precision=auto threads=auto]
     ldm plugins [--json]
     ldm doctor [--json]

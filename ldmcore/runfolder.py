@@ -74,20 +74,21 @@ class RunFolder:
     def marker(self) -> Path:
         return self.root / MARKER
 
-    def check_claim(self, *, resume: bool, overwrite: bool) -> None:
-        """Whether this command may write here, decided before anything is touched."""
+    def check_claim(self, *, resume: bool, overwrite: bool, what: str = "run_dir") -> None:
+        """Whether this command may write here, decided before anything is touched (``what``
+        names the argument that gave the folder)."""
         if _is_nonempty_dir(self.root):
             if not resume and not overwrite:
                 raise ConfigError(f"run folder {str(self.root)!r} already holds a run; pass "
                                   f"resume=true to continue it, overwrite=true to start afresh, "
                                   f"or name=OTHER for a new folder.")
             if not self.marker.is_file():
-                raise ConfigError(f"run_dir {str(self.root)!r} is not a run folder made by ldm "
-                                  f"train (it has no {MARKER} marker) and holds "
+                raise ConfigError(f"{what} {str(self.root)!r} is not a run folder made by "
+                                  f"ldmcore (it has no {MARKER} marker) and holds "
                                   f"{_contents(self.root)}; ldmcore neither resumes in nor "
-                                  f"replaces a folder it did not make. Choose another run_dir "
-                                  f"or name=OTHER (a run made by an older ldmcore: create the "
-                                  f"empty file {str(self.marker)!r} first).")
+                                  f"replaces a folder it did not make. Choose another {what} "
+                                  f"(a run made by an older ldmcore: create the empty file "
+                                  f"{str(self.marker)!r} first).")
         elif resume:
             raise ConfigError(f"resume=true but {str(self.root)!r} holds no run to resume; drop "
                               f"resume=true to start one.")
@@ -123,8 +124,8 @@ class RunFolder:
                     lock = None
                     existed = False
             _make_dirs(self.root, ())
-            self.marker.write_text(json.dumps({"made_by": "ldm train"}) + "\n")  # first: a kill
-            _make_dirs(self.checkpoints, (self.samples,))  # from here on leaves a resumable run
+            self.mark()  # first: a kill from here on leaves a folder ldmcore knows as its own
+            _make_dirs(self.checkpoints, (self.samples,))
             lock = lock or RunLock(self.root)
             self.remove_temp_files()
             self.config.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -144,6 +145,10 @@ class RunFolder:
             if lock is not None:
                 lock.release()
         _remove_owned(aside)
+
+    def mark(self) -> None:
+        """Write the marker that makes the folder ldmcore's own (``overwrite`` may replace it)."""
+        self.marker.write_text(json.dumps({"made_by": "ldmcore"}) + "\n")
 
     def remove_temp_files(self) -> list[Path]:
         """Delete the temp files of checkpoint writes a killed process left behind."""

@@ -21,6 +21,7 @@ pytest.importorskip("diffusers")
 
 from ldmcore import checkpoint, from_pretrained  # noqa: E402
 from ldmcore.cli import main  # noqa: E402
+from ldmcore.runfolder import MARKER  # noqa: E402
 from ldmcore.errors import CheckpointError, ConfigError  # noqa: E402
 from ldmcore.interop.convert import import_pretrained  # noqa: E402
 from ldmcore.interop.export import export_run  # noqa: E402
@@ -171,6 +172,7 @@ def test_detected_architecture(sd):
 def test_cli_import_then_sample(sd, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["import", str(sd["single"]), str(out), f"tokenizer={sd['root'] / 'diffusers' / 'tokenizer'}"]) == 0
+    assert (out / MARKER).is_file()  # an imported run is ldmcore's: overwrite=true may replace it
     assert main(["sample", f"run={out}", "cond.text=a red circle", "n=1", "steps=2", "precision=fp32",
                  f"out={tmp_path / 'samples'}"]) == 0
     assert (tmp_path / "samples" / "grid.png").is_file()

@@ -28,8 +28,10 @@ def test_overwrite_refuses_a_folder_ldmcore_did_not_make(tmp_path, trained_run):
     mine.mkdir()
     (mine / "thesis.tex").write_text("\\chapter{Years of work}")
     refused(tmp_path, *stage2(mine, trained_run, "overwrite=true"),
-            words=("not a run folder made by ldm train", "'thesis.tex'"))
+            words=("not a run folder made by ldmcore", "'thesis.tex'"))
     refused(tmp_path, *stage2(mine, trained_run, "resume=true"), words=("'thesis.tex'",))
+    refused(tmp_path, "import", str(tmp_path / "model.safetensors"), str(mine), "overwrite=true",
+            words=("OUT_DIR", "'thesis.tex'"))
 
 
 def test_overwrite_replaces_a_run_folder(tmp_path, trained_run):
