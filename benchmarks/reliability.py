@@ -33,6 +33,7 @@ from ldmcore import checkpoint  # noqa: E402
 from ldmcore.config import load  # noqa: E402
 from ldmcore.train import train  # noqa: E402
 from reliability import same_weights, temp_files, train_with_kills  # noqa: E402
+from run import machine  # noqa: E402
 
 
 def count(strategy, target, examples: int) -> dict:
@@ -91,6 +92,14 @@ def kills(n: int, steps: int, work: Path, run: Path) -> dict:
             "events": report.events}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (what `lscpu` shows), else the architecture."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--examples", type=int, default=1000)
@@ -102,7 +111,7 @@ def main() -> None:
         work = Path(tmp)
         run = work / "smoke"
         train(load(["experiment=smoke", f"run_dir={run}", "trainer.precision=fp32"]))
-        result = {"machine": platform.processor() or platform.machine(), "examples": args.examples,
+        result = {"machine": {**machine(), "cpu_model": cpu_model()}, "examples": args.examples,
                   "fuzz": fuzz(args.examples, work, run), "kill_resume": kills(args.kills, args.steps, work, run)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

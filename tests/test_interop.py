@@ -155,6 +155,14 @@ def test_diffusers_export_round_trip(sd, tmp_path):
         assert all(torch.equal(ref[k], got[k]) for k in ref), part
     assert back.scheduler.config.prediction_type == sd["pipe"].scheduler.config.prediction_type
     assert back.scheduler.config.steps_offset == 1
+    # overwrite=true replaces an earlier export, never a folder ldm export did not write
+    assert export_run(sd["runs"]["single_file"], out, "diffusers", overwrite=True) == out
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="did not write"):
+        export_run(sd["runs"]["single_file"], mine, "diffusers", overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep"
 
 
 def test_detected_architecture(sd):
