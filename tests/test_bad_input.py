@@ -155,3 +155,27 @@ def test_a_run_whose_weights_hold_nan(here, trained_run):
     rewrite_checkpoint(run / "checkpoints" / "last.safetensors",
                        lambda t: t[next(k for k in t if k.startswith("ema.unet."))].fill_(float("nan")))
     refused(here, *sample(run, "cond.class=3"), words=("non-finite weights", "ema.unet."))
+
+
+def test_a_file_that_breaks_inside_a_loader_worker_is_one_paragraph(here):
+    folder = here / "data" / "0"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((16, 16), 60 * i, np.uint8)).save(folder / f"{i}.png")
+    good = (folder / "0.png").read_bytes()
+    (folder / "3.png").write_bytes(good[: len(good) // 2])  # its header reads, its pixels do not
+    refused(here, *smoke(here / "runs" / "x", "data=image_folder", f"data.path={here / 'data'}",
+                         "data.channels=1", "data.hflip=true", "data.num_workers=1",
+                         "trainer.batch_size=4", "autoencoder.train.batch_size=4"),
+            words=("3.png", "remove or replace"))
+
+
+def test_a_loss_that_diverges_before_the_first_checkpoint_leaves_no_run(here, trained_run, monkeypatch):
+    from ldmcore.model import LatentDiffusion
+
+    real = LatentDiffusion.loss
+    monkeypatch.setattr(LatentDiffusion, "loss", lambda self, *a, **k: real(self, *a, **k) * float("nan"))
+    ae = trained_run / "checkpoints" / "autoencoder.safetensors"
+    paragraph = refused(here, *smoke(here / "runs" / "x", f"autoencoder.checkpoint={ae}"),
+                        words=("the loss became nan at step 0", "No checkpoint had been written"))
+    assert "intact" not in paragraph

@@ -6,10 +6,12 @@ run.
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 
 import numpy as np
+from ldm_text.encoder import default_model_dir
 from PIL import Image
 
 from ldmcore import checkpoint
@@ -87,3 +89,27 @@ def test_a_path_in_checkpoint_metadata_cannot_lead_outside_the_run(tmp_path, tra
         # the user may name the same folder: then it is followed (and found not to be a model)
         refused(tmp_path, *sample(run, "cond.text=hello", f"conditions.text.model={outside}"),
                 words=("is not a transformers model",))
+
+
+class _Payload:
+    """Unpickling this would create the file ``path``: proof that a pickle was executed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_text_encoder_folder_with_pickled_weights_is_refused_unloaded(tmp_path, trained_run):
+    folder = tmp_path / "encoder"
+    shutil.copytree(default_model_dir(), folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    executed = tmp_path / "executed"
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Payload(executed)))
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    rewrite_checkpoint(run / "checkpoints" / "last.safetensors", change_meta=lambda m: m["config"].update(
+        conditions={"text": {"model": "encoder"}}))
+    refused(tmp_path, *sample(run, "cond.text=hello", f"conditions.text.model={folder}"),
+            words=("no .safetensors weights", "pytorch_model.bin"))
+    assert not executed.exists()

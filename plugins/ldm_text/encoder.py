@@ -67,9 +67,14 @@ def _load_pretrained(folder: Path) -> tuple[nn.Module, Any]:
         raise ConfigError(f"conditions.text.model={str(folder)!r} is not a transformers model "
                           f"folder (no config.json there); name a local folder holding config.json, "
                           f"the weights and the tokenizer files.")
+    if not any(folder.glob("*.safetensors")):
+        raise ConfigError(f"conditions.text.model={str(folder)!r} holds no .safetensors weights; "
+                          f"ldmcore loads weights only from safetensors files (a pickled "
+                          f"pytorch_model.bin can run code when loaded). Convert it once with "
+                          f"transformers: model.save_pretrained(folder, safe_serialization=True).")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"cannot load the text encoder from {str(folder)!r}: "
                           f"{' '.join(str(exc).split())[:300]}") from None
