@@ -103,7 +103,7 @@ class RunFolder:
 
         A new folder that the block leaves by an error (not an interrupt) before the first
         diffusion checkpoint is removed again; a run replaced by ``overwrite=true`` waits
-        beside it and comes back in that case. Checkpoint temp files orphaned by a killed
+        beside it (``.NAME.replaced``) and comes back in that case, and is removed otherwise. Checkpoint temp files orphaned by a killed
         process are removed once the lock is held. Other ranks (``main=False``) only wait.
         """
         if not main:
@@ -144,7 +144,7 @@ class RunFolder:
         finally:
             if lock is not None:
                 lock.release()
-        _remove_owned(aside)
+            _remove_owned(aside)  # the replaced run, unless it was just put back
 
     def mark(self) -> None:
         """Write the marker that makes the folder ldmcore's own (``overwrite`` may replace it)."""
@@ -166,11 +166,13 @@ class RunFolder:
 
 
 def check_output_folder(out: Path, overwrite: bool) -> None:
-    """Refuse to write samples into a file, or into a non-empty folder ``ldm sample`` did not
-    make (unless ``overwrite``): a user's own ``0000.png`` is never replaced unasked."""
+    """Refuse to write samples into a file, or into a non-empty folder that neither ``ldm
+    sample`` made nor lies inside a run folder (unless ``overwrite``): a user's own
+    ``0000.png`` is never replaced unasked."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={str(out)!r} is a file; name a folder for the samples.")
-    if _is_nonempty_dir(out) and not (out / SAMPLES_MARKER).is_file() and not overwrite:
+    ours = (out / SAMPLES_MARKER).is_file() or any((p / MARKER).is_file() for p in out.parents)
+    if _is_nonempty_dir(out) and not ours and not overwrite:
         raise ConfigError(f"out={str(out)!r} already holds {_contents(out)} and was not made by "
                           f"ldm sample; name a new or empty folder, or pass overwrite=true to "
                           f"write 0000.png..., grid.png and samples.json into it.")

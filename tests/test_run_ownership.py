@@ -75,6 +75,16 @@ def test_sample_writes_again_into_a_folder_it_made(tmp_path, trained_run):
                                                          "grid.png"]
 
 
+def test_a_folder_inside_a_run_folder_is_ldmcores(tmp_path, trained_run):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    older = run / "samples" / "sample_0"  # as an older ldmcore left it: no marker
+    older.mkdir()
+    (older / "0000.png").write_bytes(b"")
+    assert run_cli(*sample(run, "cond.class=3")).code == 0
+    assert np.asarray(Image.open(older / "0000.png")).shape == (16, 16)
+
+
 def test_a_path_in_checkpoint_metadata_cannot_lead_outside_the_run(tmp_path, trained_run):
     outside = tmp_path / "elsewhere"
     outside.mkdir()
