@@ -36,14 +36,14 @@ def open_image(path: str | Path, what: str, error: type[LdmError] = ConfigError,
     except LdmError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as exc:
-        raise error(f"{what}: cannot read image {str(file)!r} ({exc}); {hint}.") from None
+        raise error(f"{what}={str(file)!r} is not a readable image ({exc}); {hint}.") from None
 
 
 def check_size(img: Image.Image, file: Path, what: str, error: type[LdmError] = ConfigError) -> None:
     """Refuse an image whose header declares more than ``MAX_PIXELS`` pixels (before decoding)."""
     width, height = img.size
     if width * height > MAX_PIXELS:
-        raise error(f"{what}: {str(file)!r} declares {width} x {height} pixels, more than the "
+        raise error(f"{what}={str(file)!r} declares {width} x {height} pixels, more than the "
                     f"{MAX_PIXELS // 2**20} megapixels ldmcore decodes (a file that small "
                     f"decoding that large is a decompression bomb); resize it first.")
 

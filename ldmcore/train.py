@@ -175,13 +175,15 @@ def _check_sources(cfg: ExperimentConfig) -> None:
 
 def _check_batch_fits(cfg: ExperimentConfig, items: int, world: int) -> None:
     """A batch larger than the dataset would silently shrink to the dataset: say so instead."""
-    wanted = cfg.trainer.batch_size * world
-    if wanted > items:
-        limit = f" (data.limit={cfg.data.limit})" if cfg.data.limit is not None else ""
-        raise ConfigError(f"trainer.batch_size={cfg.trainer.batch_size} x {world} process(es) "
-                          f"asks for {wanted} images per batch, but the dataset holds {items}"
-                          f"{limit}; lower trainer.batch_size to at most {items // world} or "
-                          f"use more data.")
+    limit = f" (data.limit={cfg.data.limit})" if cfg.data.limit is not None else ""
+    stage1 = (cfg.autoencoder.kind != "pixels" and cfg.autoencoder.checkpoint is None
+              and cfg.model.init_from is None)
+    for key, size, ranks in (("trainer.batch_size", cfg.trainer.batch_size, world),
+                             ("autoencoder.train.batch_size", cfg.autoencoder.train.batch_size, 1)):
+        if size * ranks > items and (key.startswith("trainer") or stage1):
+            raise ConfigError(f"{key}={size} x {ranks} process(es) asks for {size * ranks} images "
+                              f"per batch, but the dataset holds {items}{limit}; lower {key} to "
+                              f"at most {items // ranks} or use more data.")
 
 
 def _fit(cfg: ExperimentConfig, registry: Registry, run: RunFolder, dataset: Any, cluster: Any,

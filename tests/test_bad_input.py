@@ -54,6 +54,7 @@ def smoke(run: Path, *extra: str) -> list[str]:
     (["trainer.lr=inf"], ["trainer.lr", "finite"]),
     (["sampler.guidance=nan"], ["sampler.guidance", "finite"]),
     (["data.limit=10", "trainer.batch_size=64"], ["trainer.batch_size=64", "holds 10", "data.limit=10"]),
+    (["data.limit=10", "trainer.batch_size=8"], ["autoencoder.train.batch_size=16", "holds 10"]),
     (["model.init_from=/nonexistent/run"], ["model.init_from='/nonexistent/run'", "ldm train"]),
     (["autoencoder.checkpoint=/nonexistent.safetensors"], ["autoencoder.checkpoint"]),
     (["model.unet.channel_mult=[1,2,2,2,2]"], ["cannot be halved", "channel_mult"]),

@@ -72,7 +72,7 @@ class ImageFolderDataset(Dataset):
             raise DataError(f"data.path={str(path)!r} holds no images "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))}).")
         for file in self.files:  # every header, now: not in a loader worker, mid-run
-            open_image(file, "data.path", DataError, "remove or replace the file", decode=False)
+            open_image(file, "image", DataError, "remove or replace the file", decode=False)
         found = [sidecar_caption(p) for p in self.files]
         self.captions = None if all(c is None for c in found) else complete_captions(
             found, [str(p.relative_to(root)) for p in self.files], missing_captions,

@@ -62,5 +62,5 @@ def read_pixels(path, channels: int) -> np.ndarray:
     from ldmcore.errors import DataError
     from ldmcore.images import open_image
 
-    img = open_image(path, "data", DataError, "remove or replace the file")
+    img = open_image(path, "image", DataError, "remove or replace the file")
     return np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
