@@ -161,6 +161,14 @@ def test_plugins_table_shows_broken_plugins(capsys, monkeypatch):
                                "clashes": {}}
 
 
+def test_plugins_table_shows_name_clashes(capsys, monkeypatch):
+    reg = build_registry(load_entry_points=False)
+    reg.clashes["condition 'vec'"] = ["pkg-a", "pkg-b"]
+    monkeypatch.setattr(registry_mod, "_default", reg)
+    code, out, _ = run_main(capsys, "plugins")
+    assert code == 0 and "clash: condition 'vec' is registered by pkg-a and pkg-b" in out
+
+
 def test_plugins_table_lists_name_injection_package_version(capsys, monkeypatch):
     monkeypatch.setattr(registry_mod, "_default", build_registry(load_entry_points=True))
     code, out, _ = run_main(capsys, "plugins")
