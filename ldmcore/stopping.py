@@ -49,8 +49,9 @@ class StopSignals:
             return
         self.received = sig
         if not self.deferring:
-            raise self.stopped("during stage 1 (the autoencoder), which keeps no intermediate "
-                               "checkpoint; resume=true starts it again")
+            raise self.stopped("before the first diffusion step (in stage 1, the autoencoder, or "
+                               "while setting up), which keeps no intermediate checkpoint; the "
+                               "run folder is kept and resume=true starts from there")
 
     def stopped(self, what: str) -> Interrupted:
         """The error that ends the run, naming the signal and ``what`` was kept."""

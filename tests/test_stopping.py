@@ -41,7 +41,7 @@ def test_a_second_signal_goes_to_the_previous_handler():
 
 
 def test_outside_the_diffusion_loop_a_signal_stops_at_once():
-    with pytest.raises(Interrupted, match="stopped by SIGUSR1 during stage 1"):
+    with pytest.raises(Interrupted, match="stopped by SIGUSR1 before the first diffusion step"):
         with StopSignals(["SIGUSR1"]):
             signal.raise_signal(signal.SIGUSR1)
 
@@ -54,5 +54,5 @@ def test_a_signal_during_stage_1_keeps_the_run_folder_to_resume(tmp_path, monkey
     run = tmp_path / "run"
     out = run_cli("train", "experiment=smoke", f"run_dir={run}")
     assert out.escaped is None and out.code == 128 + signal.SIGTERM
-    assert "stopped by SIGTERM during stage 1" in out.paragraph and "resume=true" in out.paragraph
+    assert "stopped by SIGTERM before the first diffusion step" in out.paragraph and "resume=true" in out.paragraph
     assert (run / MARKER).is_file() and not (run / "checkpoints" / "last.safetensors").exists()
