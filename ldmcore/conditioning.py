@@ -106,9 +106,9 @@ ConditionOutput = dict[Injection, "torch.Tensor | Tokens"]
 
 
 class EncoderConfig(BaseModel):
-    """Base of every plugin's config: unknown keys are errors."""
+    """Base of every plugin's config: unknown keys are errors, and so are NaN and infinity."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     drop_prob: float = Field(0.1, ge=0.0, le=1.0, description="train-time probability of null")
 

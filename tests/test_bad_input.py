@@ -53,6 +53,7 @@ def smoke(run: Path, *extra: str) -> list[str]:
     (["autoencoder.ch_mult=[]"], ["autoencoder.ch_mult", "at least 1"]),
     (["trainer.lr=inf"], ["trainer.lr", "finite"]),
     (["sampler.guidance=nan"], ["sampler.guidance", "finite"]),
+    (["conditions.class.drop_prob=nan"], ["conditions.class.drop_prob", "finite"]),
     (["data.limit=10", "trainer.batch_size=64"], ["trainer.batch_size=64", "holds 10", "data.limit=10"]),
     (["data.limit=10", "trainer.batch_size=8"], ["autoencoder.train.batch_size=16", "holds 10"]),
     (["model.init_from=/nonexistent/run"], ["model.init_from='/nonexistent/run'", "ldm train"]),
