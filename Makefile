@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test bench bench-quick bench-perf bench-samplers bench-plugins bench-fig6 clean
+.PHONY: setup demo test bench bench-quick bench-perf bench-samplers bench-plugins bench-fig6 bench-reliability clean
 
 setup: $(STAMP)
 
@@ -42,11 +42,17 @@ bench: setup
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/auto_choice.py
 	nice $(PY) benchmarks/perf.py
+	$(PY) benchmarks/reliability.py
 
 bench-quick: setup
 	$(PY) benchmarks/run.py --quick
 	$(PY) benchmarks/auto_choice.py --reps 3
 	nice $(PY) benchmarks/perf.py --quick
+	$(PY) benchmarks/reliability.py --examples 100 --kills 4 --steps 16
+
+# fuzz cases tried / handled cleanly per input, and 20 SIGKILLs resumed to identical weights
+bench-reliability: setup
+	$(PY) benchmarks/reliability.py
 
 bench-perf: setup
 	nice $(PY) benchmarks/perf.py

@@ -25,12 +25,14 @@ from ldmcore.errors import ConfigError, PluginClash, nearest
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors, and so are NaN and infinite numbers (no setting means them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class UNetConfig(Strict):
     model_channels: int = Field(64, ge=8)
-    channel_mult: tuple[int, ...] = (1, 2)
+    channel_mult: tuple[Annotated[int, Field(ge=1)], ...] = Field((1, 2), min_length=1)
     num_res_blocks: int = Field(2, ge=1)
     attention_levels: tuple[int, ...] = (1,)
     middle_attention: bool = True
@@ -100,7 +102,7 @@ class AutoencoderConfig(Strict):
                           "stage, diffusion on the images themselves (f = 1, the image's channels)")
     latent_channels: int = Field(4, ge=1, description="kl only; pixels use the image's channels")
     ch: int = Field(64, ge=8)
-    ch_mult: tuple[int, ...] = (1, 2, 2)
+    ch_mult: tuple[Annotated[int, Field(ge=1)], ...] = Field((1, 2, 2), min_length=1)
     num_res_blocks: int = Field(1, ge=1)
     attn_levels: tuple[int, ...] = ()
     norm_groups: int = Field(32, ge=1)
@@ -205,7 +207,7 @@ class TrainerConfig(Strict):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="after warmup: hold lr, or decay it to 0 at max_steps along a "
@@ -226,6 +228,9 @@ class TrainerConfig(Strict):
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=0, description="periodic step_N files kept besides last")
     progress: bool = True
+    stop_signals: tuple[Literal["SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP"], ...] = Field(
+        ("SIGINT", "SIGTERM"), description="signals that finish the current step, write "
+                                           "last.safetensors and stop the run (ldmcore/stopping.py)")
     train_only: tuple[str, ...] | None = Field(None, description="train only these: 'plugins', plugin "
                                                                  "names or parameter prefixes; the rest is frozen")
     strategy: Literal["ddp", "fsdp"] = Field(
@@ -258,7 +263,7 @@ class ExecutionConfig(Strict):
 
 
 class ExperimentConfig(Strict):
-    name: str = "run"
+    name: str = Field("run", description="the run's folder name under runs/: one path component")
     seed: int = 0
     run_dir: Path = Path("runs/run")
     resume: bool = False
@@ -270,6 +275,15 @@ class ExperimentConfig(Strict):
     trainer: TrainerConfig = TrainerConfig()
     execution: ExecutionConfig = ExecutionConfig()
     conditions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, v: str) -> str:
+        if not v or v in (".", "..") or any(c in v for c in "/\\\x00"):
+            raise ValueError("name is the run's folder name inside runs/, so it cannot be empty, "
+                             "'.' or '..', or hold '/' or '\\'; to train elsewhere give "
+                             "run_dir=PATH")
+        return v
 
     @model_validator(mode="after")
     def _guided_plugins_are_enabled(self) -> ExperimentConfig:

@@ -373,10 +373,13 @@ def import_pretrained(source: Path | str, out_dir: Path | str, *, overwrite: boo
     """``ldm import``: write an ldmcore run folder for an SD file or a diffusers folder."""
     from ldmcore.config import validate
 
+    from ldmcore.runfolder import RunFolder
+
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{str(out)!r} already exists and is not empty; choose a new OUT_DIR or "
                           f"pass overwrite=true.")
+    RunFolder(out).check_claim(resume=False, overwrite=True, what="OUT_DIR")  # only a run folder
     p = read_pretrained(source, **options)
     cfg = validate({**experiment_config(p, out.name), "run_dir": str(out)})
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -415,6 +418,7 @@ def _write_run(root: Path, cfg, model, p: Pretrained) -> None:
 
     run = RunFolder(root)
     run.checkpoints.mkdir(parents=True, exist_ok=True)
+    run.mark()
     config = cfg.model_dump(mode="json")
     run.config.write_text(yaml.safe_dump(config, sort_keys=False))
     tensors = dict(model.state_dict())
