@@ -166,7 +166,7 @@ class LatentDiffusion(nn.Module):
             if init.shape[0] == 1:
                 init = init.expand(n, *init.shape[1:])
             known = space.into(self.encode_images(init.to(device), generator).float())
-            levels = levels[start_index(steps, strength):]
+            levels = levels[start_index(len(levels) - 1, strength):]
             if len(levels) == 1:
                 return self.autoencoder.images(space.out(known)).clamp(-1, 1)
             x = noised(known.double(), float(levels[0]), noise.double())

@@ -47,11 +47,14 @@ def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
 
 
 def _levels(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
-    """Sigmas as Python floats (float64 step coefficients, whatever the dtype of ``x``)."""
+    """Sigmas as Python floats (float64 step coefficients, whatever the dtype of ``x``), a
+    repeated level dropped: a step from a level to itself moves nothing (diffusers' DDIM takes
+    it as an identity step), and the multistep solvers divide by the step length. A single
+    level is no step at all: the sampler returns ``x``."""
     values = sigmas.tolist() if isinstance(sigmas, torch.Tensor) else [float(s) for s in sigmas]
-    if len(values) < 2 or any(a <= b for a, b in zip(values, values[1:])) or values[-1] < 0:
-        raise ValueError(f"sigmas must descend strictly to a non-negative end, got {values}")
-    return values
+    if not values or any(a < b for a, b in zip(values, values[1:])) or values[-1] < 0:
+        raise ValueError(f"sigmas must descend to a non-negative end, got {values}")
+    return [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
 
 
 def _denoise(model: Model, x: torch.Tensor, sigma: float, extra_args: dict | None) -> torch.Tensor:
