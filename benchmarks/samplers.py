@@ -176,7 +176,7 @@ def main() -> None:
         from ldmcore.diffusion.samplers import SAMPLERS
         from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan
 
-        reference = generate(SAMPLERS["dpmpp_3m_sde"], args.reference_steps,
+        reference = generate(SAMPLERS["dpmpp_3m_sde_third_order"], args.reference_steps,
                              SigmaPlan(SigmaKind.KARRAS), {"eta": 0.0})
         cache.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.save(cache, {"reference": reference})

@@ -66,8 +66,15 @@ ORDERS = {
     "heun": ({}, 2),  # Karras et al. 2022, Algorithm 1
     "dpmpp_2m": ({}, 2),  # Lu et al. 2022, DPM-Solver++(2M)
     "dpmpp_2m_sde": ({"eta": 0.0}, 2),
-    "dpmpp_3m_sde": ({"eta": 0.0}, 3),  # the third-order multistep solver
+    # k-diffusion's and diffusers' 3M: half the second-difference term, second order
+    "dpmpp_3m_sde": ({"eta": 0.0}, 2),
+    "dpmpp_3m_sde_third_order": ({"eta": 0.0}, 3),  # the full term: third order
 }
+
+
+# where the asymptotic order shows only at more steps: k-diffusion's 3M has a third-order
+# term at half weight, which hides its second-order error below ~80 steps (rates 2.6, 1.4 there)
+STEPS = {"dpmpp_3m_sde": (80, 160, 320)}
 
 
 def test_every_registered_sampler_has_a_convergence_check() -> None:
@@ -79,7 +86,7 @@ def test_output_distribution_converges_at_the_papers_order(name: str) -> None:
     knobs, order = ORDERS[name]
     target = reference_covariance()
     errors = []
-    for steps in (40, 80, 160):
+    for steps in STEPS.get(name, (40, 80, 160)):
         mean, cov = output_moments(name, steps, **knobs)
         errors.append(float((cov - target).norm() + (mean - MU).norm()))
     rates = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
@@ -102,6 +109,8 @@ def test_second_order_samplers_beat_first_order_at_equal_evaluations() -> None:
 
 
 # -- stochastic samplers ----------------------------------------------------------------------
+
+STOCHASTIC = {"ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_3m_sde_third_order"}
 
 MU1, S1 = 1.5, 0.5  # one-dimensional data for the Monte Carlo checks
 N = 40_000
@@ -147,15 +156,16 @@ def test_ancestral_samplers_match_their_exact_output_distribution(name: str, eta
     assert stds[0] < stds[1] < S1 and S1 - stds[1] < 0.1
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2m_sde", "dpmpp_3m_sde"])
+@pytest.mark.parametrize("name", ["dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_3m_sde_third_order"])
 def test_sde_samplers_converge_in_distribution(name: str) -> None:
     errors = []
     for steps in (5, 20, 80):
         out = scalar_run(name, steps, seed=steps)
         errors.append(abs(out.std().item() - S1))
         assert abs(out.mean().item() - MU1) < 5 * S1 / math.sqrt(N) + 0.003
-    assert errors[0] > errors[1] > errors[2], errors
-    assert errors[2] < 0.01 + 5 * S1 / math.sqrt(2 * N)
+    noise = 5 * S1 / math.sqrt(2 * N)  # five standard errors of the std over N samples
+    assert errors[0] > errors[1] > errors[2] or errors[0] > 10 * noise > 10 * errors[1], errors
+    assert errors[2] < 0.01 + noise
 
 
 @pytest.mark.parametrize("a,b", [("ddpm", ("euler_ancestral", {"eta": 1.0})),
@@ -207,7 +217,7 @@ def test_a_seed_fixes_every_sample_and_only_stochastic_samplers_use_it(name: str
     runs = [SAMPLERS[name](scalar_denoiser, x, sigmas, generator=torch.Generator().manual_seed(s))
             for s in (5, 5, 6)]
     assert torch.equal(runs[0], runs[1])
-    stochastic = name in ("ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde")
+    stochastic = name in STOCHASTIC
     assert torch.equal(runs[0], runs[2]) is not stochastic
 
 

@@ -1,0 +1,65 @@
+"""The algebra every sampler shares: its noise draws, its grid check, one network call, the
+callback, the Euler step of the probability-flow ODE and the ancestral split of a step.
+
+Samplers of ``samplers.py``, ``singlestep.py`` and ``multistep.py`` import these, so that a
+rule (how noise is drawn from the generator, what a valid grid is) is written once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+Model = Callable[..., torch.Tensor]
+Callback = Callable[[dict[str, Any]], None]
+
+
+
+
+def draw_noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(like.shape, generator=generator, dtype=torch.float32).to(like)
+
+
+def levels_of(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
+    """Sigmas as Python floats (float64 step coefficients, whatever the dtype of ``x``), a
+    repeated level dropped: a step from a level to itself moves nothing (diffusers' DDIM takes
+    it as an identity step), and the multistep solvers divide by the step length. A single
+    level is no step at all: the sampler returns ``x``."""
+    values = sigmas.tolist() if isinstance(sigmas, torch.Tensor) else [float(s) for s in sigmas]
+    if not values or any(a < b for a, b in zip(values, values[1:])) or values[-1] < 0:
+        raise ValueError(f"sigmas must descend to a non-negative end, got {values}")
+    return [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
+
+
+def denoise(model: Model, x: torch.Tensor, sigma: float, extra_args: dict | None) -> torch.Tensor:
+    return model(x, x.new_full((x.shape[0],), sigma), **(extra_args or {}))
+
+
+def report(callback: Callback | None, i: int, x: torch.Tensor, sigma: float,
+            denoised: torch.Tensor, sigma_hat: float | None = None) -> None:
+    if callback is not None:
+        callback({"x": x, "i": i, "sigma": sigma,
+                  "sigma_hat": sigma if sigma_hat is None else sigma_hat, "denoised": denoised})
+
+
+def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
+    """Split a step to ``sigma_next`` into a deterministic part to ``sigma_down`` and fresh noise
+    ``sigma_up`` with ``sigma_down^2 + sigma_up^2 = sigma_next^2``.
+
+    ``sigma_up = eta * sigma_next * sqrt(1 - sigma_next^2 / sigma^2)`` is, at ``eta = 1``, the
+    standard deviation of the DDPM posterior q(x_next | x, x_0) (Ho et al. 2020, eq. 7) and, for
+    any ``eta``, DDIM's sigma_t (Song et al. 2021, eq. 16) in the sigma view.
+    """
+    if eta == 0 or sigma_next == 0:
+        return sigma_next, 0.0
+    up = min(sigma_next, eta * sigma_next * math.sqrt(max(1.0 - sigma_next ** 2 / sigma ** 2, 0.0)))
+    return math.sqrt(sigma_next ** 2 - up ** 2), up
+
+
+def toward(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_to: float) -> torch.Tensor:
+    """One Euler step of the probability-flow ODE ``dx/dsigma = (x - D) / sigma`` to ``sigma_to``;
+    in this form (``D + (sigma_to/sigma)(x - D)``) it is exact at ``sigma_to = 0``."""
+    return denoised + (sigma_to / sigma) * (x - denoised)
