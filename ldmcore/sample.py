@@ -231,7 +231,8 @@ def sampling_setup(req: SampleRequest, model: LatentDiffusion, cfg: Any,
         scale=run_sampler.guidance if req.guidance is None else req.guidance,
         per_plugin={**run_sampler.plugin_guidance, **req.plugin_guidance},
         rescale=run_sampler.guidance_rescale if req.guidance_rescale is None else req.guidance_rescale,
-        interval=req.guidance_interval or run_sampler.guidance_interval)
+        interval=req.guidance_interval or run_sampler.guidance_interval,
+        rescale_space=run_sampler.guidance_rescale_space)
     guidance.branches(list(model.conditioner.encoders))  # unknown plugin names fail here
     strength = req.strength
     if strength is None:
