@@ -69,12 +69,23 @@ def distinct_levels(sigmas: torch.Tensor) -> torch.Tensor:
     return sigmas[keep]
 
 
+# The level a timestep grid visits at t = T of a zero-terminal-SNR schedule, where abar_T = 0
+# and sigma_T is infinite. A step from it to sigma' differs from the step from infinity (what
+# diffusers' DDIM takes with abar_T = 0) by O(sigma' / ZERO_SNR_SIGMA), ~1e-9 relative for SD's
+# levels: below float32 round-off. x = z sqrt(1 + sigma^2) then stays far inside float32's range.
+ZERO_SNR_SIGMA = 1e10
+
+
 def discrete_sigmas(schedule: NoiseSchedule, steps: int, spacing: Spacing | str = Spacing.LEADING,
                     offset: int = 0) -> torch.Tensor:
     """The schedule's sigmas at the DDIM/DDPM timesteps, then 0: the grid DDIM and DDPM walk
-    (a timestep that repeats after clamping is visited once)."""
+    (a timestep that repeats after clamping is visited once; t = T of a zero-terminal-SNR
+    schedule is ``ZERO_SNR_SIGMA``, which the denoiser maps back to t = T)."""
     ts = make_timesteps(schedule.num_timesteps, steps, spacing, offset)
-    return distinct_levels(_append_zero(schedule.sigmas[ts]))
+    levels = schedule.sigmas[ts]
+    if schedule.zero_terminal_snr:
+        levels[ts == schedule.num_timesteps - 1] = ZERO_SNR_SIGMA
+    return distinct_levels(_append_zero(levels))
 
 
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
