@@ -52,17 +52,27 @@ def k_sampling() -> types.ModuleType:
 
 
 class SharedNoise:
-    """k-diffusion's ``noise_sampler(sigma, sigma_next)`` drawing from a seeded generator exactly
-    as ldmcore's samplers do (CPU float32 normals of the sample's shape, then cast), so that
-    both see the same noise in the same order."""
+    """k-diffusion's ``noise_sampler(sigma, sigma_next)`` drawing from a seeded generator as
+    ldmcore's samplers do (CPU float32 normals of the sample's shape, then cast), so that both
+    see the same noise in the same order.
+
+    Like k-diffusion's Brownian tree it is Brownian motion in sigma: an interval that starts
+    where the previous one started and reaches further (DPM++ SDE's [sigma, sigma_mid], then
+    [sigma, sigma_next]) shares the previous increment; disjoint intervals get fresh draws."""
 
     def __init__(self, like: torch.Tensor, seed: int) -> None:
         self.like = like
         self.generator = torch.Generator().manual_seed(seed)
+        self.last: tuple[float, float, torch.Tensor] | None = None
 
     def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-        return torch.randn(self.like.shape, generator=self.generator,
-                           dtype=torch.float32).to(self.like)
+        start, end = float(sigma), float(sigma_next)
+        fresh = torch.randn(self.like.shape, generator=self.generator, dtype=torch.float32).to(self.like)
+        if self.last is not None and self.last[0] == start and end < self.last[1]:
+            shared = (start - self.last[1]) / (start - end)
+            fresh = shared ** 0.5 * self.last[2] + (1 - shared) ** 0.5 * fresh
+        self.last = (start, end, fresh)
+        return fresh
 
 
 def run_k_sampler(name: str, denoiser: Callable[..., torch.Tensor], x: torch.Tensor,

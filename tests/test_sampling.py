@@ -70,7 +70,7 @@ def ldm(capsys, *argv: str) -> tuple[int, str]:
 # -- the command line ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, words", [
-    (["sampler=dpm"], ["'dpm'", "'dpmpp_2m'", "Samplers: " + ", ".join(sorted(SAMPLERS))]),
+    (["sampler=dpm"], ["'dpm'", "'dpm_2'", "Samplers: " + ", ".join(sorted(SAMPLERS))]),
     (["steps=-3"], ["'steps'", "-3"]),
     (["steps=0"], ["'steps'", "greater than or equal to 1"]),
     (["eta=1.5"], ["'eta'", "less than or equal to 1"]),

@@ -30,8 +30,12 @@ from typing import Any
 
 import torch
 
-from ldmcore.diffusion.steps import (Callback, Model, ancestral_step, denoise, draw_noise,
-                                     levels_of, report, toward)
+from ldmcore.diffusion.steps import (Callback, Model, ancestral_loop, denoise, draw_noise,
+                                     euler_step, levels_of, report, toward)
+from ldmcore.diffusion.steps import ancestral_step  # noqa: F401 (re-exported for samplers' authors)
+from ldmcore.diffusion.multistep import sample_deis, sample_lms, sample_unipc
+from ldmcore.diffusion.singlestep import (sample_dpm_2, sample_dpm_2_ancestral,
+                                          sample_dpmpp_2s_ancestral, sample_dpmpp_sde)
 from ldmcore.errors import ConfigError, nearest
 from ldmcore.hookspecs import hookimpl
 
@@ -61,15 +65,8 @@ def sample_euler_ancestral(model: Model, x: torch.Tensor, sigmas: torch.Tensor, 
     """Ancestral Euler (k-diffusion's ``sample_euler_ancestral``; Song et al. 2021's reverse SDE
     discretised as in Karras et al. 2022, sec. 4): an Euler step down to ``sigma_down``, then
     fresh noise ``sigma_up`` (``ancestral_step``). ``eta = 0`` is ``sample_euler``."""
-    levels = levels_of(sigmas)
-    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        denoised = denoise(model, x, s, extra_args)
-        down, up = ancestral_step(s, s_next, eta)
-        x = toward(x, denoised, s, down)
-        if up > 0:
-            x = x + (s_noise * up) * draw_noise(x, generator)
-        report(callback, i, x, s, denoised)
-    return x
+    return ancestral_loop(euler_step, model, x, sigmas, extra_args, callback, generator, eta,
+                          s_noise)
 
 
 def sample_ddim(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
@@ -82,15 +79,7 @@ def sample_ddim(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
     Euler step of the probability-flow ODE (Karras et al. 2022, sec. 3), in general an
     ancestral step. Run on ``SigmaKind.DISCRETE`` sigmas it visits the paper's timesteps.
     """
-    levels = levels_of(sigmas)
-    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        denoised = denoise(model, x, s, extra_args)
-        down, up = ancestral_step(s, s_next, eta)
-        x = toward(x, denoised, s, down)
-        if up > 0:
-            x = x + up * draw_noise(x, generator)
-        report(callback, i, x, s, denoised)
-    return x
+    return ancestral_loop(euler_step, model, x, sigmas, extra_args, callback, generator, eta, 1.0)
 
 
 def sample_ddpm(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
@@ -107,6 +96,25 @@ def sample_ddpm(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
         x = denoised + ratio * (x - denoised)
         if s_next > 0:
             x = x + math.sqrt(s_next ** 2 * (1 - ratio)) * draw_noise(x, generator)
+        report(callback, i, x, s, denoised)
+    return x
+
+
+def sample_lcm(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
+               extra_args: dict | None = None, callback: Callback | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, "Consistency Models", Algorithm 1;
+    Luo et al. 2023's LCM; diffusers' ``LCMScheduler``): jump to the network's estimate of the
+    clean sample, then noise it afresh to the next level, ``x' = D + sigma' n``. For
+    consistency-distilled networks, whose single estimate is already a sample; for others it
+    is ancestral sampling with ``sigma_down = 0``. (diffusers' LCM boundary condition, ``c_skip``
+    = 0.25 / ((10 t)^2 + 0.25), is below 4e-8 for t >= 259, its coarsest grids' last timestep.)"""
+    levels = levels_of(sigmas)
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+        denoised = denoise(model, x, s, extra_args)
+        x = denoised
+        if s_next > 0:
+            x = x + s_next * draw_noise(x, generator)
         report(callback, i, x, s, denoised)
     return x
 
@@ -279,7 +287,7 @@ CONTRACT = frozenset({"model", "x", "sigmas", "extra_args", "callback", "generat
 # bounds of well-known knobs, for every sampler that has them (first- or third-party)
 KNOB_BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "eta": (0.0, 1.0), "s_noise": (0.0, None), "s_churn": (0.0, None), "s_tmin": (0.0, None),
-    "s_tmax": (0.0, None),
+    "s_tmax": (0.0, None), "order": (1, None),
 }
 
 
@@ -307,11 +315,16 @@ class SamplerSpec:
         """The most steps whose evaluations fit in ``evals``."""
         return max(1, (evals + self.evals_per_step - 1) // self.evals_per_step)
 
+    def bounds(self, knob: str) -> tuple[float | None, float | None]:
+        """The range of ``knob``: the sampler's own (``steps.knob_bounds``), else the shared one."""
+        own = getattr(self.fn, "knob_bounds", {})
+        return own.get(knob, KNOB_BOUNDS.get(knob, (None, None)))
+
     def describe_knobs(self) -> str:
         knobs = self.knobs
         if not knobs:
             return "it takes no knobs"
-        return "its knobs: " + ", ".join(f"{k} (default {v!r}{_bounds_text(k)})"
+        return "its knobs: " + ", ".join(f"{k} (default {v!r}{_bounds_text(*self.bounds(k))})"
                                          for k, v in knobs.items())
 
     def check_knobs(self, knobs: dict[str, Any], where: str = "") -> dict[str, Any]:
@@ -330,10 +343,11 @@ class SamplerSpec:
             except (TypeError, ValueError):
                 raise ConfigError(f"{where}{key}={value!r} is not a {type(default).__name__}; "
                                   f"sampler {self.name!r}: {self.describe_knobs()}.") from None
-            lo, hi = KNOB_BOUNDS.get(key, (None, None))
+            lo, hi = self.bounds(key)
             if (lo is not None and value < lo) or (hi is not None and value > hi):
-                raise ConfigError(f"{where}{key}={value!r} is out of range ({_range_text(key)}); "
-                                  f"sampler {self.name!r}: {self.describe_knobs()}.")
+                raise ConfigError(f"{where}{key}={value!r} is out of range "
+                                  f"({_range_text(lo, hi)}); sampler {self.name!r}: "
+                                  f"{self.describe_knobs()}.")
             out[key] = value
         return out
 
@@ -368,8 +382,7 @@ def _coerce(kind: type, value: Any) -> Any:
     return kind(value)
 
 
-def _range_text(key: str) -> str:
-    lo, hi = KNOB_BOUNDS.get(key, (None, None))
+def _range_text(lo: float | None, hi: float | None) -> str:
     if lo is not None and hi is not None:
         return f"[{lo:g}, {hi:g}]"
     if lo is not None:
@@ -377,8 +390,8 @@ def _range_text(key: str) -> str:
     return f"<= {hi:g}" if hi is not None else ""
 
 
-def _bounds_text(key: str) -> str:
-    text = _range_text(key)
+def _bounds_text(lo: float | None, hi: float | None) -> str:
+    text = _range_text(lo, hi)
     return f", in {text}" if text.startswith("[") else (f", {text}" if text else "")
 
 
@@ -392,6 +405,14 @@ BUILTIN: tuple[SamplerSpec, ...] = (
     SamplerSpec("dpmpp_2m_sde", sample_dpmpp_2m_sde),
     SamplerSpec("dpmpp_3m_sde", sample_dpmpp_3m_sde),
     SamplerSpec("dpmpp_3m_sde_third_order", sample_dpmpp_3m_sde_third_order),
+    SamplerSpec("lcm", sample_lcm),
+    SamplerSpec("dpm_2", sample_dpm_2, evals_per_step=2),
+    SamplerSpec("dpm_2_ancestral", sample_dpm_2_ancestral, evals_per_step=2),
+    SamplerSpec("dpmpp_2s_ancestral", sample_dpmpp_2s_ancestral, evals_per_step=2),
+    SamplerSpec("dpmpp_sde", sample_dpmpp_sde, evals_per_step=2),
+    SamplerSpec("lms", sample_lms),
+    SamplerSpec("deis", sample_deis),
+    SamplerSpec("unipc", sample_unipc),
 )
 
 SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in BUILTIN}

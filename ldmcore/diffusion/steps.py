@@ -63,3 +63,42 @@ def toward(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_to: floa
     """One Euler step of the probability-flow ODE ``dx/dsigma = (x - D) / sigma`` to ``sigma_to``;
     in this form (``D + (sigma_to/sigma)(x - D)``) it is exact at ``sigma_to = 0``."""
     return denoised + (sigma_to / sigma) * (x - denoised)
+
+
+def euler_step(model: Model, x: torch.Tensor, denoised: torch.Tensor, sigma: float,
+               sigma_to: float, extra_args: dict | None) -> torch.Tensor:
+    """The Euler step of ``toward`` in the signature ``ancestral_loop`` takes."""
+    return toward(x, denoised, sigma, sigma_to)
+
+
+def ancestral_loop(step: Callable[..., torch.Tensor], model: Model, x: torch.Tensor,
+                   sigmas: torch.Tensor, extra_args: dict | None, callback: Callback | None,
+                   generator: torch.Generator | None, eta: float, s_noise: float) -> torch.Tensor:
+    """Ancestral sampling with any deterministic step: ``step(model, x, denoised, sigma,
+    sigma_down, extra_args)`` down to ``sigma_down``, then fresh noise ``s_noise * sigma_up``
+    (``ancestral_step``); where ``sigma_down`` is 0 (the last step) an Euler step, which
+    returns the estimate. At ``eta = 0`` it is the deterministic sampler ``step`` makes."""
+    levels = levels_of(sigmas)
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+        denoised = denoise(model, x, s, extra_args)
+        down, up = ancestral_step(s, s_next, eta)
+        if down == 0:
+            x = toward(x, denoised, s, 0.0)
+        else:
+            x = step(model, x, denoised, s, down, extra_args)
+        if up > 0:
+            x = x + (s_noise * up) * draw_noise(x, generator)
+        report(callback, i, x, s, denoised)
+    return x
+
+
+def knob_bounds(**bounds: tuple[float | None, float | None]) -> Callable[[Model], Model]:
+    """Declare a sampler's own ranges for its knobs (``(lo, hi)``, inclusive, ``None`` open),
+    read by ``SamplerSpec.check_knobs`` before the shared ``KNOB_BOUNDS``: e.g. ``order`` means
+    1..3 for DEIS and 1..4+ for LMS."""
+
+    def mark(fn: Model) -> Model:
+        fn.knob_bounds = dict(bounds)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
