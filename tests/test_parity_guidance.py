@@ -20,29 +20,18 @@ from ldmcore.diffusion.guidance import Guidance  # noqa: E402
 from ldmcore.diffusion.sigmas import SigmaPlan  # noqa: E402
 from ldmcore.interop.convert import import_pretrained  # noqa: E402
 
-from sd_fixtures import build_pipeline  # noqa: E402
+from sd_fixtures import saved_pipeline  # noqa: E402
 
 TOL = 256 * torch.finfo(torch.float32).eps
 PROMPT = "a red circle"
 MEASURED: dict[str, float] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", params=["sd1", "sd2"])
 def sd(request, tmp_path_factory):
-    family = request.param
-    root = tmp_path_factory.mktemp(family)
-    pipe = build_pipeline(family, prediction="v_prediction" if family == "sd2" else "epsilon")
-    pipe.save_pretrained(str(root / "diffusers"), safe_serialization=True)
-    model = from_pretrained(import_pretrained(root / "diffusers", root / "run"))
-    return family, pipe, model
+    root = tmp_path_factory.mktemp(request.param)
+    pipe = saved_pipeline(request.param, root)
+    return request.param, pipe, from_pretrained(import_pretrained(root / "diffusers", root / "run"))
 
 
 def noise() -> torch.Tensor:

@@ -80,10 +80,10 @@ def test_every_sampler_runs_the_grids_that_repeat_a_level(name, spacing, offset,
 @pytest.fixture(scope="module")
 def sd_run(tmp_path_factory):
     from ldmcore.interop.convert import import_pretrained
-    from sd_fixtures import build_pipeline
+    from sd_fixtures import saved_pipeline
 
     root = tmp_path_factory.mktemp("sd1")
-    build_pipeline("sd1").save_pretrained(str(root / "diffusers"), safe_serialization=True)
+    saved_pipeline("sd1", root)
     return import_pretrained(root / "diffusers", root / "run")
 
 
