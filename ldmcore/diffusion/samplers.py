@@ -12,12 +12,17 @@ from ``generator`` (noise drawn on the CPU in float32, then moved), so a seed fi
 for the stochastic samplers too.
 
 Notation: ``h = log(sigma / sigma_next)`` is the step in half-log-SNR ``lambda = -log sigma``
-(Lu et al.'s DPM-Solver variable for the VE view). Every sampler's last step, to sigma = 0,
-returns the denoised estimate: the ODE's solution there is the data point itself.
+(Lu et al.'s DPM-Solver variable for the VE view). The last step to sigma = 0 returns the
+denoised estimate (the ODE's solution there is the data point itself), except in the linear
+multistep methods, which integrate that interval with their polynomial as k-diffusion and
+diffusers do. A grid that repeats a level steps over it (``steps.levels_of``).
 
-Samplers register through the ``register_samplers`` hook (this module implements it for the
-built-ins, exactly as a third-party package would); ``SamplerSpec`` records how many network
-evaluations a step costs and validates knobs against the function's own keyword defaults.
+This module holds the first-order samplers and the DPM-Solver++ multistep family;
+``singlestep.py`` the two-evaluation samplers (DPM2, DPM++ 2S, DPM++ SDE), ``multistep.py`` the
+polynomial multistep ones (LMS, DEIS, UniPC), ``steps.py`` the algebra they share. Samplers
+register through the ``register_samplers`` hook (this module implements it for the built-ins,
+exactly as a third-party package would); ``SamplerSpec`` records how many network evaluations
+a step costs and validates knobs against the function's own keyword defaults and ranges.
 """
 
 from __future__ import annotations
