@@ -22,6 +22,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from ldmcore.diffusion.steps import BrownianNoise
+
 
 def _append_dims(x: torch.Tensor, target_dims: int) -> torch.Tensor:
     """k-diffusion's ``utils.append_dims``: trailing singleton dimensions up to ``target_dims``."""
@@ -51,28 +53,10 @@ def k_sampling() -> types.ModuleType:
     return importlib.import_module("k_diffusion.sampling")
 
 
-class SharedNoise:
-    """k-diffusion's ``noise_sampler(sigma, sigma_next)`` drawing from a seeded generator as
-    ldmcore's samplers do (CPU float32 normals of the sample's shape, then cast), so that both
-    see the same noise in the same order.
-
-    Like k-diffusion's Brownian tree it is Brownian motion in sigma: an interval that starts
-    where the previous one started and reaches further (DPM++ SDE's [sigma, sigma_mid], then
-    [sigma, sigma_next]) shares the previous increment; disjoint intervals get fresh draws."""
-
-    def __init__(self, like: torch.Tensor, seed: int) -> None:
-        self.like = like
-        self.generator = torch.Generator().manual_seed(seed)
-        self.last: tuple[float, float, torch.Tensor] | None = None
-
-    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-        start, end = float(sigma), float(sigma_next)
-        fresh = torch.randn(self.like.shape, generator=self.generator, dtype=torch.float32).to(self.like)
-        if self.last is not None and self.last[0] == start and end < self.last[1]:
-            shared = (start - self.last[1]) / (start - end)
-            fresh = shared ** 0.5 * self.last[2] + (1 - shared) ** 0.5 * fresh
-        self.last = (start, end, fresh)
-        return fresh
+def shared_noise(like: torch.Tensor, seed: int) -> BrownianNoise:
+    """k-diffusion's ``noise_sampler`` drawing what ldmcore's samplers draw from ``seed`` (CPU
+    float32 normals, Brownian in sigma as k-diffusion's tree): the same noise in the same order."""
+    return BrownianNoise(like, torch.Generator().manual_seed(seed))
 
 
 def run_k_sampler(name: str, denoiser: Callable[..., torch.Tensor], x: torch.Tensor,
@@ -81,5 +65,5 @@ def run_k_sampler(name: str, denoiser: Callable[..., torch.Tensor], x: torch.Ten
     fn = getattr(k_sampling(), f"sample_{name}")
     kwargs = dict(knobs)
     if "noise_sampler" in inspect.signature(fn).parameters:
-        kwargs["noise_sampler"] = SharedNoise(x, seed)
+        kwargs["noise_sampler"] = shared_noise(x, seed)
     return fn(denoiser, x, sigmas.to(x.dtype), disable=True, **kwargs)

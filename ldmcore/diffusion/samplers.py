@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from ldmcore.diffusion.steps import (Callback, Model, ancestral_loop, denoise, draw_noise,
-                                     euler_step, levels_of, report, toward)
+from ldmcore.diffusion.steps import (BrownianNoise, Callback, Model, ancestral_loop, denoise,
+                                     draw_noise, euler_step, levels_of, report, toward)
 from ldmcore.diffusion.steps import ancestral_step  # noqa: F401 (re-exported for samplers' authors)
 from ldmcore.diffusion.multistep import sample_deis, sample_lms, sample_unipc
 from ldmcore.diffusion.singlestep import (sample_dpm_2, sample_dpm_2_ancestral,
@@ -366,7 +366,7 @@ class SamplerSpec:
         if "generator" in params:
             kwargs["generator"] = generator
         elif "noise_sampler" in params and generator is not None:
-            kwargs["noise_sampler"] = lambda sigma, sigma_next: draw_noise(x, generator)
+            kwargs["noise_sampler"] = BrownianNoise(x, generator)
         if "disable" in params:
             kwargs["disable"] = True
         return self.fn(model, x, sigmas, **kwargs)

@@ -45,6 +45,29 @@ def report(callback: Callback | None, i: int, x: torch.Tensor, sigma: float,
                   "sigma_hat": sigma if sigma_hat is None else sigma_hat, "denoised": denoised})
 
 
+class BrownianNoise:
+    """Noise for the interval from ``sigma`` to ``sigma_next`` (k-diffusion's
+    ``noise_sampler(sigma, sigma_next)``), unit normals from ``generator``, with the
+    correlations of Brownian motion in sigma (what k-diffusion's Brownian tree gives):
+    intervals that do not overlap get fresh draws, and an interval that starts where the last one
+    started and reaches further (DPM++ SDE's [sigma, sigma_mid], then [sigma, sigma_next])
+    shares its increment, correlation ``sqrt((sigma - sigma_mid) / (sigma - sigma_next))``."""
+
+    def __init__(self, like: torch.Tensor, generator: torch.Generator | None) -> None:
+        self.like = like
+        self.generator = generator
+        self.last: tuple[float, float, torch.Tensor] | None = None
+
+    def __call__(self, sigma: float | torch.Tensor, sigma_next: float | torch.Tensor) -> torch.Tensor:
+        start, end = float(sigma), float(sigma_next)
+        noise = draw_noise(self.like, self.generator)
+        if self.last is not None and self.last[0] == start and end < self.last[1]:
+            shared = (start - self.last[1]) / (start - end)
+            noise = math.sqrt(shared) * self.last[2] + math.sqrt(1 - shared) * noise
+        self.last = (start, end, noise)
+        return noise
+
+
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
     """Split a step to ``sigma_next`` into a deterministic part to ``sigma_down`` and fresh noise
     ``sigma_up`` with ``sigma_down^2 + sigma_up^2 = sigma_next^2``.
