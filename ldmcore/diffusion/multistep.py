@@ -62,6 +62,28 @@ def _integral_in_log_sigma(nodes: list[float], j: int, a: float, b: float) -> fl
     return antiderivative(b) - antiderivative(a)
 
 
+def _interpolating_multistep(model: Model, x: torch.Tensor, sigmas: torch.Tensor,
+                             extra_args: dict | None, callback: Callback | None, order: int,
+                             integral, lower_order_final_below: int) -> torch.Tensor:
+    """``x' = x + sum_j c_j eps_j`` over the last ``order`` levels, ``eps = (x - D)/sigma`` (the
+    ODE's slope dx/dsigma), ``c_j = integral(nodes, j, sigma, sigma')`` of the j-th Lagrange
+    polynomial through them; in runs shorter than ``lower_order_final_below`` steps the last
+    step is first order and the one before at most second."""
+    levels = levels_of(sigmas)
+    steps = len(levels) - 1
+    slopes: list[torch.Tensor] = []
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+        denoised = denoise(model, x, s, extra_args)
+        slopes.append((x - denoised) / s)
+        del slopes[:-order]
+        k = len(slopes) if steps >= lower_order_final_below else min(len(slopes), steps - i)
+        nodes = levels[i + 1 - k: i + 1]
+        for j, slope in enumerate(slopes[-k:]):
+            x = x + integral(nodes, j, s, s_next) * slope
+        report(callback, i, x, s, denoised)
+    return x
+
+
 @knob_bounds(order=(1, None))
 def sample_lms(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
                extra_args: dict | None = None, callback: Callback | None = None,
@@ -72,21 +94,8 @@ def sample_lms(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
     the Lagrange polynomial (in sigma) through the last ``order`` levels. The first steps use
     the orders their history allows. Unlike most samplers its last step to sigma = 0 is not the
     denoised estimate itself but the polynomial's extrapolation, as in k-diffusion."""
-    levels = levels_of(sigmas)
-    slopes: list[torch.Tensor] = []
-    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        denoised = denoise(model, x, s, extra_args)
-        slopes.append((x - denoised) / s)
-        del slopes[:-order]
-        nodes = levels[i + 1 - len(slopes): i + 1]
-        for j, slope in enumerate(slopes):
-            x = x + _integral_in_sigma(nodes, j, s, s_next) * slope
-        report(callback, i, x, s, denoised)
-    return x
-
-
-# diffusers' DEIS lowers the order of the last two steps of runs shorter than this
-_DEIS_LOWER_ORDER_FINAL_BELOW = 15
+    return _interpolating_multistep(model, x, sigmas, extra_args, callback, order,
+                                    _integral_in_sigma, lower_order_final_below=0)
 
 
 @knob_bounds(order=(1, 3))
@@ -94,26 +103,13 @@ def sample_deis(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
                 extra_args: dict | None = None, callback: Callback | None = None,
                 generator: torch.Generator | None = None, order: int = 2) -> torch.Tensor:
     """DEIS (Zhang & Chen 2023, the "logrho" multistep solver; diffusers'
-    ``DEISMultistepScheduler``): ``x' = x + sum_j c_j eps_j`` with ``eps = (x - D)/sigma`` at
-    the last ``order`` levels and ``c_j`` the integral over the step, in sigma, of the Lagrange
-    polynomial in log sigma through them. Order 1 is DDIM. As diffusers does, the first steps
+    ``DEISMultistepScheduler``): the multistep method of ``lms`` with the noise estimates
+    ``eps = (x - D)/sigma`` interpolated by a polynomial in log sigma instead of sigma. Order 1
+    is DDIM. As diffusers does, the first steps
     use the orders their history allows and, in runs under 15 steps, the last step is first
     order and the one before at most second."""
-    levels = levels_of(sigmas)
-    steps = len(levels) - 1
-    noises: list[torch.Tensor] = []
-    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        denoised = denoise(model, x, s, extra_args)
-        noises.append((x - denoised) / s)
-        del noises[:-order]
-        k = len(noises)
-        if steps < _DEIS_LOWER_ORDER_FINAL_BELOW:
-            k = min(k, steps - i)
-        nodes = levels[i + 1 - k: i + 1]
-        for j, noise in enumerate(noises[-k:]):
-            x = x + _integral_in_log_sigma(nodes, j, s, s_next) * noise
-        report(callback, i, x, s, denoised)
-    return x
+    return _interpolating_multistep(model, x, sigmas, extra_args, callback, order,
+                                    _integral_in_log_sigma, lower_order_final_below=15)
 
 
 def _unipc_coefficients(rks: list[float], h: float, order: int, corrector: bool) -> list[float]:
