@@ -1,5 +1,6 @@
-"""The algebra every sampler shares: its noise draws, its grid check, one network call, the
-callback, the Euler step of the probability-flow ODE and the ancestral split of a step.
+"""The algebra every sampler shares: its noise draws (independent, or Brownian in sigma), its
+grid check, one network call, the callback, the Euler step of the probability-flow ODE, the
+ancestral split of a step and the ancestral loop, and the declaration of knob ranges.
 
 Samplers of ``samplers.py``, ``singlestep.py`` and ``multistep.py`` import these, so that a
 rule (how noise is drawn from the generator, what a valid grid is) is written once.
@@ -17,9 +18,9 @@ Model = Callable[..., torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
 
 
-
-
 def draw_noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Unit normals shaped like ``like``, drawn on the CPU in float32 (the same numbers on any
+    device and dtype for a seed), then moved."""
     return torch.randn(like.shape, generator=generator, dtype=torch.float32).to(like)
 
 
