@@ -87,6 +87,24 @@ def sd_run(tmp_path_factory):
     return import_pretrained(root / "diffusers", root / "run")
 
 
+def test_cli_setup_takes_every_grid_of_an_imported_run(sd_run) -> None:
+    """``ldm sample``'s own request handling (``sampling_setup``) on the imported run, with its
+    offset and final level set each way, for every spacing and step count 1..T: no error, and
+    the levels the sampler then walks are the function's, strictly descending."""
+    from ldmcore.sample import SampleRequest, load_run, sampling_setup
+
+    cfg, model, _ = load_run(sd_run)
+    for spacing, offset, alpha in GRIDS:
+        run_cfg = cfg.model_copy(update={"sampler": cfg.sampler.model_copy(
+            update={"offset": offset, "set_alpha_to_one": alpha})})
+        plan = SigmaPlan(spacing=spacing, offset=offset, set_alpha_to_one=alpha)
+        for steps in range(1, T + 1):
+            request = SampleRequest(run=sd_run, steps=steps, spacing=spacing, cond={"text": "x"})
+            levels = sampling_setup(request, model, run_cfg)["sigmas"].sigmas(model.schedule, steps)
+            assert bool((levels[1:] < levels[:-1]).all()), (spacing, offset, alpha, steps)
+            assert torch.equal(levels, plan.sigmas(SCHEDULE, steps)), (spacing, offset, alpha, steps)
+
+
 @pytest.mark.parametrize("args,evals", [(["steps=10", "spacing=linspace"], 9),
                                         (["steps=1", "spacing=linspace"], 0),
                                         (["steps=10", "spacing=trailing"], 10),
