@@ -290,7 +290,8 @@ def test_diffusers_settings_that_differ_do_differ(name, knobs, scheduler, config
 def test_zero_terminal_snr_ddim_matches_diffusers(eta: float) -> None:
     """v-prediction on a zero-terminal-SNR schedule, trailing timesteps from t = T (abar_T = 0
     exactly in diffusers; a stand-in level of 1e10 here). Not eta = 1: diffusers' first step
-    there takes the square root of 1 - abar' - (1 - abar'), which float32 rounds below 0 (NaN)."""
+    there takes the square root of 1 - abar' - std^2 with std^2 = 1 - abar', which float32
+    rounds to -6e-8 (NaN)."""
     network = MixtureNetwork(ZERO_SNR, Prediction.V)
     sched = diffusers.DDIMScheduler(**SD, rescale_betas_zero_snr=True, prediction_type="v_prediction",
                                     timestep_spacing="trailing", clip_sample=False)
