@@ -44,8 +44,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from ldmcore.diffusion.guidance import Guidance
-    from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan
+    from ldmcore.sampling import sampling_plan
     from ldmcore.eval.tasks import held_out_batch, shape_scores
     from ldmcore.sample import load_run
     from ldmcore.train_autoencoder import autocast
@@ -61,9 +60,9 @@ def main() -> None:
     for label, scales in settings.items():
         t0 = time.perf_counter()
         with torch.inference_mode(), autocast("bf16", torch.device("cpu")):
-            images = model.sample(values, args.n, sampler="dpmpp_2m", steps=args.steps,
-                                  sigmas=SigmaPlan(SigmaKind.KARRAS),
-                                  guidance=Guidance(args.base, per_plugin=scales), noise=noise,
+            plan = sampling_plan(cfg.sampler, name="dpmpp_2m", steps=args.steps, sigmas="karras",
+                                 guidance=args.base, plugin_guidance=scales)
+            images = model.sample(values, args.n, plan, noise=noise,
                                   generator=torch.Generator().manual_seed(0)).float()
         rows[label] = {"scales": scales, "seconds": round(time.perf_counter() - t0, 1),
                        **shape_scores(model.conditioner.encoders, batch, images)}

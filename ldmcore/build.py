@@ -22,6 +22,7 @@ from ldmcore.nn.autoencoder import AutoencoderKL, AutoencoderShape
 from ldmcore.nn.pixel_space import FirstStage, PixelSpace
 from ldmcore.nn.unet import UNetModel, UNetShape
 from ldmcore.registry import Registry
+from ldmcore.sampling import sampling_plan
 
 
 def autoencoder_shape(ae: AutoencoderConfig, image_channels: int) -> AutoencoderShape:
@@ -69,7 +70,8 @@ def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
 
 def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,
                 registry: Registry | None = None, root: Path | None = None) -> LatentDiffusion:
-    """The full LatentDiffusion for ``cfg`` (a fresh autoencoder unless one is given)."""
+    """The full LatentDiffusion for ``cfg`` (a fresh autoencoder unless one is given); it samples
+    with the plan of ``cfg.sampler`` unless ``sample`` is given another."""
     autoencoder = autoencoder if autoencoder is not None else build_autoencoder(cfg)
     conditioner = build_conditioner(cfg, registry, autoencoder, root)
     u = cfg.model.unet
@@ -101,7 +103,7 @@ def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,
                           f"gives one; enable a base (conditions.lowres.base=bicubic or "
                           f"conditions.inpaint.base=blur_fill) or leave residual_scale at 1.")
     return LatentDiffusion(autoencoder, UNetModel(shape), conditioner, schedule, latent, d.prediction,
-                           d.snr_gamma, d.residual_scale)
+                           d.snr_gamma, d.residual_scale, sampling_plan(cfg.sampler, registry))
 
 
 def frozen_encoder(autoencoder: FirstStage):

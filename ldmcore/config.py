@@ -15,17 +15,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from ldmcore.conditioning import EncoderConfig
-from ldmcore.diffusion.guidance import Guidance
-from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan, Spacing
 from ldmcore.diffusion.schedule import BetaSchedule, Prediction
 from ldmcore.errors import ConfigError, PluginClash, nearest
+from ldmcore.registry import Registry, default_registry
+from ldmcore.sampling import SamplerConfig, sampling_plan
+from ldmcore.schema import Strict, format_validation_error
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+__all__ = ["SamplerConfig", "Strict", "format_validation_error"]  # re-exported for callers
 
 
 class UNetConfig(Strict):
@@ -135,71 +134,6 @@ class DataConfig(Strict):
         return self.model_dump(exclude={"name", "num_workers", "limit"})
 
 
-class SamplerConfig(Strict):
-    """How ``ldm sample`` and training-time sample grids generate: sampler, noise levels,
-    sampler knobs and guidance. Knobs are checked against the named sampler's own."""
-
-    name: str = "ddim"
-    steps: int = Field(50, ge=1, description="sampler steps (Heun: two evaluations each)")
-    sigmas: SigmaKind = Field(SigmaKind.DISCRETE, description="noise levels: the schedule's "
-                              "own timesteps (discrete), karras or exponential")
-    spacing: Spacing = Spacing.LEADING
-    offset: int = Field(0, ge=0, description="added to leading timesteps (SD uses 1)")
-    rho: float = Field(7.0, gt=0, description="Karras et al.'s rho (sigmas=karras)")
-    sigma_min: float | None = Field(None, gt=0, description="default: the schedule's smallest")
-    sigma_max: float | None = Field(None, gt=0, description="default: the schedule's largest")
-    eta: float | None = Field(None, ge=0.0, le=1.0, description="noise knob of stochastic "
-                              "samplers; None = the sampler's default")
-    options: dict[str, Any] = Field(default_factory=dict, description="other sampler knobs")
-    guidance: float = 3.0
-    plugin_guidance: dict[str, float] = Field(default_factory=dict, description="per-plugin "
-                                              "scales: compositional guidance")
-    guidance_rescale: float = Field(0.0, ge=0.0, le=1.0)
-    guidance_interval: tuple[float, float] | None = Field(None, description="guide only for "
-                                                          "sigmas in [lo, hi]")
-    set_alpha_to_one: bool = Field(True, description="discrete sigmas: the last step lands on "
-                                   "alpha-bar 1 (sigma 0); false: on alpha-bar of t=0, as SD does")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        _sampler_spec(v)
-        return v
-
-    @model_validator(mode="after")
-    def _knobs_fit_the_sampler(self) -> SamplerConfig:
-        try:
-            spec = _sampler_spec(self.name)
-            spec.check_knobs(self.options, where="sampler.options.")
-            spec.check_knobs({} if self.eta is None else {"eta": self.eta}, where="sampler.")
-            self.guidance_spec()  # checks rescale and interval
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
-        return self
-
-    def knobs(self) -> dict[str, Any]:
-        """The sampler knobs this config sets (eta is one when given)."""
-        return {**self.options, **({} if self.eta is None else {"eta": self.eta})}
-
-    def plan(self) -> SigmaPlan:
-        return SigmaPlan(self.sigmas, self.spacing, self.offset, self.rho, self.sigma_min,
-                         self.sigma_max, self.set_alpha_to_one)
-
-    def guidance_spec(self) -> Guidance:
-        return Guidance(self.guidance, dict(self.plugin_guidance), self.guidance_rescale,
-                        self.guidance_interval)
-
-
-def _sampler_spec(name: str):
-    """The registered sampler ``name`` (a ValueError listing them all, for pydantic)."""
-    from ldmcore.registry import default_registry
-
-    try:
-        return default_registry().sampler(name)
-    except ConfigError as err:
-        raise ValueError(str(err)) from None
-
-
 class TrainerConfig(Strict):
     max_steps: int = Field(2000, ge=0)
     batch_size: int = Field(64, ge=1)
@@ -286,14 +220,12 @@ def conf_dir() -> Path:
     return Path(str(importlib.resources.files("ldmcore.conf")))
 
 
-def config_sources(registry=None) -> list[tuple[str, Path]]:
+def config_sources(registry: Registry | None = None) -> list[tuple[str, Path]]:
     """(package, folder) of every config tree, the host's first: the order Hydra searches them.
 
     Two trees that ship the same ``group/option.yaml`` are a clash naming both packages: which
     one Hydra would pick would depend on install order, so neither is silently preferred.
     """
-    from ldmcore.registry import default_registry
-
     registry = registry or default_registry()
     sources = [("ldmcore", conf_dir())] + [(d.package, d.path) for d in registry.config_dirs]
     seen: dict[str, str] = {}
@@ -309,7 +241,7 @@ def config_sources(registry=None) -> list[tuple[str, Path]]:
     return sources
 
 
-def group_options(group: str, registry=None) -> list[str]:
+def group_options(group: str, registry: Registry | None = None) -> list[str]:
     """Every option of a config group, the host's and the plugins'."""
     return sorted({p.stem for _, folder in config_sources(registry)
                    for p in (folder / group).glob("*.yaml")})
@@ -332,33 +264,6 @@ def _searchpath_override(overrides: list[str], sources: list[tuple[str, Path]]) 
         return rest
     quoted = ",".join("'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in paths)
     return [*rest, f"hydra.searchpath=[{quoted}]"]
-
-
-def format_validation_error(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
-    """One paragraph naming each bad key path, what is wrong, and the valid names."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        path = f"{prefix}{loc}"
-        if e["type"] == "extra_forbidden":
-            valid = _fields_at(model, e["loc"][:-1]) if model else []
-            parts.append(f"unknown config key '{path}': {nearest(str(e['loc'][-1]), valid)}")
-        else:
-            got = e.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            msg = e["msg"].removeprefix("Value error, ")
-            parts.append(f"config key '{path}': {msg}{shown}" if path else msg)
-    return "; ".join(p.rstrip(".") for p in parts) + "."
-
-
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    for part in loc:
-        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        model = ann
-    return list(model.model_fields)
 
 
 def validate(raw: dict[str, Any]) -> ExperimentConfig:
@@ -388,7 +293,7 @@ _MISSING_VALUE = re.compile(r"Missing mandatory value: .*?full_key: ([\w.\[\]-]+
 OPEN_MAPS = ("sampler.",)
 
 
-def compose(overrides: list[str], registry=None) -> dict[str, Any]:
+def compose(overrides: list[str], registry: Registry | None = None) -> dict[str, Any]:
     """Compose ``conf/config.yaml`` with Hydra overrides into a resolved plain dict.
 
     The config folders of installed plugins (``register_config_dirs``) are searched after the
@@ -434,10 +339,8 @@ def compose(overrides: list[str], registry=None) -> dict[str, Any]:
         raise ConfigError(f"cannot compose the config from {overrides}: {msg}") from None
 
 
-def _broken_note(registry=None) -> str:
+def _broken_note(registry: Registry | None = None) -> str:
     """A plugin that failed to load takes its configs with it: say so where they are missed."""
-    from ldmcore.registry import default_registry
-
     broken = (registry or default_registry()).broken
     if not broken:
         return ""
@@ -461,7 +364,7 @@ def _unknown_key_message(key: str, rest: list[str], run) -> str:
             f"{', '.join(sorted(valid)) or 'none'}. To add a new key on purpose write +{key}=...")
 
 
-def load(overrides: list[str], registry=None) -> ExperimentConfig:
+def load(overrides: list[str], registry: Registry | None = None) -> ExperimentConfig:
     """Compose and validate: the one entry point the command line uses.
 
     Plugin sections are validated here too (through the registry), so a bad condition key
@@ -469,13 +372,12 @@ def load(overrides: list[str], registry=None) -> ExperimentConfig:
     """
     cfg = validate(compose(overrides, registry))
     resolve_conditions(cfg, registry)
+    sampling_plan(cfg.sampler, registry)  # an unknown sampler or knob fails before any work
     return cfg
 
 
-def resolve_conditions(cfg: ExperimentConfig, registry=None) -> dict[str, tuple[type, EncoderConfig]]:
+def resolve_conditions(cfg: ExperimentConfig, registry: Registry | None = None) -> dict[str, tuple[type, EncoderConfig]]:
     """Plugin name -> (encoder class, validated plugin config), in config order."""
-    from ldmcore.registry import default_registry
-
     registry = registry or default_registry()
     return {name: (cls := registry.condition(name), validate_condition(name, cls.Config, section))
             for name, section in cfg.conditions.items()}

@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, Conditioner,
                                   EncoderConfig, Injection, Tokens)
+from ldmcore.diffusion.guidance import Guidance
 from ldmcore.errors import LdmError
 from ldmcore.hookspecs import hookimpl
 
@@ -581,7 +582,8 @@ def _train_sample(ctx: _Context) -> None:
         else:
             values = {k: v[:2] for k, v in batch.items()}
         images = ctx.run(f"sampling {label}", lambda: model.sample(
-            values, 2, steps=2, guidance=2.0, generator=torch.Generator().manual_seed(0)))
+            values, 2, model.sampling.but(steps=2, guidance=Guidance(scale=2.0)),
+            generator=torch.Generator().manual_seed(0)))
         want = (2, case.image_channels, IMAGE_SIZE, IMAGE_SIZE)
         if tuple(images.shape) != want or not torch.isfinite(images).all():
             raise _Broken(f"sampling {label} gave images of shape {tuple(images.shape)} "

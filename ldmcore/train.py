@@ -337,10 +337,7 @@ def _sample_grid(model: LatentDiffusion, ema: EMA, held: InMemoryBatches | None,
     model.eval()
     device = next(model.unet.parameters()).device
     with autocast(choose_precision(cfg.trainer.precision, device).name, device):
-        sc = cfg.sampler
-        images = model.sample(batch, len(batch["image"]), sampler=default_registry().sampler(sc.name),
-                              steps=sc.steps, sigmas=sc.plan(), sampler_options=sc.knobs(),
-                              guidance=sc.guidance_spec(),
+        images = model.sample(batch, len(batch["image"]),  # the run's own plan (model.sampling)
                               generator=torch.Generator().manual_seed(cfg.seed))
     _copy_into(model, live)
     model.train()

@@ -130,7 +130,7 @@ def test_usage(capsys, argv, code):
     (["eval", "rn=x"], ["'rn=x'", "'run'"]),
     (["sample", "runs/demo"], ["`runs/demo`", "key=value"]),
     (["sample", "run=x", "n=0"], ["'n'", "0"]),
-    (["sample", "run=x", "sampler=dpm"], ["'dpm'", "'ddpm'"]),
+    (["sample", "run=x", "sampler=ddim"], ["run='x'", "not a folder"]),
     (["sample", "run=x", "stepz=3"], ["'stepz'", "'steps'"]),
     (["train", "data=image_folder"], ["'data.path'"]),
 ])

@@ -267,6 +267,6 @@ def test_plugin_defined_in_test_trains_and_samples(smoke_run: Path, tmp_path: Pa
     assert model.unet.shape.in_channels == cfg.autoencoder.latent_channels + 1
     assert model.unet.shape.vector_dim == 128
     image = torch.zeros(2, 1, 16, 16)
-    out = model.sample({"class": torch.tensor([1, 2]), "image": image}, 2, steps=2,
+    out = model.sample({"class": torch.tensor([1, 2]), "image": image}, 2, model.sampling.but(steps=2),
                        generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 1, 16, 16) and torch.isfinite(out).all()

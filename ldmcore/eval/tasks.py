@@ -72,13 +72,13 @@ def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int
     torch.manual_seed(seed)  # random holes of the inpaint plugin
     batch = held_out_batch(cfg, n)
     values = model.conditioner.resolve(batch)
+    plan = model.sampling if steps is None else model.sampling.but(steps=steps)  # the run's own
 
     def draw(k: int) -> torch.Tensor:
         """Samples of noise seed ``seed + k`` for every held-out condition."""
         noise = torch.randn((n, *model.latent_shape()), generator=torch.Generator().manual_seed(seed + k))
         with mixed.autocast():
-            return model.sample(values, n, sampler=cfg.sampler.name, steps=steps or cfg.sampler.steps,
-                                guidance=cfg.sampler.guidance, noise=noise,
+            return model.sample(values, n, plan, noise=noise,
                                 generator=torch.Generator().manual_seed(seed + k)).float()
 
     images = draw(0)

@@ -1,0 +1,44 @@
+"""The pydantic base every ldmcore schema uses, and the one-paragraph form of its errors.
+
+Unknown keys are errors (``extra="forbid"``) and validated configs are frozen; a
+``ValidationError`` becomes one paragraph that names each bad key path, what is wrong with it
+and, for an unknown key, the nearest valid names.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ldmcore.errors import nearest
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def format_validation_error(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One paragraph naming each bad key path, what is wrong, and the valid names."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        path = f"{prefix}{loc}"
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(model, e["loc"][:-1]) if model else []
+            parts.append(f"unknown config key '{path}': {nearest(str(e['loc'][-1]), valid)}")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"config key '{path}': {msg}{shown}" if path else msg)
+    return "; ".join(p.rstrip(".") for p in parts) + "."
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
