@@ -1,12 +1,13 @@
 """The plugin host: a pluggy PluginManager over the ``ldmcore`` entry-point group.
 
 The registry knows nothing of training: it loads plugin packages, collects what their hooks
-register (condition encoders, samplers, Hydra config folders), reports name clashes, and lists what is
-installed (with versions, the hooks each package implements, and the plugins that failed to
-load, and why - a broken plugin never breaks the host). A package's registrations are all or
-nothing: if one hook fails, none of the package's registrations are kept. The built-in
-samplers register through the same hook, from ``ldmcore.diffusion.samplers``, which is always
-loaded (they are part of the backbone, not an optional package).
+register (condition encoders, samplers, metrics, datasets, Hydra config folders), reports name
+clashes, and lists what is installed (with versions, the hooks each package implements, and the
+plugins that failed to load, and why - a broken plugin never breaks the host). A package's
+registrations are all or nothing: if one hook fails, none of the package's registrations are
+kept. The built-in samplers and datasets register through the same hooks, from
+``ldmcore.diffusion.samplers`` and ``ldmcore.data.builtin``, which are always loaded (part of the
+backbone, not optional packages).
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ import pluggy
 
 from ldmcore import hookspecs
 from ldmcore.conditioning import ConditionEncoder
+from ldmcore.data import builtin as builtin_datasets
+from ldmcore.data.spec import DatasetSpec
 from ldmcore.diffusion import samplers as builtin_samplers
 from ldmcore.diffusion.samplers import SamplerSpec
 from ldmcore.errors import ConfigError, PluginClash, PluginError, nearest
+from ldmcore.eval.metric import MetricSpec
 
 ENTRY_POINT_GROUP = "ldmcore"
 ALLOW_ENV = "LDM_LOAD_PLUGINS"  # comma-separated entry-point names to load; unset = all
@@ -69,6 +73,8 @@ class Registry:
     config_dirs: list[ConfigDir] = field(default_factory=list)
     samplers: dict[str, SamplerSpec] = field(default_factory=dict)
     hooks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # package -> hooks it implements
+    metrics: list[MetricSpec] = field(default_factory=list)
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
 
     def condition(self, name: str) -> type[ConditionEncoder]:
         """The encoder class registered as ``name``; unknown names get a teaching error."""
@@ -85,11 +91,15 @@ class Registry:
 
     def sampler(self, name: str) -> SamplerSpec:
         """The sampler registered as ``name``; unknown names list every registered sampler."""
-        try:
-            return self.samplers[name]
-        except KeyError:
-            raise ConfigError(f"unknown sampler {name!r}: {nearest(name, self.samplers)} "
-                              f"Samplers: {', '.join(sorted(self.samplers))}.") from None
+        return _named(self.samplers, name, "sampler")
+
+    def dataset(self, name: str) -> DatasetSpec:
+        """The dataset registered as ``name``; unknown names list every registered dataset."""
+        return _named(self.datasets, name, "dataset")
+
+    def metrics_for(self, condition: str) -> list[MetricSpec]:
+        """The metrics registered for the condition plugin ``condition``, in registration order."""
+        return [m for m in self.metrics if m.condition == condition]
 
     def infos(self) -> list[PluginInfo]:
         return [
@@ -114,6 +124,8 @@ class Registry:
             self.origins[cls.name] = (package, version)
         self.config_dirs += found["config_dirs"]
         self.samplers.update({spec.name: spec for spec in found["samplers"]})
+        self.metrics += found["metrics"]
+        self.datasets.update({spec.name: spec for spec in found["datasets"]})
         self.hooks[package] = tuple(sorted({*self.hooks.get(package, ()), *found["hooks"]}))
 
     def _collect(self, plugin: object, package: str) -> dict[str, Any]:
@@ -170,11 +182,41 @@ class Registry:
                                   f"positive int, got {evals_per_step!r}.")
             samplers.append(SamplerSpec(name, fn, evals_per_step, package))
 
+        metrics: list[MetricSpec] = []
+
+        def register_metric(condition: str, score: Any, *, name: str | None = None, **options: Any) -> None:
+            if not callable(score):
+                raise PluginError(f"package {package!r} registered the metric {score!r} of "
+                                  f"{condition!r}, which is not callable.")
+            metrics.append(MetricSpec(condition, name or getattr(score, "__name__", condition), score,
+                                      package=package, **options))
+
+        datasets: list[DatasetSpec] = []
+
+        def register_dataset(name: str, build: Any, *, held_out: Any = None) -> None:
+            owner = self.datasets.get(name) or next((d for d in datasets if d.name == name), None)
+            if owner is not None and owner.build is not build:
+                raise PluginClash(f"two packages register the dataset {name!r}: {owner.package!r} "
+                                  f"and {package!r}. Uninstall one, or restrict loading with "
+                                  f"{ALLOW_ENV}.")
+            datasets.append(DatasetSpec(name, build, held_out, package))
+
         callbacks = {"register_conditions": register_condition, "register_samplers": register_sampler,
-                     "register_config_dirs": register_config_dir}
+                     "register_config_dirs": register_config_dir, "register_metrics": register_metric,
+                     "register_datasets": register_dataset}
         for hook in implemented:
             getattr(plugin, hook)(register=callbacks[hook])
-        return {"encoders": encoders, "config_dirs": dirs, "samplers": samplers, "hooks": implemented}
+        return {"encoders": encoders, "config_dirs": dirs, "samplers": samplers, "hooks": implemented,
+                "metrics": metrics, "datasets": datasets}
+
+
+def _named(table: dict[str, Any], name: str, what: str) -> Any:
+    """``table[name]``; an unknown name is a ``ConfigError`` with the nearest and every name."""
+    try:
+        return table[name]
+    except KeyError:
+        raise ConfigError(f"unknown {what} {name!r}: {nearest(name, table)} "
+                          f"{what.capitalize()}s: {', '.join(sorted(table))}.") from None
 
 
 def _check_encoder_class(cls: type, package: str) -> None:
@@ -197,6 +239,7 @@ def build_registry(load_entry_points: bool | None = None) -> Registry:
     pm.add_hookspecs(hookspecs)
     reg = Registry(manager=pm)
     reg._add(builtin_samplers, "ldmcore", "", name="ldmcore:samplers")
+    reg._add(builtin_datasets, "ldmcore", "", name="ldmcore:datasets")
     if load_entry_points is None:
         load_entry_points = os.environ.get(DISABLE_ENV, "") not in ("1", "true", "yes")
     if not load_entry_points:
