@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides")
     parser.add_argument("--reuse", action="store_true", help="score runs already trained under --root")
     args = parser.parse_args()
-    from ldmcore.sample import load_run
+    from ldmcore.runfolder import load_run
 
     cfg, _, _ = load_run(args.base)
     plugins = [*cfg.conditions, args.plugin]

@@ -49,7 +49,8 @@ def main() -> None:
     args = parser.parse_args()
     from ldmcore.build import build_model
     from ldmcore.config import load
-    from ldmcore.eval.tasks import held_out_batch, hole_psnr
+    from ldm_inpaint.metric import hole_psnr
+    from ldmcore.eval.tasks import held_out_batch
     from ldmcore.hole_fill import CONVERGED_SWEEPS, SWEEPS_PER_LEVEL, blur_fill, relax
 
     cfg = load(["experiment=photos_inpaint"])

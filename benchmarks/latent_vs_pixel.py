@@ -42,11 +42,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run import RESULTS, machine  # noqa: E402
 
 from ldmcore.eval.digits import _to_reader_space, split_digits, train_reader  # noqa: E402
-from ldmcore.eval.tasks import held_out_batch, shape_scores  # noqa: E402
+from ldmcore.eval.tasks import condition_scores, held_out_batch, run_metrics  # noqa: E402
 from ldmcore.images import save_grid  # noqa: E402
-from ldmcore.sample import load_run  # noqa: E402
+from ldmcore.runfolder import load_run  # noqa: E402
 from ldmcore.sampling import sampling_plan  # noqa: E402
-from ldmcore.train_autoencoder import autocast  # noqa: E402
+from ldmcore.hardware import autocast  # noqa: E402
 
 FACTORS = {1: "pixels", 2: "kl_f2", 4: "kl_f4", 8: "kl_f8"}
 DATASETS = {
@@ -116,7 +116,7 @@ class Scorer:
                                   generator=torch.Generator().manual_seed(0)).float()
         save_grid(images[:40], grid, nrow=10)
         if self.dataset == "shapes":
-            return shape_scores(["segmap"], self.batch, images)
+            return condition_scores(run_metrics(model, "shapes", True), images, values, self.batch)
         grey = ((images[:, 0].clamp(-1, 1) + 1) * 127.5).numpy()
         feats = _to_reader_space(grey)
         read = self.reader.predict(feats)

@@ -45,9 +45,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from ldmcore.sampling import sampling_plan
-    from ldmcore.eval.tasks import held_out_batch, shape_scores
-    from ldmcore.sample import load_run
-    from ldmcore.train_autoencoder import autocast
+    from ldmcore.eval.tasks import condition_scores, held_out_batch, run_metrics
+    from ldmcore.runfolder import load_run
+    from ldmcore.hardware import autocast
 
     cfg, model, _ = load_run(args.run)
     plugins = [p for p in model.conditioner.encoders if p in METRIC]
@@ -65,7 +65,7 @@ def main() -> None:
             images = model.sample(values, args.n, plan, noise=noise,
                                   generator=torch.Generator().manual_seed(0)).float()
         rows[label] = {"scales": scales, "seconds": round(time.perf_counter() - t0, 1),
-                       **shape_scores(model.conditioner.encoders, batch, images)}
+                       **condition_scores(run_metrics(model, cfg.data.name, True), images, values, batch)}
         print(label, rows[label], flush=True)
     checks = {}
     for p in plugins:

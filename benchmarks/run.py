@@ -92,8 +92,8 @@ def training_step(precision: str, reps: int) -> dict:
     """The demo's diffusion training step (forward + backward + AdamW), bf16 vs fp32."""
     from ldmcore.build import build_model
     from ldmcore.config import load
-    from ldmcore.train import denoiser_params
-    from ldmcore.train_autoencoder import autocast
+    from ldmcore.model import denoiser_params
+    from ldmcore.hardware import autocast
 
     cfg = load(["experiment=demo"])
     model = build_model(cfg)

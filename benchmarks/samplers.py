@@ -147,8 +147,8 @@ def main() -> None:
     from ldmcore.diffusion.samplers import SAMPLERS
     from ldmcore.diffusion.plan import SamplingPlan
     from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan
-    from ldmcore.sample import load_run
-    from ldmcore.train_autoencoder import autocast
+    from ldmcore.runfolder import load_run
+    from ldmcore.hardware import autocast
 
     _, model, _ = load_run(args.run)
     reader = Reader()

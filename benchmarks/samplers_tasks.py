@@ -42,9 +42,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from ldmcore.eval.tasks import held_out_batch, shape_scores
-    from ldmcore.sample import load_run
-    from ldmcore.train_autoencoder import autocast
+    from ldmcore.eval.tasks import condition_scores, held_out_batch, run_metrics
+    from ldmcore.runfolder import load_run
+    from ldmcore.hardware import autocast
 
     cfg, model, _ = load_run(args.run)
     batch = held_out_batch(cfg, args.n)
@@ -63,7 +63,7 @@ def main() -> None:
                                       generator=torch.Generator().manual_seed(0)).float()
             wall = time.perf_counter() - t0
             row = {"sampler": name, "budget": budget, "steps": steps, "evals": spec.evals(steps),
-                   "ms_per_sample": round(1e3 * wall / args.n, 1), **shape_scores(model.conditioner.encoders, batch, images)}
+                   "ms_per_sample": round(1e3 * wall / args.n, 1), **condition_scores(run_metrics(model, cfg.data.name, True), images, values, batch)}
             store["rows"][f"{name}@{budget}"] = row
             out.write_text(json.dumps(store, indent=1))
             print(row, flush=True)

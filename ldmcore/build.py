@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from ldmcore import checkpoint
 from ldmcore.conditioning import BackboneSpec, Conditioner
@@ -21,7 +23,7 @@ from ldmcore.model import LatentDiffusion, derive_unet_shape
 from ldmcore.nn.autoencoder import AutoencoderKL, AutoencoderShape
 from ldmcore.nn.pixel_space import FirstStage, PixelSpace
 from ldmcore.nn.unet import UNetModel, UNetShape
-from ldmcore.registry import Registry
+from ldmcore.registry import Registry, default_registry
 from ldmcore.sampling import sampling_plan
 
 
@@ -104,6 +106,13 @@ def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,
                           f"conditions.inpaint.base=blur_fill) or leave residual_scale at 1.")
     return LatentDiffusion(autoencoder, UNetModel(shape), conditioner, schedule, latent, d.prediction,
                            d.snr_gamma, d.residual_scale, sampling_plan(cfg.sampler, registry))
+
+
+def build_dataset(name: str, limit: int | None = None, registry: Registry | None = None,
+                  **options: Any) -> Dataset:
+    """The dataset registered as ``name`` (``register_datasets``) for ``options`` (the ``data``
+    config's keys), cut to its first ``limit`` items if given."""
+    return (registry or default_registry()).dataset(name).dataset(limit, **options)
 
 
 def frozen_encoder(autoencoder: FirstStage):

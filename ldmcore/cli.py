@@ -51,47 +51,40 @@ def cmd_sample(args: list[str]) -> int:
 
 
 def cmd_eval(args: list[str]) -> int:
-    """Digits runs: class fidelity of a samples folder. Other runs: every plugin's metric on
-    held-out conditions (see ``ldmcore.eval.tasks``)."""
-    import yaml
+    """Score a run with the metrics its condition plugins register: samples of held-out
+    conditions when its dataset has a held-out split, else a folder of ``ldm sample`` output
+    (``samples=DIR``, default ``RUN_DIR/samples/final``); see ``ldmcore.eval.tasks``."""
+    from ldmcore.eval.tasks import evaluate_folder, evaluate_run
+    from ldmcore.registry import default_registry
+    from ldmcore.runfolder import run_config
 
     opts = _key_values(args, {"run", "samples", "n", "steps", "seed", "average", "precision", "threads"})
     if "run" not in opts:
-        raise ConfigError("ldm eval needs run=RUN_DIR (and for digits runs optionally samples=DIR, "
-                          "default RUN_DIR/samples/final; for other runs n=64 steps=... seed=0 "
-                          "average=1).")
+        raise ConfigError("ldm eval needs run=RUN_DIR (and optionally samples=DIR, a folder of "
+                          "`ldm sample` output, default RUN_DIR/samples/final when the run's "
+                          "data has no held-out split; else n=64 steps=... seed=0 average=1).")
     run = Path(opts["run"])
-    config_file = run / "config.yaml"
-    if not config_file.is_file():
-        raise ConfigError(f"run={str(run)!r} has no config.yaml; name a run folder made by `ldm train`.")
-    raw = yaml.safe_load(config_file.read_text())
+    held_out = default_registry().dataset(run_config(run).data.name).held_out is not None
+    if "samples" in opts or not held_out:
+        folder = Path(opts.get("samples", run / "samples" / "final"))
+        metrics, scored = evaluate_folder(run, folder), folder
+    else:
+        try:
+            n, seed, average = int(opts.get("n", 64)), int(opts.get("seed", 0)), int(opts.get("average", 1))
+            steps = int(opts["steps"]) if "steps" in opts else None
+        except ValueError:
+            raise ConfigError("ldm eval: n, steps, seed and average must be integers.") from None
+        if n < 1 or average < 1:
+            raise ConfigError(f"ldm eval: n={n} and average={average} must be at least 1 (average=K "
+                              f"also scores the mean of K samples per condition).")
+        metrics = evaluate_run(run, n=n, steps=steps, seed=seed, out=run, average=average,
+                               precision=opts.get("precision", "auto"), threads=opts.get("threads", "auto"))
+        scored = run / "eval_grid.png"
     report = run / "eval.json"
-    if raw["data"]["name"] == "digits" and "class" in raw.get("conditions", {}):
-        from ldmcore.eval.digits import evaluate_folder, write_report
-
-        result = evaluate_folder(Path(opts.get("samples", run / "samples" / "final")))
-        write_report(result, report)
-        worst = min(result.per_class.items(), key=lambda kv: kv[1])
-        print(f"class fidelity: {result.accuracy:.1%} of {result.count} samples read as the class "
-              f"asked for (independent SVC reader; it reads {result.reader_accuracy:.1%} of held-out "
-              f"real digits); worst class {worst[0]} at {worst[1]:.0%}. Report: {report}")
-        return 0
-    from ldmcore.eval.tasks import evaluate_run
-
-    try:
-        n, seed, average = int(opts.get("n", 64)), int(opts.get("seed", 0)), int(opts.get("average", 1))
-        steps = int(opts["steps"]) if "steps" in opts else None
-    except ValueError:
-        raise ConfigError("ldm eval: n, steps, seed and average must be integers.") from None
-    if n < 1 or average < 1:
-        raise ConfigError(f"ldm eval: n={n} and average={average} must be at least 1 (average=K "
-                          f"also scores the mean of K samples per condition).")
-    metrics = evaluate_run(run, n=n, steps=steps, seed=seed, out=run, average=average,
-                           precision=opts.get("precision", "auto"), threads=opts.get("threads", "auto"))
     report.write_text(json.dumps(metrics, indent=1))
     for key, value in metrics.items():
-        print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}")
-    print(f"report: {report}; samples: {run / 'eval_grid.png'}")
+        print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {json.dumps(value)}")
+    print(f"report: {report}; samples: {scored}")
     return 0
 
 

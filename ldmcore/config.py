@@ -112,7 +112,8 @@ class AutoencoderConfig(Strict):
 
 
 class DataConfig(Strict):
-    name: Literal["digits", "shapes", "photos", "image_folder", "coco"] = "digits"
+    name: str = Field("digits", description="a registered dataset (`register_datasets`): digits, "
+                                            "shapes, photos, image_folder, coco, or a plugin's")
     path: Path | None = None
     annotations: Path | None = Field(None, description="coco: the instances JSON (boxes, "
                                      "polygon/RLE masks, categories)")
@@ -130,7 +131,7 @@ class DataConfig(Strict):
     limit: int | None = Field(None, ge=1, description="use only the first N items (quick runs)")
 
     def dataset_kwargs(self) -> dict[str, Any]:
-        """Arguments of the dataset constructors (``ldmcore.data.DATASETS``)."""
+        """Options of the dataset's ``build`` (hook ``register_datasets``)."""
         return self.model_dump(exclude={"name", "num_workers", "limit"})
 
 
@@ -297,9 +298,11 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
     """Compose ``conf/config.yaml`` with Hydra overrides into a resolved plain dict.
 
     The config folders of installed plugins (``register_config_dirs``) are searched after the
-    host's tree.
+    host's tree. ``data=NAME`` of a registered dataset that ships no ``data/NAME.yaml`` selects
+    it with the data defaults (``data.name=NAME``).
     """
     overrides = [f"++{o}" if o.startswith(OPEN_MAPS) else o for o in overrides]
+    overrides = [_dataset_choice(o, registry) for o in overrides]
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -339,6 +342,14 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
         raise ConfigError(f"cannot compose the config from {overrides}: {msg}") from None
 
 
+def _dataset_choice(override: str, registry: Registry | None) -> str:
+    """``data=NAME`` as ``data.name=NAME`` when NAME is a registered dataset without a config file."""
+    key, sep, name = override.partition("=")
+    if key != "data" or not sep or name in group_options("data", registry):
+        return override
+    return f"data.name={name}" if name in (registry or default_registry()).datasets else override
+
+
 def _broken_note(registry: Registry | None = None) -> str:
     """A plugin that failed to load takes its configs with it: say so where they are missed."""
     broken = (registry or default_registry()).broken
@@ -373,6 +384,10 @@ def load(overrides: list[str], registry: Registry | None = None) -> ExperimentCo
     cfg = validate(compose(overrides, registry))
     resolve_conditions(cfg, registry)
     sampling_plan(cfg.sampler, registry)  # an unknown sampler or knob fails before any work
+    try:
+        (registry or default_registry()).dataset(cfg.data.name)
+    except ConfigError as err:
+        raise ConfigError(f"config key 'data.name': {err}") from None
     return cfg
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ldmcore.errors import ConfigError
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8."""
@@ -45,8 +47,6 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
 
 def read_image(path: str | Path, channels: int, what: str) -> torch.Tensor:
     """A PNG/JPEG file as (C, H, W) in [-1, 1]; unreadable files are ConfigErrors naming ``what``."""
-    from ldmcore.errors import ConfigError
-
     file = Path(str(path).strip()).expanduser()
     try:
         with Image.open(file) as img:
@@ -61,8 +61,6 @@ def read_image(path: str | Path, channels: int, what: str) -> torch.Tensor:
 
 def read_label_map(path: str | Path, what: str) -> torch.Tensor:
     """A single-channel PNG of integer class indices as an (H, W) long tensor."""
-    from ldmcore.errors import ConfigError
-
     file = Path(str(path).strip()).expanduser()
     try:
         with Image.open(file) as img:

@@ -182,3 +182,13 @@ class LatentDiffusion(nn.Module):
             mask = F.interpolate(mask, size=self.latent_size, mode="area")
         return mask.clamp(0, 1)
 
+
+
+def denoiser_params(model: LatentDiffusion) -> dict[str, torch.nn.Parameter]:
+    """The trained parameters: UNet and trainable condition encoders (not the autoencoder)."""
+    params = {f"unet.{k}": p for k, p in model.unet.named_parameters()}
+    for name, enc in model.conditioner.encoders.items():
+        if enc.trainable:
+            params.update({f"conditioner.encoders.{name}.{k}": p for k, p in enc.named_parameters()
+                           if p.requires_grad})
+    return params

@@ -23,19 +23,17 @@ import torch
 from pydantic import Field, ValidationError
 from PIL import Image
 
-from ldmcore import checkpoint
-from ldmcore.build import build_model
-from ldmcore.config import Strict, format_validation_error, validate
 from ldmcore.diffusion.plan import SamplingPlan
 from ldmcore.diffusion.sigmas import SigmaKind, Spacing
 from ldmcore.errors import ConfigError, nearest
+from ldmcore.hardware import autocast, choose
 from ldmcore.images import save_grid, save_png
 from ldmcore.model import LatentDiffusion
 from ldmcore.nn.execution import for_inference
 from ldmcore.registry import Registry
+from ldmcore.runfolder import RunFolder, load_run
 from ldmcore.sampling import sampling_plan
-from ldmcore.runfolder import RunFolder
-from ldmcore.hardware import autocast, choose
+from ldmcore.schema import Strict, format_validation_error
 
 
 class SampleRequest(Strict):
@@ -95,30 +93,6 @@ def parse_request(args: list[str]) -> SampleRequest:
         return SampleRequest.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, model=SampleRequest)) from None
-
-
-def load_run(run_dir: Path, registry: Registry | None = None, use_ema: bool = True
-             ) -> tuple[Any, LatentDiffusion, dict[str, Any]]:
-    """Rebuild the model of a run folder from its last checkpoint (config from its metadata)."""
-    run = RunFolder(run_dir)
-    if not run.root.is_dir():
-        raise ConfigError(f"run={str(run_dir)!r} is not a folder; name a run folder made by "
-                          f"`ldm train` (e.g. run=runs/demo).")
-    tensors, meta = checkpoint.load(run.last)
-    if meta.get("kind") != "latent_diffusion" or "config" not in meta:
-        raise ConfigError(f"{str(run.last)!r} is not an ldmcore diffusion checkpoint (its "
-                          f"metadata has no config); was it written by `ldm train`?")
-    cfg = validate(meta["config"])
-    model = build_model(cfg, registry=registry, root=run.root)
-    checkpoint.load_model_state(model, tensors, run.last)
-    if use_ema:
-        own = model.state_dict()
-        with torch.no_grad():
-            for key, value in tensors.items():
-                if key.startswith("ema."):
-                    own[key[4:]].copy_(value)
-    model.eval()
-    return cfg, model, meta
 
 
 def condition_rows(model: LatentDiffusion, cond: dict[str, str]) -> list[dict[str, Any]]:

@@ -18,7 +18,8 @@ from ldm_segmap.encoder import SegmapConfig, SegmapEncoder
 from ldmcore.conditioning import BackboneSpec, Conditioner, Injection, Tokens
 from ldmcore.config import load
 from ldmcore.errors import ConfigError
-from ldmcore.sample import load_run, parse_request, run_sampling
+from ldmcore.runfolder import load_run
+from ldmcore.sample import parse_request, run_sampling
 from ldmcore.train import train
 
 SPEC = BackboneSpec(latent_channels=4, latent_size=(4, 4), context_dim=16, image_channels=3,

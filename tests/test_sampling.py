@@ -26,7 +26,7 @@ from ldmcore.diffusion.img2img import LatentBlend, noised, start_index
 from ldmcore.diffusion.samplers import SAMPLERS
 from ldmcore.diffusion.sigmas import SigmaKind, karras_sigmas
 from ldmcore.errors import ConfigError
-from ldmcore.sample import load_run
+from ldmcore.runfolder import load_run
 from ldmcore.sampling import SamplerConfig, sampling_plan
 
 

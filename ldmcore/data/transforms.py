@@ -15,6 +15,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ldmcore.errors import DataError  # noqa: E402
+
 
 def build_pipeline(image_size: int, hflip: bool = False, shift: float = 0.0,
                    with_boxes: bool = False, crop: bool = False,
@@ -60,8 +62,6 @@ def read_pixels(path, channels: int) -> np.ndarray:
     """An image file as an (H, W) or (H, W, 3) float32 array in [0, 1], the input of
     ``build_pipeline``; an unreadable file is a ``DataError`` naming it."""
     from PIL import Image
-
-    from ldmcore.errors import DataError
 
     try:
         with Image.open(path) as img:

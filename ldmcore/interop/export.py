@@ -26,6 +26,7 @@ from ldmcore import checkpoint
 from ldmcore.errors import ConfigError
 from ldmcore.interop import keymaps
 from ldmcore.interop.convert import TEXT, UNET, VAE
+from ldmcore.runfolder import load_run
 
 DIFFUSERS_VERSION = "0.30.0"
 
@@ -281,8 +282,6 @@ def _save_text(text, folder: Path) -> None:
 def export_run(run_dir: Path | str, out: Path | str, layout: str, *, ema: bool = True,
                overwrite: bool = False) -> Path:
     """``ldm export``: a run folder to ``layout`` = ``sd`` (single file) or ``diffusers``."""
-    from ldmcore.sample import load_run
-
     cfg, model, _ = load_run(Path(run_dir), use_ema=ema)
     if cfg.autoencoder.kind == "pixels":
         raise ConfigError(f"{str(run_dir)!r} is a pixel-space model (autoencoder.kind=pixels): it "
