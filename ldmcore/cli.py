@@ -83,7 +83,9 @@ def cmd_eval(args: list[str]) -> int:
     report = run / "eval.json"
     report.write_text(json.dumps(metrics, indent=1))
     for key, value in metrics.items():
-        print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {json.dumps(value)}")
+        shown = f"{value:.4f}" if isinstance(value, float) else (
+            json.dumps(value) if isinstance(value, (dict, list)) else value)
+        print(f"{key:32s} {shown}")
     print(f"report: {report}; samples: {scored}")
     return 0
 
