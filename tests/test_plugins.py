@@ -70,6 +70,25 @@ def test_layout_tokens_mask_variable_box_counts_and_keep_a_null_key() -> None:
         enc([(torch.tensor([[0.5, 0.1, 1.2, 0.4]]), torch.tensor([0]))])
 
 
+def test_input_keys_come_from_each_plugins_config_and_a_value_under_its_name_wins() -> None:
+    image, mask = torch.rand(2, 3, 16, 16) * 2 - 1, torch.randint(0, 4, (2, 16, 16))
+    boxes, labels = [torch.tensor([[0.1, 0.1, 0.4, 0.4]])] * 2, [torch.tensor([1])] * 2
+    data = {"photo": image, "semantic": mask, "rects": boxes, "kinds": labels}
+    segmap = SegmapEncoder(SegmapConfig(input_key="semantic"), SPEC)
+    layout = LayoutEncoder(LayoutConfig(boxes_key="rects", labels_key="kinds"), SPEC)
+    lowres = LowresEncoder(LowresConfig(input_key="photo"), SPEC)
+    inpaint = InpaintEncoder(InpaintConfig(input_key="photo"), SPEC)
+    assert segmap.batch_value(data) is mask
+    assert layout.batch_value(data) == list(zip(boxes, labels))
+    torch.testing.assert_close(lowres.batch_value(data), torch.nn.functional.avg_pool2d(image, 4))
+    assert inpaint.batch_value(data)[0] is image
+    for enc in (segmap, layout, lowres, inpaint):
+        with pytest.raises(KeyError):
+            enc.batch_value({"image": image, "mask": mask, "bboxes": boxes, "labels": labels})
+        own = object()  # what a sampling request hands over under the plugin's name
+        assert enc.batch_value({**data, enc.name: own}) is own
+
+
 def test_layout_parses_json_boxes_with_names_or_indices() -> None:
     enc = LayoutEncoder(LayoutConfig(), SPEC)
     boxes, labels = enc.parse('[[0.1,0.2,0.3,0.4,"square"],[0.5,0.5,0.9,0.9,2]]')
