@@ -26,6 +26,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from ldmcore.arguments import flag, key_values, positional  # noqa: E402
 from ldmcore.errors import ConfigError, LdmError, nearest  # noqa: E402
 
 USAGE = __doc__.split("::", 1)[1].split("Errors", 1)[0].rstrip() + "\n"
@@ -58,7 +59,7 @@ def cmd_eval(args: list[str]) -> int:
     from ldmcore.registry import default_registry
     from ldmcore.runfolder import run_config
 
-    opts = _key_values(args, {"run", "samples", "n", "steps", "seed", "average", "precision", "threads"})
+    opts = key_values(args, {"run", "samples", "n", "steps", "seed", "average", "precision", "threads"})
     if "run" not in opts:
         raise ConfigError("ldm eval needs run=RUN_DIR (and optionally samples=DIR, a folder of "
                           "`ldm sample` output, default RUN_DIR/samples/final when the run's "
@@ -124,27 +125,13 @@ def cmd_doctor(args: list[str]) -> int:
     return doctor(args)
 
 
-def _flag(opts: dict[str, str], key: str, default: bool) -> bool:
-    value = opts.pop(key, str(default)).lower()
-    if value not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(f"{key}={value!r} is not a boolean; write {key}=true or {key}=false.")
-    return value in ("true", "1", "yes")
-
-
-def _positional(args: list[str], names: tuple[str, ...], usage: str) -> tuple[list[str], list[str]]:
-    pos = [a for a in args if "=" not in a]
-    if len(pos) != len(names):
-        raise ConfigError(f"expected {' '.join(names)}, got {pos or 'nothing'}; usage: {usage}")
-    return pos, [a for a in args if "=" in a]
-
-
 def cmd_import(args: list[str]) -> int:
     from ldmcore.interop.convert import import_pretrained
 
     usage = "ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]"
-    (source, out), rest = _positional(args, ("SOURCE", "OUT_DIR"), usage)
-    opts = _key_values(rest, {"tokenizer", "prediction", "image_size", "overwrite"})
-    overwrite = _flag(opts, "overwrite", False)
+    (source, out), rest = positional(args, ("SOURCE", "OUT_DIR"), usage)
+    opts = key_values(rest, {"tokenizer", "prediction", "image_size", "overwrite"})
+    overwrite = flag(opts, "overwrite", False)
     if opts.get("prediction") not in (None, "eps", "v"):
         raise ConfigError(f"prediction={opts['prediction']!r}: write prediction=eps or prediction=v.")
     if "image_size" in opts:
@@ -158,14 +145,10 @@ def cmd_import(args: list[str]) -> int:
 
 
 def cmd_export(args: list[str]) -> int:
-    from ldmcore.interop.export import export_run
+    from ldmcore.interop.export import export_command
 
-    usage = "ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]"
-    (run, out), rest = _positional(args, ("RUN_DIR", "OUT"), usage)
-    opts = _key_values(rest, {"layout", "ema", "overwrite"})
-    layout = opts.pop("layout", "diffusers" if not out.endswith(".safetensors") else "sd")
-    path = export_run(run, out, layout, ema=_flag(opts, "ema", True), overwrite=_flag(opts, "overwrite", False))
-    print(f"exported ({layout}): {path}")
+    path, kind = export_command(args)
+    print(f"exported ({kind}): {path}")
     return 0
 
 
@@ -173,7 +156,7 @@ def cmd_new_plugin(args: list[str]) -> int:
     from ldmcore.scaffold import write_plugin
 
     names = [a for a in args if "=" not in a]
-    opts = _key_values([a for a in args if "=" in a], {"out"})
+    opts = key_values([a for a in args if "=" in a], {"out"})
     if len(names) != 1:
         raise ConfigError("ldm new-plugin takes one NAME (a lower-case identifier such as "
                           "demo_cond) and optionally out=DIR, the folder to write it in.")
@@ -186,17 +169,6 @@ def cmd_new_plugin(args: list[str]) -> int:
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "plugins": cmd_plugins,
             "import": cmd_import, "export": cmd_export, "new-plugin": cmd_new_plugin,
             "doctor": cmd_doctor}
-
-
-def _key_values(args: list[str], allowed: set[str]) -> dict[str, str]:
-    out = {}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in allowed:
-            raise ConfigError(f"unexpected argument {arg!r}: {nearest(key, allowed)} "
-                              f"(write key=value).")
-        out[key] = value
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ modules listed in ``LAZY`` with the reason.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import ldmcore
@@ -24,7 +25,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
                          "ldmcore.checkpoint", "ldmcore.distributed", "ldmcore.parallel",
                          "ldmcore.nn", "ldmcore.data", "ldmcore.diffusion", "ldmcore.eval.pixels",
                          "ldmcore.eval.shapes", "ldmcore.eval.digits", "ldmcore.eval.metric",
-                         "ldmcore.hardware")),
+                         "ldmcore.hardware", "ldmcore.arguments")),
     ("plugin contract", ("ldmcore.conditioning",)),
     ("guidance and plans", ("ldmcore.diffusion.guidance", "ldmcore.diffusion.plan")),
     ("model", ("ldmcore.model",)),
@@ -116,6 +117,17 @@ def test_plugins_import_only_the_contract_and_building_blocks():
     above = [f"{path.relative_to(REPO)}:{line} imports {target}" for path in files
              for target, _, line in imports(path) if target != "ldmcore" and floor_of(target) > contract]
     assert not above, "plugins reaching above the contract:\n" + "\n".join(above)
+
+
+def test_the_core_names_no_built_in_plugin():
+    """The core never branches on a plugin's name: what it measures, reads or routes comes from
+    the hooks. Only ``interop/`` maps Stable Diffusion's parts onto named plugins."""
+    plugins = ("segmap", "layout", "lowres", "inpaint")
+    literal = re.compile(r"""(["'])(%s)\1""" % "|".join(plugins))
+    found = [f"{path.relative_to(PACKAGE.parent)}:{n}: {line.strip()}" for path in modules()
+             if "interop" not in path.relative_to(PACKAGE).parts
+             for n, line in enumerate(path.read_text().splitlines(), 1) if literal.search(line)]
+    assert not found, "built-in plugin names in the core:\n" + "\n".join(found)
 
 
 def test_the_floors_know_every_module():
