@@ -1,4 +1,4 @@
-"""Attach a new plugin to a trained backbone and fine-tune only the plugin (issue 5).
+"""Attach a new plugin to a trained backbone and fine-tune only the plugin.
 
 Starting from a trained shapes run (default: ``runs/bench/shapes_layout``, boxes and kinds but
 no colours), a new plugin (default ``lowres``: the 8x8 image as concat channels plus its noise

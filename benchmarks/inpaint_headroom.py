@@ -5,7 +5,7 @@ of ``ldmcore.hole_fill``). This script reads the fills a user could use without 
 same held-out crops and holes (``ldm eval``'s, seed 0), so the bar and its headroom are
 measured, not assumed:
 
-* blur fills: 50 plain 3x3 sweeps from zero (the baseline before session 5), the multigrid fill
+* blur fills: 50 plain 3x3 sweeps from zero (an unconverged blur fill), the multigrid fill
   at 20 sweeps per level (the plugin's base) and at 200 (the eval's baseline);
 * scikit-image's biharmonic inpainting (``skimage.restoration.inpaint_biharmonic``), which also
   continues gradients across the border;
