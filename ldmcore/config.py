@@ -11,7 +11,6 @@ nearest valid names.
 from __future__ import annotations
 
 import importlib.resources
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -283,63 +282,80 @@ def validate_condition(name: str, cls_config: type[EncoderConfig], section: dict
         raise ConfigError(format_validation_error(err, prefix=f"conditions.{name}.", model=cls_config)) from None
 
 
-_OVERRIDE_FAIL = re.compile(r"Could not override '([^']+)'")
-_MISSING_OPTION = re.compile(r"Could not (?:load|find) '([\w-]+)/([^']+)'")
-_MISSING_VALUE = re.compile(r"Missing mandatory value: .*?full_key: ([\w.\[\]-]+)")
-
-
-# sampler options set different keys (eta, rho, ...), so any ``sampler.KEY=`` may add its key
-# ("++"): pydantic still rejects a key SamplerConfig lacks, naming the valid ones, and a knob
-# the chosen sampler lacks, naming its knobs
-OPEN_MAPS = ("sampler.",)
-
-
 def compose(overrides: list[str], registry: Registry | None = None) -> dict[str, Any]:
     """Compose ``conf/config.yaml`` with Hydra overrides into a resolved plain dict.
 
-    The config folders of installed plugins (``register_config_dirs``) are searched after the
-    host's tree. ``data=NAME`` of a registered dataset that ships no ``data/NAME.yaml`` selects
-    it with the data defaults (``data.name=NAME``).
+    The YAML files hold only what differs from the pydantic defaults, so ``KEY=VALUE`` may set a
+    key no file mentions (Hydra's ``++``): pydantic then rejects a key that does not exist,
+    naming the nearest. A plugin section is set this way only when the plugin is enabled
+    (``condition=[...]``); ``+conditions.NAME.KEY=...`` enables it on purpose. The config folders
+    of installed plugins (``register_config_dirs``) are searched after the host's tree.
+    ``data=NAME`` of a registered dataset that ships no ``data/NAME.yaml`` selects it with the
+    data defaults (``data.name=NAME``).
     """
-    overrides = [f"++{o}" if o.startswith(OPEN_MAPS) else o for o in overrides]
-    overrides = [_dataset_choice(o, registry) for o in overrides]
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
     from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
 
     sources = config_sources(registry)
+    groups = {p.name for _, folder in sources for p in folder.iterdir() if p.is_dir()}
+    overrides = [_dataset_choice(o, registry) for o in overrides]
+    opened = [_settable(o, groups) for o in overrides]
 
-    def run(ovr: list[str], throw_on_missing: bool = True) -> dict[str, Any]:
+    def run(ovr: list[str]) -> dict[str, Any]:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=_searchpath_override(ovr, sources))
         # a mandatory value (``???``) left unset must fail here, not pass on as the string "???"
-        return OmegaConf.to_container(cfg, resolve=True,  # type: ignore[return-value]
-                                      throw_on_missing=throw_on_missing)
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
 
     try:
-        return run(overrides)
-    except Exception as exc:  # Hydra raises several exception types; all are user errors here
+        raw = run(opened)
+        plugin_keys = [o for o in overrides if o.startswith("conditions.") and "=" in o]
+        if plugin_keys:
+            enabled = run([o for o in opened if o[2:] not in plugin_keys]).get("conditions", {})
+            _check_enabled(plugin_keys, enabled)
+        return raw
+    except MissingMandatoryValue as exc:
+        key = exc.full_key
+        raise ConfigError(f"config key '{key}' needs a value and has none (it is ??? in "
+                          f"the config); give it on the command line: {key}=...") from None
+    except MissingConfigException as exc:
+        group, _, option = (exc.missing_cfg_file or "").partition("/")
+        if not option:
+            raise ConfigError(f"cannot compose the config from {overrides}: {exc}") from None
+        options = group_options(group, registry)
+        raise ConfigError(f"unknown {group} '{option}': {nearest(option, options)} "
+                          f"Options for {group}=: {', '.join(options)}.{_broken_note(registry)}"
+                          ) from None
+    except ConfigError:
+        raise
+    except Exception as exc:  # Hydra's override grammar and merge errors: all user errors here
         msg = " ".join(str(exc).split())
-        match = _OVERRIDE_FAIL.search(msg)
-        if match:
-            key = match.group(1)
-            rest = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
-            raise ConfigError(_unknown_key_message(key, rest, run)) from None
-        unset = _MISSING_VALUE.search(msg)
-        if unset:
-            key = unset.group(1)
-            raise ConfigError(f"config key '{key}' needs a value and has none (it is ??? in "
-                              f"the config); give it on the command line: {key}=...") from None
-        missing = _MISSING_OPTION.search(msg)
-        if missing:
-            group, option = missing.group(1), missing.group(2)
-            options = group_options(group, registry)
-            raise ConfigError(f"unknown {group} '{option}': {nearest(option, options)} "
-                              f"Options for {group}=: {', '.join(options)}.{_broken_note(registry)}"
-                              ) from None
         raise ConfigError(f"cannot compose the config from {overrides}: {msg}") from None
+
+
+def _settable(override: str, groups: set[str]) -> str:
+    """``KEY=VALUE`` as ``++KEY=VALUE`` (set, or add when no YAML file mentions the key), except
+    group choices (``data=shapes``), Hydra's own keys and overrides already prefixed."""
+    key, sep, _ = override.partition("=")
+    if not sep or override.startswith(("+", "~")) or key in groups or key.startswith("hydra."):
+        return override
+    return f"++{override}"
+
+
+def _check_enabled(plugin_keys: list[str], enabled: dict[str, Any]) -> None:
+    """A ``conditions.NAME.KEY=...`` override configures an enabled plugin; it never enables one."""
+    for override in plugin_keys:
+        name = override.split("=", 1)[0].split(".")[1]
+        if name not in enabled:
+            raise ConfigError(
+                f"{override}: the plugin {name!r} is not enabled in this config (enabled: "
+                f"{', '.join(enabled) or 'none'}); enable it with condition=[...,{name}], or "
+                f"write +{override} to enable it with this setting.")
 
 
 def _dataset_choice(override: str, registry: Registry | None) -> str:
@@ -357,22 +373,6 @@ def _broken_note(registry: Registry | None = None) -> str:
         return ""
     return " Plugins that failed to load (`ldm plugins` lists them): " + "; ".join(
         f"{k} ({v})" for k, v in sorted(broken.items())) + "."
-
-
-def _unknown_key_message(key: str, rest: list[str], run) -> str:
-    parent, _, leaf = key.rpartition(".")
-    try:
-        node: Any = run(rest, throw_on_missing=False)
-        for part in parent.split(".") if parent else []:
-            node = node[part]
-        valid = list(node) if isinstance(node, dict) else []
-    except Exception:
-        valid = []
-    where = f" in '{parent}'" if parent else ""
-    hint = nearest(leaf, valid)
-    hint = f"{hint} " if hint.startswith("did you mean") else ""
-    return (f"unknown config key '{key}': {hint}Valid keys{where}: "
-            f"{', '.join(sorted(valid)) or 'none'}. To add a new key on purpose write +{key}=...")
 
 
 def load(overrides: list[str], registry: Registry | None = None) -> ExperimentConfig:

@@ -24,13 +24,16 @@ def format_validation_error(err: ValidationError, prefix: str = "", model: type[
         path = f"{prefix}{loc}"
         if e["type"] == "extra_forbidden":
             valid = _fields_at(model, e["loc"][:-1]) if model else []
-            parts.append(f"unknown config key '{path}': {nearest(str(e['loc'][-1]), valid)}")
+            hint = nearest(str(e["loc"][-1]), valid)
+            listed = f" Valid keys here: {', '.join(valid)}" if valid and hint.startswith("did you") else ""
+            parts.append(f"unknown config key '{path}': {hint}{listed}")
         else:
             got = e.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"
             msg = e["msg"].removeprefix("Value error, ")
             parts.append(f"config key '{path}': {msg}{shown}" if path else msg)
-    return "; ".join(p.rstrip(".") for p in parts) + "."
+    text = "; ".join(p.rstrip(".") for p in parts)
+    return text if text.endswith("?") else text + "."
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ldmcore.config import conf_dir, group_options, load
+from ldmcore.config import conf_dir, group_options, load, resolve_conditions
 from ldmcore.errors import ConfigError, PluginClash, PluginError
 from ldmcore.hookspecs import hookimpl
 from ldmcore.registry import ALLOW_ENV, DISABLE_ENV, build_registry, hook_names
@@ -69,7 +69,7 @@ def test_register_config_dirs_puts_a_plugins_condition_and_experiment_on_the_sea
     cfg = load(["experiment=digits_vec"], reg)
     assert (cfg.name, cfg.trainer.max_steps) == ("digits_vec", 7)
     assert set(cfg.conditions) == {"class", "vec"}  # a plugin experiment may use host configs
-    assert cfg.conditions["class"]["num_classes"] == 10
+    assert resolve_conditions(cfg, reg)["class"][1].num_classes == 10  # the plugin's default
     # without the plugin, its files are not there
     with pytest.raises(ConfigError, match="unknown experiment 'digits_vec'"):
         load(["experiment=digits_vec"], registry_with())

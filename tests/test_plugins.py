@@ -222,7 +222,7 @@ def test_each_experiment_trains_and_samples_from_command_line_values(experiment:
     if experiment == "shapes_multi":  # text + layout + segmap together
         conds = [f"cond.{k}={v}" for k, v in (value["shapes_segmap"], value["shapes_layout"])]
         conds.append("cond.text=a red circle and a blue square")
-        assert model.conditioner.context_tokens > 1 + cfg.conditions["layout"]["max_boxes"]
+        assert model.conditioner.context_tokens > 1 + model.conditioner.encoders["layout"].config.max_boxes
     else:
         conds = ["cond.{}={}".format(*value[experiment])]
     out = run_sampling(parse_request([f"run={run.root}", *conds, "n=2", "precision=fp32",
