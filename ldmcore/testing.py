@@ -374,14 +374,15 @@ def rule_dropout(ctx: _Context) -> None:
     batch = ctx.batch()
     b = _batch_size(batch)
     name = ctx.case.name
-    conditional = ctx.run("forward()", lambda: enc(ctx.value(enc)))
+    value = ctx.value(enc)
+    conditional = ctx.run("forward()", lambda: enc(value))
     null = ctx.run("null()", lambda: enc.null(b))
     for p, expected, word in ((1.0, null, "its null"), (0.0, conditional, "its forward()")):
         other = ctx.encoder(drop_prob=p)
         other.load_state_dict(enc.state_dict())
         other.eval()
         cond = ctx.conditioner(other)
-        got = ctx.run("dropout", lambda: cond(batch, b, drop=True,
+        got = ctx.run("dropout", lambda: cond({**batch, name: value}, b, drop=True,
                                               generator=torch.Generator().manual_seed(0)))
         want = cond.route({name: expected})
         for part in ("context", "context_mask", "concat", "vector"):

@@ -70,6 +70,26 @@ def test_layout_tokens_mask_variable_box_counts_and_keep_a_null_key() -> None:
         enc([(torch.tensor([[0.5, 0.1, 1.2, 0.4]]), torch.tensor([0]))])
 
 
+def test_a_value_is_derived_once_and_forward_base_and_finish_read_it() -> None:
+    derived = []
+
+    class CountingInpaint(InpaintEncoder):
+        def batch_value(self, batch):
+            derived.append(1)
+            return super().batch_value(batch)
+
+    cond = Conditioner({"inpaint": CountingInpaint(InpaintConfig(base="blur_fill"), SPEC)})
+    image = torch.rand(2, 3, 16, 16) * 2 - 1
+    values = cond.resolve({"image": image}, generator=torch.Generator().manual_seed(0))
+    cond(values, 2)
+    cond.base(values)
+    known, hole = values["inpaint"]
+    out = cond.finish(torch.zeros_like(image), values)
+    assert len(derived) == 1  # one random hole, drawn in resolve
+    outside = hole.expand_as(image) <= 0.5
+    assert torch.equal(out[outside], known[outside])  # finish pasted back around that same hole
+
+
 def test_input_keys_come_from_each_plugins_config_and_a_value_under_its_name_wins() -> None:
     image, mask = torch.rand(2, 3, 16, 16) * 2 - 1, torch.randint(0, 4, (2, 16, 16))
     boxes, labels = [torch.tensor([[0.1, 0.1, 0.4, 0.4]])] * 2, [torch.tensor([1])] * 2
