@@ -379,10 +379,13 @@ def load(overrides: list[str], registry: Registry | None = None) -> ExperimentCo
     """Compose and validate: the one entry point the command line uses.
 
     Plugin sections are validated here too (through the registry), so a bad condition key
-    fails before any work starts.
+    fails before any work starts, and come back complete: every plugin key with its value (the
+    YAML files hold only differences, but a run records everything it was built with).
     """
     cfg = validate(compose(overrides, registry))
-    resolve_conditions(cfg, registry)
+    sections = {name: conf.model_dump(mode="json")
+                for name, (_, conf) in resolve_conditions(cfg, registry).items()}
+    cfg = cfg.model_copy(update={"conditions": sections})
     sampling_plan(cfg.sampler, registry)  # an unknown sampler or knob fails before any work
     try:
         (registry or default_registry()).dataset(cfg.data.name)
