@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test bench bench-quick bench-perf bench-samplers bench-plugins bench-fig6 clean
+.PHONY: setup demo test bench bench-quick bench-perf bench-samplers bench-plugins bench-fig6 bench-reliability clean
 
 setup: $(STAMP)
 
@@ -35,15 +35,24 @@ test: setup
 	$(PY) -m pytest tests
 	cd $(EXAMPLE) && $(abspath $(PY)) -m pytest
 
-# run.py: the demo's phases and the training step; perf.py: ldmcore vs diffusers on the same
-# weights (UNet, 20-step sample, VAE decode, training step; fp32 and bf16; FLOP/s; memory)
+# run.py: the demo's phases; auto_choice.py: precision/threads=auto against the explicit choices
+# on the demo's step; perf.py: ldmcore vs diffusers on the same weights (UNet, 20-step sample,
+# VAE decode, training step; fp32, and bf16 where the CPU runs it natively; FLOP/s; memory)
 bench: setup
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/auto_choice.py
 	nice $(PY) benchmarks/perf.py
+	$(PY) benchmarks/reliability.py
 
 bench-quick: setup
 	$(PY) benchmarks/run.py --quick
+	$(PY) benchmarks/auto_choice.py --reps 3
 	nice $(PY) benchmarks/perf.py --quick
+	$(PY) benchmarks/reliability.py --examples 100 --kills 4 --steps 16
+
+# fuzz cases tried / handled cleanly per input, and 20 SIGKILLs resumed to identical weights
+bench-reliability: setup
+	$(PY) benchmarks/reliability.py
 
 bench-perf: setup
 	nice $(PY) benchmarks/perf.py

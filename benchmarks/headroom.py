@@ -20,7 +20,7 @@ def model_mean(run: Path, values: dict, n: int) -> torch.Tensor:
     its largest sigma (the x0 the first sampling step reads), finished as samples are."""
     from ldmcore.diffusion.guidance import Guidance
     from ldmcore.runfolder import load_run
-    from ldmcore.hardware import autocast
+    from ldmcore.hardware import choose_precision
 
     _, model, _ = load_run(run)
     values = model.conditioner.resolve(values)
@@ -28,7 +28,7 @@ def model_mean(run: Path, values: dict, n: int) -> torch.Tensor:
     denoiser = model.guided_denoiser(values, n, Guidance(scale=1.0))
     sigma = float(model.schedule.sigmas[-1])
     noise = torch.randn((n, *model.latent_shape()), generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode(), autocast("bf16", torch.device("cpu")):
+    with torch.inference_mode(), choose_precision("auto").autocast():
         x0 = denoiser(noise.double() * (1 + sigma ** 2) ** 0.5,
                       torch.full((n,), sigma, dtype=torch.float64)).float()
     images = model.autoencoder.images(space.out(x0)).clamp(-1, 1)

@@ -46,7 +46,7 @@ from ldmcore.eval.tasks import condition_scores, held_out_batch, run_metrics  # 
 from ldmcore.images import save_grid  # noqa: E402
 from ldmcore.runfolder import load_run  # noqa: E402
 from ldmcore.sampling import sampling_plan  # noqa: E402
-from ldmcore.hardware import autocast  # noqa: E402
+from ldmcore.hardware import choose_precision  # noqa: E402
 
 FACTORS = {1: "pixels", 2: "kl_f2", 4: "kl_f4", 8: "kl_f8"}
 DATASETS = {
@@ -110,7 +110,7 @@ class Scorer:
         else:
             values = model.conditioner.resolve(self.batch)
         noise = torch.randn((self.n, *model.latent_shape()), generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode(), autocast("bf16", torch.device("cpu")):
+        with torch.inference_mode(), choose_precision("auto").autocast():
             plan = sampling_plan(cfg.sampler, name="dpmpp_2m", steps=EVAL_STEPS)
             images = model.sample(values, self.n, plan, noise=noise,
                                   generator=torch.Generator().manual_seed(0)).float()

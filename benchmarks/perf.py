@@ -6,7 +6,9 @@ Every task times the libraries alternating in this one process, ``reps`` rounds,
 median seconds and the ratio diffusers / ldmcore (above 1: ldmcore is faster). Variants:
 
 * fp32: both libraries in float32 (ldmcore with channels_last).
-* bf16: diffusers under bf16 autocast, under autocast with channels_last, and (inference) with
+* bf16 (by default only where the CPU runs bf16 natively, AMX or AVX-512-BF16: elsewhere it is
+  emulated and 7-36x slower than float32, so ``--precisions fp32,bf16`` asks for it explicitly):
+  diffusers under bf16 autocast, under autocast with channels_last, and (inference) with
   its weights cast to bf16 and channels_last (``torch_dtype=torch.bfloat16``); the ratio is
   taken against the fastest of them. ldmcore with bf16 weights and channels_last
   for inference, bf16 autocast and channels_last for training (float32 master weights).
@@ -18,6 +20,7 @@ does not see the CPU flash kernel) is set against 2048x2048 matmul peaks measure
 Usage::
 
     .venv/bin/python benchmarks/perf.py [--quick] [--threads N] [--reps N] [--only TASK,...]
+                                        [--precisions fp32,bf16]
 
 Writes ``benchmarks/results/perf.json`` and ``perf.md`` (``perf-quick.*`` with ``--quick``).
 """
@@ -29,7 +32,6 @@ import contextlib
 import copy
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -45,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import anchor  # noqa: E402
 from timing import alternate, alternate_clocks, peak_rss_mib, ratios  # noqa: E402
 
+from ldmcore.hardware import choose_precision, machine_line  # noqa: E402
 from ldmcore.nn.execution import Compiled, cast_weights, to_channels_last  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -53,6 +56,13 @@ TASKS = ("matmul", "unet_b1", "unet_b8", "sample", "vae_decode", "train_step", "
          "memory")
 
 CL = torch.channels_last
+# the precisions timed: float32, and bf16 where precision=auto would pick it (set by --precisions)
+PRECISIONS = ["fp32", *(["bf16"] if choose_precision("auto").name == "bf16" else [])]
+
+
+def kept(variant: str) -> bool:
+    """Whether a variant (named with its precision) is among the precisions timed."""
+    return any(p in variant for p in PRECISIONS)
 
 
 def autocast(on: bool):
@@ -97,6 +107,7 @@ def unet_variants(m: Models, x, t, ctx) -> dict[str, tuple[bool, callable]]:
 def compare(variants: dict[str, tuple[bool, callable]], reps: int, reference: str = "diffusers fp32"
             ) -> dict:
     """Time every variant alternating; outputs against the reference; ratios per precision."""
+    variants = {k: v for k, v in variants.items() if kept(k)}
     outputs = {}
     for name, (ac, fn) in variants.items():
         with autocast(ac):
@@ -208,8 +219,8 @@ def train_step(m: Models, batch: int, reps: int) -> dict:
 
 
 def demo_step(reps: int) -> dict:
-    """The demo's own training step (``experiment=demo``, bf16 autocast), channels_last on vs
-    off: the same means applied to what ``make demo`` spends its time on."""
+    """The demo's own training step (``experiment=demo``, in what ``precision=auto`` picks),
+    channels_last on vs off: the same means applied to what ``make demo`` spends its time on."""
     from ldmcore.build import build_model
     from ldmcore.config import load
     from ldmcore.nn.execution import for_training
@@ -231,7 +242,7 @@ def demo_step(reps: int) -> dict:
         model, opt = runs[cl]
 
         def run() -> None:
-            with autocast(True):
+            with autocast(choose_precision("auto").name == "bf16"):
                 loss = model.loss(batch, z, generator=torch.Generator().manual_seed(0))
             loss.backward()
             opt.step()
@@ -239,7 +250,8 @@ def demo_step(reps: int) -> dict:
         return run
 
     s = alternate({"channels_last off": step(False), "channels_last on": step(True)}, reps)
-    return {"batch": bs, "seconds": {k: round(v, 4) for k, v in s.items()},
+    return {"batch": bs, "precision": choose_precision("auto").name,
+            "seconds": {k: round(v, 4) for k, v in s.items()},
             "speedup": round(s["channels_last off"] / s["channels_last on"], 2)}
 
 
@@ -247,7 +259,8 @@ def matmul_peak(reps: int) -> dict:
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
     a16, b16 = a.bfloat16(), b.bfloat16()
-    clocks = alternate_clocks({"fp32": lambda: a @ b, "bf16": lambda: a16 @ b16}, max(reps, 5))
+    calls = {"fp32": lambda: a @ b, "bf16": lambda: a16 @ b16}
+    clocks = alternate_clocks({k: v for k, v in calls.items() if kept(k)}, max(reps, 5))
     return {"n": n, **{("gflops" if clock == "wall" else "gflops_cpu_clock"):
                        {k: round(2 * n ** 3 / v / 1e9, 1) for k, v in s.items()}
                        for clock, s in clocks.items()}}
@@ -285,6 +298,8 @@ def flops_table(gflop: float, peak: dict, unet_b8: dict) -> dict:
     peaks = peak["gflops_cpu_clock" if clock == "cpu_seconds" else "gflops"]
     out = {"unet_b8_gflop": gflop, "clock": clock, "by_variant": {}}
     for name, sec in unet_b8[clock].items():
+        if ("bf16" if "bf16" in name else "fp32") not in peaks:
+            continue
         rate = gflop / sec
         out["by_variant"][name] = {"gflops": round(rate, 1),
                                    "of_peak": round(rate / peaks["bf16" if "bf16" in name else "fp32"], 3)}
@@ -297,6 +312,8 @@ def memory(threads: int, tasks: tuple[str, ...] = ("unet_b8", "train_step")) -> 
     for task in tasks:
         for variant in ("diffusers fp32", "ldmcore fp32", "diffusers bf16 autocast",
                         "diffusers bf16 autocast+cl", "ldmcore bf16"):
+            if not kept(variant):
+                continue
             if task == "train_step" and variant == "ldmcore bf16":
                 variant = "ldmcore bf16 autocast+cl"
             cmd = [sys.executable, __file__, "--peak", task, variant, "--threads", str(threads)]
@@ -346,13 +363,14 @@ def markdown(result: dict) -> str:
         if not r:
             continue
         s, d, cpu = r["seconds"], r["max_abs_diff_vs_fp32"], r.get("speedup_cpu_clock", {})
-        ours16 = next(k for k in s if k.startswith("ldmcore bf16") and "compiled" not in k)
+        ours16 = next((k for k in s if k.startswith("ldmcore bf16") and "compiled" not in k), None)
+        rel16 = f"{r['relative_diff_vs_fp32'][ours16]:.1%}" if ours16 else "-"
         lines.append(
             f"| {task} | {r['batch']} | {s['diffusers fp32']} | {s['ldmcore fp32']} | "
-            f"{r['speedup'].get('fp32')}x | {s['diffusers bf16 autocast']} / "
-            f"{s['diffusers bf16 autocast+cl']} / {s.get('diffusers bf16 weights+cl', '-')} | {s[ours16]} | {r['speedup'].get('bf16')}x | "
-            f"{cpu.get('fp32')}x / {cpu.get('bf16')}x | {d['ldmcore fp32']:.1e} / "
-            f"{r['relative_diff_vs_fp32'][ours16]:.1%} |")
+            f"{r['speedup'].get('fp32')}x | {s.get('diffusers bf16 autocast', '-')} / "
+            f"{s.get('diffusers bf16 autocast+cl', '-')} / {s.get('diffusers bf16 weights+cl', '-')} | "
+            f"{s.get(ours16, '-')} | {r['speedup'].get('bf16', '-')}x | "
+            f"{cpu.get('fp32')}x / {cpu.get('bf16', '-')}x | {d['ldmcore fp32']:.1e} / {rel16} |")
     b8 = result.get("unet_b8", {})
     if "ldmcore bf16 compiled" in b8.get("seconds", {}):
         lines += ["", f"With `execution.compile` (inductor, freezing; {b8['compile_seconds']} s to "
@@ -366,12 +384,12 @@ def markdown(result: dict) -> str:
         lines += ["", f"UNet forward, batch 8: {f['unet_b8_gflop']} GFLOP (convs and matmuls by "
                   "torch.utils.flop_counter, attention cores analytically). Matmul peak (2048^2, "
                   f"{'CPU' if f['clock'] == 'cpu_seconds' else 'wall'} clock like the rates below): "
-                  f"{peaks['fp32']} GFLOP/s fp32, {peaks['bf16']} GFLOP/s bf16.", "",
+                  f"{peaks['fp32']} GFLOP/s fp32, {peaks.get('bf16', '-')} GFLOP/s bf16.", "",
                   "| variant | GFLOP/s | of its dtype's matmul peak |", "|---|---|---|"]
         lines += [f"| {k} | {v['gflops']} | {v['of_peak']:.0%} |" for k, v in f["by_variant"].items()]
     if "demo_step" in result:
         d = result["demo_step"]
-        lines += ["", f"`make demo`'s training step (batch {d['batch']}, bf16 autocast): channels_last "
+        lines += ["", f"`make demo`'s training step (batch {d['batch']}, {d.get('precision', 'bf16')}): channels_last "
                   f"off {d['seconds']['channels_last off']} s, on {d['seconds']['channels_last on']} s "
                   f"({d['speedup']}x)."]
     if "memory" in result:
@@ -390,8 +408,12 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(TASKS), help=f"comma-separated subset of {TASKS}")
     ap.add_argument("--compile", action="store_true",
                     help="also time torch.compile'd ldmcore bf16 at batch 8 (minutes to compile)")
+    ap.add_argument("--precisions", default=",".join(PRECISIONS),
+                    help="comma-separated subset of fp32,bf16 (default: fp32, and bf16 where the "
+                         "CPU runs it natively)")
     ap.add_argument("--peak", nargs=2, metavar=("TASK", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    PRECISIONS[:] = [p for p in args.precisions.split(",") if p in ("fp32", "bf16")] or ["fp32"]
     torch.set_num_threads(args.threads)
     if args.peak:
         peak_child(*args.peak)
@@ -402,8 +424,8 @@ def main() -> None:
     reps = args.reps or (2 if args.quick else 5)
     small = 1 if args.quick else 4  # sample batch (the UNet sees twice that, CFG)
     result: dict = {"quick": args.quick, "command": " ".join(["benchmarks/perf.py", *sys.argv[1:]]),
-                    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                               f"{args.threads} torch threads, torch {torch.__version__}",
+                    "machine": f"{machine_line()}; {args.threads} torch threads; precisions "
+                               f"{', '.join(PRECISIONS)}",
                     "anchor": {"unet_block_out_channels": anchor.UNET_WIDTHS,
                                "vae_block_out_channels": anchor.VAE_WIDTHS, "latent": anchor.LATENT,
                                "context": [anchor.CONTEXT_TOKENS, anchor.CONTEXT_DIM]}}

@@ -47,7 +47,7 @@ def main() -> None:
     from ldmcore.sampling import sampling_plan
     from ldmcore.eval.tasks import condition_scores, held_out_batch, run_metrics
     from ldmcore.runfolder import load_run
-    from ldmcore.hardware import autocast
+    from ldmcore.hardware import choose_precision
 
     cfg, model, _ = load_run(args.run)
     plugins = [p for p in model.conditioner.encoders if p in METRIC]
@@ -59,7 +59,7 @@ def main() -> None:
     rows = {}
     for label, scales in settings.items():
         t0 = time.perf_counter()
-        with torch.inference_mode(), autocast("bf16", torch.device("cpu")):
+        with torch.inference_mode(), choose_precision("auto").autocast():
             plan = sampling_plan(cfg.sampler, name="dpmpp_2m", steps=args.steps, sigmas="karras",
                                  guidance=args.base, plugin_guidance=scales)
             images = model.sample(values, args.n, plan, noise=noise,

@@ -1,4 +1,4 @@
-"""Benchmarks: the demo's wall time and peak memory, and the fast paths against their alternatives.
+"""Benchmarks: the demo's wall time and peak memory, and the attention core's fast path.
 
 Run by ``make bench`` (full demo) or ``make bench-quick`` (smoke-size run). Each comparison runs
 both variants in this one process, alternating, several repetitions, and reports medians and the
@@ -29,10 +29,12 @@ import torch  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 
-def machine() -> dict[str, str]:
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "threads": str(torch.get_num_threads()),
-            "cores": str(os.cpu_count())}
+def machine() -> str:
+    """The machine, torch, and what precision/threads ``auto`` picks here (the demo's defaults)."""
+    from ldmcore.hardware import choose_precision, choose_threads, machine_line
+
+    return (f"{machine_line()}; python {platform.python_version()}; precision=auto -> "
+            f"{choose_precision('auto').name}, threads=auto -> {choose_threads('auto').threads}")
 
 
 def timed_command(args: list[str]) -> dict[str, float]:
@@ -88,35 +90,6 @@ def alternating(a, b, reps: int) -> tuple[float, float]:
     return statistics.median(ta), statistics.median(tb)
 
 
-def training_step(precision: str, reps: int) -> dict:
-    """The demo's diffusion training step (forward + backward + AdamW), bf16 vs fp32."""
-    from ldmcore.build import build_model
-    from ldmcore.config import load
-    from ldmcore.model import denoiser_params
-    from ldmcore.hardware import autocast
-
-    cfg = load(["experiment=demo"])
-    model = build_model(cfg)
-    params = denoiser_params(model)
-    opt = torch.optim.AdamW(params.values(), lr=1e-4)
-    bs = cfg.trainer.batch_size
-    z = torch.randn(bs, *model.latent_shape())
-    batch = {"class": torch.randint(0, 10, (bs,))}
-
-    def step(prec: str):
-        def run():
-            with autocast(prec, torch.device("cpu")):
-                loss = model.loss(batch, z, generator=torch.Generator().manual_seed(0))
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return run
-
-    t_bf16, t_fp32 = alternating(step("bf16"), step("fp32"), reps)
-    return {"batch": bs, "bf16_s": round(t_bf16, 4), "fp32_s": round(t_fp32, 4),
-            "speedup_bf16": round(t_fp32 / t_bf16, 2)}
-
-
 def attention_core(reps: int) -> dict:
     """SDPA forward+backward at the demo UNet's attention shape: fp32 core vs bf16 core."""
     import torch.nn.functional as F
@@ -157,8 +130,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke-size demo, fewer repetitions")
     args = parser.parse_args()
     reps = 3 if args.quick else 10
-    result = {"machine": machine(), "training_step": training_step("bf16", reps),
-              "attention_core": attention_core(reps), "demo": demo(args.quick)}
+    result = {"machine": machine(), "attention_core": attention_core(reps), "demo": demo(args.quick)}
     write("quick" if args.quick else "full", result)
 
 

@@ -39,7 +39,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -134,7 +133,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--nfe", type=int, nargs="+", default=list(BUDGETS))
     parser.add_argument("--samplers", nargs="+", default=None, help="default: every shipped one")
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="fp32")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="fp32")  # fp32: exact comparisons
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--spacing", default="trailing", help="timesteps of ddim/ddpm")
     parser.add_argument("--reference-steps", type=int, default=200)
@@ -148,7 +147,7 @@ def main() -> None:
     from ldmcore.diffusion.plan import SamplingPlan
     from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan
     from ldmcore.runfolder import load_run
-    from ldmcore.hardware import autocast
+    from ldmcore.hardware import autocast, machine_line
 
     _, model, _ = load_run(args.run)
     reader = Reader()
@@ -161,8 +160,7 @@ def main() -> None:
     store = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if store.get("settings") != settings:
         store = {"settings": settings, "rows": {}}
-    store["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                        "threads": torch.get_num_threads(), "torch": torch.__version__}
+    store["machine"] = f"{machine_line()}; {torch.get_num_threads()} threads; {args.precision}"
     store["floor_fd"] = reader.floor(n)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 

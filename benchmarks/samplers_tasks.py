@@ -44,7 +44,7 @@ def main() -> None:
 
     from ldmcore.eval.tasks import condition_scores, held_out_batch, run_metrics
     from ldmcore.runfolder import load_run
-    from ldmcore.hardware import autocast
+    from ldmcore.hardware import choose_precision
 
     cfg, model, _ = load_run(args.run)
     batch = held_out_batch(cfg, args.n)
@@ -58,7 +58,7 @@ def main() -> None:
         for budget in args.nfe:
             steps = spec.steps_for(budget)
             t0 = time.perf_counter()
-            with torch.inference_mode(), autocast("bf16", torch.device("cpu")):
+            with torch.inference_mode(), choose_precision("auto").autocast():
                 images = model.sample(values, args.n, setup["plan"].but(steps=steps), noise=noise,
                                       generator=torch.Generator().manual_seed(0)).float()
             wall = time.perf_counter() - t0
@@ -76,7 +76,7 @@ def markdown(store: dict) -> str:
     metrics = [k for k in rows[0] if k.endswith(("_iou", "_miou", "_match"))]
     budgets = sorted({r["budget"] for r in rows})
     lines = [f"Run `{store['run']}`, {store['n']} held-out conditions, guidance {store['guidance']}, "
-             f"bf16 on {store['machine']['cpu']} ({store['machine']['threads']} threads).", ""]
+             f"on {store['machine']}.", ""]
     for metric in [*metrics, "ms_per_sample"]:
         lines += [f"**{metric}** by network evaluations", "",
                   "| sampler | " + " | ".join(str(b) for b in budgets) + " |",

@@ -27,7 +27,7 @@ import torch
 
 from ldmcore import checkpoint
 from ldmcore.conditioning import Injection
-from ldmcore.errors import CheckpointError, ConfigError
+from ldmcore.errors import CheckpointError, ConfigError, LdmError
 from ldmcore.model import LatentDiffusion
 from ldmcore.runfolder import load_run
 
@@ -62,7 +62,10 @@ def attach_pretrained(model: LatentDiffusion, run_dir: Path) -> Attachment:
     """Load a pretrained run into ``model`` (which may enable more plugins), zero-initialising
     what the new plugins add. Refuses when the pretrained plugins are not a prefix of ``model``'s."""
     run_dir = Path(run_dir)
-    old_cfg, old, _ = load_run(run_dir, use_ema=True)
+    try:
+        old_cfg, old, _ = load_run(run_dir, use_ema=True)
+    except LdmError as err:  # say which setting named the run
+        raise type(err)(f"model.init_from={str(run_dir)!r}: {err}") from None
     old_names = list(old.conditioner.encoders)
     names = list(model.conditioner.encoders)
     if names[:len(old_names)] != old_names:

@@ -41,13 +41,14 @@ def build_autoencoder(cfg: ExperimentConfig) -> FirstStage:
     ae = cfg.autoencoder
     if ae.kind == "pixels":
         return PixelSpace(autoencoder_shape(ae, cfg.data.channels))
-    _check_groups("autoencoder", ae.norm_groups, [ae.ch * m for m in ae.ch_mult])
+    _check_autoencoder_groups(ae)
     return AutoencoderKL(autoencoder_shape(ae, cfg.data.channels))
 
 
-def backbone_spec(cfg: ExperimentConfig, root: Path | None = None) -> BackboneSpec:
+def backbone_spec(cfg: ExperimentConfig, root: Path | None = None,
+                  trusted_paths: frozenset[str] = frozenset()) -> BackboneSpec:
     """What plugins learn of the backbone; ``root`` is the folder relative plugin paths resolve
-    against (the run folder when a run is loaded)."""
+    against (the run folder when a run is loaded), ``trusted_paths`` those the user gave."""
     f = cfg.autoencoder.downsample_factor
     size = cfg.data.image_size
     if size % f:
@@ -58,12 +59,13 @@ def backbone_spec(cfg: ExperimentConfig, root: Path | None = None) -> BackboneSp
     channels = autoencoder_shape(cfg.autoencoder, cfg.data.channels).latent_channels
     return BackboneSpec(latent_channels=channels, latent_size=latent,
                         context_dim=cfg.model.unet.context_dim, image_channels=cfg.data.channels,
-                        image_size=(size, size), root=root)
+                        image_size=(size, size), root=root, trusted_paths=trusted_paths)
 
 
 def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
-                      autoencoder: FirstStage | None = None, root: Path | None = None) -> Conditioner:
-    spec = backbone_spec(cfg, root)
+                      autoencoder: FirstStage | None = None, root: Path | None = None,
+                      trusted_paths: frozenset[str] = frozenset()) -> Conditioner:
+    spec = backbone_spec(cfg, root, trusted_paths)
     if autoencoder is not None:
         spec = replace(spec, encode=frozen_encoder(autoencoder))
     encoders = {name: cls(config, spec) for name, (cls, config) in resolve_conditions(cfg, registry).items()}
@@ -71,23 +73,15 @@ def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
 
 
 def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,
-                registry: Registry | None = None, root: Path | None = None) -> LatentDiffusion:
+                registry: Registry | None = None, root: Path | None = None,
+                trusted_paths: frozenset[str] = frozenset()) -> LatentDiffusion:
     """The full LatentDiffusion for ``cfg`` (a fresh autoencoder unless one is given); it samples
     with the plan of ``cfg.sampler`` unless ``sample`` is given another."""
+    check_shapes(cfg)
     autoencoder = autoencoder if autoencoder is not None else build_autoencoder(cfg)
-    conditioner = build_conditioner(cfg, registry, autoencoder, root)
+    conditioner = build_conditioner(cfg, registry, autoencoder, root, trusted_paths)
     u = cfg.model.unet
-    levels = len(u.channel_mult)
-    bad = [lv for lv in u.attention_levels if not 0 <= lv < levels]
-    if bad:
-        raise ConfigError(f"model.unet.attention_levels={list(u.attention_levels)} names levels "
-                          f"{bad}, but channel_mult has {levels} levels (0..{levels - 1}).")
     latent = backbone_spec(cfg).latent_size
-    if latent[0] % 2 ** (levels - 1):
-        raise ConfigError(f"latents of {latent[0]}x{latent[1]} cannot be halved {levels - 1} times "
-                          f"by the UNet (model.unet.channel_mult has {levels} levels); use fewer "
-                          f"levels or larger images.")
-    _check_groups("model.unet", u.norm_groups, [u.model_channels * m for m in u.channel_mult])
     base = UNetShape(in_channels=0, out_channels=0, model_channels=u.model_channels,
                      channel_mult=u.channel_mult, num_res_blocks=u.num_res_blocks,
                      attention_levels=u.attention_levels, middle_attention=u.middle_attention,
@@ -113,6 +107,29 @@ def build_dataset(name: str, limit: int | None = None, registry: Registry | None
     """The dataset registered as ``name`` (``register_datasets``) for ``options`` (the ``data``
     config's keys), cut to its first ``limit`` items if given."""
     return (registry or default_registry()).dataset(name).dataset(limit, **options)
+
+
+def check_shapes(cfg: ExperimentConfig) -> None:
+    """Every shape rule of the backbone, checked from the config alone (no weights are made),
+    so training can refuse a config before it makes a run folder or trains stage 1."""
+    u = cfg.model.unet
+    levels = len(u.channel_mult)
+    bad = [lv for lv in u.attention_levels if not 0 <= lv < levels]
+    if bad:
+        raise ConfigError(f"model.unet.attention_levels={list(u.attention_levels)} names levels "
+                          f"{bad}, but channel_mult has {levels} levels (0..{levels - 1}).")
+    latent = backbone_spec(cfg).latent_size
+    if latent[0] % 2 ** (levels - 1):
+        raise ConfigError(f"latents of {latent[0]}x{latent[1]} cannot be halved {levels - 1} times "
+                          f"by the UNet (model.unet.channel_mult has {levels} levels); use fewer "
+                          f"levels or larger images.")
+    _check_groups("model.unet", u.norm_groups, [u.model_channels * m for m in u.channel_mult])
+    if cfg.autoencoder.kind != "pixels":
+        _check_autoencoder_groups(cfg.autoencoder)
+
+
+def _check_autoencoder_groups(ae: AutoencoderConfig) -> None:
+    _check_groups("autoencoder", ae.norm_groups, [ae.ch * m for m in ae.ch_mult])
 
 
 def frozen_encoder(autoencoder: FirstStage):

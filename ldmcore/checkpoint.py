@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,11 +26,17 @@ from ldmcore.errors import CheckpointError, first_few
 
 
 def save(path: Path | str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None) -> None:
-    """Write ``tensors`` and JSON ``meta`` to ``path`` atomically."""
+    """Write ``tensors`` and JSON ``meta`` to ``path`` atomically.
+
+    Any failure (a full disk, a quota, an I/O error: safetensors reports some of them as its
+    own error type, not ``OSError``) leaves the previous file as it was, removes the temp file
+    and becomes a ``CheckpointError`` naming the disk, its free space and the space needed.
+    """
     path = Path(path)
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     _untie(flat)
     metadata = {k: json.dumps(v) for k, v in (meta or {}).items()}
+    needed = sum(v.numel() * v.element_size() for v in flat.values()) + sum(map(len, metadata.values()))
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,14 +46,39 @@ def save(path: Path | str, tensors: dict[str, torch.Tensor], meta: dict[str, Any
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {exc.strerror or exc}. "
-                              f"The previous file, if any, is intact; free disk space or choose "
-                              f"a writable run_dir.") from None
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"cannot write checkpoint {str(path)!r}: "
+                              f"{getattr(exc, 'strerror', None) or exc}. {_space(path, needed)}"
+                              f"The previous file, if any, is intact and the partial file was "
+                              f"removed; free disk space or choose a writable run_dir, then "
+                              f"resume=true.") from None
     finally:
         if tmp and os.path.exists(tmp):
             os.unlink(tmp)
     _fsync_dir(path.parent)
+
+
+def _space(path: Path, needed: int) -> str:
+    """'The disk holding FOLDER has X MB free; this checkpoint needs about Y MB. ' (or '')."""
+    folder = next((p for p in (path.parent, *path.parents) if p.exists()), None)
+    if folder is None:
+        return ""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    capped = (f" and files of this process are capped at {_size(limit)} (ulimit -f)"
+              if limit != resource.RLIM_INFINITY and limit < needed else "")
+    return (f"The disk holding {str(folder)!r} has {_size(free)} free{capped}; this checkpoint "
+            f"needs about {_size(needed)}. ")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.1f} KB"
 
 
 def _untie(flat: dict[str, torch.Tensor]) -> None:
@@ -153,6 +186,37 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str
         raise CheckpointError(f"{what} weights in {str(path)!r} do not fit the configured model: "
                               f"{'; '.join(problems)}. Was it written with a different config?")
     module.load_state_dict(state)
+
+
+def require_training_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                           path: Path | str) -> None:
+    """Check that a checkpoint holds everything an exact resume reads (the step, optimizer
+    state, RNG state, EMA) before any of it is used; a gap is a ``CheckpointError`` naming it."""
+    problems = []
+    if not isinstance(meta.get("step"), int) or isinstance(meta.get("step"), bool) or meta["step"] < 0:
+        problems.append(f"its step is {meta.get('step')!r}, not a whole number")
+    opt = meta.get("optimizer")
+    if not (isinstance(opt, dict) and isinstance(opt.get("param_groups"), list)
+            and isinstance(opt.get("scalars", {}), dict)):
+        problems.append("it has no optimizer state (metadata 'optimizer')")
+    rng = tensors.get("rng.torch")
+    if rng is None or rng.dtype != torch.uint8:
+        problems.append("it has no RNG state (tensor 'rng.torch')")
+    if not any(k.startswith("ema.") for k in tensors):
+        problems.append("it has no EMA weights (tensors 'ema.*')")
+    if problems:
+        raise CheckpointError(f"cannot resume from {str(path)!r}: {'; '.join(problems)}. Resume "
+                              f"needs a checkpoint written by `ldm train`; to start from these "
+                              f"weights instead, train a new run with model.init_from=RUN_DIR.")
+
+
+def require_finite(tensors: dict[str, torch.Tensor], path: Path | str) -> None:
+    """Refuse weights holding NaN or infinity, which would only ever give blank images."""
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{str(path)!r} holds non-finite weights (NaN or infinity) in "
+                              f"{first_few(bad, 3)}; it would only give blank images. Use an "
+                              f"earlier checkpoint (checkpoints/step_N.safetensors) or retrain.")
 
 
 def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

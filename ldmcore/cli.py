@@ -5,7 +5,8 @@
     ldm train experiment=NAME [hydra overrides ...]
     ldm sample run=RUN_DIR cond.NAME=VALUE [n=8 sampler=dpmpp_2m sigmas=karras steps=20
                guidance=3 guidance.NAME=5 eta=1 init=PNG strength=0.6 mask=PNG seed=0 out=DIR
-               precision=auto|fp32|bf16|fp16 threads=auto|N]
+               precision=auto|fp32|bf16|fp16 threads=auto|N overwrite=true
+               conditions.NAME.KEY=VALUE]
     ldm eval run=RUN_DIR [samples=DIR | n=64 steps=50 seed=0 average=1 precision=auto threads=auto]
     ldm plugins [--json]
     ldm doctor [--json]
@@ -18,6 +19,7 @@ Errors a user can cause print one paragraph and exit with status 2; a traceback 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -28,6 +30,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from ldmcore.arguments import flag, key_values, positional  # noqa: E402
 from ldmcore.errors import ConfigError, LdmError, nearest  # noqa: E402
+
+# a full disk, a quota, a file-size limit, a read-only disk: the machine's state, not a bug
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 USAGE = __doc__.split("::", 1)[1].split("Errors", 1)[0].rstrip() + "\n"
 
@@ -104,7 +109,7 @@ def cmd_plugins(args: list[str]) -> int:
     dirs = [{"package": d.package, "path": str(d.path)} for d in reg.config_dirs]
     if "--json" in args:
         print(json.dumps({"plugins": [asdict(i) for i in infos], "config_dirs": dirs,
-                          "broken": reg.broken}, indent=1))
+                          "broken": reg.broken, "clashes": reg.clashes}, indent=1))
         return 0
     rows = [("name", "injection", "package", "version", "trainable", "hooks")]
     rows += [(i.name, ",".join(i.injections), i.package, i.version, str(i.trainable),
@@ -116,6 +121,8 @@ def cmd_plugins(args: list[str]) -> int:
         print(f"configs: {d['package']}: {d['path']}")
     for name, why in sorted(reg.broken.items()):
         print(f"broken: {name}: {why}")
+    for what, packages in sorted(reg.clashes.items()):
+        print(f"clash: {what} is registered by {' and '.join(packages)} (runs that use it stop)")
     return 0
 
 
@@ -171,6 +178,28 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "plugins
             "doctor": cmd_doctor}
 
 
+def _check_utf8(args: list[str]) -> None:
+    """Arguments that are not valid UTF-8 reach Python as lone surrogates, which would fail
+    deep inside a tokenizer or a JSON writer; name the argument instead."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            byte = ord(exc.object[exc.start]) - 0xDC00  # surrogateescape keeps the byte here
+            shown = arg.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+            raise ConfigError(f"argument {shown!r} is not valid UTF-8 (byte 0x{byte:02x} at "
+                              f"character {exc.start}); write it in UTF-8.") from None
+
+
+def _report(command: str, err: LdmError) -> int:
+    """Print a user error as one paragraph and return its exit status."""
+    # wrap only at spaces: paths and keys in the message stay whole, so they can be copied
+    print("\n".join(textwrap.wrap(f"ldm {command}: error: {err}", width=100,
+                                   break_long_words=False, break_on_hyphens=False)),
+          file=sys.stderr)
+    return err.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -182,13 +211,17 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
+        _check_utf8(rest)
         return COMMANDS[command](rest)
     except LdmError as err:
-        # wrap only at spaces: paths and keys in the message stay whole, so they can be copied
-        print("\n".join(textwrap.wrap(f"ldm {command}: error: {err}", width=100,
-                                       break_long_words=False, break_on_hyphens=False)),
-              file=sys.stderr)
-        return err.exit_code
+        return _report(command, err)
+    except OSError as err:
+        if err.errno not in DISK_ERRORS:
+            raise
+        return _report(command, LdmError(
+            f"cannot write {err.filename or 'a file'!r}: {err.strerror}. Free space (or raise the "
+            f"quota or the file-size limit) and run the command again; a training run keeps its "
+            f"last checkpoint (resume=true continues it)."))
     except KeyboardInterrupt:
         print(f"ldm {command}: interrupted; a training run keeps its last checkpoint "
               f"(resume=true continues it).", file=sys.stderr)

@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ldmcore.errors import PluginError
+from ldmcore.errors import ConfigError, PluginError
 from ldmcore.randomness import BatchRandom, as_batch_random
 
 
@@ -54,6 +54,28 @@ class BackboneSpec:
     # the frozen first stage, images in [-1, 1] -> scaled latents (e.g. for an inpainting plugin)
     encode: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
     root: Path | None = None  # folder that relative paths in plugin configs resolve against (a run's)
+    trusted_paths: frozenset[str] = frozenset()  # paths the user gave on the command line
+
+    def local_path(self, value: str | Path, key: str) -> Path:
+        """A file or folder named in a plugin's config (``key`` is its config path).
+
+        While a model is built for training (``root`` unset) the user wrote the value: it is
+        used as given. While a run is loaded (``root`` set) the value was read from the run's
+        checkpoint metadata, which is data: it must resolve inside the run folder, unless the
+        user gave it on the command line (``trusted_paths``), so a checkpoint can never point
+        the program at a folder of its choosing.
+        """
+        path = Path(value).expanduser()
+        if self.root is None or str(value) in self.trusted_paths:
+            return path
+        full = (self.root / path).resolve()
+        if not full.is_relative_to(self.root.resolve()):
+            raise ConfigError(f"{key}={str(value)!r} in the checkpoint of {str(self.root)!r} "
+                              f"points outside the run folder; a path read from a checkpoint is "
+                              f"only followed inside its run. Copy that folder into the run and "
+                              f"name it relative to the run, or give it yourself: ldm sample "
+                              f"run={str(self.root)} {key}=PATH.")
+        return full
 
 
 @dataclass(frozen=True)
@@ -84,9 +106,9 @@ ConditionOutput = dict[Injection, "torch.Tensor | Tokens"]
 
 
 class EncoderConfig(BaseModel):
-    """Base of every plugin's config: unknown keys are errors."""
+    """Base of every plugin's config: unknown keys are errors, and so are NaN and infinity."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     drop_prob: float = Field(0.1, ge=0.0, le=1.0, description="train-time probability of null")
 

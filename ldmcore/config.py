@@ -14,11 +14,13 @@ import importlib.resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+import torch
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ldmcore.conditioning import EncoderConfig
 from ldmcore.diffusion.schedule import BetaSchedule, Prediction
 from ldmcore.errors import ConfigError, PluginClash, nearest
+from ldmcore.hardware import choose_precision
 from ldmcore.registry import Registry, default_registry
 from ldmcore.sampling import SamplerConfig, sampling_plan
 from ldmcore.schema import Strict, format_validation_error
@@ -28,7 +30,7 @@ __all__ = ["SamplerConfig", "Strict", "format_validation_error"]  # re-exported 
 
 class UNetConfig(Strict):
     model_channels: int = Field(64, ge=8)
-    channel_mult: tuple[int, ...] = (1, 2)
+    channel_mult: tuple[Annotated[int, Field(ge=1)], ...] = Field((1, 2), min_length=1)
     num_res_blocks: int = Field(2, ge=1)
     attention_levels: tuple[int, ...] = (1,)
     middle_attention: bool = True
@@ -98,7 +100,7 @@ class AutoencoderConfig(Strict):
                           "stage, diffusion on the images themselves (f = 1, the image's channels)")
     latent_channels: int = Field(4, ge=1, description="kl only; pixels use the image's channels")
     ch: int = Field(64, ge=8)
-    ch_mult: tuple[int, ...] = (1, 2, 2)
+    ch_mult: tuple[Annotated[int, Field(ge=1)], ...] = Field((1, 2, 2), min_length=1)
     num_res_blocks: int = Field(1, ge=1)
     attn_levels: tuple[int, ...] = ()
     norm_groups: int = Field(32, ge=1)
@@ -139,7 +141,7 @@ class TrainerConfig(Strict):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="after warmup: hold lr, or decay it to 0 at max_steps along a "
@@ -160,6 +162,9 @@ class TrainerConfig(Strict):
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=0, description="periodic step_N files kept besides last")
     progress: bool = True
+    stop_signals: tuple[Literal["SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP"], ...] = Field(
+        ("SIGINT", "SIGTERM"), description="signals that finish the current step, write "
+                                           "last.safetensors and stop the run (ldmcore/stopping.py)")
     train_only: tuple[str, ...] | None = Field(None, description="train only these: 'plugins', plugin "
                                                                  "names or parameter prefixes; the rest is frozen")
     strategy: Literal["ddp", "fsdp"] = Field(
@@ -192,7 +197,7 @@ class ExecutionConfig(Strict):
 
 
 class ExperimentConfig(Strict):
-    name: str = "run"
+    name: str = Field("run", description="the run's folder name under runs/: one path component")
     seed: int = 0
     run_dir: Path = Path("runs/run")
     resume: bool = False
@@ -204,6 +209,15 @@ class ExperimentConfig(Strict):
     trainer: TrainerConfig = TrainerConfig()
     execution: ExecutionConfig = ExecutionConfig()
     conditions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, v: str) -> str:
+        if not v or v in (".", "..") or any(c in v for c in "/\\\x00"):
+            raise ValueError("name is the run's folder name inside runs/, so it cannot be empty, "
+                             "'.' or '..', or hold '/' or '\\'; to train elsewhere give "
+                             "run_dir=PATH")
+        return v
 
     @model_validator(mode="after")
     def _guided_plugins_are_enabled(self) -> ExperimentConfig:
@@ -304,6 +318,7 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
     groups = {p.name for _, folder in sources for p in folder.iterdir() if p.is_dir()}
     overrides = [_dataset_choice(o, registry) for o in overrides]
     opened = [_settable(o, groups) for o in overrides]
+    OmegaConf.register_new_resolver("per_precision", per_precision, replace=True)
 
     def run(ovr: list[str]) -> dict[str, Any]:
         GlobalHydra.instance().clear()
@@ -345,6 +360,14 @@ def _settable(override: str, groups: set[str]) -> str:
     if not sep or override.startswith(("+", "~")) or key in groups or key.startswith("hydra."):
         return override
     return f"++{override}"
+
+
+def per_precision(precision: str, mixed: Any, fp32: Any) -> Any:
+    """``${per_precision:${trainer.precision},A,B}`` in a config: ``A`` where ``precision``
+    resolves to bf16/fp16 on this machine's device (AMX CPUs, GPUs), ``B`` where it resolves to
+    float32 (AVX2-only CPUs under ``auto``). Lets an experiment fit its time budget on both."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return fp32 if choose_precision(str(precision), device).name == "fp32" else mixed
 
 
 def _check_enabled(plugin_keys: list[str], enabled: dict[str, Any]) -> None:

@@ -37,6 +37,11 @@ class PluginClash(PluginError):
     """Two installed packages register the same condition name."""
 
 
+class Interrupted(LdmError):
+    """A signal stopped a training run; its message says what was kept and how to continue.
+    Unlike other errors it keeps the run folder, and its exit status is 128 + the signal."""
+
+
 class TrainingDiverged(LdmError):
     """The loss became non-finite; the last good checkpoint is kept."""
 

@@ -30,9 +30,11 @@ def register_conditions(register: Callable[[type], None]) -> None:
     When: once, the first time the registry is asked for plugins (``ldm plugins``, building a
     model from config). Call ``register(EncoderClass)`` for each ``ConditionEncoder`` subclass
     the package provides; the class's ``name`` is the key users write in configs
-    (``conditions.<name>``) and on the command line (``cond.<name>=...``). Registering a name
-    another package already registered is an error that names both packages. The result of the
-    hook itself is ignored.
+    (``conditions.<name>``) and on the command line (``cond.<name>=...``). A name another
+    package also registers is a clash: neither class is used under it, and a run that asks for
+    it stops with an error naming both packages (other runs are unaffected). Anything the hook
+    raises (``SystemExit`` included) makes the package broken, keeping none of what it
+    registered. The result of the hook itself is ignored.
     """
 
 
@@ -67,7 +69,8 @@ def register_samplers(register: Callable[..., None]) -> None:
     defaults' types (and eta against [0, 1]).
     ``name`` defaults to the function's name without ``sample_``; ``evals_per_step`` is how many
     network evaluations one step costs (2 for Heun-type methods), used to compare samplers at
-    equal cost. Registering a name another package registered is an error naming both.
+    equal cost. A name another package also registers is a clash, an error naming both for
+    the runs that use it (as for ``register_conditions``).
     """
 
 

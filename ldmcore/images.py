@@ -1,4 +1,10 @@
-"""Image tensors to PNG files and grids."""
+"""Image files in and out: reading user images safely, writing PNG files and grids.
+
+Every image a user names (``init=``, ``mask=``, ``cond.segmap=``, ``cond.lowres=``, an image
+folder's items) is read through ``open_image``: the header is checked before any pixel is
+decoded, so a decompression bomb (a small file that decodes to gigabytes) is refused by its
+declared size, and every way a file can be unreadable is one error that names the argument.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,37 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ldmcore.errors import ConfigError
+from ldmcore.errors import ConfigError, LdmError
+
+MAX_PIXELS = 2**26  # 67 megapixels (8192 x 8192): far above any image these models use
+
+
+def open_image(path: str | Path, what: str, error: type[LdmError] = ConfigError,
+               hint: str = "give the path of a PNG or JPEG file", decode: bool = True) -> Image.Image | None:
+    """The decoded image at ``path``; an unreadable, truncated or oversized file raises
+    ``error`` naming ``what`` (the argument or data key it came from). ``decode=False`` only
+    checks the header (cheap: a folder's every file can be checked before training starts)."""
+    file = Path(str(path).strip()).expanduser()
+    try:
+        with Image.open(file) as img:
+            check_size(img, file, what, error)
+            if not decode:
+                return None
+            img.load()
+            return img.copy()  # closing the file releases the decoded pixels
+    except LdmError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as exc:
+        raise error(f"{what}={str(file)!r} is not a readable image ({exc}); {hint}.") from None
+
+
+def check_size(img: Image.Image, file: Path, what: str, error: type[LdmError] = ConfigError) -> None:
+    """Refuse an image whose header declares more than ``MAX_PIXELS`` pixels (before decoding)."""
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise error(f"{what}={str(file)!r} declares {width} x {height} pixels, more than the "
+                    f"{MAX_PIXELS // 2**20} megapixels ldmcore decodes (a file that small "
+                    f"decoding that large is a decompression bomb); resize it first.")
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -47,13 +83,8 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
 
 def read_image(path: str | Path, channels: int, what: str) -> torch.Tensor:
     """A PNG/JPEG file as (C, H, W) in [-1, 1]; unreadable files are ConfigErrors naming ``what``."""
-    file = Path(str(path).strip()).expanduser()
-    try:
-        with Image.open(file) as img:
-            array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{what}: cannot read image {str(file)!r} ({exc}); give the path of a "
-                          f"PNG or JPEG file.") from None
+    img = open_image(path, what)
+    array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
     if array.ndim == 2:
         array = array[..., None]
     return torch.from_numpy(array.transpose(2, 0, 1).copy()) / 127.5 - 1.0
@@ -61,11 +92,7 @@ def read_image(path: str | Path, channels: int, what: str) -> torch.Tensor:
 
 def read_label_map(path: str | Path, what: str) -> torch.Tensor:
     """A single-channel PNG of integer class indices as an (H, W) long tensor."""
-    file = Path(str(path).strip()).expanduser()
-    try:
-        with Image.open(file) as img:
-            array = np.asarray(img.convert("L") if img.mode not in ("L", "P", "I") else img)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{what}: cannot read label map {str(file)!r} ({exc}); give a "
-                          f"single-channel PNG whose pixel values are class indices.") from None
+    img = open_image(path, what, hint="give a single-channel PNG whose pixel values are class "
+                                      "indices")
+    array = np.asarray(img.convert("L") if img.mode not in ("L", "P", "I") else img)
     return torch.from_numpy(array.astype(np.int64))

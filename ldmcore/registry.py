@@ -1,22 +1,35 @@
 """The plugin host: a pluggy PluginManager over the ``ldmcore`` entry-point group.
 
-The registry knows nothing of training: it loads plugin packages, collects what their hooks
-register (condition encoders, samplers, metrics, datasets, Hydra config folders), reports name
-clashes, and lists what is installed (with versions, the hooks each package implements, and the
-plugins that failed to load, and why - a broken plugin never breaks the host). A package's
-registrations are all or nothing: if one hook fails, none of the package's registrations are
-kept. The built-in samplers and datasets register through the same hooks, from
-``ldmcore.diffusion.samplers`` and ``ldmcore.data.builtin``, which are always loaded (part of the
-backbone, not optional packages).
+The registry knows nothing of training: it loads plugin packages, calls their hooks through the
+plugin manager, collects what they register (condition encoders, samplers, metrics, datasets,
+Hydra config folders), and lists what is installed (with versions, the hooks each package implements, and
+the plugins that failed to load, and why).
+
+A plugin cannot take the host down. Anything a package raises while it is imported or while its
+hooks run - any exception, ``SystemExit`` included - marks that package broken (``ldm plugins``
+lists it with the reason) and the commands that do not need it run as before. A package's
+registrations are all or nothing: if one hook fails, none of them is kept. Two packages that
+register the same name are not an error until a run asks for that name: ``condition(name)`` or
+``sampler(name)`` then names both packages; every other name works.
+
+Each package's hooks are called through the plugin manager with pluggy's
+``subset_hook_caller`` (the hook restricted to that one package), so what a package registers
+is known to be its own and a failure stays inside it. The built-in samplers and datasets
+register through the same hooks, from ``ldmcore.diffusion.samplers`` and ``ldmcore.data.builtin``,
+which are always loaded (they are part of the backbone, not optional packages).
+
+Environment: ``LDM_LOAD_PLUGINS=a,b`` loads only those entry points (an allow-list);
+``LDM_DISABLE_PLUGINS=a,b`` skips those entry points or distributions;
+``LDM_DISABLE_ENTRY_POINTS=1`` loads none (tests).
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pluggy
@@ -32,6 +45,7 @@ from ldmcore.eval.metric import MetricSpec
 
 ENTRY_POINT_GROUP = "ldmcore"
 ALLOW_ENV = "LDM_LOAD_PLUGINS"  # comma-separated entry-point names to load; unset = all
+SKIP_ENV = "LDM_DISABLE_PLUGINS"  # comma-separated entry-point or distribution names to skip
 DISABLE_ENV = "LDM_DISABLE_ENTRY_POINTS"  # "1" = load no entry points (tests)
 
 
@@ -62,6 +76,16 @@ def hook_names() -> list[str]:
             if callable(fn) and hasattr(fn, f"{hookspecs.PROJECT}_spec")]
 
 
+def _names(env: str) -> set[str]:
+    return {s.strip() for s in os.environ.get(env, "").split(",") if s.strip()}
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}) raised while loading"
+    return f"{type(exc).__name__}: {exc}"
+
+
 @dataclass
 class Registry:
     """Condition encoders by name, config folders, and the plugin modules that failed to load."""
@@ -70,6 +94,7 @@ class Registry:
     encoders: dict[str, type[ConditionEncoder]] = field(default_factory=dict)
     origins: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (package, version)
     broken: dict[str, str] = field(default_factory=dict)  # entry point -> why
+    clashes: dict[str, list[str]] = field(default_factory=dict)  # "condition 'x'" -> packages
     config_dirs: list[ConfigDir] = field(default_factory=list)
     samplers: dict[str, SamplerSpec] = field(default_factory=dict)
     hooks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # package -> hooks it implements
@@ -78,6 +103,7 @@ class Registry:
 
     def condition(self, name: str) -> type[ConditionEncoder]:
         """The encoder class registered as ``name``; unknown names get a teaching error."""
+        self._refuse_clash("condition", name)
         try:
             return self.encoders[name]
         except KeyError:
@@ -91,15 +117,28 @@ class Registry:
 
     def sampler(self, name: str) -> SamplerSpec:
         """The sampler registered as ``name``; unknown names list every registered sampler."""
-        return _named(self.samplers, name, "sampler")
+        return self._named("sampler", self.samplers, name)
 
     def dataset(self, name: str) -> DatasetSpec:
         """The dataset registered as ``name``; unknown names list every registered dataset."""
-        return _named(self.datasets, name, "dataset")
+        return self._named("dataset", self.datasets, name)
 
     def metrics_for(self, condition: str) -> list[MetricSpec]:
         """The metrics registered for the condition plugin ``condition``, in registration order."""
         return [m for m in self.metrics if m.condition == condition]
+
+    def _named(self, kind: str, table: dict[str, Any], name: str) -> Any:
+        self._refuse_clash(kind, name)
+        try:
+            return table[name]
+        except KeyError:
+            raise ConfigError(f"unknown {kind} {name!r}: {nearest(name, table)} "
+                              f"{kind.capitalize()}s: {', '.join(sorted(table))}.") from None
+
+    def _refuse_clash(self, kind: str, name: str) -> None:
+        packages = self.clashes.get(f"{kind} {name!r}")
+        if packages:
+            raise _clash(kind, name, packages)
 
     def infos(self) -> list[PluginInfo]:
         return [
@@ -110,113 +149,174 @@ class Registry:
             for n, cls in sorted(self.encoders.items())
         ]
 
-    def add_module(self, module: ModuleType | object, package: str = "", version: str = "") -> None:
-        """Register a plugin module (or object) directly, as tests and notebooks do."""
+    def add_module(self, module: object, package: str = "", version: str = "") -> None:
+        """Register a plugin module (or object) directly, as tests and notebooks do. Unlike an
+        installed package, a plugin added by hand fails loudly: a clash or a broken hook raises."""
         package = package or getattr(module, "__name__", None) or type(module).__module__
-        self._add(module, package, version, name=None)
+        self._add(module, package, version, name=None, strict=True)
 
-    def _add(self, plugin: object, package: str, version: str, name: str | None) -> None:
-        """Run the plugin's hooks, check everything, then keep it all (or nothing)."""
-        found = self._collect(plugin, package)
+    def _add(self, plugin: object, package: str, version: str, name: str | None,
+             strict: bool = False) -> None:
+        """Register ``plugin`` with the manager, run its hooks, check everything, then keep it
+        all (or, on any error, unregister it and keep nothing). ``strict``: a name another
+        package registered is an error now, not a clash left for the runs that use it."""
+        self._check_hooks(plugin, package)
         self.manager.register(plugin, name=name)
-        for cls in found["encoders"]:
-            self.encoders[cls.name] = cls
-            self.origins[cls.name] = (package, version)
-        self.config_dirs += found["config_dirs"]
-        self.samplers.update({spec.name: spec for spec in found["samplers"]})
+        try:
+            found = self._collect(plugin, package)
+            if strict:
+                self._refuse_taken(found, package)
+        except BaseException:
+            self.manager.unregister(plugin)
+            raise
+        for cls in found["conditions"]:
+            self._keep("condition", cls.name, package, self.encoders, cls, self.origins, version)
+        for spec in found["samplers"]:
+            self._keep("sampler", spec.name, package, self.samplers, spec)
+        for spec in found["datasets"]:
+            self._keep("dataset", spec.name, package, self.datasets, spec)
         self.metrics += found["metrics"]
-        self.datasets.update({spec.name: spec for spec in found["datasets"]})
+        self.config_dirs += found["config_dirs"]
         self.hooks[package] = tuple(sorted({*self.hooks.get(package, ()), *found["hooks"]}))
 
-    def _collect(self, plugin: object, package: str) -> dict[str, Any]:
-        implemented = [n for n in dir(plugin)
-                       if self.manager.parse_hookimpl_opts(plugin, n) is not None]
+    def _refuse_taken(self, found: dict[str, list[Any]], package: str) -> None:
+        taken = [("condition", c.name, self.origins[c.name][0]) for c in found["conditions"]
+                 if self.encoders.get(c.name, c) is not c]
+        taken += [("sampler", s.name, self.samplers[s.name].package) for s in found["samplers"]
+                  if not _same(self.samplers.get(s.name, s), s)]
+        taken += [("dataset", d.name, self.datasets[d.name].package) for d in found["datasets"]
+                  if not _same(self.datasets.get(d.name, d), d)]
+        if taken:
+            kind, name, owner = taken[0]
+            raise _clash(kind, name, [owner, package])
+
+    def _keep(self, kind: str, name: str, package: str, table: dict[str, Any], value: Any,
+              origins: dict[str, tuple[str, str]] | None = None, version: str = "") -> None:
+        """Add ``value`` under ``name``; a second package's ``name`` becomes a clash that only
+        runs using the name see (both are then withdrawn, so neither wins by install order)."""
+        key = f"{kind} {name!r}"
+        if key in self.clashes:
+            self.clashes[key].append(package)
+            return
+        owner = table.get(name)
+        if owner is not None and not _same(owner, value):
+            first = owner.package if isinstance(owner, (SamplerSpec, DatasetSpec)) else self.origins[name][0]
+            self.clashes[key] = [first, package]
+            del table[name]
+            return
+        table[name] = value
+        if origins is not None:
+            origins[name] = (package, version)
+
+    def _check_hooks(self, plugin: object, package: str) -> None:
+        implemented = [n for n in dir(plugin) if self.manager.parse_hookimpl_opts(plugin, n) is not None]
         known = hook_names()
         unknown = [n for n in implemented if n not in known]
         if unknown:
             raise PluginError(f"package {package!r} implements the hook {unknown[0]!r}, which "
                               f"ldmcore does not define: {nearest(unknown[0], known)}")
-        encoders: list[type[ConditionEncoder]] = []
-        dirs: list[ConfigDir] = []
 
-        def register_condition(cls: type) -> None:
-            _check_encoder_class(cls, package)
-            mine = {c.name: c for c in encoders}
-            if cls.name in mine and mine[cls.name] is not cls:
-                raise PluginError(f"package {package!r} registers two classes named "
-                                  f"{cls.name!r}: {mine[cls.name].__qualname__} and "
-                                  f"{cls.__qualname__}; give each a distinct `name`.")
-            owner = self.encoders.get(cls.name)
-            if owner is not None and owner is not cls:
-                other = self.origins[cls.name][0]
-                raise PluginClash(
-                    f"two packages register the condition {cls.name!r}: {other!r} and "
-                    f"{package!r}. Uninstall one, or restrict loading with {ALLOW_ENV}.")
-            encoders.append(cls)
-
-        def register_config_dir(folder: Any) -> None:
-            path = Path(os.fspath(folder) if isinstance(folder, (str, os.PathLike)) else str(folder))
-            if not path.is_dir():
-                raise PluginError(f"package {package!r} registers the config folder "
-                                  f"{str(path)!r}, which is not a folder; ship it as package "
-                                  f"data (see docs/publishing.md).")
-            dirs.append(ConfigDir(package, path))
-
-        samplers: list[SamplerSpec] = []
-
-        def register_sampler(fn: Any, name: str | None = None, evals_per_step: int = 1) -> None:
-            if not callable(fn):
-                raise PluginError(f"package {package!r} registered the sampler {fn!r}, which is "
-                                  f"not callable.")
-            name = name or getattr(fn, "__name__", "").removeprefix("sample_")
-            if not name:
-                raise PluginError(f"package {package!r} registered a sampler without a name; "
-                                  f"pass register(fn, name=...).")
-            owner = self.samplers.get(name) or next((s for s in samplers if s.name == name), None)
-            if owner is not None and owner.fn is not fn:
-                raise PluginClash(f"two packages register the sampler {name!r}: {owner.package!r} "
-                                  f"and {package!r}. Uninstall one, or restrict loading with "
-                                  f"{ALLOW_ENV}.")
-            if not isinstance(evals_per_step, int) or evals_per_step < 1:
-                raise PluginError(f"sampler {name!r} from {package!r}: evals_per_step must be a "
-                                  f"positive int, got {evals_per_step!r}.")
-            samplers.append(SamplerSpec(name, fn, evals_per_step, package))
-
-        metrics: list[MetricSpec] = []
-
-        def register_metric(condition: str, score: Any, *, name: str | None = None, **options: Any) -> None:
-            if not callable(score):
-                raise PluginError(f"package {package!r} registered the metric {score!r} of "
-                                  f"{condition!r}, which is not callable.")
-            metrics.append(MetricSpec(condition, name or getattr(score, "__name__", condition), score,
-                                      package=package, **options))
-
-        datasets: list[DatasetSpec] = []
-
-        def register_dataset(name: str, build: Any, *, held_out: Any = None) -> None:
-            owner = self.datasets.get(name) or next((d for d in datasets if d.name == name), None)
-            if owner is not None and owner.build is not build:
-                raise PluginClash(f"two packages register the dataset {name!r}: {owner.package!r} "
-                                  f"and {package!r}. Uninstall one, or restrict loading with "
-                                  f"{ALLOW_ENV}.")
-            datasets.append(DatasetSpec(name, build, held_out, package))
-
-        callbacks = {"register_conditions": register_condition, "register_samplers": register_sampler,
-                     "register_config_dirs": register_config_dir, "register_metrics": register_metric,
-                     "register_datasets": register_dataset}
-        for hook in implemented:
-            getattr(plugin, hook)(register=callbacks[hook])
-        return {"encoders": encoders, "config_dirs": dirs, "samplers": samplers, "hooks": implemented,
-                "metrics": metrics, "datasets": datasets}
+    def _collect(self, plugin: object, package: str) -> dict[str, list[Any]]:
+        """Call each hook of ``plugin`` through the plugin manager, restricted to ``plugin``."""
+        others = [p for p in self.manager.get_plugins() if p is not plugin]
+        found: dict[str, list[Any]] = {"conditions": [], "samplers": [], "config_dirs": [], "hooks": [],
+                                       "metrics": [], "datasets": []}
+        callbacks: dict[str, Callable[..., None]] = {
+            "register_conditions": _condition_callback(package, found["conditions"]),
+            "register_samplers": _sampler_callback(package, found["samplers"]),
+            "register_config_dirs": _config_dir_callback(package, found["config_dirs"]),
+            "register_metrics": _metric_callback(package, found["metrics"]),
+            "register_datasets": _dataset_callback(package, found["datasets"]),
+        }
+        for hook in hook_names():
+            caller = self.manager.subset_hook_caller(hook, remove_plugins=others)
+            if caller.get_hookimpls():
+                found["hooks"].append(hook)
+                caller(register=callbacks[hook])
+        return found
 
 
-def _named(table: dict[str, Any], name: str, what: str) -> Any:
-    """``table[name]``; an unknown name is a ``ConfigError`` with the nearest and every name."""
-    try:
-        return table[name]
-    except KeyError:
-        raise ConfigError(f"unknown {what} {name!r}: {nearest(name, table)} "
-                          f"{what.capitalize()}s: {', '.join(sorted(table))}.") from None
+def _clash(kind: str, name: str, packages: list[str]) -> PluginClash:
+    return PluginClash(f"two packages register the {kind} {name!r}: "
+                       f"{' and '.join(repr(p) for p in packages)}. Uninstall one, or skip one "
+                       f"with {SKIP_ENV}=NAME (or list the ones to load in {ALLOW_ENV}); runs "
+                       f"that do not use {name!r} are not affected.")
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, SamplerSpec):
+        return a.fn is b.fn
+    return (a.build is b.build) if isinstance(a, DatasetSpec) else a is b
+
+
+def _condition_callback(package: str, found: list[type]) -> Callable[[type], None]:
+    def register(cls: type) -> None:
+        _check_encoder_class(cls, package)
+        mine = {c.name: c for c in found}
+        if cls.name in mine and mine[cls.name] is not cls:
+            raise PluginError(f"package {package!r} registers two classes named "
+                              f"{cls.name!r}: {mine[cls.name].__qualname__} and "
+                              f"{cls.__qualname__}; give each a distinct `name`.")
+        if cls.name not in mine:
+            found.append(cls)
+
+    return register
+
+
+def _sampler_callback(package: str, found: list[SamplerSpec]) -> Callable[..., None]:
+    def register(fn: Any, name: str | None = None, evals_per_step: int = 1) -> None:
+        if not callable(fn):
+            raise PluginError(f"package {package!r} registered the sampler {fn!r}, which is "
+                              f"not callable.")
+        name = name or getattr(fn, "__name__", "").removeprefix("sample_")
+        if not name:
+            raise PluginError(f"package {package!r} registered a sampler without a name; "
+                              f"pass register(fn, name=...).")
+        if any(s.name == name and s.fn is not fn for s in found):
+            raise PluginError(f"package {package!r} registers two samplers named {name!r}; "
+                              f"give each a distinct name.")
+        if not isinstance(evals_per_step, int) or evals_per_step < 1:
+            raise PluginError(f"sampler {name!r} from {package!r}: evals_per_step must be a "
+                              f"positive int, got {evals_per_step!r}.")
+        found.append(SamplerSpec(name, fn, evals_per_step, package))
+
+    return register
+
+
+def _config_dir_callback(package: str, found: list[ConfigDir]) -> Callable[[Any], None]:
+    def register(folder: Any) -> None:
+        path = Path(os.fspath(folder) if isinstance(folder, (str, os.PathLike)) else str(folder))
+        if not path.is_dir():
+            raise PluginError(f"package {package!r} registers the config folder "
+                              f"{str(path)!r}, which is not a folder; ship it as package "
+                              f"data (see docs/publishing.md).")
+        found.append(ConfigDir(package, path))
+
+    return register
+
+
+def _metric_callback(package: str, found: list[MetricSpec]) -> Callable[..., None]:
+    def register(condition: str, score: Any, *, name: str | None = None, **options: Any) -> None:
+        if not callable(score):
+            raise PluginError(f"package {package!r} registered the metric {score!r} of "
+                              f"{condition!r}, which is not callable.")
+        found.append(MetricSpec(condition, name or getattr(score, "__name__", condition), score,
+                                package=package, **options))
+
+    return register
+
+
+def _dataset_callback(package: str, found: list[DatasetSpec]) -> Callable[..., None]:
+    def register(name: str, build: Any, *, held_out: Any = None) -> None:
+        if not callable(build) or (held_out is not None and not callable(held_out)):
+            raise PluginError(f"package {package!r} registered the dataset {name!r} with a "
+                              f"build or held_out that is not callable.")
+        if any(d.name == name and d.build is not build for d in found):
+            raise PluginError(f"package {package!r} registers two datasets named {name!r}; "
+                              f"give each a distinct name.")
+        found.append(DatasetSpec(name, build, held_out, package))
+
+    return register
 
 
 def _check_encoder_class(cls: type, package: str) -> None:
@@ -230,11 +330,8 @@ def _check_encoder_class(cls: type, package: str) -> None:
 
 
 def build_registry(load_entry_points: bool | None = None) -> Registry:
-    """Load every plugin package of the ``ldmcore`` entry-point group.
-
-    ``LDM_LOAD_PLUGINS=a,b`` restricts loading to those entry-point names;
-    ``LDM_DISABLE_ENTRY_POINTS=1`` (or ``load_entry_points=False``) loads none.
-    """
+    """Load every plugin package of the ``ldmcore`` entry-point group (see the module
+    docstring for the environment variables that choose which)."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     reg = Registry(manager=pm)
@@ -244,20 +341,17 @@ def build_registry(load_entry_points: bool | None = None) -> Registry:
         load_entry_points = os.environ.get(DISABLE_ENV, "") not in ("1", "true", "yes")
     if not load_entry_points:
         return reg
-    allow = {s.strip() for s in os.environ.get(ALLOW_ENV, "").split(",") if s.strip()}
+    allow, skip = _names(ALLOW_ENV), _names(SKIP_ENV)
     for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        if allow and ep.name not in allow:
-            continue
         dist = getattr(ep, "dist", None)
         package = dist.metadata["Name"] if dist else ep.value
-        version = dist.version if dist else ""
+        if (allow and ep.name not in allow) or ep.name in skip or package in skip:
+            continue
         try:
             module = ep.load()
-            reg._add(module, package, version, name=f"{package}:{ep.name}")
-        except PluginClash:
-            raise
-        except Exception as exc:  # a broken plugin (import error, bad class) never breaks the host
-            reg.broken[f"{package}:{ep.name}"] = f"{type(exc).__name__}: {exc}"
+            reg._add(module, package, dist.version if dist else "", name=f"{package}:{ep.name}")
+        except (Exception, SystemExit) as exc:  # a broken plugin never breaks the host
+            reg.broken[f"{package}:{ep.name}"] = _why(exc)
     return reg
 
 

@@ -8,6 +8,13 @@
     RUN_DIR/checkpoints/step_N.safetensors        periodic copies
     RUN_DIR/samples/step_N.png           sample grids during training
     RUN_DIR/metrics.jsonl                one JSON object per logged step
+    RUN_DIR/.ldmcore-run                 the marker: ldmcore made this folder and may replace it
+    RUN_DIR/.lock                        held (flock) by the process training in it; holds its PID
+
+ldmcore owns the folders it made and only those: ``overwrite=true`` replaces a folder that
+carries the marker and refuses any other; a second training process on a locked folder is
+refused with the PID of the first; an error before a new run's first checkpoint removes the
+folder it made, and an error while replacing a run puts the old one back.
 
 A run's config has one source: the metadata of ``checkpoints/last.safetensors``
 (``run_metadata`` writes it, ``run_config`` and ``load_run`` read it); ``config.yaml`` is for
@@ -17,11 +24,15 @@ above this module and go through it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import yaml
@@ -29,11 +40,15 @@ import yaml
 from ldmcore import checkpoint
 from ldmcore.build import build_model
 from ldmcore.config import ExperimentConfig, validate
-from ldmcore.errors import ConfigError
+from ldmcore.errors import ConfigError, Interrupted, LdmError, first_few
 from ldmcore.model import LatentDiffusion
 from ldmcore.registry import Registry, default_registry
 
 FORMAT = "ldmcore/run/1"  # the metadata's "format": the layout of a run's checkpoint
+MARKER = ".ldmcore-run"
+SAMPLES_MARKER = ".ldmcore-samples"  # in an ``ldm sample out=`` folder that ldm sample made
+LOCK = ".lock"
+REPLACED = ".replaced"  # suffix of a run moved aside by overwrite=true until the new one is safe
 
 
 class RunFolder:
@@ -67,21 +82,92 @@ class RunFolder:
     def step_checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step_{step}.safetensors"
 
-    def prepare(self, config: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
-        """Create the folder; refuse to clobber an existing run unless asked to."""
-        if self.root.exists() and any(self.root.iterdir()):
-            if overwrite and not resume:
-                shutil.rmtree(self.root)
-            elif not resume:
+    @property
+    def marker(self) -> Path:
+        return self.root / MARKER
+
+    def check_claim(self, *, resume: bool, overwrite: bool, what: str = "run_dir") -> None:
+        """Whether this command may write here, decided before anything is touched (``what``
+        names the argument that gave the folder)."""
+        if _is_nonempty_dir(self.root):
+            if not resume and not overwrite:
                 raise ConfigError(f"run folder {str(self.root)!r} already holds a run; pass "
                                   f"resume=true to continue it, overwrite=true to start afresh, "
                                   f"or name=OTHER for a new folder.")
+            if not self.marker.is_file():
+                raise ConfigError(f"{what} {str(self.root)!r} is not a run folder made by "
+                                  f"ldmcore (it has no {MARKER} marker) and holds "
+                                  f"{_contents(self.root)}; ldmcore neither resumes in nor "
+                                  f"replaces a folder it did not make. Choose another {what} "
+                                  f"(a run made by an older ldmcore: create the empty file "
+                                  f"{str(self.marker)!r} first).")
         elif resume:
             raise ConfigError(f"resume=true but {str(self.root)!r} holds no run to resume; drop "
                               f"resume=true to start one.")
-        for d in (self.root, self.checkpoints, self.samples):
-            d.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(yaml.safe_dump(config, sort_keys=False))
+        elif self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"run_dir {str(self.root)!r} is a file, not a folder; choose "
+                              f"another run_dir or name=OTHER.")
+
+    @contextlib.contextmanager
+    def claimed(self, config: dict[str, Any], *, resume: bool, overwrite: bool,
+                main: bool = True) -> Iterator[RunFolder]:
+        """Make (or take over) the folder, hold its lock, and write ``config.yaml``.
+
+        A new folder that the block leaves by an error (not an interrupt) before the first
+        diffusion checkpoint is removed again; a run replaced by ``overwrite=true`` waits
+        beside it (``.NAME.replaced``) and comes back in that case, and is removed otherwise. Checkpoint temp files orphaned by a killed
+        process are removed once the lock is held. Other ranks (``main=False``) only wait.
+        """
+        if not main:
+            yield self
+            return
+        self.check_claim(resume=resume, overwrite=overwrite)
+        existed = _is_nonempty_dir(self.root)
+        made = _first_missing(self.root)
+        aside = self.root.with_name(f".{self.root.name}{REPLACED}")
+        lock = None
+        try:
+            if existed:
+                lock = RunLock(self.root)
+                if overwrite and not resume:
+                    _remove_owned(aside)  # left by a process killed while replacing
+                    os.replace(self.root, aside)
+                    lock.release()
+                    lock = None
+                    existed = False
+            _make_dirs(self.root, ())
+            self.mark()  # first: a kill from here on leaves a folder ldmcore knows as its own
+            _make_dirs(self.checkpoints, (self.samples,))
+            lock = lock or RunLock(self.root)
+            self.remove_temp_files()
+            self.config.write_text(yaml.safe_dump(config, sort_keys=False))
+            yield self
+        except BaseException as exc:
+            if lock is not None:
+                lock.release()
+                lock = None
+            failed = isinstance(exc, Exception) and not isinstance(exc, Interrupted)
+            if not existed and failed and not self.last.exists():
+                _remove_owned(self.root)
+                _remove_empty(self.root, made)
+                if aside.exists():
+                    os.replace(aside, self.root)
+            raise
+        finally:
+            if lock is not None:
+                lock.release()
+            _remove_owned(aside)  # the replaced run, unless it was just put back
+
+    def mark(self) -> None:
+        """Write the marker that makes the folder ldmcore's own (``overwrite`` may replace it)."""
+        self.marker.write_text(json.dumps({"made_by": "ldmcore"}) + "\n")
+
+    def remove_temp_files(self) -> list[Path]:
+        """Delete the temp files of checkpoint writes a killed process left behind."""
+        orphans = [p for p in self.root.rglob(".*.tmp") if p.is_file()]
+        for p in orphans:
+            p.unlink()
+        return orphans
 
     def prune(self, keep: int) -> None:
         """Keep the newest ``keep`` periodic checkpoints."""
@@ -89,6 +175,106 @@ class RunFolder:
                           key=lambda p: int(p.stem.split("_")[1]))
         for old in periodic[: max(0, len(periodic) - keep)]:
             old.unlink()
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse to write samples into a file, or into a non-empty folder that neither ``ldm
+    sample`` made nor lies inside a run folder (unless ``overwrite``): a user's own
+    ``0000.png`` is never replaced unasked."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={str(out)!r} is a file; name a folder for the samples.")
+    ours = (out / SAMPLES_MARKER).is_file() or any((p / MARKER).is_file() for p in out.parents)
+    if _is_nonempty_dir(out) and not ours and not overwrite:
+        raise ConfigError(f"out={str(out)!r} already holds {_contents(out)} and was not made by "
+                          f"ldm sample; name a new or empty folder, or pass overwrite=true to "
+                          f"write 0000.png..., grid.png and samples.json into it.")
+
+
+def make_output_folder(out: Path) -> None:
+    """Create ``out`` (with its marker) just before the samples are written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / SAMPLES_MARKER).touch()
+    except OSError as exc:
+        raise ConfigError(f"cannot create out={str(out)!r}: {exc.strerror or exc}; name a "
+                          f"writable folder.") from None
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``RUN_DIR/.lock`` for as long as a process trains there.
+
+    The kernel drops the lock when the process dies, however it dies, so a killed run never
+    leaves a stale lock; the file keeps the holder's PID for the message a second writer gets.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / LOCK
+        self.handle: IO[str] | None = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            self.handle = None
+            raise LdmError(f"run folder {str(root)!r} is in use: process {holder} is training in "
+                           f"it (it holds {str(self.path)!r}). Two writers would interleave its "
+                           f"checkpoints and metrics; wait for that process to end or stop it, "
+                           f"or train in another run_dir.") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"{os.getpid()}\n")
+        self.handle.flush()
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing the descriptor drops the flock
+            self.handle = None
+
+
+def _is_nonempty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def _contents(folder: Path) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    return first_few([repr(n) for n in names], 4)
+
+
+def _make_dirs(root: Path, inside: tuple[Path, ...]) -> None:
+    try:
+        for d in (root, *inside):
+            d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run folder {str(root)!r}: {exc.strerror or exc}; "
+                          f"choose a writable run_dir (or name=OTHER under runs/).") from None
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what mkdir -p would create)."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _remove_empty(path: Path, top: Path | None) -> None:
+    """Remove the now-empty folders from ``path`` up to ``top`` that this command created."""
+    if top is None:
+        return
+    for p in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            p.rmdir()
+        if p == top:
+            return
+
+
+def _remove_owned(folder: Path) -> None:
+    """Remove ``folder`` if ldmcore made it (it carries the marker); anything else stays."""
+    if (folder / MARKER).is_file():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class MetricsLog:
@@ -121,7 +307,7 @@ def run_metadata(cfg: ExperimentConfig, model: LatentDiffusion, step: int,
 
 
 def _checked_meta(run: RunFolder, meta: dict[str, Any]) -> dict[str, Any]:
-    if meta.get("kind") != "latent_diffusion" or "config" not in meta:
+    if meta.get("kind") != "latent_diffusion" or not isinstance(meta.get("config"), dict):
         raise ConfigError(f"{str(run.last)!r} is not an ldmcore diffusion checkpoint (its "
                           f"metadata has no config); was it written by `ldm train`?")
     return meta
@@ -141,14 +327,22 @@ def run_config(run_dir: Path) -> ExperimentConfig:
     return validate(_checked_meta(run, checkpoint.metadata(run.last))["config"])
 
 
-def load_run(run_dir: Path, registry: Registry | None = None, use_ema: bool = True
+def load_run(run_dir: Path, registry: Registry | None = None, use_ema: bool = True,
+             conditions: dict[str, str] | None = None
              ) -> tuple[ExperimentConfig, LatentDiffusion, dict[str, Any]]:
     """Rebuild the model of a run folder from its last checkpoint (config from its metadata);
-    the model samples with the run's own sampler settings by default."""
+    the model samples with the run's own sampler settings by default.
+
+    ``conditions`` (``"text.model" -> value``) replaces values of the run's plugin configs; a
+    path given that way is the user's, so it may lie outside the run folder (``local_path``).
+    """
     run = _existing(run_dir)
     tensors, meta = checkpoint.load(run.last)
-    cfg = validate(_checked_meta(run, meta)["config"])
-    model = build_model(cfg, registry=registry, root=run.root)
+    _checked_meta(run, meta)
+    checkpoint.require_finite(tensors, run.last)
+    cfg = validate(_with_condition_values(meta["config"], conditions or {}))
+    model = build_model(cfg, registry=registry, root=run.root,
+                        trusted_paths=frozenset((conditions or {}).values()))
     checkpoint.load_model_state(model, tensors, run.last)
     if use_ema:
         own = model.state_dict()
@@ -158,3 +352,15 @@ def load_run(run_dir: Path, registry: Registry | None = None, use_ema: bool = Tr
                     own[key[4:]].copy_(value)
     model.eval()
     return cfg, model, meta
+
+
+def _with_condition_values(config: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
+    """The run's config with ``conditions.NAME.KEY=VALUE`` replacements (NAME must be enabled)."""
+    sections = {name: dict(section or {}) for name, section in config.get("conditions", {}).items()}
+    for dotted, value in values.items():
+        name, _, key = dotted.partition(".")
+        if name not in sections or not key:
+            raise ConfigError(f"conditions.{dotted}: write conditions.PLUGIN.KEY=VALUE for a "
+                              f"plugin of this run ({', '.join(sections) or 'none'}).")
+        sections[name][key] = value
+    return {**config, "conditions": sections}

@@ -25,20 +25,23 @@ from PIL import Image
 
 from ldmcore.diffusion.plan import SamplingPlan
 from ldmcore.diffusion.sigmas import SigmaKind, Spacing
-from ldmcore.errors import ConfigError, nearest
+from ldmcore.errors import ConfigError, LdmError, nearest
 from ldmcore.hardware import autocast, choose
-from ldmcore.images import save_grid, save_png
+from ldmcore.images import open_image, save_grid, save_png
 from ldmcore.model import LatentDiffusion
 from ldmcore.nn.execution import for_inference
 from ldmcore.registry import Registry
-from ldmcore.runfolder import RunFolder, load_run
+from ldmcore.runfolder import RunFolder, check_output_folder, load_run, make_output_folder
 from ldmcore.sampling import sampling_plan
 from ldmcore.schema import Strict, format_validation_error
 
 
+MAX_IMAGES = 10_000  # one request's images, all held in memory before they are written
+
+
 class SampleRequest(Strict):
     run: Path
-    n: int = Field(8, ge=1, description="samples per condition value")
+    n: int = Field(8, ge=1, le=MAX_IMAGES, description="samples per condition value")
     sampler: str | None = None  # default: the run's sampler config
     steps: int | None = Field(None, ge=1)
     sigmas: SigmaKind | None = None
@@ -56,6 +59,7 @@ class SampleRequest(Strict):
     mask: Path | None = None  # white = generate, black = keep the init image
     seed: int = 0
     out: Path | None = None  # default: RUN/samples/sample_<seed>
+    overwrite: bool = False  # write into a non-empty out= folder that ldm sample did not make
     batch: int = Field(64, ge=1)
     precision: str = Field("auto", pattern="^(auto|bf16|fp32|fp16)$",
                            description="auto: bf16 where the hardware runs it natively, else fp32 "
@@ -64,9 +68,12 @@ class SampleRequest(Strict):
                                                                "leave free; N: exactly N")
     ema: bool = True
     cond: dict[str, str] = Field(default_factory=dict)
+    conditions: dict[str, str] = Field(default_factory=dict)  # conditions.NAME.KEY=VALUE: replace
+    # a value of the run's plugin config (a path given here is trusted, unlike the checkpoint's)
 
 
-PREFIXED = {"cond.": "cond", "guidance.": "plugin_guidance", "option.": "options"}
+PREFIXED = {"cond.": "cond", "guidance.": "plugin_guidance", "option.": "options",
+            "conditions.": "conditions"}
 
 
 def parse_request(args: list[str]) -> SampleRequest:
@@ -111,7 +118,11 @@ def condition_rows(model: LatentDiffusion, cond: dict[str, str]) -> list[dict[st
     if missing:
         raise ConfigError(f"this model is conditioned on {', '.join(encoders)}; give "
                           f"cond.{missing[0]}=VALUE (a list such as [0,1,2] gives one row each).")
-    lists = {key: _rows_of(text.strip(), encoders[key].list_value) for key, text in cond.items()}
+    lists = {key: _rows_of(key, text.strip(), encoders[key].list_value) for key, text in cond.items()}
+    empty = [k for k, v in lists.items() if not v]
+    if empty:
+        raise ConfigError(f"cond.{empty[0]}=[] is an empty list; give a value, or a list with "
+                          f"one item per grid row such as [0,1,2].")
     rows = max(len(v) for v in lists.values()) if lists else 1
     bad = {k: len(v) for k, v in lists.items() if len(v) not in (1, rows)}
     if bad:
@@ -119,15 +130,24 @@ def condition_rows(model: LatentDiffusion, cond: dict[str, str]) -> list[dict[st
     return [{k: (v[0] if len(v) == 1 else v[r]) for k, v in lists.items()} for r in range(rows)]
 
 
-def _rows_of(text: str, list_value: bool) -> list[str]:
+def _rows_of(key: str, text: str, list_value: bool) -> list[str]:
     """One string per row. A JSON list gives a row per item; for plugins whose single value is
-    itself a JSON list (``list_value``, e.g. layout boxes), rows need one more level of list."""
+    itself a JSON list (``list_value``, e.g. layout boxes), rows need one more level of list.
+    A list of bare words (``[a red circle, a blue square]``) splits at its commas."""
     if not text.startswith("["):
         return [text]
     try:
         items = json.loads(text)
     except json.JSONDecodeError:
-        return [text] if list_value else [s.strip() for s in text[1:-1].split(",") if s.strip()]
+        if list_value:
+            return [text]
+        if not text.endswith("]") or text.count("[") != 1 or text.count("]") != 1:
+            raise ConfigError(f"cond.{key}={text!r} opens a list that is not closed (or nests "
+                              f"brackets); write one item per grid row, e.g. cond.{key}=[0,1,2] "
+                              f"or cond.{key}='[\"a cat\",\"a dog\"]'.") from None
+        return [s.strip() for s in text[1:-1].split(",") if s.strip()]
+    if not isinstance(items, list):
+        return [text]
     if list_value:
         nested = items and isinstance(items[0], list) and items[0] and isinstance(items[0][0], list)
         return [json.dumps(i) for i in items] if nested else [text]
@@ -160,19 +180,56 @@ def request_plan(req: SampleRequest, model: LatentDiffusion, cfg: Any,
 
 def load_image(path: Path, size: int, channels: int, what: str = "init") -> torch.Tensor:
     """A PNG/JPEG as a (1, C, size, size) tensor in [-1, 1] (``what`` names the argument)."""
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{what}={str(path)!r} is not a readable image ({err}); give a PNG "
-                          f"or JPEG file.") from None
-    image = image.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BICUBIC)
+    image = open_image(path, what).convert("L" if channels == 1 else "RGB")
+    image = image.resize((size, size), Image.BICUBIC)
     t = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()) / 127.5 - 1.0
     return (t[None] if channels == 1 else t.permute(2, 0, 1))[None]
 
 
+def parse_values(encoders: dict[str, Any], rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Each row's condition strings through their plugin's ``parse``, once per distinct string.
+    Whatever a plugin raises on a user's value is that value's error (named, exit 2), and a
+    parsed value holding NaN or infinity is refused before it can give blank images."""
+    parsed: dict[tuple[str, str], Any] = {}
+    for row in rows:
+        for name, text in row.items():
+            if (name, text) in parsed:
+                continue
+            try:
+                value = encoders[name].parse(text)
+            except LdmError:
+                raise
+            except Exception as exc:  # a value the plugin cannot read is the user's input error
+                raise ConfigError(f"cond.{name}={text!r} cannot be read by the {name!r} plugin "
+                                  f"({type(exc).__name__}: {exc}); see `ldm plugins` and the "
+                                  f"plugin's documentation for the values it takes.") from None
+            if not _finite(value):
+                raise ConfigError(f"cond.{name}={text!r} holds NaN or infinity; give finite "
+                                  f"numbers.")
+            parsed[(name, text)] = value
+    return [{k: parsed[(k, v)] for k, v in row.items()} for row in rows]
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
+    if isinstance(value, float):
+        return np.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        return bool(np.isfinite(value).all())
+    return True
+
+
 def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
-    cfg, model, _ = load_run(req.run, registry, req.ema)
+    """Sample as ``req`` asks. Every part of the request (conditions, images, output folder)
+    is checked before the model runs, and the output folder is made only when the images are."""
+    out = req.out or RunFolder(req.run).samples / f"sample_{req.seed}"
+    check_output_folder(out, req.overwrite)
+    cfg, model, _ = load_run(req.run, registry, req.ema, req.conditions)
     ex = cfg.execution
     device = next(model.unet.parameters()).device
     hardware = choose(req.precision, req.threads, device)
@@ -185,13 +242,15 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
     size, channels = cfg.data.image_size, cfg.data.channels
     init = None if req.init is None else load_image(req.init, size, channels)
     mask = None if req.mask is None else (load_image(req.mask, size, 1, "mask") + 1) / 2
-    out = req.out or RunFolder(req.run).samples / f"sample_{req.seed}"
-    out.mkdir(parents=True, exist_ok=True)
 
     rows = condition_rows(model, req.cond)
+    if len(rows) * req.n > MAX_IMAGES:
+        raise ConfigError(f"{len(rows)} condition rows x n={req.n} asks for {len(rows) * req.n} "
+                          f"images; one request makes at most {MAX_IMAGES} (they are held in "
+                          f"memory); lower n or split the list over several requests.")
     encoders = model.conditioner.encoders
     texts: list[dict[str, str]] = [row for row in rows for _ in range(req.n)]
-    values = [{k: encoders[k].parse(v) for k, v in row.items()} for row in texts]
+    values = parse_values(encoders, texts)
     images = []
     for start in range(0, len(values), req.batch):
         chunk = values[start:start + req.batch]
@@ -202,6 +261,7 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
             images.append(model.sample(batch, len(chunk), plan, noise=noise, init=init, mask=mask,
                                        generator=torch.Generator().manual_seed(req.seed + start)))
     images_t = torch.cat(images)
+    make_output_folder(out)
     records = []
     for i, (image, row) in enumerate(zip(images_t, texts)):
         name = f"{i:04d}.png"
@@ -213,13 +273,17 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
         "run": str(req.run), **plan.record(), "init": None if req.init is None else str(req.init),
         "strength": plan.strength if req.init is not None else None,
         "mask": None if req.mask is None else str(req.mask),
-        **hardware.record(), "ema": req.ema, "samples": records}, indent=1))
+        **hardware.record(), "ema": req.ema, "samples": records}, indent=1, allow_nan=False))
     return out
 
 
 def _plain(text: str) -> Any:
-    """A condition string as JSON would read it (``"3"`` -> 3), else the string itself."""
+    """A condition string as strict JSON would read it (``"3"`` -> 3), else the string itself
+    (``NaN`` and ``Infinity`` are not JSON numbers: they stay strings)."""
+    def refuse(constant: str) -> Any:
+        raise ValueError(constant)
+
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return json.loads(text, parse_constant=refuse)
+    except ValueError:  # JSONDecodeError is a ValueError
         return text

@@ -1,6 +1,7 @@
 """The pydantic base every ldmcore schema uses, and the one-paragraph form of its errors.
 
-Unknown keys are errors (``extra="forbid"``) and validated configs are frozen; a
+Unknown keys are errors (``extra="forbid"``), so are NaN and infinite numbers, and validated
+configs are frozen; a
 ``ValidationError`` becomes one paragraph that names each bad key path, what is wrong with it
 and, for an unknown key, the nearest valid names.
 """
@@ -13,7 +14,9 @@ from ldmcore.errors import nearest
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors, and so are NaN and infinite numbers (no setting means them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def format_validation_error(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:

@@ -20,14 +20,14 @@ from tqdm import tqdm
 
 from ldmcore import checkpoint
 from ldmcore.attach import attach_pretrained, save_plugin_weights, train_only_params
-from ldmcore.build import build_autoencoder, build_dataset, build_model, load_autoencoder
+from ldmcore.build import build_autoencoder, build_dataset, build_model, check_shapes, load_autoencoder
 from ldmcore.config import ExperimentConfig, TrainerConfig
 from ldmcore.data.batches import (InMemoryBatches, StepBatchSampler, loader_batches, memory_batches,
                                   step_generator)
 from ldmcore.distributed import connect
 from ldmcore.data.datasets import collate
 from ldmcore.data.transforms import is_deterministic
-from ldmcore.errors import TrainingDiverged
+from ldmcore.errors import ConfigError, TrainingDiverged
 from ldmcore.hardware import ThreadGovernor, autocast, choose, choose_precision
 from ldmcore.images import save_grid
 from ldmcore.model import LatentDiffusion, denoiser_params
@@ -36,6 +36,7 @@ from ldmcore.parallel import DataParallel, local_part, make_parallel
 from ldmcore.randomness import BatchRandom
 from ldmcore.registry import Registry, default_registry
 from ldmcore.runfolder import MetricsLog, RunFolder, run_metadata
+from ldmcore.stopping import StopSignals
 from ldmcore.train_autoencoder import train_autoencoder
 
 class EMA:
@@ -108,24 +109,70 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
 
     Under torchrun, ``trainer.batch_size`` is per process: the global batch is
     ``batch_size x world_size x grad_accum``, drawn as one batch and split across processes.
+    Everything that can be checked is checked before the run folder is touched (the data, the
+    checkpoint to resume, the folder's owner); an error before a new run's first checkpoint
+    removes the folder again (``RunFolder.claimed``).
     """
     registry = registry or default_registry()
     tc = cfg.trainer
     torch.manual_seed(cfg.seed)
     cluster = connect()
     parallel = make_parallel(tc.strategy, cluster)
-    device = cluster.device
-    hardware = choose(tc.precision, tc.threads, device, announce=cluster.is_main)
-    precision, threads = hardware.precision, ThreadGovernor(hardware.threads)
+    hardware = choose(tc.precision, tc.threads, cluster.device, announce=cluster.is_main)
     run = RunFolder(cfg.run_dir)
-    resume = cfg.resume and run.root.exists()
-    d = cfg.data
-    # the data is checked before the run folder is made, so a bad data.path leaves no half-made run
-    dataset = build_dataset(d.name, d.limit, registry, **d.dataset_kwargs())
     if cluster.is_main:
-        run.prepare(cfg.model_dump(mode="json"), resume=cfg.resume, overwrite=cfg.overwrite)
+        run.check_claim(resume=cfg.resume, overwrite=cfg.overwrite)
+    check_shapes(cfg)
+    _check_sources(cfg)
+    d = cfg.data
+    dataset = build_dataset(d.name, d.limit, registry, **d.dataset_kwargs())
+    _check_batch_fits(cfg, len(dataset), cluster.world)
+    saved = None
+    if cfg.resume and run.last.exists():
+        saved = checkpoint.load(run.last)
+        checkpoint.require_training_state(*saved, run.last)
+    with run.claimed(cfg.model_dump(mode="json"), resume=cfg.resume, overwrite=cfg.overwrite,
+                     main=cluster.is_main), StopSignals(tc.stop_signals) as stop:
+        cluster.barrier()
+        _fit(cfg, registry, run, dataset, cluster, parallel, hardware, saved, stop)
+    return run
+
+
+def _check_sources(cfg: ExperimentConfig) -> None:
+    """The runs and files the config starts from exist (each named by its setting)."""
+    init = cfg.model.init_from
+    if init is not None and not RunFolder(init).last.is_file():
+        raise ConfigError(f"model.init_from={str(init)!r} is not a run folder with a checkpoint "
+                          f"(no {str(RunFolder(init).last)!r}); name a run made by `ldm train` "
+                          f"or `ldm import`.")
+    ae = cfg.autoencoder.checkpoint
+    if ae is not None and not Path(ae).is_file():
+        raise ConfigError(f"autoencoder.checkpoint={str(ae)!r} is not a file; name a stage-1 "
+                          f"checkpoint such as RUN_DIR/checkpoints/autoencoder.safetensors.")
+
+
+def _check_batch_fits(cfg: ExperimentConfig, items: int, world: int) -> None:
+    """A batch larger than the dataset would silently shrink to the dataset: say so instead."""
+    limit = f" (data.limit={cfg.data.limit})" if cfg.data.limit is not None else ""
+    stage1 = (cfg.autoencoder.kind != "pixels" and cfg.autoencoder.checkpoint is None
+              and cfg.model.init_from is None)
+    for key, size, ranks in (("trainer.batch_size", cfg.trainer.batch_size, world),
+                             ("autoencoder.train.batch_size", cfg.autoencoder.train.batch_size, 1)):
+        if size * ranks > items and (key.startswith("trainer") or stage1):
+            raise ConfigError(f"{key}={size} x {ranks} process(es) asks for {size * ranks} images "
+                              f"per batch, but the dataset holds {items}{limit}; lower {key} to "
+                              f"at most {items // ranks} or use more data.")
+
+
+def _fit(cfg: ExperimentConfig, registry: Registry, run: RunFolder, dataset: Any, cluster: Any,
+         parallel: DataParallel, hardware: Any,
+         saved: tuple[dict[str, torch.Tensor], dict[str, Any]] | None, stop: StopSignals) -> None:
+    """Both stages in a claimed run folder (see ``train``)."""
+    tc, d = cfg.trainer, cfg.data
+    device = cluster.device
+    precision, threads = hardware.precision, ThreadGovernor(hardware.threads)
+    if cluster.is_main:
         MetricsLog(run.metrics).write(stage="hardware", **hardware.record())
-    cluster.barrier()
     in_memory = is_deterministic(d.hflip, d.shift) and len(dataset) <= 100_000
     held = InMemoryBatches(dataset) if in_memory else None
 
@@ -149,7 +196,6 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     for_training(model.unet, channels_last=cfg.execution.channels_last and tc.strategy != "fsdp",
                  checkpointing=cfg.execution.checkpointing)
     for_training(model.autoencoder, channels_last=cfg.execution.channels_last)
-    saved = checkpoint.load(run.last) if resume and run.last.exists() else None
     if saved is not None:  # full weights go in before FSDP cuts them into shards
         checkpoint.load_model_state(model, saved[0], run.last)
     parallel.shard(model)
@@ -188,6 +234,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
 
     model.train()
     t0, steps_done, last_good = time.perf_counter(), 0, step
+    stop.deferring = True
     try:
         while step < tc.max_steps:
             for group in opt.param_groups:
@@ -211,9 +258,11 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
             parallel.after_backward(params.values())
             total = cluster.mean(total)
             if not torch.isfinite(total):
+                kept = (f"The last good checkpoint ({str(run.last)!r}, step {last_good}) is intact."
+                        if run.last.exists() else "No checkpoint had been written, so the new "
+                        "run folder was removed.")
                 raise TrainingDiverged(
-                    f"the loss became {float(total)} at step {step}; stopped. The last good "
-                    f"checkpoint ({str(run.last)!r}, step {last_good}) is intact. Lower "
+                    f"the loss became {float(total)} at step {step}; stopped. {kept} Lower "
                     f"trainer.lr (now {tc.lr}), set trainer.grad_clip, or use trainer.precision=fp32.")
             scaler.unscale_(opt)
             if tc.grad_clip:
@@ -243,6 +292,11 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
                 last_good = step
             if tc.sample_every and step % tc.sample_every == 0 and step < tc.max_steps:
                 _sample_grid_on(parallel, model, ema, held, dataset, cfg, run.samples / f"step_{step}.png")
+            if _agreed(cluster, stop.received is not None) and step < tc.max_steps:
+                if last_good != step:
+                    checkpoint_to(run.last)
+                raise stop.stopped(f"after step {step} of {tc.max_steps}; its checkpoint is "
+                                   f"{str(run.last)!r}, and resume=true continues it")
     except KeyboardInterrupt:
         checkpoint_to(run.last)
         bar.close()
@@ -253,6 +307,13 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     _sample_grid_on(parallel, model, ema, held, dataset, cfg, run.samples / f"step_{step}.png")
     cluster.barrier()
     return run
+
+
+def _agreed(cluster: Any, wanted: bool) -> bool:
+    """Whether any rank wants to stop (every rank must stop after the same step)."""
+    if not cluster.distributed:
+        return wanted
+    return bool(cluster.mean(torch.tensor(float(wanted))) > 0)
 
 
 def _batches(dataset: Any, held: InMemoryBatches | None, sampler: StepBatchSampler, workers: int):

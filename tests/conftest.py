@@ -7,3 +7,18 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses too: the test mode
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A smoke-size class-conditional run (both stages, float32), trained once for the
+    reliability tests; tests that change a run work on a copy."""
+    from ldmcore.config import load
+    from ldmcore.train import train
+
+    run = tmp_path_factory.mktemp("trained") / "smoke"
+    train(load(["experiment=smoke", f"run_dir={run}", "trainer.precision=fp32"]))
+    return run

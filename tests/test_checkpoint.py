@@ -11,6 +11,7 @@ import pickle
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from ldmcore import checkpoint
@@ -186,7 +187,11 @@ def test_random_bytes(tmp_path):
 
 # -- atomic writes ----------------------------------------------------------------------------
 
-def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path, monkeypatch):
+# safetensors reports a full disk as its own error type, not as an OSError
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
+                                     SafetensorError("Error while serializing: I/O error: No space "
+                                                     "left on device (os error 28)")])
+def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path, monkeypatch, failure):
     path = tmp_path / "last.safetensors"
     old = {"w": torch.ones(3)}
     checkpoint.save(path, old, {"step": 1})
@@ -194,11 +199,14 @@ def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path, mon
     def half_written(flat, filename, metadata=None):
         with open(filename, "wb") as fh:
             fh.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{partial")  # torn bytes, then a crash
-        raise OSError(28, "No space left on device")
+        raise failure
 
     monkeypatch.setattr(checkpoint, "save_file", half_written)
-    with pytest.raises(CheckpointError, match="No space left on device"):
-        checkpoint.save(path, {"w": torch.zeros(3)}, {"step": 2})
+    with pytest.raises(CheckpointError, match="No space left on device") as exc:
+        checkpoint.save(path, {"w": torch.zeros(1000)}, {"step": 2})
+    # the message names the disk, its free space and what the checkpoint needs (4000 bytes)
+    assert f"disk holding {str(tmp_path)!r} has" in str(exc.value)
+    assert "needs about 3.9 KB" in str(exc.value)
     got, meta = checkpoint.load(path)
     assert_tensors_equal(got, old)
     assert meta == {"step": 1}

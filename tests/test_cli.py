@@ -161,7 +161,16 @@ def test_plugins_table_shows_broken_plugins(capsys, monkeypatch):
     assert code == 0
     assert "broken: ldm_text:text: ImportError: No module named 'transformers'" in out
     code, out, _ = run_main(capsys, "plugins", "--json")
-    assert json.loads(out) == {"plugins": [], "config_dirs": [], "broken": dict(reg.broken)}
+    assert json.loads(out) == {"plugins": [], "config_dirs": [], "broken": dict(reg.broken),
+                               "clashes": {}}
+
+
+def test_plugins_table_shows_name_clashes(capsys, monkeypatch):
+    reg = build_registry(load_entry_points=False)
+    reg.clashes["condition 'vec'"] = ["pkg-a", "pkg-b"]
+    monkeypatch.setattr(registry_mod, "_default", reg)
+    code, out, _ = run_main(capsys, "plugins")
+    assert code == 0 and "clash: condition 'vec' is registered by pkg-a and pkg-b" in out
 
 
 def test_plugins_table_lists_name_injection_package_version(capsys, monkeypatch):

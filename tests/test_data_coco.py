@@ -312,7 +312,9 @@ def test_text_layout_segmap_model_trains_on_coco_and_samples(coco: dict[str, Any
                       f"data.captions={coco['root'] / 'captions.json'}", "data.missing_captions=empty",
                       "data.hflip=false", "data.num_workers=0", *shlex.split(printed),
                       f"run_dir={tmp_path / 'run'}",
-                      *(o for o in SMOKE if not o.startswith("data.num_items"))]))
+                      *(o for o in SMOKE if not o.startswith(("data.num_items", "trainer.batch_size",
+                                                              "autoencoder.train.batch_size"))),
+                      "trainer.batch_size=3", "autoencoder.train.batch_size=3"]))  # the 3 images
     cfg, model, _ = load_run(run.root)
     assert cfg.data.name == "coco" and set(model.conditioner.encoders) == {"text", "layout", "segmap"}
     assert cfg.conditions["layout"]["class_names"] == list(CATEGORIES_BY_ID)

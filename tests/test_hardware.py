@@ -34,7 +34,8 @@ def bf16(monkeypatch):
     cpu_info.cache_clear()
 
 
-def test_cpu_report_is_consistent_with_torch(bf16):
+def test_cpu_report_is_consistent_with_torch(bf16, monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     bf16(None)
     info = cpu_info()
     assert info.capability == torch.backends.cpu.get_cpu_capability()
@@ -56,6 +57,15 @@ def test_onednn_isa_cap_below_bf16_means_emulated(bf16, monkeypatch):
     cpu_info.cache_clear()
     assert choose_precision("auto", "cpu").name == "fp32"
     assert "ONEDNN_MAX_CPU_ISA=AVX2" in cpu_info().bf16_note
+
+
+@pytest.mark.parametrize("native, batch", [(True, 128), (False, 64)])
+def test_the_demo_halves_its_batch_where_the_precision_resolves_to_float32(bf16, native, batch):
+    from ldmcore.config import load
+
+    bf16(native)
+    assert load(["experiment=demo"]).trainer.batch_size == batch
+    assert load(["experiment=demo", "trainer.precision=fp32"]).trainer.batch_size == 64
 
 
 def test_explicit_choices_are_obeyed_and_autocast_computes_in_them(bf16):

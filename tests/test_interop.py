@@ -21,6 +21,7 @@ pytest.importorskip("diffusers")
 
 from ldmcore import checkpoint, from_pretrained  # noqa: E402
 from ldmcore.cli import main  # noqa: E402
+from ldmcore.runfolder import MARKER  # noqa: E402
 from ldmcore.errors import CheckpointError, ConfigError  # noqa: E402
 from ldmcore.interop.convert import import_pretrained  # noqa: E402
 from ldmcore.interop.export import export_run  # noqa: E402
@@ -158,6 +159,14 @@ def test_diffusers_export_round_trip(sd, tmp_path):
         assert all(torch.equal(ref[k], got[k]) for k in ref), part
     assert back.scheduler.config.prediction_type == sd["pipe"].scheduler.config.prediction_type
     assert back.scheduler.config.steps_offset == 1
+    # overwrite=true replaces an earlier export, never a folder ldm export did not write
+    assert export_run(sd["runs"]["single_file"], out, "diffusers", overwrite=True) == out
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="did not write"):
+        export_run(sd["runs"]["single_file"], mine, "diffusers", overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep"
 
 
 def test_detected_architecture(sd):
@@ -175,6 +184,7 @@ def test_detected_architecture(sd):
 def test_cli_import_then_sample(sd, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["import", str(sd["single"]), str(out), f"tokenizer={sd['root'] / 'diffusers' / 'tokenizer'}"]) == 0
+    assert (out / MARKER).is_file()  # an imported run is ldmcore's: overwrite=true may replace it
     assert main(["sample", f"run={out}", "cond.text=a red circle", "n=1", "steps=2", "precision=fp32",
                  f"out={tmp_path / 'samples'}"]) == 0
     assert (tmp_path / "samples" / "grid.png").is_file()

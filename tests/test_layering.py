@@ -25,7 +25,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
                          "ldmcore.checkpoint", "ldmcore.distributed", "ldmcore.parallel",
                          "ldmcore.nn", "ldmcore.data", "ldmcore.diffusion", "ldmcore.eval.pixels",
                          "ldmcore.eval.shapes", "ldmcore.eval.digits", "ldmcore.eval.metric",
-                         "ldmcore.hardware", "ldmcore.arguments")),
+                         "ldmcore.hardware", "ldmcore.arguments", "ldmcore.stopping")),
     ("plugin contract", ("ldmcore.conditioning",)),
     ("guidance and plans", ("ldmcore.diffusion.guidance", "ldmcore.diffusion.plan")),
     ("model", ("ldmcore.model",)),

@@ -12,6 +12,7 @@ import importlib.metadata as md
 import math
 import types
 
+import pluggy
 import pytest
 import torch
 from pydantic import Field
@@ -20,9 +21,10 @@ from torch import nn
 from ldmcore import registry as registry_mod
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, Conditioner, Conditioning,
                                   EncoderConfig, Injection, OutputSpec, Tokens)
-from ldmcore.errors import PluginError
+from ldmcore.errors import PluginClash, PluginError
 from ldmcore.hookspecs import hookimpl
-from ldmcore.registry import ALLOW_ENV, DISABLE_ENV, ENTRY_POINT_GROUP, Registry, build_registry
+from ldmcore.registry import (ALLOW_ENV, DISABLE_ENV, ENTRY_POINT_GROUP, SKIP_ENV, Registry,
+                              build_registry)
 
 BUILTINS = sorted(e.name for e in md.entry_points(group=ENTRY_POINT_GROUP)  # first-party plugins
                   if e.dist is not None and e.dist.metadata["Name"] == "ldmcore")
@@ -35,6 +37,7 @@ SPEC = BackboneSpec(latent_channels=4, latent_size=(8, 8), context_dim=16, image
 def clean_env(monkeypatch):
     monkeypatch.delenv(ALLOW_ENV, raising=False)
     monkeypatch.delenv(DISABLE_ENV, raising=False)
+    monkeypatch.delenv(SKIP_ENV, raising=False)
 
 
 # -- tiny encoders with exactly known outputs --------------------------------------------------
@@ -253,9 +256,15 @@ def test_same_name_through_entry_points_names_both(monkeypatch):
 
     with_entry_points(monkeypatch, FakeEntryPoint("zz_other", "other_pkg",
                                                   lambda: plugin_module("other_pkg", OtherClass)))
-    with pytest.raises(PluginError) as exc:
-        build_registry()
-    assert "ldmcore" in str(exc.value) and "other_pkg" in str(exc.value)
+    reg = build_registry()  # a clash stops only the runs that use the name
+    with pytest.raises(PluginClash) as exc:
+        reg.condition("class")
+    assert "'ldmcore' and 'other_pkg'" in str(exc.value) and SKIP_ENV in str(exc.value)
+    assert reg.clashes == {"condition 'class'": ["ldmcore", "other_pkg"]}
+    assert "class" not in [i.name for i in reg.infos()]  # neither wins by install order
+    assert reg.condition("layout").name == "layout"  # the other names still work
+    monkeypatch.setenv(SKIP_ENV, "other_pkg")
+    assert build_registry().condition("class") is not OtherClass
 
 
 @pytest.mark.parametrize("bad, words", [
@@ -316,14 +325,19 @@ def test_allow_list_loads_only_the_named_entry_points(monkeypatch):
     assert not extra.loaded  # an entry point outside the list is never even imported
 
 
-@pytest.mark.parametrize("value", ["1", "true", "yes"])
-def test_disable_entry_points_loads_none(monkeypatch, value):
+@pytest.mark.parametrize("env, value, loaded", [
+    (DISABLE_ENV, "1", []), (DISABLE_ENV, "true", []), (DISABLE_ENV, "yes", []),
+    # LDM_DISABLE_PLUGINS names entry points or distributions to skip
+    (SKIP_ENV, "vec", BUILTINS), (SKIP_ENV, "vec_pkg", BUILTINS), (SKIP_ENV, " other , vec ", BUILTINS),
+])
+def test_the_environment_skips_entry_points(monkeypatch, env, value, loaded):
     fake = FakeEntryPoint("vec", "vec_pkg", lambda: plugin_module("vec_pkg", VectorEncoder))
     with_entry_points(monkeypatch, fake)
-    monkeypatch.setenv(DISABLE_ENV, value)
+    monkeypatch.setenv(env, value)
     reg = build_registry()
-    assert reg.infos() == [] and reg.broken == {} and not fake.loaded
-    assert [i.name for i in build_registry(load_entry_points=True).infos()] == sorted([*BUILTINS, "vec"])
+    assert [i.name for i in reg.infos()] == loaded and reg.broken == {} and not fake.loaded
+    if env == DISABLE_ENV:  # the argument wins over the variable
+        assert [i.name for i in build_registry(load_entry_points=True).infos()] == sorted([*BUILTINS, "vec"])
 
 
 # -- the Conditioner: routing and derived dimensions ------------------------------------------
@@ -591,3 +605,47 @@ def test_class_plugin_null_is_its_extra_embedding_row():
     dropped = cond({"class": labels}, 3, drop=True, generator=torch.Generator().manual_seed(0))
     assert torch.equal(dropped.vector, enc.embedding.weight[10].expand(3, -1))
     assert torch.equal(cond({"class": labels}, 3).vector, enc.embedding.weight[labels])
+
+
+# -- isolation: nothing a plugin does at import or in a hook takes the host down -----------------
+
+def test_a_plugin_raising_systemexit_at_import_is_broken_not_fatal(monkeypatch):
+    def leave():
+        raise SystemExit(3)
+
+    with_entry_points(monkeypatch, FakeEntryPoint("quits", "ldm_quits", leave))
+    reg = build_registry()
+    assert reg.broken == {"ldm_quits:quits": "SystemExit(3) raised while loading"}
+    assert [i.name for i in reg.infos()] == BUILTINS
+
+
+def test_a_plugin_raising_systemexit_in_its_hook_keeps_none_of_its_registrations(monkeypatch):
+    class Quits:
+        @hookimpl
+        def register_conditions(self, register):
+            register(VectorEncoder)
+            raise SystemExit("no GPU found")
+
+    with_entry_points(monkeypatch, FakeEntryPoint("quits", "ldm_quits", Quits))
+    reg = build_registry()
+    assert "SystemExit('no GPU found')" in reg.broken["ldm_quits:quits"]
+    assert "vec" not in reg.encoders
+    assert "ldm_quits:quits" not in dict(reg.manager.list_name_plugin())
+
+
+def test_each_package_is_called_through_the_plugin_manager_with_its_own_hooks_only(monkeypatch):
+    calls = []
+    real = pluggy.PluginManager.subset_hook_caller
+
+    def spy(self, name, remove_plugins):
+        caller = real(self, name, remove_plugins)
+        calls.append((name, [self.get_name(i.plugin) for i in caller.get_hookimpls()]))
+        return caller
+
+    monkeypatch.setattr(pluggy.PluginManager, "subset_hook_caller", spy)
+    reg = build_registry(load_entry_points=False)
+    reg.add_module(plugin_module("a", VectorEncoder), package="pkg-a")
+    reg.add_module(plugin_module("b", TokenEncoder), package="pkg-b")
+    conditions = [names for hook, names in calls if hook == "register_conditions" and names]
+    assert len(conditions) == 2 and all(len(n) == 1 for n in conditions)  # one package per call
+    assert (reg.origins["vec"][0], reg.origins["tok"][0]) == ("pkg-a", "pkg-b")

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ldmcore.data.datasets import collate
+from ldmcore.errors import LdmError
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -64,7 +65,21 @@ def loader_batches(dataset: Dataset, sampler: StepBatchSampler, num_workers: int
     """Endless batches read (and augmented) by ``num_workers`` worker processes."""
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                         persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None)
-    return iter(loader)
+    return _plain_errors(iter(loader))
+
+
+def _plain_errors(batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """A user error raised in a loader worker comes back wrapped in the worker's traceback;
+    re-raise it with its own one-paragraph message."""
+    while True:
+        try:
+            batch = next(batches)
+        except LdmError as err:
+            lines = [ln for ln in str(err).splitlines() if ln.strip()]
+            if len(lines) > 1 and "worker" in lines[0]:
+                raise type(err)(lines[-1].partition(": ")[2] or lines[-1]) from None
+            raise
+        yield batch
 
 
 def memory_batches(held: InMemoryBatches, sampler: StepBatchSampler) -> Iterator[dict[str, Any]]:

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from ldmcore.data.captions import MissingCaptions, complete_captions, sidecar_caption
 from ldmcore.data.transforms import build_pipeline, read_pixels, to_tensor
 from ldmcore.errors import DataError
+from ldmcore.images import open_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -66,6 +67,8 @@ class ImageFolderDataset(Dataset):
         if not self.files:
             raise DataError(f"data.path={str(path)!r} holds no images "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))}).")
+        for file in self.files:  # every header, now: not in a loader worker, mid-run
+            open_image(file, "image", DataError, "remove or replace the file", decode=False)
         found = [sidecar_caption(p) for p in self.files]
         self.captions = None if all(c is None for c in found) else complete_captions(
             found, [str(p.relative_to(root)) for p in self.files], missing_captions,

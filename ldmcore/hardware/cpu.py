@@ -41,7 +41,8 @@ class CpuInfo:
     def summary(self) -> str:
         """One line naming the machine, for figures and reports."""
         units = "AMX" if self.amx else "AVX-512-BF16" if self.avx512_bf16 else "no bf16 units"
-        return f"{self.model} ({self.capability}, {units}), {self.cores} cores"
+        bf16 = "bf16 native" if self.native_bf16 else "bf16 emulated"
+        return f"{self.model} ({self.capability} kernels, {units}, {bf16}), {self.cores} cores"
 
 
 def _model_name() -> str:

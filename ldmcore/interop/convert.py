@@ -378,6 +378,7 @@ def import_pretrained(source: Path | str, out_dir: Path | str, *, overwrite: boo
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{str(out)!r} already exists and is not empty; choose a new OUT_DIR or "
                           f"pass overwrite=true.")
+    RunFolder(out).check_claim(resume=False, overwrite=True, what="OUT_DIR")  # only a run folder
     p = read_pretrained(source, **options)
     cfg = validate({**experiment_config(p, out.name), "run_dir": str(out)})
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -408,6 +409,7 @@ def _build_and_load(cfg, tensors: dict[str, torch.Tensor], root: Path, source: s
 def _write_run(root: Path, cfg, model, p: Pretrained) -> None:
     run = RunFolder(root)
     run.checkpoints.mkdir(parents=True, exist_ok=True)
+    run.mark()
     run.config.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     tensors = dict(model.state_dict())
     tensors.update(checkpoint.with_prefix("ema.unet.", p.ema))  # already in the plugin layout

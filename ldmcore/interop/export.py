@@ -111,13 +111,21 @@ def _meta(model, cfg) -> dict[str, Any]:
                                 "set_alpha_to_one": cfg.sampler.set_alpha_to_one}}
 
 
+EXPORT_MARKER = ".ldmcore-export"  # in a diffusers folder ldm export wrote: overwrite may replace it
+
+
 def _atomic_dir(out: Path, overwrite: bool, write) -> Path:
     if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
         raise ConfigError(f"{str(out)!r} already exists; choose a new path or pass overwrite=true.")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPORT_MARKER).is_file():
+        raise ConfigError(f"{str(out)!r} is a folder that ldm export did not write (it has no "
+                          f"{EXPORT_MARKER} marker); overwrite=true replaces only an earlier "
+                          f"export. Choose a new path.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         write(tmp)
+        (tmp / EXPORT_MARKER).touch()
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)

@@ -69,9 +69,14 @@ def _load_pretrained(folder: Path) -> tuple[nn.Module, Any]:
         raise ConfigError(f"conditions.text.model={str(folder)!r} is not a transformers model "
                           f"folder (no config.json there); name a local folder holding config.json, "
                           f"the weights and the tokenizer files.")
+    if not any(folder.glob("*.safetensors")):
+        raise ConfigError(f"conditions.text.model={str(folder)!r} holds no .safetensors weights; "
+                          f"ldmcore loads weights only from safetensors files (a pickled "
+                          f"pytorch_model.bin can run code when loaded). Convert it once with "
+                          f"transformers: model.save_pretrained(folder, safe_serialization=True).")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        model = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"cannot load the text encoder from {str(folder)!r}: "
                           f"{' '.join(str(exc).split())[:300]}") from None
@@ -111,9 +116,8 @@ class TextEncoder(ConditionEncoder):
 
     def __init__(self, config: TextConfig, backbone: BackboneSpec) -> None:
         super().__init__(config, backbone)
-        folder = Path(config.model or default_model_dir())
-        if not folder.is_absolute() and getattr(backbone, "root", None) is not None:
-            folder = backbone.root / folder
+        folder = (backbone.local_path(config.model, "conditions.text.model") if config.model
+                  else Path(default_model_dir()))
         self.folder = folder
         model, self.tokenizer = _load_pretrained(folder)
         self.__dict__["transformer"] = model  # frozen and unregistered: not in state_dict

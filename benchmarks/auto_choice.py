@@ -1,0 +1,147 @@
+"""precision=auto and threads=auto against the explicit choices, on the demo's training step.
+
+* precision: the demo's diffusion training step (forward + backward + AdamW, batch 128) in
+  float32, in bf16 autocast, and in what ``precision=auto`` picks on this machine, timed
+  alternating in this process; the ratio auto / fastest explicit choice (at most 1.10 is the
+  goal: the default must never cost more than 10%). Where the CPU emulates bf16 the bf16
+  variant runs 3 rounds only (each takes many seconds).
+* threads: the same step at torch's default thread count (one per core) and at what
+  ``threads=auto`` picks, first with one CPU-bound process spinning beside it (what happens
+  when another job shares the machine), then with nothing started beside it; the ratios
+  default / auto (above 1: auto is faster).
+
+Usage::
+
+    .venv/bin/python benchmarks/auto_choice.py [--reps N]
+
+Writes ``benchmarks/results/auto_choice.json`` and ``auto_choice.md``, headed by the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from timing import alternate  # noqa: E402
+
+from ldmcore.hardware import autocast, choose_precision, choose_threads, cpu_info, machine_line  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def demo_step(precision: str):
+    """A callable running one demo training step under ``precision`` (fp32 or bf16)."""
+    from ldmcore.build import build_model
+    from ldmcore.config import load
+    from ldmcore.nn.execution import for_training
+    from ldmcore.model import denoiser_params
+
+    cfg = load(["experiment=demo"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    for_training(model.unet, channels_last=cfg.execution.channels_last)
+    opt = torch.optim.AdamW(denoiser_params(model).values(), lr=1e-4)
+    bs = cfg.trainer.batch_size
+    z = torch.randn(bs, *model.latent_shape())
+    batch = {"class": torch.randint(0, 10, (bs,))}
+
+    def step() -> None:
+        with autocast(precision, torch.device("cpu")):
+            loss = model.loss(batch, z, generator=torch.Generator().manual_seed(0))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def precision_table(reps: int) -> dict:
+    auto = choose_precision("auto", "cpu")
+    slow_bf16 = not cpu_info().native_bf16
+    steps = {"fp32": demo_step("fp32"), "bf16": demo_step("bf16")}
+    seconds = alternate(steps, 3 if slow_bf16 else reps)
+    if slow_bf16:  # bf16 only 3 rounds; float32 gets its full count on its own
+        seconds["fp32"] = alternate({"fp32": steps["fp32"]}, reps)["fp32"]
+    fastest = min(seconds, key=seconds.get)
+    return {"auto_picks": auto.name, "reason": auto.reason,
+            "seconds": {k: round(v, 4) for k, v in seconds.items()},
+            "fastest_explicit": fastest,
+            "auto_over_fastest": round(seconds[auto.name] / seconds[fastest], 3)}
+
+
+def _spinner() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def threads_table(reps: int, precision: str) -> dict:
+    default = torch.get_num_threads()
+    step = demo_step(precision)
+    out = {"precision": precision, "torch_default_threads": default}
+    for load in ("one busy process beside", "nothing started beside"):
+        spinner = _spinner() if load.startswith("one") else None
+        try:
+            time.sleep(0.5)  # let the spinner get going before auto looks
+            auto = choose_threads("auto", look_s=0.5)
+
+            def at(n: int):
+                def run() -> None:
+                    torch.set_num_threads(n)
+                    step()
+                return run
+
+            seconds = alternate({"default": at(default), "auto": at(auto.threads)}, reps)
+        finally:
+            if spinner is not None:
+                spinner.kill()
+                spinner.wait()
+        out[load] = {"auto_threads": auto.threads, "auto_reason": auto.reason,
+                     "seconds": {k: round(v, 4) for k, v in seconds.items()},
+                     "default_over_auto": round(seconds["default"] / seconds["auto"], 2)}
+    torch.set_num_threads(default)
+    return out
+
+
+def markdown(result: dict) -> str:
+    p, t = result["precision"], result["threads"]
+    lines = ["# precision=auto and threads=auto on the demo's training step", "",
+             f"machine: {result['machine']}; load before the run: {result['loadavg']}", "",
+             "| precision | median s/step |", "|---|---|"]
+    lines += [f"| {k}{' (auto)' if k == p['auto_picks'] else ''} | {v} |" for k, v in p["seconds"].items()]
+    lines += ["", f"auto picks {p['auto_picks']} ({p['reason']}); auto / fastest explicit "
+              f"({p['fastest_explicit']}) = **{p['auto_over_fastest']}**", "",
+              f"| threads ({t['precision']}) | default ({t['torch_default_threads']}) s/step | "
+              f"auto s/step | auto threads | default / auto |", "|---|---|---|---|---|"]
+    for load in ("one busy process beside", "nothing started beside"):
+        r = t[load]
+        lines.append(f"| {load} | {r['seconds']['default']} | {r['seconds']['auto']} | "
+                     f"{r['auto_threads']} | **{r['default_over_auto']}x** |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=10)
+    args = parser.parse_args()
+    result = {"machine": machine_line(), "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+              "precision": None, "threads": None}
+    result["precision"] = precision_table(args.reps)
+    result["threads"] = threads_table(args.reps, result["precision"]["auto_picks"])
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "auto_choice.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / "auto_choice.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
