@@ -66,7 +66,8 @@ def register_samplers(register: Callable[..., None]) -> None:
     fills in. Its other keyword parameters with defaults are its knobs (``eta``, ``s_noise``,
     ...), set as ``sampler.eta`` / ``sampler.options.<knob>`` in config and ``eta=``,
     ``s_noise=`` or ``option.<knob>=`` on ``ldm sample``; values are checked against the
-    defaults' types (and eta against [0, 1]).
+    defaults' types and against ranges: shared ones (eta in [0, 1], s_noise >= 0, order >= 1)
+    or the function's own, declared with ``ldmcore.diffusion.steps.knob_bounds``.
     ``name`` defaults to the function's name without ``sample_``; ``evals_per_step`` is how many
     network evaluations one step costs (2 for Heun-type methods), used to compare samplers at
     equal cost. A name another package also registers is a clash, an error naming both for

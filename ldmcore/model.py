@@ -159,7 +159,7 @@ class LatentDiffusion(nn.Module):
             if init.shape[0] == 1:
                 init = init.expand(n, *init.shape[1:])
             known = space.into(self.encode_images(init.to(device), generator).float())
-            levels = levels[plan.first_step():]
+            levels = levels[plan.first_step(levels):]
             if len(levels) == 1:
                 return self.autoencoder.images(space.out(known)).clamp(-1, 1)
             x = noised(known.double(), float(levels[0]), noise.double())

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from ldmcore.diffusion.guidance import Guidance
+from ldmcore.diffusion.guidance import Guidance, RescaleSpace
 from ldmcore.diffusion.plan import SamplingPlan
 from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan, Spacing
 from ldmcore.errors import ConfigError
@@ -42,6 +42,10 @@ class SamplerConfig(Strict):
     plugin_guidance: dict[str, float] = Field(default_factory=dict, description="per-plugin "
                                               "scales: compositional guidance")
     guidance_rescale: float = Field(0.0, ge=0.0, le=1.0)
+    guidance_rescale_space: RescaleSpace = Field(RescaleSpace.OUTPUT, description="what "
+                                                 "guidance_rescale matches the std of: the "
+                                                 "network's eps/v output (as diffusers) or the "
+                                                 "denoised estimate")
     guidance_interval: tuple[float, float] | None = Field(None, description="guide only for "
                                                           "sigmas in [lo, hi]")
     set_alpha_to_one: bool = Field(True, description="discrete sigmas: the last step lands on "
@@ -65,7 +69,7 @@ class SamplerConfig(Strict):
 
     def guidance_spec(self) -> Guidance:
         return Guidance(self.guidance, dict(self.plugin_guidance), self.guidance_rescale,
-                        self.guidance_interval)
+                        self.guidance_interval, self.guidance_rescale_space)
 
 
 def sampling_plan(config: SamplerConfig, registry: Registry | None = None, *,

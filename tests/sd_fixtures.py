@@ -89,6 +89,14 @@ def build_pipeline(family: str, size: str = "tiny", seed: int = 0, prediction: s
     return pipe.to(torch.float32)
 
 
+def saved_pipeline(family: str, root: Path):
+    """``build_pipeline`` of ``family`` (SD 2.x v-predicting) saved as a diffusers folder at
+    ``root / "diffusers"``; returns the pipeline."""
+    pipe = build_pipeline(family, prediction="v_prediction" if family == "sd2" else "epsilon")
+    pipe.save_pretrained(str(root / "diffusers"), safe_serialization=True)
+    return pipe
+
+
 def _load_tokenizer(folder: Path):
     from transformers import CLIPTokenizer
 

@@ -208,14 +208,52 @@ def test_rescale_matches_the_unguided_std_per_sample() -> None:
     assert torch.equal(rescale_guided(guided, reference, 0.0), guided)
 
 
-def test_rescale_inside_the_guided_denoiser_uses_the_conditional_branch() -> None:
+class PredictingV:
+    """The mixture denoiser presented as a v-predicting network's (``prediction = "v"``)."""
+
+    prediction = "v"
+
+    def __init__(self, net: MixtureDenoiser) -> None:
+        self.net = net
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return self.net(x, sigma, cond)
+
+
+def outputs_of(prediction: str, x: torch.Tensor, sigma: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """eps = (x - D) / sigma; v = sqrt(abar) eps - sqrt(1 - abar) D with sqrt(abar) = c_in =
+    1 / sqrt(1 + sigma^2) and sqrt(1 - abar) = sigma c_in (Salimans & Ho 2022 in the sigma view)."""
+    s = sigma[:, None]
+    eps = (x - d) / s
+    c_in = (1 + s ** 2).rsqrt()
+    return eps if prediction == "eps" else c_in * eps - s * c_in * d
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_rescale_is_diffusers_rescale_noise_cfg_on_the_network_output(prediction: str) -> None:
+    """Default rescale space: diffusers' ``rescale_noise_cfg`` applied to the guided eps or v
+    (``noise_pred``) against the conditional one; the denoised estimate follows from it."""
+    pipeline = pytest.importorskip("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion")
     cond, values, x, sigma, net, d = setup(n=6)
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2
-    d_all = net(x, sigma[:1].expand(6).contiguous(), cond=branch(cond, values, 6, None))
-    d_none = net(x, sigma[:1].expand(6).contiguous(), cond=branch(cond, values, 6, set()))
-    out = guide(net, cond, values, 6, Guidance(5.0, rescale=0.7))(x, sigma[:1].expand(6).contiguous())
+    sig = sigma[:1].expand(6).contiguous()
+    d_all = net(x, sig, cond=branch(cond, values, 6, None))
+    d_none = net(x, sig, cond=branch(cond, values, 6, set()))
+    out_all, out_none = outputs_of(prediction, x, sig, d_all), outputs_of(prediction, x, sig, d_none)
+    guided = pipeline.rescale_noise_cfg(out_none + 5.0 * (out_all - out_none), out_all, 0.7)
+    model = net if prediction == "eps" else PredictingV(net)
+    out = guide(model, cond, values, 6, Guidance(5.0, rescale=0.7))(x, sig)
+    torch.testing.assert_close(outputs_of(prediction, x, sig, out), guided, rtol=1e-12, atol=0)
+    # and it is not the same as rescaling the denoised estimate
+    denoised = guide(model, cond, values, 6, Guidance(5.0, rescale=0.7, rescale_space="denoised"))
     expected = rescale_guided(d_none + 5.0 * (d_all - d_none), d_all, 0.7)
-    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(denoised(x, sig), expected, rtol=0, atol=1e-12)
+    assert float((denoised(x, sig) - out).abs().max()) > 1e-3
+
+
+def test_unknown_rescale_space_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigError, match="output, denoised.*got 'image'"):
+        Guidance(3.0, rescale=0.5, rescale_space="image")
 
 
 # -- the demonstration: raising one plugin's scale raises that plugin's fidelity -----------------

@@ -59,32 +59,54 @@ def reference_covariance() -> torch.Tensor:
 
 
 # deterministic configurations and the order of convergence their papers state
-ORDERS = {
-    "euler": ({}, 1),  # Karras et al. 2022, Euler
-    "ddim": ({"eta": 0.0}, 1),  # Song et al. 2021: DDIM is Euler in the sigma view
-    "euler_ancestral": ({"eta": 0.0}, 1),
-    "heun": ({}, 2),  # Karras et al. 2022, Algorithm 1
-    "dpmpp_2m": ({}, 2),  # Lu et al. 2022, DPM-Solver++(2M)
-    "dpmpp_2m_sde": ({"eta": 0.0}, 2),
-    "dpmpp_3m_sde": ({"eta": 0.0}, 3),  # the third-order multistep solver
-}
+ORDERS = [
+    ("euler", {}, 1),  # Karras et al. 2022, Euler
+    ("ddim", {"eta": 0.0}, 1),  # Song et al. 2021: DDIM is Euler in the sigma view
+    ("euler_ancestral", {"eta": 0.0}, 1),
+    ("heun", {}, 2),  # Karras et al. 2022, Algorithm 1
+    ("dpmpp_2m", {}, 2),  # Lu et al. 2022, DPM-Solver++(2M)
+    ("dpmpp_2m_sde", {"eta": 0.0}, 2),
+    # k-diffusion's and diffusers' 3M: half the second-difference term, second order
+    ("dpmpp_3m_sde", {"eta": 0.0}, 2),
+    ("dpmpp_3m_sde_third_order", {"eta": 0.0}, 3),  # the full term: third order
+    ("dpm_2", {}, 2),  # DPM-Solver-2 (Lu et al. 2022) on the ODE
+    ("dpm_2_ancestral", {"eta": 0.0}, 2),
+    ("dpmpp_2s_ancestral", {"eta": 0.0}, 2),  # DPM-Solver++(2S)
+    ("dpmpp_sde", {"eta": 0.0}, 2),
+    ("lms", {}, 4),  # Adams-Bashforth, order 4
+    ("lms", {"order": 2}, 2),
+    ("deis", {}, 2),  # Zhang & Chen 2023: order = the polynomial's points
+    ("deis", {"order": 3}, 3),
+    ("unipc", {"order": 1}, 2),  # Zhao et al. 2023: UniC adds one to UniP's order
+    ("unipc", {}, 3),
+    ("unipc", {"order": 3}, 4),
+]
+STOCHASTIC_ONLY = {"ddpm", "lcm"}  # no deterministic form
+
+
+# where the asymptotic order shows only at more steps: k-diffusion's 3M has a third-order
+# term at half weight, which hides its second-order error below ~80 steps (rates 2.6, 1.4 there)
+STEPS = {"dpmpp_3m_sde": (80, 160, 320)}
 
 
 def test_every_registered_sampler_has_a_convergence_check() -> None:
-    assert set(SAMPLERS) == set(ORDERS) | {"ddpm"}  # ddpm has no deterministic form
+    assert set(SAMPLERS) == {name for name, _, _ in ORDERS} | STOCHASTIC_ONLY
 
 
-@pytest.mark.parametrize("name", sorted(ORDERS))
-def test_output_distribution_converges_at_the_papers_order(name: str) -> None:
-    knobs, order = ORDERS[name]
+@pytest.mark.parametrize("name,knobs,order", ORDERS,
+                         ids=[n + "".join(f"-{k}{v:g}" for k, v in kn.items()) for n, kn, _ in ORDERS])
+def test_output_distribution_converges_at_the_papers_order(name: str, knobs: dict, order: int) -> None:
+    """The rate over two step doublings within 0.3 of the order, each doubling's within 0.7
+    (multistep methods' per-doubling rates wander on Karras' strongly nonuniform grid)."""
     target = reference_covariance()
     errors = []
-    for steps in (40, 80, 160):
+    for steps in STEPS.get(name, (40, 80, 160)):
         mean, cov = output_moments(name, steps, **knobs)
         errors.append(float((cov - target).norm() + (mean - MU).norm()))
     rates = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
-    assert all(abs(r - order) < 0.3 for r in rates), (errors, rates)
-    assert errors[-1] < {1: 0.05, 2: 4e-3, 3: 5e-4}[order], errors
+    assert abs(sum(rates) / len(rates) - order) < 0.3, (errors, rates)
+    assert all(abs(r - order) < 0.7 for r in rates), (errors, rates)
+    assert errors[-1] < {1: 0.05, 2: 4e-3, 3: 5e-4, 4: 1e-4}[order], errors
     # and the target is the data's own distribution to within the last step's sigma_min
     assert float((target - COV).norm()) < 1e-4
 
@@ -103,6 +125,9 @@ def test_second_order_samplers_beat_first_order_at_equal_evaluations() -> None:
 
 # -- stochastic samplers ----------------------------------------------------------------------
 
+STOCHASTIC = {"ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_3m_sde_third_order",
+              "lcm", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde"}
+
 MU1, S1 = 1.5, 0.5  # one-dimensional data for the Monte Carlo checks
 N = 40_000
 
@@ -120,54 +145,68 @@ def scalar_run(name: str, steps: int, seed: int, **knobs) -> torch.Tensor:
                           generator=g, **knobs)
 
 
-def ancestral_std(steps: int, eta: float) -> float:
+def consistency_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    """LCM's split of a step: all the way down to the estimate, then fresh noise sigma_next."""
+    return 0.0, sigma_next
+
+
+def ancestral_std(steps: int, eta: float, split=ancestral_step) -> float:
     """Exact output std of ancestral sampling on this data: each step is
     x' - MU = (k + (s_down/s)(1 - k)) (x - MU) + s_up n, with k = S^2 / (S^2 + s^2)."""
     levels = karras_sigmas(steps, SIGMA_MIN, SIGMA_MAX).tolist()
     var = S1 ** 2 + SIGMA_MAX ** 2
     for s, s_next in zip(levels, levels[1:]):
         k = S1 ** 2 / (S1 ** 2 + s ** 2)
-        down, up = ancestral_step(s, s_next, eta)
+        down, up = split(s, s_next, eta)
         var = (k + down / s * (1 - k)) ** 2 * var + up ** 2
     return math.sqrt(var)
 
 
 @pytest.mark.parametrize("name,eta", [("ddpm", 1.0), ("euler_ancestral", 1.0),
-                                      ("euler_ancestral", 0.5), ("ddim", 0.5)])
+                                      ("euler_ancestral", 0.5), ("ddim", 0.5), ("lcm", 1.0)])
 def test_ancestral_samplers_match_their_exact_output_distribution(name: str, eta: float) -> None:
-    knobs = {} if name == "ddpm" else {"eta": eta}
+    knobs = {} if name in STOCHASTIC_ONLY else {"eta": eta}
     stds = []
     for steps in (5, 40):
         out = scalar_run(name, steps, seed=steps, **knobs)
-        std = ancestral_std(steps, eta)
+        std = ancestral_std(steps, eta, consistency_step if name == "lcm" else ancestral_step)
         assert abs(out.mean().item() - MU1) < 5 * std / math.sqrt(N)
         assert abs(out.std().item() - std) < 5 * std / math.sqrt(2 * N), (steps, out.std().item(), std)
         stds.append(std)
-    # converging to the data: ancestral steps drop Var[x0 | x], so they approach it from below
-    assert stds[0] < stds[1] < S1 and S1 - stds[1] < 0.1
+    # converging to the data: ancestral steps drop Var[x0 | x], so they approach it from below;
+    # not LCM, whose every step keeps only the denoiser's estimate (a posterior mean here, not a
+    # sample as a consistency model's is)
+    assert stds[0] < stds[1] < S1 and (name == "lcm" or S1 - stds[1] < 0.1)
 
 
-@pytest.mark.parametrize("name", ["dpmpp_2m_sde", "dpmpp_3m_sde"])
+@pytest.mark.parametrize("name", ["dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_3m_sde_third_order",
+                                  "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde"])
 def test_sde_samplers_converge_in_distribution(name: str) -> None:
     errors = []
     for steps in (5, 20, 80):
         out = scalar_run(name, steps, seed=steps)
         errors.append(abs(out.std().item() - S1))
         assert abs(out.mean().item() - MU1) < 5 * S1 / math.sqrt(N) + 0.003
-    assert errors[0] > errors[1] > errors[2], errors
-    assert errors[2] < 0.01 + 5 * S1 / math.sqrt(2 * N)
+    noise = 5 * S1 / math.sqrt(2 * N)  # five standard errors of the std over N samples
+    assert errors[0] > errors[1] > errors[2] or errors[0] > 10 * noise > 10 * errors[1], errors
+    assert errors[2] < 0.01 + noise
 
 
 @pytest.mark.parametrize("a,b", [("ddpm", ("euler_ancestral", {"eta": 1.0})),
                                  ("euler", ("ddim", {"eta": 0.0})),
                                  ("euler", ("euler_ancestral", {"eta": 0.0})),
-                                 ("dpmpp_2m", ("dpmpp_2m_sde", {"eta": 0.0}))])
-def test_special_cases_coincide_pathwise(a: str, b: tuple[str, dict]) -> None:
+                                 ("dpmpp_2m", ("dpmpp_2m_sde", {"eta": 0.0})),
+                                 ("dpm_2", ("dpm_2_ancestral", {"eta": 0.0})),
+                                 (("dpmpp_sde", {"eta": 0.0}), ("dpmpp_2s_ancestral", {"eta": 0.0}))])
+def test_special_cases_coincide_pathwise(a: str | tuple[str, dict], b: tuple[str, dict]) -> None:
     """DDPM is ancestral Euler at eta=1; DDIM at eta=0 is Euler; the 2M SDE without noise is
-    2M. Same start, same noise draws, same samples."""
+    2M; DPM2 ancestral without noise is DPM2; DPM++ SDE and 2S ancestral without noise are both
+    DPM-Solver++(2S). Same start, same noise draws, same samples."""
+    a, a_knobs = (a, {}) if isinstance(a, str) else a
     x = torch.randn(6, 50, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 30
     sigmas = karras_sigmas(12, SIGMA_MIN, 30.0)
-    out_a = SAMPLERS[a](scalar_denoiser, x, sigmas, generator=torch.Generator().manual_seed(3))
+    out_a = SAMPLERS[a](scalar_denoiser, x, sigmas, generator=torch.Generator().manual_seed(3),
+                        **a_knobs)
     out_b = SAMPLERS[b[0]](scalar_denoiser, x, sigmas, generator=torch.Generator().manual_seed(3),
                            **b[1])
     torch.testing.assert_close(out_a, out_b, rtol=0, atol=1e-9)
@@ -196,7 +235,7 @@ def test_callback_network_evaluations_and_extra_args(name: str) -> None:
     assert [d["i"] for d in seen] == list(range(7))
     assert set(seen[0]) == {"x", "i", "sigma", "sigma_hat", "denoised"}
     assert torch.equal(seen[-1]["x"], out) and out.dtype == x.dtype
-    assert model.calls == spec.evals(7) == (13 if name == "heun" else 7)
+    assert model.calls == spec.evals(7) == (13 if spec.evals_per_step == 2 else 7)
     assert spec.steps_for(spec.evals(7)) == 7
 
 
@@ -207,7 +246,7 @@ def test_a_seed_fixes_every_sample_and_only_stochastic_samplers_use_it(name: str
     runs = [SAMPLERS[name](scalar_denoiser, x, sigmas, generator=torch.Generator().manual_seed(s))
             for s in (5, 5, 6)]
     assert torch.equal(runs[0], runs[1])
-    stochastic = name in ("ddpm", "euler_ancestral", "dpmpp_2m_sde", "dpmpp_3m_sde")
+    stochastic = name in STOCHASTIC
     assert torch.equal(runs[0], runs[2]) is not stochastic
 
 

@@ -21,6 +21,29 @@ from ldmcore.diffusion.schedule import NoiseSchedule, Prediction
 Network = Callable[..., torch.Tensor]  # network(z_t, t, **extra) -> eps or v
 
 
+def network_output(prediction: Prediction | str, x: torch.Tensor, sigma: torch.Tensor,
+                   denoised: torch.Tensor) -> torch.Tensor:
+    """What the network output (eps or v) is for the denoised estimate ``denoised`` of ``x`` at
+    ``sigma`` (per sample): ``eps = (x - D) / sigma``, ``v = (c_in^2 x - D) / (sigma c_in)``.
+    Both are affine in ``D`` with coefficients fixed by ``x`` and ``sigma``."""
+    s = sigma.to(torch.float64).view(-1, *([1] * (x.dim() - 1)))
+    if Prediction(prediction) is Prediction.EPS:
+        return ((x - denoised) / s).to(x.dtype)
+    c_in = (1 + s ** 2).rsqrt()
+    return ((c_in ** 2 * x - denoised) / (s * c_in)).to(x.dtype)
+
+
+def denoised_from_output(prediction: Prediction | str, x: torch.Tensor, sigma: torch.Tensor,
+                         output: torch.Tensor) -> torch.Tensor:
+    """The denoised estimate of ``x`` at ``sigma`` for network output ``output`` (eps or v):
+    the inverse of ``network_output``."""
+    s = sigma.to(torch.float64).view(-1, *([1] * (x.dim() - 1)))
+    if Prediction(prediction) is Prediction.EPS:
+        return (x - s * output).to(x.dtype)
+    c_in = (1 + s ** 2).rsqrt()
+    return (c_in ** 2 * x - s * c_in * output).to(x.dtype)
+
+
 class DiscreteDenoiser:
     """``denoised = D(x, sigma, **extra)`` for a network trained on a discrete schedule.
 
@@ -75,13 +98,9 @@ class DiscreteDenoiser:
         return ((1 - w) * table[low] + w * table[low + 1]).exp()
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra: Any) -> torch.Tensor:
-        shape = (-1, *([1] * (x.dim() - 1)))
-        s = sigma.to(torch.float64).view(shape)
-        c_in = (1 + s ** 2).rsqrt()
+        c_in = (1 + sigma.to(torch.float64).view(-1, *([1] * (x.dim() - 1))) ** 2).rsqrt()
         out = self.network((x * c_in).to(x.dtype), self.sigma_to_t(sigma), **extra).to(x.dtype)
-        if self.prediction is Prediction.EPS:
-            return (x - s * out).to(x.dtype)
-        return (c_in ** 2 * x - s * c_in * out).to(x.dtype)
+        return denoised_from_output(self.prediction, x, sigma, out)
 
     @staticmethod
     def initial_noise_scale(sigma: float) -> float:

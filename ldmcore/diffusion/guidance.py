@@ -14,25 +14,42 @@ sigma the denoised estimate, eps and v are affine in one another with the same o
 every branch, so guiding any of them gives the same result.
 
 Two refinements: guidance *rescale* (Lin et al. 2023, sec. 3.4) pulls the per-sample std of
-the guided estimate back toward that of the unguided one (every scale 1), mixing by
-``rescale`` in [0, 1]; we apply it to the denoised estimate, the image the std is meant to
-describe (diffusers applies it to the raw eps/v output). A guidance *interval* (Kynkaanniemi et
-al. 2024, "Applying Guidance in a Limited Interval Improves Sample and Distribution Quality")
+the guided network output back toward that of the unguided one (every scale 1), mixing by
+``rescale`` in [0, 1]. By default it is applied where diffusers applies it
+(``rescale_noise_cfg`` on ``noise_pred``): to the network's eps or v output
+(``RescaleSpace.OUTPUT``). ``RescaleSpace.DENOISED`` applies it to the denoised estimate
+instead, the image whose std the paper means to restore; the two differ because the std of
+``a x + b D`` is not ``b`` times the std of ``D``. A guidance *interval* (Kynkaanniemi et al.
+2024, "Applying Guidance in a Limited Interval Improves Sample and Distribution Quality")
 guides only for sigmas inside [lo, hi] and runs the plain conditional model elsewhere.
+
+Unlike diffusers' pipelines, which switch guidance off at a scale <= 1 and return the
+conditional output, a scale below 1 here means what the formula says (0: unconditional;
+between 0 and 1: interpolation toward it), and scale 1 is the conditional output.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import torch
 
 from ldmcore.conditioning import Conditioner, Conditioning
+from ldmcore.diffusion.denoisers import denoised_from_output, network_output
+from ldmcore.diffusion.schedule import Prediction
 from ldmcore.errors import ConfigError, nearest
 
 Keep = frozenset  # the plugins a branch keeps conditional (the rest use their null)
+
+
+class RescaleSpace(str, Enum):
+    """What guidance rescale matches the std of."""
+
+    OUTPUT = "output"  # the network's eps or v output, as diffusers' pipelines do
+    DENOISED = "denoised"  # the denoised estimate (the image)
 
 
 @dataclass(frozen=True)
@@ -43,8 +60,15 @@ class Guidance:
     per_plugin: Mapping[str, float] = field(default_factory=dict)
     rescale: float = 0.0
     interval: tuple[float, float] | None = None  # (sigma_lo, sigma_hi)
+    rescale_space: RescaleSpace = RescaleSpace.OUTPUT
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "rescale_space", RescaleSpace(self.rescale_space))
+        except ValueError:
+            raise ConfigError(f"guidance rescale space must be one of "
+                              f"{', '.join(r.value for r in RescaleSpace)} (what the rescale "
+                              f"matches the std of), got {self.rescale_space!r}.") from None
         if not 0.0 <= self.rescale <= 1.0:
             raise ConfigError(f"guidance rescale must be in [0, 1] (Lin et al.'s phi), got "
                               f"{self.rescale}.")
@@ -112,6 +136,8 @@ class GuidedDenoiser:
     ``DiscreteDenoiser`` over the UNet); ``branches`` are the conditionings whose weighted sum
     is the guided estimate (``weights``), ``reference`` the weights of the unguided estimate
     (for rescale), ``plain`` the fully conditional branch used outside the guidance interval.
+    Rescale in ``RescaleSpace.OUTPUT`` reads the prediction type from the denoiser's
+    ``prediction`` (a denoiser without one is taken as eps-predicting: ``(x - D) / sigma``).
     """
 
     def __init__(self, denoiser: Callable[..., torch.Tensor], branches: list[Conditioning],
@@ -134,8 +160,19 @@ class GuidedDenoiser:
         guided = sum(w * o for w, o in zip(self.weights, outs))
         if self.guidance.rescale > 0.0:
             reference = sum(w * o for w, o in zip(self.reference, outs))
-            guided = rescale_guided(guided, reference, self.guidance.rescale)
+            guided = self.rescaled(x, sigma, guided, reference)
         return guided
+
+    def rescaled(self, x: torch.Tensor, sigma: torch.Tensor, guided: torch.Tensor,
+                 reference: torch.Tensor) -> torch.Tensor:
+        """The guided estimate with guidance rescale, in the space ``guidance`` names."""
+        phi = self.guidance.rescale
+        if self.guidance.rescale_space is RescaleSpace.DENOISED:
+            return rescale_guided(guided, reference, phi)
+        prediction = getattr(self.denoiser, "prediction", Prediction.EPS)
+        out = rescale_guided(network_output(prediction, x, sigma, guided),
+                             network_output(prediction, x, sigma, reference), phi)
+        return denoised_from_output(prediction, x, sigma, out)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **_: Any) -> torch.Tensor:
         if self.guidance.interval is None:  # no interval: no per-step host sync on the mask

@@ -43,9 +43,11 @@ class SamplingPlan:
         """The descending noise levels of all ``steps`` steps on ``schedule``."""
         return self.sigmas.sigmas(schedule, self.steps)
 
-    def first_step(self) -> int:
-        """Index of the first level an image-to-image run visits (0 for strength 1)."""
-        return start_index(self.steps, self.strength)
+    def first_step(self, levels: torch.Tensor) -> int:
+        """Index into ``levels`` (descending, ending at the last level) of the first level an
+        image-to-image run visits: ``int(steps * strength)`` steps remain (0 for strength 1).
+        The steps are those ``levels`` holds, which a grid with repeated levels has fewer of."""
+        return start_index(len(levels) - 1, self.strength)
 
     def evaluations(self) -> int:
         """Network evaluations of a full run of this plan (guidance branches batched in one)."""

@@ -12,77 +12,37 @@ from ``generator`` (noise drawn on the CPU in float32, then moved), so a seed fi
 for the stochastic samplers too.
 
 Notation: ``h = log(sigma / sigma_next)`` is the step in half-log-SNR ``lambda = -log sigma``
-(Lu et al.'s DPM-Solver variable for the VE view). Every sampler's last step, to sigma = 0,
-returns the denoised estimate: the ODE's solution there is the data point itself.
+(Lu et al.'s DPM-Solver variable for the VE view). The last step to sigma = 0 returns the
+denoised estimate (the ODE's solution there is the data point itself), except in the linear
+multistep methods, which integrate that interval with their polynomial as k-diffusion and
+diffusers do. A grid that repeats a level steps over it (``steps.levels_of``).
 
-Samplers register through the ``register_samplers`` hook (this module implements it for the
-built-ins, exactly as a third-party package would); ``SamplerSpec`` records how many network
-evaluations a step costs and validates knobs against the function's own keyword defaults.
+This module holds the first-order samplers and the DPM-Solver++ multistep family;
+``singlestep.py`` the two-evaluation samplers (DPM2, DPM++ 2S, DPM++ SDE), ``multistep.py`` the
+polynomial multistep ones (LMS, DEIS, UniPC), ``steps.py`` the algebra they share. Samplers
+register through the ``register_samplers`` hook (this module implements it for the built-ins,
+exactly as a third-party package would); ``SamplerSpec`` records how many network evaluations
+a step costs and validates knobs against the function's own keyword defaults and ranges.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ldmcore.diffusion.steps import (BrownianNoise, Callback, Model, ancestral_loop, denoise,
+                                     draw_noise, euler_step, levels_of, report, toward)
+from ldmcore.diffusion.steps import ancestral_step  # noqa: F401 (re-exported for samplers' authors)
+from ldmcore.diffusion.multistep import sample_deis, sample_lms, sample_unipc
+from ldmcore.diffusion.singlestep import (sample_dpm_2, sample_dpm_2_ancestral,
+                                          sample_dpmpp_2s_ancestral, sample_dpmpp_sde)
 from ldmcore.errors import ConfigError, nearest
 from ldmcore.hookspecs import hookimpl
-
-Model = Callable[..., torch.Tensor]
-Callback = Callable[[dict[str, Any]], None]
-
-
-# ------------------------------------------------------------------------------------------
-# shared pieces
-# ------------------------------------------------------------------------------------------
-
-
-def _noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(like.shape, generator=generator, dtype=torch.float32).to(like)
-
-
-def _levels(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
-    """Sigmas as Python floats (float64 step coefficients, whatever the dtype of ``x``)."""
-    values = sigmas.tolist() if isinstance(sigmas, torch.Tensor) else [float(s) for s in sigmas]
-    if len(values) < 2 or any(a <= b for a, b in zip(values, values[1:])) or values[-1] < 0:
-        raise ValueError(f"sigmas must descend strictly to a non-negative end, got {values}")
-    return values
-
-
-def _denoise(model: Model, x: torch.Tensor, sigma: float, extra_args: dict | None) -> torch.Tensor:
-    return model(x, x.new_full((x.shape[0],), sigma), **(extra_args or {}))
-
-
-def _report(callback: Callback | None, i: int, x: torch.Tensor, sigma: float,
-            denoised: torch.Tensor, sigma_hat: float | None = None) -> None:
-    if callback is not None:
-        callback({"x": x, "i": i, "sigma": sigma,
-                  "sigma_hat": sigma if sigma_hat is None else sigma_hat, "denoised": denoised})
-
-
-def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
-    """Split a step to ``sigma_next`` into a deterministic part to ``sigma_down`` and fresh noise
-    ``sigma_up`` with ``sigma_down^2 + sigma_up^2 = sigma_next^2``.
-
-    ``sigma_up = eta * sigma_next * sqrt(1 - sigma_next^2 / sigma^2)`` is, at ``eta = 1``, the
-    standard deviation of the DDPM posterior q(x_next | x, x_0) (Ho et al. 2020, eq. 7) and, for
-    any ``eta``, DDIM's sigma_t (Song et al. 2021, eq. 16) in the sigma view.
-    """
-    if eta == 0 or sigma_next == 0:
-        return sigma_next, 0.0
-    up = min(sigma_next, eta * sigma_next * math.sqrt(max(1.0 - sigma_next ** 2 / sigma ** 2, 0.0)))
-    return math.sqrt(sigma_next ** 2 - up ** 2), up
-
-
-def _toward(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_to: float) -> torch.Tensor:
-    """One Euler step of the probability-flow ODE ``dx/dsigma = (x - D) / sigma`` to ``sigma_to``;
-    in this form (``D + (sigma_to/sigma)(x - D)``) it is exact at ``sigma_to = 0``."""
-    return denoised + (sigma_to / sigma) * (x - denoised)
 
 
 # ------------------------------------------------------------------------------------------
@@ -95,11 +55,11 @@ def sample_euler(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 2 without
     churn). First order: the output's error shrinks like 1/steps."""
-    levels = _levels(sigmas)
+    levels = levels_of(sigmas)
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        denoised = _denoise(model, x, s, extra_args)
-        x = _toward(x, denoised, s, s_next)
-        _report(callback, i, x, s, denoised)
+        denoised = denoise(model, x, s, extra_args)
+        x = toward(x, denoised, s, s_next)
+        report(callback, i, x, s, denoised)
     return x
 
 
@@ -110,15 +70,8 @@ def sample_euler_ancestral(model: Model, x: torch.Tensor, sigmas: torch.Tensor, 
     """Ancestral Euler (k-diffusion's ``sample_euler_ancestral``; Song et al. 2021's reverse SDE
     discretised as in Karras et al. 2022, sec. 4): an Euler step down to ``sigma_down``, then
     fresh noise ``sigma_up`` (``ancestral_step``). ``eta = 0`` is ``sample_euler``."""
-    levels = _levels(sigmas)
-    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        denoised = _denoise(model, x, s, extra_args)
-        down, up = ancestral_step(s, s_next, eta)
-        x = _toward(x, denoised, s, down)
-        if up > 0:
-            x = x + (s_noise * up) * _noise(x, generator)
-        _report(callback, i, x, s, denoised)
-    return x
+    return ancestral_loop(euler_step, model, x, sigmas, extra_args, callback, generator, eta,
+                          s_noise)
 
 
 def sample_ddim(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
@@ -131,15 +84,7 @@ def sample_ddim(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
     Euler step of the probability-flow ODE (Karras et al. 2022, sec. 3), in general an
     ancestral step. Run on ``SigmaKind.DISCRETE`` sigmas it visits the paper's timesteps.
     """
-    levels = _levels(sigmas)
-    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        denoised = _denoise(model, x, s, extra_args)
-        down, up = ancestral_step(s, s_next, eta)
-        x = _toward(x, denoised, s, down)
-        if up > 0:
-            x = x + up * _noise(x, generator)
-        _report(callback, i, x, s, denoised)
-    return x
+    return ancestral_loop(euler_step, model, x, sigmas, extra_args, callback, generator, eta, 1.0)
 
 
 def sample_ddpm(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
@@ -149,14 +94,33 @@ def sample_ddpm(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
     one respaced step per interval. In the sigma view the forward chain adds independent noise
     of variance ``s^2 - s'^2``, so the posterior is ``N(x0 + (s'/s)^2 (x - x0),
     s'^2 (s^2 - s'^2) / s^2)``, with ``x0`` the network's estimate."""
-    levels = _levels(sigmas)
+    levels = levels_of(sigmas)
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        denoised = _denoise(model, x, s, extra_args)
+        denoised = denoise(model, x, s, extra_args)
         ratio = (s_next / s) ** 2
         x = denoised + ratio * (x - denoised)
         if s_next > 0:
-            x = x + math.sqrt(s_next ** 2 * (1 - ratio)) * _noise(x, generator)
-        _report(callback, i, x, s, denoised)
+            x = x + math.sqrt(s_next ** 2 * (1 - ratio)) * draw_noise(x, generator)
+        report(callback, i, x, s, denoised)
+    return x
+
+
+def sample_lcm(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
+               extra_args: dict | None = None, callback: Callback | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Multistep consistency sampling (Song et al. 2023, "Consistency Models", Algorithm 1;
+    Luo et al. 2023's LCM; diffusers' ``LCMScheduler``): jump to the network's estimate of the
+    clean sample, then noise it afresh to the next level, ``x' = D + sigma' n``. For
+    consistency-distilled networks, whose single estimate is already a sample; for others it
+    is ancestral sampling with ``sigma_down = 0``. (diffusers' LCM boundary condition, ``c_skip``
+    = 0.25 / ((10 t)^2 + 0.25), is below 4e-8 for t >= 259, its coarsest grids' last timestep.)"""
+    levels = levels_of(sigmas)
+    for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
+        denoised = denoise(model, x, s, extra_args)
+        x = denoised
+        if s_next > 0:
+            x = x + s_next * draw_noise(x, generator)
+        report(callback, i, x, s, denoised)
     return x
 
 
@@ -171,17 +135,17 @@ def sample_heun(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
     """Heun's method (Karras et al. 2022, Algorithm 1 without churn): an Euler predictor, then
     the trapezoidal corrector with the slope at the predicted point. Second order; two network
     evaluations per step, one for the last step to sigma = 0 (where Euler is exact)."""
-    levels = _levels(sigmas)
+    levels = levels_of(sigmas)
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        denoised = _denoise(model, x, s, extra_args)
+        denoised = denoise(model, x, s, extra_args)
         slope = (x - denoised) / s
         predicted = x + (s_next - s) * slope
         if s_next == 0:
             x = predicted
         else:
-            slope_next = (predicted - _denoise(model, predicted, s_next, extra_args)) / s_next
+            slope_next = (predicted - denoise(model, predicted, s_next, extra_args)) / s_next
             x = x + (s_next - s) * 0.5 * (slope + slope_next)
-        _report(callback, i, x, s, denoised)
+        report(callback, i, x, s, denoised)
     return x
 
 
@@ -193,11 +157,11 @@ def sample_dpmpp_2m(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
     extrapolated linearly in lambda from the last two estimates,
     ``D = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}``, ``r = h_prev / h``. Second order, one evaluation
     per step; the first step (no history) is DDIM."""
-    levels = _levels(sigmas)
+    levels = levels_of(sigmas)
     previous: torch.Tensor | None = None
     h_prev = 0.0
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        denoised = _denoise(model, x, s, extra_args)
+        denoised = denoise(model, x, s, extra_args)
         if s_next == 0:
             x = denoised
         else:
@@ -209,7 +173,7 @@ def sample_dpmpp_2m(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
             x = (s_next / s) * x + (-math.expm1(-h)) * target
             h_prev = h
         previous = denoised
-        _report(callback, i, x, s, denoised)
+        report(callback, i, x, s, denoised)
     return x
 
 
@@ -224,11 +188,11 @@ def sample_dpmpp_2m_sde(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
     + (1 - e^(-(1+eta)h)) (D_i - D_{i-1}) / (2r) + s' sqrt(1 - e^(-2 eta h)) s_noise n``.
     ``eta = 0`` is exactly ``sample_dpmpp_2m``; ``eta = 1`` samples the reverse SDE. Independent
     Gaussian increments per step (k-diffusion uses a Brownian tree; in distribution the same)."""
-    levels = _levels(sigmas)
+    levels = levels_of(sigmas)
     previous: torch.Tensor | None = None
     h_prev = 0.0
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        denoised = _denoise(model, x, s, extra_args)
+        denoised = denoise(model, x, s, extra_args)
         if s_next == 0:
             x = denoised
         else:
@@ -238,31 +202,30 @@ def sample_dpmpp_2m_sde(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
             if previous is not None:
                 x = x + (decay / (2 * (h_prev / h))) * (denoised - previous)
             if eta > 0:
-                x = x + (s_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise) * _noise(x, generator)
+                x = x + (s_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise) * draw_noise(x, generator)
             h_prev = h
         previous = denoised
-        _report(callback, i, x, s, denoised)
+        report(callback, i, x, s, denoised)
     return x
 
 
-def sample_dpmpp_3m_sde(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
-                        extra_args: dict | None = None, callback: Callback | None = None,
-                        generator: torch.Generator | None = None, eta: float = 1.0,
-                        s_noise: float = 1.0) -> torch.Tensor:
-    """DPM-Solver++(3M) SDE: Lu et al. 2022's multistep data-prediction solver at third order,
-    on the reverse SDE as in k-diffusion's ``sample_dpmpp_3m_sde``.
+def _dpmpp_3m_sde(model: Model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None,
+                  callback: Callback | None, generator: torch.Generator | None, eta: float,
+                  s_noise: float, curvature_weight: float) -> torch.Tensor:
+    """The DPM-Solver++(3M) SDE step shared by both variants; they differ only in the weight
+    of the second-difference term, ``- curvature_weight * phi3 * d2``.
 
     With ``g = (1 + eta) h`` the exponential integrator keeps the linear part exact,
-    ``x' = (s'/s) e^(-eta h) x + (1 - e^-g) D``, and adds the Taylor terms of D in lambda through
-    ``phi2 = (g - 1 + e^-g) / g`` and ``phi3 = phi2 / g - 1/2``: ``+ phi2 hD' - phi3 h^2 D''/2``,
-    with ``hD'`` and ``h^2 D''/2`` from divided differences of the last three estimates on the
-    nonuniform lambda grid; then noise ``s' sqrt(1 - e^(-2 eta h)) s_noise``. ``eta = 0`` is the
-    deterministic DPM-Solver++(3M), third order; the first two steps use orders 1 and 2.
+    ``x' = (s'/s) e^(-eta h) x + (1 - e^-g) D``, and adds ``phi2 d1 - w phi3 d2`` with
+    ``phi2 = (g - 1 + e^-g) / g``, ``phi3 = phi2 / g - 1/2``, and ``d1 ~ h D'`` (at the current
+    point) and ``d2 ~ h^2 D''/2`` from divided differences of the last three estimates on the
+    nonuniform lambda grid; then noise ``s' sqrt(1 - e^(-2 eta h)) s_noise``. The first two
+    steps use orders 1 and 2.
     """
-    levels = _levels(sigmas)
+    levels = levels_of(sigmas)
     history: list[tuple[torch.Tensor, float]] = []  # (denoised, h of the step that followed it)
     for i, (s, s_next) in enumerate(zip(levels, levels[1:])):
-        denoised = _denoise(model, x, s, extra_args)
+        denoised = denoise(model, x, s, extra_args)
         if s_next == 0:
             x = denoised
         else:
@@ -281,15 +244,42 @@ def sample_dpmpp_3m_sde(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
                     curvature = (slope0 - slope1) / (r0 + r1)  # ~ h^2 D'' / 2
                     slope = slope0 + curvature * r0  # h D' moved to the current point
                     phi3 = phi2 / g - 0.5
-                    x = x + phi2 * slope - 2 * phi3 * curvature
+                    x = x + phi2 * slope - (curvature_weight * phi3) * curvature
                 else:
                     x = x + phi2 * slope0
             if eta > 0:
-                x = x + (s_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise) * _noise(x, generator)
+                x = x + (s_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise) * draw_noise(x, generator)
             history.append((denoised, h))
             del history[:-2]
-        _report(callback, i, x, s, denoised)
+        report(callback, i, x, s, denoised)
     return x
+
+
+def sample_dpmpp_3m_sde(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
+                        extra_args: dict | None = None, callback: Callback | None = None,
+                        generator: torch.Generator | None = None, eta: float = 1.0,
+                        s_noise: float = 1.0) -> torch.Tensor:
+    """DPM-Solver++(3M) SDE as k-diffusion's ``sample_dpmpp_3m_sde`` and diffusers'
+    ``DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=3)`` compute
+    it (Lu et al. 2022's multistep data-prediction solver on the reverse SDE): the
+    second-difference term is ``- phi3 d2``. With ``d2 ~ h^2 D''/2`` that is half the term a
+    quadratic D needs, so at ``eta = 0`` it converges at second order (measured 1.9 on Gaussian
+    data); ``dpmpp_3m_sde_third_order`` has the full term. Same samples as theirs for the
+    same settings and noise."""
+    return _dpmpp_3m_sde(model, x, sigmas, extra_args, callback, generator, eta, s_noise, 1.0)
+
+
+def sample_dpmpp_3m_sde_third_order(model: Model, x: torch.Tensor, sigmas: torch.Tensor, *,
+                                    extra_args: dict | None = None,
+                                    callback: Callback | None = None,
+                                    generator: torch.Generator | None = None, eta: float = 1.0,
+                                    s_noise: float = 1.0) -> torch.Tensor:
+    """DPM-Solver++(3M) SDE with the full second-difference term ``- 2 phi3 d2``
+    (``= - phi3 h^2 D''``): the exponential integrator is then exact for a denoiser quadratic
+    in lambda, and at ``eta = 0`` the solver is third order (measured 3.1 on Gaussian data).
+    Not what k-diffusion or diffusers compute under the name ``dpmpp_3m_sde`` (that is
+    ``sample_dpmpp_3m_sde``); their samples differ by O(h^3 D'') per step."""
+    return _dpmpp_3m_sde(model, x, sigmas, extra_args, callback, generator, eta, s_noise, 2.0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -302,7 +292,7 @@ CONTRACT = frozenset({"model", "x", "sigmas", "extra_args", "callback", "generat
 # bounds of well-known knobs, for every sampler that has them (first- or third-party)
 KNOB_BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "eta": (0.0, 1.0), "s_noise": (0.0, None), "s_churn": (0.0, None), "s_tmin": (0.0, None),
-    "s_tmax": (0.0, None),
+    "s_tmax": (0.0, None), "order": (1, None),
 }
 
 
@@ -330,11 +320,16 @@ class SamplerSpec:
         """The most steps whose evaluations fit in ``evals``."""
         return max(1, (evals + self.evals_per_step - 1) // self.evals_per_step)
 
+    def bounds(self, knob: str) -> tuple[float | None, float | None]:
+        """The range of ``knob``: the sampler's own (``steps.knob_bounds``), else the shared one."""
+        own = getattr(self.fn, "knob_bounds", {})
+        return own.get(knob, KNOB_BOUNDS.get(knob, (None, None)))
+
     def describe_knobs(self) -> str:
         knobs = self.knobs
         if not knobs:
             return "it takes no knobs"
-        return "its knobs: " + ", ".join(f"{k} (default {v!r}{_bounds_text(k)})"
+        return "its knobs: " + ", ".join(f"{k} (default {v!r}{_bounds_text(*self.bounds(k))})"
                                          for k, v in knobs.items())
 
     def check_knobs(self, knobs: dict[str, Any], where: str = "") -> dict[str, Any]:
@@ -353,10 +348,11 @@ class SamplerSpec:
             except (TypeError, ValueError):
                 raise ConfigError(f"{where}{key}={value!r} is not a {type(default).__name__}; "
                                   f"sampler {self.name!r}: {self.describe_knobs()}.") from None
-            lo, hi = KNOB_BOUNDS.get(key, (None, None))
+            lo, hi = self.bounds(key)
             if (lo is not None and value < lo) or (hi is not None and value > hi):
-                raise ConfigError(f"{where}{key}={value!r} is out of range ({_range_text(key)}); "
-                                  f"sampler {self.name!r}: {self.describe_knobs()}.")
+                raise ConfigError(f"{where}{key}={value!r} is out of range "
+                                  f"({_range_text(lo, hi)}); sampler {self.name!r}: "
+                                  f"{self.describe_knobs()}.")
             out[key] = value
         return out
 
@@ -370,7 +366,7 @@ class SamplerSpec:
         if "generator" in params:
             kwargs["generator"] = generator
         elif "noise_sampler" in params and generator is not None:
-            kwargs["noise_sampler"] = lambda sigma, sigma_next: _noise(x, generator)
+            kwargs["noise_sampler"] = BrownianNoise(x, generator)
         if "disable" in params:
             kwargs["disable"] = True
         return self.fn(model, x, sigmas, **kwargs)
@@ -391,8 +387,7 @@ def _coerce(kind: type, value: Any) -> Any:
     return kind(value)
 
 
-def _range_text(key: str) -> str:
-    lo, hi = KNOB_BOUNDS.get(key, (None, None))
+def _range_text(lo: float | None, hi: float | None) -> str:
     if lo is not None and hi is not None:
         return f"[{lo:g}, {hi:g}]"
     if lo is not None:
@@ -400,8 +395,8 @@ def _range_text(key: str) -> str:
     return f"<= {hi:g}" if hi is not None else ""
 
 
-def _bounds_text(key: str) -> str:
-    text = _range_text(key)
+def _bounds_text(lo: float | None, hi: float | None) -> str:
+    text = _range_text(lo, hi)
     return f", in {text}" if text.startswith("[") else (f", {text}" if text else "")
 
 
@@ -414,6 +409,15 @@ BUILTIN: tuple[SamplerSpec, ...] = (
     SamplerSpec("dpmpp_2m", sample_dpmpp_2m),
     SamplerSpec("dpmpp_2m_sde", sample_dpmpp_2m_sde),
     SamplerSpec("dpmpp_3m_sde", sample_dpmpp_3m_sde),
+    SamplerSpec("dpmpp_3m_sde_third_order", sample_dpmpp_3m_sde_third_order),
+    SamplerSpec("lcm", sample_lcm),
+    SamplerSpec("dpm_2", sample_dpm_2, evals_per_step=2),
+    SamplerSpec("dpm_2_ancestral", sample_dpm_2_ancestral, evals_per_step=2),
+    SamplerSpec("dpmpp_2s_ancestral", sample_dpmpp_2s_ancestral, evals_per_step=2),
+    SamplerSpec("dpmpp_sde", sample_dpmpp_sde, evals_per_step=2),
+    SamplerSpec("lms", sample_lms),
+    SamplerSpec("deis", sample_deis),
+    SamplerSpec("unipc", sample_unipc),
 )
 
 SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in BUILTIN}

@@ -81,9 +81,12 @@ class NoiseSchedule:
     def sigmas(self) -> torch.Tensor:
         """``sqrt((1 - abar) / abar)`` per timestep, increasing.
 
-        At zero terminal SNR the last sigma is infinite; samplers in sigma space need a finite
-        start, so it is continued geometrically from the two before it (one more step of the
-        schedule's own log-sigma slope; ~4500 for SD's schedule, where diffusers uses 4096).
+        At zero terminal SNR the last sigma is infinite; this table continues it geometrically
+        from the two before it (one more step of the schedule's own log-sigma slope; ~4500 for
+        SD's schedule, where diffusers' Euler uses 4096): the top of the Karras and exponential
+        ranges and of the denoiser's timestep lookup. Timestep grids visit t = T at
+        ``sigmas.ZERO_SNR_SIGMA`` instead, close enough to infinity for DDIM to match diffusers'
+        abar_T = 0 step.
         """
         abar = self.alphas_cumprod
         sigmas = ((1 - abar) / abar).sqrt()

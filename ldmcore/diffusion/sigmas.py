@@ -39,9 +39,16 @@ def make_timesteps(num_train: int, steps: int, spacing: Spacing | str = Spacing.
     if spacing is Spacing.LEADING:
         ts = torch.arange(steps) * (num_train // steps) + offset
     elif spacing is Spacing.LINSPACE:
-        ts = torch.linspace(0, num_train - 1, steps).round()
+        # i * (T - 1) / (steps - 1) in float64, as diffusers' numpy computes it: the midpoint
+        # 499.5 (27 steps) then lands a hair below, as there, and rounds to 499
+        ts = torch.arange(steps, dtype=torch.float64) * ((num_train - 1) / max(steps - 1, 1))
+        ts[-1] = num_train - 1 if steps > 1 else 0
+        ts = ts.round()
     else:
-        ts = ((num_train - torch.arange(steps) * (num_train / steps)).round() - 1).flip(0)
+        # T + i * delta with delta = (T - T/steps) - T, float64: numpy's arange, as diffusers
+        # counts back, so that ties such as 937.5 round the same way
+        delta = (num_train - num_train / steps) - num_train
+        ts = ((num_train + torch.arange(steps, dtype=torch.float64) * delta).round() - 1).flip(0)
     return ts.long().clamp(0, num_train - 1).flip(0)
 
 
@@ -49,11 +56,36 @@ def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
+def distinct_levels(sigmas: torch.Tensor) -> torch.Tensor:
+    """``sigmas`` without repeats of the level before: a step from a level to itself moves
+    nothing (diffusers' DDIM takes it as an identity step), and samplers need strict descent.
+
+    Timestep grids repeat a level in two places: a grid that already ends at t = 0 followed by
+    the final level sigma(t=0) (``set_alpha_to_one=False``), and leading timesteps whose offset
+    pushes the top one past T - 1, clamped back onto the one below it.
+    """
+    keep = torch.ones(len(sigmas), dtype=torch.bool)
+    keep[1:] = sigmas[1:] != sigmas[:-1]
+    return sigmas[keep]
+
+
+# The level a timestep grid visits at t = T of a zero-terminal-SNR schedule, where abar_T = 0
+# and sigma_T is infinite. A step from it to sigma' differs from the step from infinity (what
+# diffusers' DDIM takes with abar_T = 0) by O(sigma' / ZERO_SNR_SIGMA), ~1e-9 relative for SD's
+# levels: below float32 round-off. x = z sqrt(1 + sigma^2) then stays far inside float32's range.
+ZERO_SNR_SIGMA = 1e10
+
+
 def discrete_sigmas(schedule: NoiseSchedule, steps: int, spacing: Spacing | str = Spacing.LEADING,
                     offset: int = 0) -> torch.Tensor:
-    """The schedule's sigmas at the DDIM/DDPM timesteps, then 0: the grid DDIM and DDPM walk."""
+    """The schedule's sigmas at the DDIM/DDPM timesteps, then 0: the grid DDIM and DDPM walk
+    (a timestep that repeats after clamping is visited once; t = T of a zero-terminal-SNR
+    schedule is ``ZERO_SNR_SIGMA``, which the denoiser maps back to t = T)."""
     ts = make_timesteps(schedule.num_timesteps, steps, spacing, offset)
-    return _append_zero(schedule.sigmas[ts])
+    levels = schedule.sigmas[ts]
+    if schedule.zero_terminal_snr:
+        levels[ts == schedule.num_timesteps - 1] = ZERO_SNR_SIGMA
+    return distinct_levels(_append_zero(levels))
 
 
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
@@ -89,13 +121,18 @@ class SigmaPlan:
     set_alpha_to_one: bool = True
 
     def sigmas(self, schedule: NoiseSchedule, steps: int) -> torch.Tensor:
-        """Descending float64 sigmas, ``steps + 1`` of them, the last 0 (or sigma(t=0))."""
+        """Strictly descending float64 sigmas, ``steps + 1`` of them, the last 0 (or sigma(t=0)).
+
+        Discrete grids have fewer where a level would repeat (``distinct_levels``): linspace
+        or leading-offset-0 timesteps end at t = 0 already, so with ``set_alpha_to_one=False``
+        the final level sigma(t=0) is that last timestep's own, and its step is dropped.
+        """
         kind = SigmaKind(self.kind)
         if kind is SigmaKind.DISCRETE:
             levels = discrete_sigmas(schedule, steps, self.spacing, self.offset)
             if not self.set_alpha_to_one:
                 levels[-1] = schedule.sigmas[0]
-            return levels
+            return distinct_levels(levels)
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         table = schedule.sigmas
