@@ -1,7 +1,7 @@
 """The performance anchor: one SD-like UNet and VAE, the same random weights in diffusers and ldmcore.
 
-Issue 6 fixes the anchor as "a 35M-parameter SD-like UNet, 32x32x4 latents, batch 8, 16 context
-tokens of 384". In diffusers terms that is Stable Diffusion 1.x's layout (four levels, attention
+The anchor is a 35M-parameter SD-like UNet, 32x32x4 latents, batch 8, 16 context tokens of 384.
+In diffusers terms that is Stable Diffusion 1.x's layout (four levels, attention
 on the first three, two ResBlocks per level, 8 heads, 32 GroupNorm groups, 1x1-conv projections)
 at a fifth of SD's widths: ``block_out_channels=(64, 128, 256, 256)``, 35.6M parameters. The
 VAE is SD's KL-f8 layout at half width, ``(64, 128, 256, 256)``, decoding 32x32 latents to

@@ -1,4 +1,4 @@
-"""Attach a new plugin to a trained backbone and fine-tune only the plugin (issue 5).
+"""Attach a new plugin to a trained backbone and fine-tune only the plugin.
 
 Starting from a trained shapes run (default: ``runs/bench/shapes_layout``, boxes and kinds but
 no colours), a new plugin (default ``lowres``: the 8x8 image as concat channels plus its noise
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides")
     parser.add_argument("--reuse", action="store_true", help="score runs already trained under --root")
     args = parser.parse_args()
-    from ldmcore.sample import load_run
+    from ldmcore.runfolder import load_run
 
     cfg, _, _ = load_run(args.base)
     plugins = [*cfg.conditions, args.plugin]

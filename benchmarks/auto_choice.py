@@ -46,7 +46,7 @@ def demo_step(precision: str):
     from ldmcore.build import build_model
     from ldmcore.config import load
     from ldmcore.nn.execution import for_training
-    from ldmcore.train import denoiser_params
+    from ldmcore.model import denoiser_params
 
     cfg = load(["experiment=demo"])
     torch.manual_seed(0)

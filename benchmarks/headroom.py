@@ -19,7 +19,7 @@ def model_mean(run: Path, values: dict, n: int) -> torch.Tensor:
     """The run's denoised estimate, for ``n`` samples of condition ``values``, from pure noise at
     its largest sigma (the x0 the first sampling step reads), finished as samples are."""
     from ldmcore.diffusion.guidance import Guidance
-    from ldmcore.sample import load_run
+    from ldmcore.runfolder import load_run
     from ldmcore.hardware import choose_precision
 
     _, model, _ = load_run(run)

@@ -5,7 +5,7 @@ of ``ldmcore.hole_fill``). This script reads the fills a user could use without 
 same held-out crops and holes (``ldm eval``'s, seed 0), so the bar and its headroom are
 measured, not assumed:
 
-* blur fills: 50 plain 3x3 sweeps from zero (the baseline before session 5), the multigrid fill
+* blur fills: 50 plain 3x3 sweeps from zero (an unconverged blur fill), the multigrid fill
   at 20 sweeps per level (the plugin's base) and at 200 (the eval's baseline);
 * scikit-image's biharmonic inpainting (``skimage.restoration.inpaint_biharmonic``), which also
   continues gradients across the border;
@@ -49,7 +49,8 @@ def main() -> None:
     args = parser.parse_args()
     from ldmcore.build import build_model
     from ldmcore.config import load
-    from ldmcore.eval.tasks import held_out_batch, hole_psnr
+    from ldm_inpaint.metric import hole_psnr
+    from ldmcore.eval.tasks import held_out_batch
     from ldmcore.hole_fill import CONVERGED_SWEEPS, SWEEPS_PER_LEVEL, blur_fill, relax
 
     cfg = load(["experiment=photos_inpaint"])

@@ -42,9 +42,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run import RESULTS, machine  # noqa: E402
 
 from ldmcore.eval.digits import _to_reader_space, split_digits, train_reader  # noqa: E402
-from ldmcore.eval.tasks import held_out_batch, shape_scores  # noqa: E402
+from ldmcore.eval.tasks import condition_scores, held_out_batch, run_metrics  # noqa: E402
 from ldmcore.images import save_grid  # noqa: E402
-from ldmcore.sample import load_run  # noqa: E402
+from ldmcore.runfolder import load_run  # noqa: E402
+from ldmcore.sampling import sampling_plan  # noqa: E402
 from ldmcore.hardware import choose_precision  # noqa: E402
 
 FACTORS = {1: "pixels", 2: "kl_f2", 4: "kl_f4", 8: "kl_f8"}
@@ -110,12 +111,12 @@ class Scorer:
             values = model.conditioner.resolve(self.batch)
         noise = torch.randn((self.n, *model.latent_shape()), generator=torch.Generator().manual_seed(0))
         with torch.inference_mode(), choose_precision("auto").autocast():
-            images = model.sample(values, self.n, sampler="dpmpp_2m", steps=EVAL_STEPS,
-                                  guidance=cfg.sampler.guidance, noise=noise,
+            plan = sampling_plan(cfg.sampler, name="dpmpp_2m", steps=EVAL_STEPS)
+            images = model.sample(values, self.n, plan, noise=noise,
                                   generator=torch.Generator().manual_seed(0)).float()
         save_grid(images[:40], grid, nrow=10)
         if self.dataset == "shapes":
-            return shape_scores(["segmap"], self.batch, images)
+            return condition_scores(run_metrics(model, "shapes", True), images, values, self.batch)
         grey = ((images[:, 0].clamp(-1, 1) + 1) * 127.5).numpy()
         feats = _to_reader_space(grey)
         read = self.reader.predict(feats)

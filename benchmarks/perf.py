@@ -224,7 +224,7 @@ def demo_step(reps: int) -> dict:
     from ldmcore.build import build_model
     from ldmcore.config import load
     from ldmcore.nn.execution import for_training
-    from ldmcore.train import denoiser_params
+    from ldmcore.model import denoiser_params
 
     cfg = load(["experiment=demo"])
     runs = {}

@@ -44,10 +44,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from ldmcore.diffusion.guidance import Guidance
-    from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan
-    from ldmcore.eval.tasks import held_out_batch, shape_scores
-    from ldmcore.sample import load_run
+    from ldmcore.sampling import sampling_plan
+    from ldmcore.eval.tasks import condition_scores, held_out_batch, run_metrics
+    from ldmcore.runfolder import load_run
     from ldmcore.hardware import choose_precision
 
     cfg, model, _ = load_run(args.run)
@@ -61,12 +60,12 @@ def main() -> None:
     for label, scales in settings.items():
         t0 = time.perf_counter()
         with torch.inference_mode(), choose_precision("auto").autocast():
-            images = model.sample(values, args.n, sampler="dpmpp_2m", steps=args.steps,
-                                  sigmas=SigmaPlan(SigmaKind.KARRAS),
-                                  guidance=Guidance(args.base, per_plugin=scales), noise=noise,
+            plan = sampling_plan(cfg.sampler, name="dpmpp_2m", steps=args.steps, sigmas="karras",
+                                 guidance=args.base, plugin_guidance=scales)
+            images = model.sample(values, args.n, plan, noise=noise,
                                   generator=torch.Generator().manual_seed(0)).float()
         rows[label] = {"scales": scales, "seconds": round(time.perf_counter() - t0, 1),
-                       **shape_scores(model.conditioner.encoders, batch, images)}
+                       **condition_scores(run_metrics(model, cfg.data.name, True), images, values, batch)}
         print(label, rows[label], flush=True)
     checks = {}
     for p in plugins:

@@ -1,4 +1,4 @@
-"""Every built-in condition plugin, trained and measured: the issue-3 table.
+"""Every built-in condition plugin, trained and measured: the README's results table.
 
 For each dataset the first stage (the KL autoencoder) is trained once, as in the LDM paper, and
 every experiment on that dataset starts from it (``autoencoder.checkpoint=...``). Each experiment

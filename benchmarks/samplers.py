@@ -110,20 +110,18 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
                  - 2 * np.sqrt(np.clip(cross, 0, None)).sum())
 
 
-def sampler_setups(names: list[str] | None, spacing: str) -> dict[str, dict]:
-    """Each sampler's shipped config (noise levels and knobs), discrete ones at ``spacing``."""
+def sampler_plans(names: list[str] | None, spacing: str, guidance: float) -> dict[str, dict]:
+    """Each sampler's shipped config (noise levels and knobs) as a sampling plan at ``guidance``,
+    discrete ones at ``spacing``; and whether it is deterministic."""
     from ldmcore.config import conf_dir, load
-    from ldmcore.registry import default_registry
+    from ldmcore.sampling import sampling_plan
 
     shipped = sorted(p.stem for p in (conf_dir() / "sampler").glob("*.yaml"))
-    reg = default_registry()
     out = {}
     for name in names or shipped:
-        sc = load([f"sampler={name}", f"sampler.spacing={spacing}"]).sampler
-        knobs = sc.knobs()
-        spec = reg.sampler(sc.name)
-        out[name] = {"spec": spec, "plan": sc.plan(), "knobs": knobs,
-                     "deterministic": deterministic(spec, knobs)}
+        plan = sampling_plan(load([f"sampler={name}", f"sampler.spacing={spacing}"]).sampler,
+                             guidance=guidance)
+        out[name] = {"plan": plan, "deterministic": deterministic(plan.sampler, dict(plan.knobs))}
     return out
 
 
@@ -154,7 +152,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from ldmcore.diffusion.guidance import Guidance
-    from ldmcore.sample import load_run
+    from ldmcore.diffusion.samplers import SAMPLERS
+    from ldmcore.diffusion.plan import SamplingPlan
+    from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan
+    from ldmcore.runfolder import load_run
     from ldmcore.hardware import autocast, machine_line
 
     _, model, _ = load_run(args.run)
@@ -172,40 +173,37 @@ def main() -> None:
     store["floor_fd"] = reader.floor(n)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
-    def generate(spec, steps: int, plan, knobs: dict) -> torch.Tensor:
+    def generate(plan: SamplingPlan) -> torch.Tensor:
         with autocast(args.precision, torch.device("cpu")):
-            return model.sample({"class": classes}, n, sampler=spec, steps=steps, sigmas=plan,
-                                sampler_options=knobs, guidance=Guidance(args.guidance),
-                                noise=noise, generator=torch.Generator().manual_seed(0))
+            return model.sample({"class": classes}, n, plan, noise=noise,
+                                generator=torch.Generator().manual_seed(0))
 
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     cache = Path("runs/bench_cache") / f"reference_{digest}.safetensors"
     if cache.is_file():
         reference = checkpoint.load(cache)[0]["reference"]
     else:
-        from ldmcore.diffusion.samplers import SAMPLERS
-        from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan
-
-        reference = generate(SAMPLERS["dpmpp_3m_sde_third_order"], args.reference_steps,
-                             SigmaPlan(SigmaKind.KARRAS), {"eta": 0.0})
+        reference = generate(SamplingPlan(SAMPLERS["dpmpp_3m_sde_third_order"], args.reference_steps,
+                                          SigmaPlan(SigmaKind.KARRAS), {"eta": 0.0},
+                                          Guidance(args.guidance)))
         cache.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.save(cache, {"reference": reference})
     store["reference_score"] = reader.score(reference, classes.numpy())
 
-    for name, setup in sampler_setups(args.samplers, args.spacing).items():
-        spec = setup["spec"]
+    for name, setup in sampler_plans(args.samplers, args.spacing, args.guidance).items():
+        spec = setup["plan"].sampler
         for budget in args.nfe:
             key = f"{name}@{budget}"
             if key in store["rows"]:
                 continue
             steps = spec.steps_for(budget)
             t0 = time.perf_counter()
-            images = generate(spec, steps, setup["plan"], setup["knobs"])
+            images = generate(setup["plan"].but(steps=steps))
             wall = time.perf_counter() - t0
             per_sample = ((images - reference) ** 2).mean(dim=(1, 2, 3)).sqrt()
             rmse = per_sample.median().item() if setup["deterministic"] else None
             flips = int((per_sample > 0.2).sum()) if setup["deterministic"] else None
-            row = {"sampler": name, "sigmas": setup["plan"].kind.value, "budget": budget,
+            row = {"sampler": name, "sigmas": setup["plan"].sigmas.kind.value, "budget": budget,
                    "steps": steps, "evals": spec.evals(steps), "ms_per_sample": 1e3 * wall / n,
                    "rmse": rmse, "flips": flips, **reader.score(images, classes.numpy())}
             store["rows"][key] = row

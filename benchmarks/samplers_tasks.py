@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run import RESULTS, machine  # noqa: E402
-from samplers import BUDGETS, sampler_setups  # noqa: E402
+from samplers import BUDGETS, sampler_plans  # noqa: E402
 
 
 def main() -> None:
@@ -42,9 +42,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from ldmcore.diffusion.guidance import Guidance
-    from ldmcore.eval.tasks import held_out_batch, shape_scores
-    from ldmcore.sample import load_run
+    from ldmcore.eval.tasks import condition_scores, held_out_batch, run_metrics
+    from ldmcore.runfolder import load_run
     from ldmcore.hardware import choose_precision
 
     cfg, model, _ = load_run(args.run)
@@ -54,19 +53,17 @@ def main() -> None:
     out = RESULTS / f"samplers_{args.run.name}.json"
     store = {"machine": machine(), "run": str(args.run), "n": args.n,
              "guidance": cfg.sampler.guidance, "rows": {}}
-    for name, setup in sampler_setups(args.samplers, args.spacing).items():
-        spec = setup["spec"]
+    for name, setup in sampler_plans(args.samplers, args.spacing, cfg.sampler.guidance).items():
+        spec = setup["plan"].sampler
         for budget in args.nfe:
             steps = spec.steps_for(budget)
             t0 = time.perf_counter()
             with torch.inference_mode(), choose_precision("auto").autocast():
-                images = model.sample(values, args.n, sampler=spec, steps=steps, sigmas=setup["plan"],
-                                      sampler_options=setup["knobs"],
-                                      guidance=Guidance(cfg.sampler.guidance), noise=noise,
+                images = model.sample(values, args.n, setup["plan"].but(steps=steps), noise=noise,
                                       generator=torch.Generator().manual_seed(0)).float()
             wall = time.perf_counter() - t0
             row = {"sampler": name, "budget": budget, "steps": steps, "evals": spec.evals(steps),
-                   "ms_per_sample": round(1e3 * wall / args.n, 1), **shape_scores(model.conditioner.encoders, batch, images)}
+                   "ms_per_sample": round(1e3 * wall / args.n, 1), **condition_scores(run_metrics(model, cfg.data.name, True), images, values, batch)}
             store["rows"][f"{name}@{budget}"] = row
             out.write_text(json.dumps(store, indent=1))
             print(row, flush=True)

@@ -87,7 +87,6 @@ def main() -> None:
         ref_lat = timed("diffusers ddim sample", lambda: pipe(
             prompts[0], num_inference_steps=args.steps, guidance_scale=7.5, latents=noise.clone(),
             output_type="latent").images)
-    sampler = json.loads((work / "run_diffusers" / "import.json").read_text())["sampler"]
     del pipe
     for name, folder in (("diffusers", work / "run_diffusers"), ("single_file", run_sf)):
         model = timed(f"load ({name})", lambda: from_pretrained(folder))
@@ -99,9 +98,9 @@ def main() -> None:
         e["vae_decode"] = err(timed(f"ldmcore vae decode ({name})", lambda: model.autoencoder.decode(z)), ref_dec)
         if ref_lat is not None:
             last = {}
-            timed(f"ldmcore ddim sample ({name})", lambda: model.sample(
-                {"text": prompts}, 1, sampler="ddim", steps=args.steps, guidance=7.5, noise=noise.clone(),
-                sampler_options={**sampler, "eta": 0.0, "callback": lambda i, v: last.update(x=v)}))
+            timed(f"ldmcore ddim sample ({name})", lambda: model.sample(  # the imported run's own plan: SD's DDIM
+                {"text": prompts}, 1, model.sampling.but(steps=args.steps), noise=noise.clone(),
+                callback=lambda info: last.update(x=info["x"])))
             e["ddim_sample"] = err(last["x"], ref_lat)
         print(name, json.dumps(e), flush=True)
         del model

@@ -102,7 +102,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=None, help="a trained photos_sr4x run to read too")
     args = parser.parse_args()
     from ldmcore.config import load
-    from ldmcore.data import build_dataset, collate
+    from ldmcore.build import build_dataset
+    from ldmcore.data.datasets import collate
     from ldmcore.eval.tasks import held_out_batch
 
     cfg = load(["experiment=photos_sr4x"])

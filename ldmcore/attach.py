@@ -29,6 +29,7 @@ from ldmcore import checkpoint
 from ldmcore.conditioning import Injection
 from ldmcore.errors import CheckpointError, ConfigError, LdmError
 from ldmcore.model import LatentDiffusion
+from ldmcore.runfolder import load_run
 
 IN_CONV = "unet.input_blocks.0.0.weight"
 VEC_IN, VEC_OUT = "unet.label_emb.0.0.weight", "unet.label_emb.0.2"
@@ -60,8 +61,6 @@ def _slices(model: LatentDiffusion, inj: Injection, start: int) -> dict[str, tup
 def attach_pretrained(model: LatentDiffusion, run_dir: Path) -> Attachment:
     """Load a pretrained run into ``model`` (which may enable more plugins), zero-initialising
     what the new plugins add. Refuses when the pretrained plugins are not a prefix of ``model``'s."""
-    from ldmcore.sample import load_run
-
     run_dir = Path(run_dir)
     try:
         old_cfg, old, _ = load_run(run_dir, use_ema=True)

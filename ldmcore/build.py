@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 from ldmcore import checkpoint
 from ldmcore.conditioning import BackboneSpec, Conditioner
@@ -21,7 +23,8 @@ from ldmcore.model import LatentDiffusion, derive_unet_shape
 from ldmcore.nn.autoencoder import AutoencoderKL, AutoencoderShape
 from ldmcore.nn.pixel_space import FirstStage, PixelSpace
 from ldmcore.nn.unet import UNetModel, UNetShape
-from ldmcore.registry import Registry
+from ldmcore.registry import Registry, default_registry
+from ldmcore.sampling import sampling_plan
 
 
 def autoencoder_shape(ae: AutoencoderConfig, image_channels: int) -> AutoencoderShape:
@@ -72,7 +75,8 @@ def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
 def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,
                 registry: Registry | None = None, root: Path | None = None,
                 trusted_paths: frozenset[str] = frozenset()) -> LatentDiffusion:
-    """The full LatentDiffusion for ``cfg`` (a fresh autoencoder unless one is given)."""
+    """The full LatentDiffusion for ``cfg`` (a fresh autoencoder unless one is given); it samples
+    with the plan of ``cfg.sampler`` unless ``sample`` is given another."""
     check_shapes(cfg)
     autoencoder = autoencoder if autoencoder is not None else build_autoencoder(cfg)
     conditioner = build_conditioner(cfg, registry, autoencoder, root, trusted_paths)
@@ -95,7 +99,14 @@ def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,
                           f"gives one; enable a base (conditions.lowres.base=bicubic or "
                           f"conditions.inpaint.base=blur_fill) or leave residual_scale at 1.")
     return LatentDiffusion(autoencoder, UNetModel(shape), conditioner, schedule, latent, d.prediction,
-                           d.snr_gamma, d.residual_scale)
+                           d.snr_gamma, d.residual_scale, sampling_plan(cfg.sampler, registry))
+
+
+def build_dataset(name: str, limit: int | None = None, registry: Registry | None = None,
+                  **options: Any) -> Dataset:
+    """The dataset registered as ``name`` (``register_datasets``) for ``options`` (the ``data``
+    config's keys), cut to its first ``limit`` items if given."""
+    return (registry or default_registry()).dataset(name).dataset(limit, **options)
 
 
 def check_shapes(cfg: ExperimentConfig) -> None:

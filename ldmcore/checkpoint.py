@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ldmcore.errors import CheckpointError, first_few
@@ -107,6 +107,33 @@ def _fsync_dir(folder: Path) -> None:
 
 def load(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint; any unreadable file becomes a ``CheckpointError`` saying why."""
+    path = _safetensors_file(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _unreadable(path, exc) from None
+    return tensors, metadata(path)
+
+
+def metadata(path: Path | str) -> dict[str, Any]:
+    """A checkpoint's metadata alone (JSON values decoded), without reading its tensors."""
+    path = _safetensors_file(path)
+    try:
+        with safe_open(str(path), "pt") as fh:
+            raw_meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _unreadable(path, exc) from None
+    meta: dict[str, Any] = {}
+    for k, v in raw_meta.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    return meta
+
+
+def _safetensors_file(path: Path | str) -> Path:
+    """``path``, if it is a file that is not a pickle by its name."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; a run folder keeps its "
@@ -115,23 +142,13 @@ def load(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise CheckpointError(f"{str(path)!r} looks like a pickled PyTorch file; ldmcore loads "
                               f"only .safetensors (pickles can run code). Convert it with "
                               f"safetensors first.")
-    try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
+    return path
 
-        with safe_open(str(path), "pt") as fh:
-            raw_meta = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({exc}); it may "
-                              f"be truncated or another format. Use an intact .safetensors file, "
-                              f"e.g. the run's checkpoints/last.safetensors.") from None
-    meta: dict[str, Any] = {}
-    for k, v in raw_meta.items():
-        try:
-            meta[k] = json.loads(v)
-        except json.JSONDecodeError:
-            meta[k] = v
-    return tensors, meta
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"{str(path)!r} is not a readable safetensors file ({exc}); it may "
+                           f"be truncated or another format. Use an intact .safetensors file, "
+                           f"e.g. the run's checkpoints/last.safetensors.")
 
 
 def with_prefix(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

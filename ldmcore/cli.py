@@ -28,6 +28,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+from ldmcore.arguments import flag, key_values, positional  # noqa: E402
 from ldmcore.errors import ConfigError, LdmError, nearest  # noqa: E402
 
 # a full disk, a quota, a file-size limit, a read-only disk: the machine's state, not a bug
@@ -56,47 +57,42 @@ def cmd_sample(args: list[str]) -> int:
 
 
 def cmd_eval(args: list[str]) -> int:
-    """Digits runs: class fidelity of a samples folder. Other runs: every plugin's metric on
-    held-out conditions (see ``ldmcore.eval.tasks``)."""
-    import yaml
+    """Score a run with the metrics its condition plugins register: samples of held-out
+    conditions when its dataset has a held-out split, else a folder of ``ldm sample`` output
+    (``samples=DIR``, default ``RUN_DIR/samples/final``); see ``ldmcore.eval.tasks``."""
+    from ldmcore.eval.tasks import evaluate_folder, evaluate_run
+    from ldmcore.registry import default_registry
+    from ldmcore.runfolder import run_config
 
-    opts = _key_values(args, {"run", "samples", "n", "steps", "seed", "average", "precision", "threads"})
+    opts = key_values(args, {"run", "samples", "n", "steps", "seed", "average", "precision", "threads"})
     if "run" not in opts:
-        raise ConfigError("ldm eval needs run=RUN_DIR (and for digits runs optionally samples=DIR, "
-                          "default RUN_DIR/samples/final; for other runs n=64 steps=... seed=0 "
-                          "average=1).")
+        raise ConfigError("ldm eval needs run=RUN_DIR (and optionally samples=DIR, a folder of "
+                          "`ldm sample` output, default RUN_DIR/samples/final when the run's "
+                          "data has no held-out split; else n=64 steps=... seed=0 average=1).")
     run = Path(opts["run"])
-    config_file = run / "config.yaml"
-    if not config_file.is_file():
-        raise ConfigError(f"run={str(run)!r} has no config.yaml; name a run folder made by `ldm train`.")
-    raw = yaml.safe_load(config_file.read_text())
+    held_out = default_registry().dataset(run_config(run).data.name).held_out is not None
+    if "samples" in opts or not held_out:
+        folder = Path(opts.get("samples", run / "samples" / "final"))
+        metrics, scored = evaluate_folder(run, folder), folder
+    else:
+        try:
+            n, seed, average = int(opts.get("n", 64)), int(opts.get("seed", 0)), int(opts.get("average", 1))
+            steps = int(opts["steps"]) if "steps" in opts else None
+        except ValueError:
+            raise ConfigError("ldm eval: n, steps, seed and average must be integers.") from None
+        if n < 1 or average < 1:
+            raise ConfigError(f"ldm eval: n={n} and average={average} must be at least 1 (average=K "
+                              f"also scores the mean of K samples per condition).")
+        metrics = evaluate_run(run, n=n, steps=steps, seed=seed, out=run, average=average,
+                               precision=opts.get("precision", "auto"), threads=opts.get("threads", "auto"))
+        scored = run / "eval_grid.png"
     report = run / "eval.json"
-    if raw["data"]["name"] == "digits" and "class" in raw.get("conditions", {}):
-        from ldmcore.eval.digits import evaluate_folder, write_report
-
-        result = evaluate_folder(Path(opts.get("samples", run / "samples" / "final")))
-        write_report(result, report)
-        worst = min(result.per_class.items(), key=lambda kv: kv[1])
-        print(f"class fidelity: {result.accuracy:.1%} of {result.count} samples read as the class "
-              f"asked for (independent SVC reader; it reads {result.reader_accuracy:.1%} of held-out "
-              f"real digits); worst class {worst[0]} at {worst[1]:.0%}. Report: {report}")
-        return 0
-    from ldmcore.eval.tasks import evaluate_run
-
-    try:
-        n, seed, average = int(opts.get("n", 64)), int(opts.get("seed", 0)), int(opts.get("average", 1))
-        steps = int(opts["steps"]) if "steps" in opts else None
-    except ValueError:
-        raise ConfigError("ldm eval: n, steps, seed and average must be integers.") from None
-    if n < 1 or average < 1:
-        raise ConfigError(f"ldm eval: n={n} and average={average} must be at least 1 (average=K "
-                          f"also scores the mean of K samples per condition).")
-    metrics = evaluate_run(run, n=n, steps=steps, seed=seed, out=run, average=average,
-                           precision=opts.get("precision", "auto"), threads=opts.get("threads", "auto"))
     report.write_text(json.dumps(metrics, indent=1))
     for key, value in metrics.items():
-        print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}")
-    print(f"report: {report}; samples: {run / 'eval_grid.png'}")
+        shown = f"{value:.4f}" if isinstance(value, float) else (
+            json.dumps(value) if isinstance(value, (dict, list)) else value)
+        print(f"{key:32s} {shown}")
+    print(f"report: {report}; samples: {scored}")
     return 0
 
 
@@ -136,27 +132,13 @@ def cmd_doctor(args: list[str]) -> int:
     return doctor(args)
 
 
-def _flag(opts: dict[str, str], key: str, default: bool) -> bool:
-    value = opts.pop(key, str(default)).lower()
-    if value not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(f"{key}={value!r} is not a boolean; write {key}=true or {key}=false.")
-    return value in ("true", "1", "yes")
-
-
-def _positional(args: list[str], names: tuple[str, ...], usage: str) -> tuple[list[str], list[str]]:
-    pos = [a for a in args if "=" not in a]
-    if len(pos) != len(names):
-        raise ConfigError(f"expected {' '.join(names)}, got {pos or 'nothing'}; usage: {usage}")
-    return pos, [a for a in args if "=" in a]
-
-
 def cmd_import(args: list[str]) -> int:
     from ldmcore.interop.convert import import_pretrained
 
     usage = "ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]"
-    (source, out), rest = _positional(args, ("SOURCE", "OUT_DIR"), usage)
-    opts = _key_values(rest, {"tokenizer", "prediction", "image_size", "overwrite"})
-    overwrite = _flag(opts, "overwrite", False)
+    (source, out), rest = positional(args, ("SOURCE", "OUT_DIR"), usage)
+    opts = key_values(rest, {"tokenizer", "prediction", "image_size", "overwrite"})
+    overwrite = flag(opts, "overwrite", False)
     if opts.get("prediction") not in (None, "eps", "v"):
         raise ConfigError(f"prediction={opts['prediction']!r}: write prediction=eps or prediction=v.")
     if "image_size" in opts:
@@ -170,14 +152,10 @@ def cmd_import(args: list[str]) -> int:
 
 
 def cmd_export(args: list[str]) -> int:
-    from ldmcore.interop.export import export_run
+    from ldmcore.interop.export import export_command
 
-    usage = "ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]"
-    (run, out), rest = _positional(args, ("RUN_DIR", "OUT"), usage)
-    opts = _key_values(rest, {"layout", "ema", "overwrite"})
-    layout = opts.pop("layout", "diffusers" if not out.endswith(".safetensors") else "sd")
-    path = export_run(run, out, layout, ema=_flag(opts, "ema", True), overwrite=_flag(opts, "overwrite", False))
-    print(f"exported ({layout}): {path}")
+    path, kind = export_command(args)
+    print(f"exported ({kind}): {path}")
     return 0
 
 
@@ -185,7 +163,7 @@ def cmd_new_plugin(args: list[str]) -> int:
     from ldmcore.scaffold import write_plugin
 
     names = [a for a in args if "=" not in a]
-    opts = _key_values([a for a in args if "=" in a], {"out"})
+    opts = key_values([a for a in args if "=" in a], {"out"})
     if len(names) != 1:
         raise ConfigError("ldm new-plugin takes one NAME (a lower-case identifier such as "
                           "demo_cond) and optionally out=DIR, the folder to write it in.")
@@ -198,17 +176,6 @@ def cmd_new_plugin(args: list[str]) -> int:
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "plugins": cmd_plugins,
             "import": cmd_import, "export": cmd_export, "new-plugin": cmd_new_plugin,
             "doctor": cmd_doctor}
-
-
-def _key_values(args: list[str], allowed: set[str]) -> dict[str, str]:
-    out = {}
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in allowed:
-            raise ConfigError(f"unexpected argument {arg!r}: {nearest(key, allowed)} "
-                              f"(write key=value).")
-        out[key] = value
-    return out
 
 
 def _check_utf8(args: list[str]) -> None:

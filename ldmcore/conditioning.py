@@ -310,7 +310,8 @@ class Conditioner(nn.Module):
     def forward(self, values: dict[str, Any], batch_size: int, *, drop: bool = False,
                 keep: set[str] | None = None,
                 generator: BatchRandom | torch.Generator | None = None) -> Conditioning:
-        """Encode ``values`` (plugin name -> batched value) and route the outputs.
+        """Encode ``values`` (plugin name -> batched value, as ``resolve`` gives them; a raw
+        data batch is resolved here, plugin by plugin) and route the outputs.
 
         ``drop``: apply each plugin's train-time ``drop_prob`` per sample (replaced by its null).
         ``keep``: plugins outside this set use their null (None keeps all); this is how guidance
@@ -323,7 +324,7 @@ class Conditioner(nn.Module):
                 continue
             with _drawing(enc, generator):
                 try:
-                    value = enc.batch_value(values)
+                    value = values[name] if name in values else enc.batch_value(values)
                 except KeyError:
                     raise PluginError(f"no value for condition {name!r} in {sorted(values)}; the "
                                       f"enabled conditions are {sorted(self.encoders)} and each "
@@ -339,7 +340,8 @@ class Conditioner(nn.Module):
     def resolve(self, batch: dict[str, Any], generator: BatchRandom | torch.Generator | None = None
                 ) -> dict[str, Any]:
         """``batch`` with every enabled plugin's value under its name, derived values (a random
-        hole, a downsampled image) drawn once, so that the encoders and the base read the same."""
+        hole, a downsampled image) drawn once: ``forward``, ``base`` and ``finish`` read these
+        resolved values and never derive them again."""
         values = dict(batch)
         for name, enc in self.encoders.items():
             with _drawing(enc, generator), contextlib.suppress(KeyError):  # forward() names a missing value
@@ -352,13 +354,12 @@ class Conditioner(nn.Module):
         None when no enabled plugin gives one."""
         if self.base_plugin is None:
             return None
-        enc = self.encoders[self.base_plugin]
-        return enc.base(enc.batch_value(values)).float()
+        return self.encoders[self.base_plugin].base(values[self.base_plugin]).float()
 
     def finish(self, images: torch.Tensor, values: dict[str, Any]) -> torch.Tensor:
         """Let every plugin post-process decoded samples, in enabling order."""
-        for enc in self.encoders.values():
-            images = enc.finish(images, enc.batch_value(values))
+        for name, enc in self.encoders.items():
+            images = enc.finish(images, values[name])
         return images
 
     def unconditional(self, batch_size: int) -> Conditioning:

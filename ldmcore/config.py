@@ -11,23 +11,21 @@ nearest valid names.
 from __future__ import annotations
 
 import importlib.resources
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import torch
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ldmcore.conditioning import EncoderConfig
-from ldmcore.diffusion.guidance import Guidance, RescaleSpace
-from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan, Spacing
 from ldmcore.diffusion.schedule import BetaSchedule, Prediction
 from ldmcore.errors import ConfigError, PluginClash, nearest
+from ldmcore.hardware import choose_precision
+from ldmcore.registry import Registry, default_registry
+from ldmcore.sampling import SamplerConfig, sampling_plan
+from ldmcore.schema import Strict, format_validation_error
 
-
-class Strict(BaseModel):
-    """Unknown keys are errors, and so are NaN and infinite numbers (no setting means them)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+__all__ = ["SamplerConfig", "Strict", "format_validation_error"]  # re-exported for callers
 
 
 class UNetConfig(Strict):
@@ -115,7 +113,8 @@ class AutoencoderConfig(Strict):
 
 
 class DataConfig(Strict):
-    name: Literal["digits", "shapes", "photos", "image_folder", "coco"] = "digits"
+    name: str = Field("digits", description="a registered dataset (`register_datasets`): digits, "
+                                            "shapes, photos, image_folder, coco, or a plugin's")
     path: Path | None = None
     annotations: Path | None = Field(None, description="coco: the instances JSON (boxes, "
                                      "polygon/RLE masks, categories)")
@@ -133,77 +132,8 @@ class DataConfig(Strict):
     limit: int | None = Field(None, ge=1, description="use only the first N items (quick runs)")
 
     def dataset_kwargs(self) -> dict[str, Any]:
-        """Arguments of the dataset constructors (``ldmcore.data.DATASETS``)."""
+        """Options of the dataset's ``build`` (hook ``register_datasets``)."""
         return self.model_dump(exclude={"name", "num_workers", "limit"})
-
-
-class SamplerConfig(Strict):
-    """How ``ldm sample`` and training-time sample grids generate: sampler, noise levels,
-    sampler knobs and guidance. Knobs are checked against the named sampler's own."""
-
-    name: str = "ddim"
-    steps: int = Field(50, ge=1, description="sampler steps (Heun: two evaluations each)")
-    sigmas: SigmaKind = Field(SigmaKind.DISCRETE, description="noise levels: the schedule's "
-                              "own timesteps (discrete), karras or exponential")
-    spacing: Spacing = Spacing.LEADING
-    offset: int = Field(0, ge=0, description="added to leading timesteps (SD uses 1)")
-    rho: float = Field(7.0, gt=0, description="Karras et al.'s rho (sigmas=karras)")
-    sigma_min: float | None = Field(None, gt=0, description="default: the schedule's smallest")
-    sigma_max: float | None = Field(None, gt=0, description="default: the schedule's largest")
-    eta: float | None = Field(None, ge=0.0, le=1.0, description="noise knob of stochastic "
-                              "samplers; None = the sampler's default")
-    options: dict[str, Any] = Field(default_factory=dict, description="other sampler knobs")
-    guidance: float = 3.0
-    plugin_guidance: dict[str, float] = Field(default_factory=dict, description="per-plugin "
-                                              "scales: compositional guidance")
-    guidance_rescale: float = Field(0.0, ge=0.0, le=1.0)
-    guidance_rescale_space: RescaleSpace = Field(RescaleSpace.OUTPUT, description="what "
-                                                 "guidance_rescale matches the std of: the "
-                                                 "network's eps/v output (as diffusers) or the "
-                                                 "denoised estimate")
-    guidance_interval: tuple[float, float] | None = Field(None, description="guide only for "
-                                                          "sigmas in [lo, hi]")
-    set_alpha_to_one: bool = Field(True, description="discrete sigmas: the last step lands on "
-                                   "alpha-bar 1 (sigma 0); false: on alpha-bar of t=0, as SD does")
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        _sampler_spec(v)
-        return v
-
-    @model_validator(mode="after")
-    def _knobs_fit_the_sampler(self) -> SamplerConfig:
-        try:
-            spec = _sampler_spec(self.name)
-            spec.check_knobs(self.options, where="sampler.options.")
-            spec.check_knobs({} if self.eta is None else {"eta": self.eta}, where="sampler.")
-            self.guidance_spec()  # checks rescale and interval
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
-        return self
-
-    def knobs(self) -> dict[str, Any]:
-        """The sampler knobs this config sets (eta is one when given)."""
-        return {**self.options, **({} if self.eta is None else {"eta": self.eta})}
-
-    def plan(self) -> SigmaPlan:
-        return SigmaPlan(self.sigmas, self.spacing, self.offset, self.rho, self.sigma_min,
-                         self.sigma_max, self.set_alpha_to_one)
-
-    def guidance_spec(self) -> Guidance:
-        return Guidance(self.guidance, dict(self.plugin_guidance), self.guidance_rescale,
-                        self.guidance_interval, self.guidance_rescale_space)
-
-
-def _sampler_spec(name: str):
-    """The registered sampler ``name`` (a ValueError listing them all, for pydantic)."""
-    from ldmcore.registry import default_registry
-
-    try:
-        return default_registry().sampler(name)
-    except ConfigError as err:
-        raise ValueError(str(err)) from None
 
 
 class TrainerConfig(Strict):
@@ -304,14 +234,12 @@ def conf_dir() -> Path:
     return Path(str(importlib.resources.files("ldmcore.conf")))
 
 
-def config_sources(registry=None) -> list[tuple[str, Path]]:
+def config_sources(registry: Registry | None = None) -> list[tuple[str, Path]]:
     """(package, folder) of every config tree, the host's first: the order Hydra searches them.
 
     Two trees that ship the same ``group/option.yaml`` are a clash naming both packages: which
     one Hydra would pick would depend on install order, so neither is silently preferred.
     """
-    from ldmcore.registry import default_registry
-
     registry = registry or default_registry()
     sources = [("ldmcore", conf_dir())] + [(d.package, d.path) for d in registry.config_dirs]
     seen: dict[str, str] = {}
@@ -327,7 +255,7 @@ def config_sources(registry=None) -> list[tuple[str, Path]]:
     return sources
 
 
-def group_options(group: str, registry=None) -> list[str]:
+def group_options(group: str, registry: Registry | None = None) -> list[str]:
     """Every option of a config group, the host's and the plugins'."""
     return sorted({p.stem for _, folder in config_sources(registry)
                    for p in (folder / group).glob("*.yaml")})
@@ -352,33 +280,6 @@ def _searchpath_override(overrides: list[str], sources: list[tuple[str, Path]]) 
     return [*rest, f"hydra.searchpath=[{quoted}]"]
 
 
-def format_validation_error(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
-    """One paragraph naming each bad key path, what is wrong, and the valid names."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        path = f"{prefix}{loc}"
-        if e["type"] == "extra_forbidden":
-            valid = _fields_at(model, e["loc"][:-1]) if model else []
-            parts.append(f"unknown config key '{path}': {nearest(str(e['loc'][-1]), valid)}")
-        else:
-            got = e.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            msg = e["msg"].removeprefix("Value error, ")
-            parts.append(f"config key '{path}': {msg}{shown}" if path else msg)
-    return "; ".join(p.rstrip(".") for p in parts) + "."
-
-
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    for part in loc:
-        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        model = ann
-    return list(model.model_fields)
-
-
 def validate(raw: dict[str, Any]) -> ExperimentConfig:
     """Validate a plain (composed, resolved) config dict."""
     try:
@@ -395,80 +296,101 @@ def validate_condition(name: str, cls_config: type[EncoderConfig], section: dict
         raise ConfigError(format_validation_error(err, prefix=f"conditions.{name}.", model=cls_config)) from None
 
 
-_OVERRIDE_FAIL = re.compile(r"Could not override '([^']+)'")
-_MISSING_OPTION = re.compile(r"Could not (?:load|find) '([\w-]+)/([^']+)'")
-_MISSING_VALUE = re.compile(r"Missing mandatory value: .*?full_key: ([\w.\[\]-]+)")
-
-
-# sampler options set different keys (eta, rho, ...), so any ``sampler.KEY=`` may add its key
-# ("++"): pydantic still rejects a key SamplerConfig lacks, naming the valid ones, and a knob
-# the chosen sampler lacks, naming its knobs
-OPEN_MAPS = ("sampler.",)
-
-
-def compose(overrides: list[str], registry=None) -> dict[str, Any]:
+def compose(overrides: list[str], registry: Registry | None = None) -> dict[str, Any]:
     """Compose ``conf/config.yaml`` with Hydra overrides into a resolved plain dict.
 
-    The config folders of installed plugins (``register_config_dirs``) are searched after the
-    host's tree.
+    The YAML files hold only what differs from the pydantic defaults, so ``KEY=VALUE`` may set a
+    key no file mentions (Hydra's ``++``): pydantic then rejects a key that does not exist,
+    naming the nearest. A plugin section is set this way only when the plugin is enabled
+    (``condition=[...]``); ``+conditions.NAME.KEY=...`` enables it on purpose. The config folders
+    of installed plugins (``register_config_dirs``) are searched after the host's tree.
+    ``data=NAME`` of a registered dataset that ships no ``data/NAME.yaml`` selects it with the
+    data defaults (``data.name=NAME``).
     """
-    overrides = [f"++{o}" if o.startswith(OPEN_MAPS) else o for o in overrides]
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
     from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
 
     sources = config_sources(registry)
+    groups = {p.name for _, folder in sources for p in folder.iterdir() if p.is_dir()}
+    overrides = [_dataset_choice(o, registry) for o in overrides]
+    opened = [_settable(o, groups) for o in overrides]
     OmegaConf.register_new_resolver("per_precision", per_precision, replace=True)
 
-    def run(ovr: list[str], throw_on_missing: bool = True) -> dict[str, Any]:
+    def run(ovr: list[str]) -> dict[str, Any]:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=_searchpath_override(ovr, sources))
         # a mandatory value (``???``) left unset must fail here, not pass on as the string "???"
-        return OmegaConf.to_container(cfg, resolve=True,  # type: ignore[return-value]
-                                      throw_on_missing=throw_on_missing)
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
 
     try:
-        return run(overrides)
-    except Exception as exc:  # Hydra raises several exception types; all are user errors here
+        raw = run(opened)
+        plugin_keys = [o for o in overrides if o.startswith("conditions.") and "=" in o]
+        if plugin_keys:
+            enabled = run([o for o in opened if o[2:] not in plugin_keys]).get("conditions", {})
+            _check_enabled(plugin_keys, enabled)
+        return raw
+    except MissingMandatoryValue as exc:
+        key = exc.full_key
+        raise ConfigError(f"config key '{key}' needs a value and has none (it is ??? in "
+                          f"the config); give it on the command line: {key}=...") from None
+    except MissingConfigException as exc:
+        group, _, option = (exc.missing_cfg_file or "").partition("/")
+        if not option:
+            raise ConfigError(f"cannot compose the config from {overrides}: {exc}") from None
+        options = group_options(group, registry)
+        raise ConfigError(f"unknown {group} '{option}': {nearest(option, options)} "
+                          f"Options for {group}=: {', '.join(options)}.{_broken_note(registry)}"
+                          ) from None
+    except ConfigError:
+        raise
+    except Exception as exc:  # Hydra's override grammar and merge errors: all user errors here
         msg = " ".join(str(exc).split())
-        match = _OVERRIDE_FAIL.search(msg)
-        if match:
-            key = match.group(1)
-            rest = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
-            raise ConfigError(_unknown_key_message(key, rest, run)) from None
-        unset = _MISSING_VALUE.search(msg)
-        if unset:
-            key = unset.group(1)
-            raise ConfigError(f"config key '{key}' needs a value and has none (it is ??? in "
-                              f"the config); give it on the command line: {key}=...") from None
-        missing = _MISSING_OPTION.search(msg)
-        if missing:
-            group, option = missing.group(1), missing.group(2)
-            options = group_options(group, registry)
-            raise ConfigError(f"unknown {group} '{option}': {nearest(option, options)} "
-                              f"Options for {group}=: {', '.join(options)}.{_broken_note(registry)}"
-                              ) from None
         raise ConfigError(f"cannot compose the config from {overrides}: {msg}") from None
+
+
+def _settable(override: str, groups: set[str]) -> str:
+    """``KEY=VALUE`` as ``++KEY=VALUE`` (set, or add when no YAML file mentions the key), except
+    group choices (``data=shapes``), Hydra's own keys and overrides already prefixed."""
+    key, sep, _ = override.partition("=")
+    if not sep or override.startswith(("+", "~")) or key in groups or key.startswith("hydra."):
+        return override
+    return f"++{override}"
 
 
 def per_precision(precision: str, mixed: Any, fp32: Any) -> Any:
     """``${per_precision:${trainer.precision},A,B}`` in a config: ``A`` where ``precision``
     resolves to bf16/fp16 on this machine's device (AMX CPUs, GPUs), ``B`` where it resolves to
     float32 (AVX2-only CPUs under ``auto``). Lets an experiment fit its time budget on both."""
-    import torch
-
-    from ldmcore.hardware import choose_precision
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return fp32 if choose_precision(str(precision), device).name == "fp32" else mixed
 
 
-def _broken_note(registry=None) -> str:
-    """A plugin that failed to load takes its configs with it: say so where they are missed."""
-    from ldmcore.registry import default_registry
+def _check_enabled(plugin_keys: list[str], enabled: dict[str, Any]) -> None:
+    """A ``conditions.NAME.KEY=...`` override configures an enabled plugin; it never enables one."""
+    for override in plugin_keys:
+        name = override.split("=", 1)[0].split(".")[1]
+        if name not in enabled:
+            raise ConfigError(
+                f"{override}: the plugin {name!r} is not enabled in this config (enabled: "
+                f"{', '.join(enabled) or 'none'}); enable it with condition=[...,{name}], or "
+                f"write +{override} to enable it with this setting.")
 
+
+def _dataset_choice(override: str, registry: Registry | None) -> str:
+    """``data=NAME`` as ``data.name=NAME`` when NAME is a registered dataset without a config file."""
+    key, sep, name = override.partition("=")
+    if key != "data" or not sep or name in group_options("data", registry):
+        return override
+    return f"data.name={name}" if name in (registry or default_registry()).datasets else override
+
+
+def _broken_note(registry: Registry | None = None) -> str:
+    """A plugin that failed to load takes its configs with it: say so where they are missed."""
     broken = (registry or default_registry()).broken
     if not broken:
         return ""
@@ -476,37 +398,27 @@ def _broken_note(registry=None) -> str:
         f"{k} ({v})" for k, v in sorted(broken.items())) + "."
 
 
-def _unknown_key_message(key: str, rest: list[str], run) -> str:
-    parent, _, leaf = key.rpartition(".")
-    try:
-        node: Any = run(rest, throw_on_missing=False)
-        for part in parent.split(".") if parent else []:
-            node = node[part]
-        valid = list(node) if isinstance(node, dict) else []
-    except Exception:
-        valid = []
-    where = f" in '{parent}'" if parent else ""
-    hint = nearest(leaf, valid)
-    hint = f"{hint} " if hint.startswith("did you mean") else ""
-    return (f"unknown config key '{key}': {hint}Valid keys{where}: "
-            f"{', '.join(sorted(valid)) or 'none'}. To add a new key on purpose write +{key}=...")
-
-
-def load(overrides: list[str], registry=None) -> ExperimentConfig:
+def load(overrides: list[str], registry: Registry | None = None) -> ExperimentConfig:
     """Compose and validate: the one entry point the command line uses.
 
     Plugin sections are validated here too (through the registry), so a bad condition key
-    fails before any work starts.
+    fails before any work starts, and come back complete: every plugin key with its value (the
+    YAML files hold only differences, but a run records everything it was built with).
     """
     cfg = validate(compose(overrides, registry))
-    resolve_conditions(cfg, registry)
+    sections = {name: conf.model_dump(mode="json")
+                for name, (_, conf) in resolve_conditions(cfg, registry).items()}
+    cfg = cfg.model_copy(update={"conditions": sections})
+    sampling_plan(cfg.sampler, registry)  # an unknown sampler or knob fails before any work
+    try:
+        (registry or default_registry()).dataset(cfg.data.name)
+    except ConfigError as err:
+        raise ConfigError(f"config key 'data.name': {err}") from None
     return cfg
 
 
-def resolve_conditions(cfg: ExperimentConfig, registry=None) -> dict[str, tuple[type, EncoderConfig]]:
+def resolve_conditions(cfg: ExperimentConfig, registry: Registry | None = None) -> dict[str, tuple[type, EncoderConfig]]:
     """Plugin name -> (encoder class, validated plugin config), in config order."""
-    from ldmcore.registry import default_registry
-
     registry = registry or default_registry()
     return {name: (cls := registry.condition(name), validate_condition(name, cls.Config, section))
             for name, section in cfg.conditions.items()}

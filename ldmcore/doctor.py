@@ -17,7 +17,9 @@ import torch
 
 import ldmcore
 from ldmcore.hardware import choose_precision, choose_threads, cpu_info
+from ldmcore.errors import ConfigError
 from ldmcore.hardware.measure import matmul_rate
+from ldmcore.registry import default_registry
 
 
 def _devices() -> list[torch.device]:
@@ -43,8 +45,6 @@ def _device_report(device: torch.device, seconds: float) -> dict[str, Any]:
 
 
 def _plugins() -> dict[str, Any]:
-    from ldmcore.registry import default_registry
-
     try:
         reg = default_registry()
     except Exception as exc:  # noqa: BLE001 - the report must come out whatever the plugins do
@@ -99,8 +99,6 @@ def format_report(r: dict[str, Any]) -> str:
 
 def main(args: list[str]) -> int:
     import json
-
-    from ldmcore.errors import ConfigError
 
     unknown = [a for a in args if a != "--json"]
     if unknown:

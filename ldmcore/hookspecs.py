@@ -73,3 +73,38 @@ def register_samplers(register: Callable[..., None]) -> None:
     equal cost. A name another package also registers is a clash, an error naming both for
     the runs that use it (as for ``register_conditions``).
     """
+
+
+@hookspec
+def register_metrics(register: Callable[..., None]) -> None:
+    """Register fidelity metrics that ``ldm eval`` reports for a condition plugin.
+
+    When: with ``register_conditions``, when the registry loads the package. Call
+    ``register(condition, score, *, name=None, baseline=None, datasets=None, averages=False,
+    reads_data=False)``. ``ldm eval`` runs every metric registered for each condition a run
+    enables: ``score(images, value, batch) -> dict`` gets the generated images (B, C, H, W) in
+    [-1, 1], the condition's resolved value for them, and the data items they were conditioned
+    on (``batch``; empty when ``ldm eval`` scores a folder of ``ldm sample`` output), and returns
+    the report's entries (JSON values, keys named after the metric). ``baseline(value, batch)``,
+    optional, returns what the metric reads without a model (e.g. bicubic upsampling).
+    ``datasets`` names the datasets on which the metric means something (None: any);
+    ``averages=True`` also reports it for the mean of K samples (``average=K``); a metric with
+    ``reads_data=True`` needs the data items, not only the condition value. The result of the
+    hook itself is ignored.
+    """
+
+
+@hookspec
+def register_datasets(register: Callable[..., None]) -> None:
+    """Register datasets, selectable as ``data=NAME`` (``data.name=NAME``).
+
+    When: with ``register_conditions``, when the registry loads the package (ldmcore's own
+    datasets register through this same hook). Call ``register(name, build, *, held_out=None)``.
+    ``build(**options)`` returns a ``torch.utils.data.Dataset`` of dict items (``image`` in
+    [-1, 1] plus the keys condition plugins read); ``options`` are the ``data`` config section's
+    keys (``image_size``, ``channels``, ``path``, ...; ignore those you do not use).
+    ``held_out(**options)``, optional, returns items the model never trained on: ``ldm eval``
+    samples from their conditions; without it, ``ldm eval`` scores a folder of ``ldm sample``
+    output. Registering a name another package registered is an error naming both. The result
+    of the hook itself is ignored.
+    """

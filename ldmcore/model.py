@@ -18,12 +18,11 @@ from torch import nn
 from ldmcore.conditioning import Conditioner, Conditioning
 from ldmcore.diffusion.denoisers import DiscreteDenoiser
 from ldmcore.diffusion.guidance import Guidance, GuidedDenoiser, guide
-from ldmcore.diffusion.img2img import LatentBlend, noised, start_index
+from ldmcore.diffusion.img2img import LatentBlend, noised
+from ldmcore.diffusion.plan import SamplingPlan
 from ldmcore.diffusion.residual import ResidualSpace
-from ldmcore.diffusion.samplers import SAMPLERS, SamplerSpec
 from ldmcore.diffusion.schedule import NoiseSchedule, Prediction
-from ldmcore.diffusion.sigmas import SigmaPlan
-from ldmcore.errors import ConfigError, nearest
+from ldmcore.errors import ConfigError
 from ldmcore.nn.pixel_space import FirstStage
 from ldmcore.nn.unet import UNetModel, UNetShape
 from ldmcore.randomness import BatchRandom, as_batch_random
@@ -45,8 +44,9 @@ class LatentDiffusion(nn.Module):
     def __init__(self, autoencoder: FirstStage, unet: UNetModel, conditioner: Conditioner,
                  schedule: NoiseSchedule, latent_size: tuple[int, int],
                  prediction: Prediction = Prediction.EPS, snr_gamma: float | None = None,
-                 residual_scale: float = 1.0) -> None:
+                 residual_scale: float = 1.0, sampling: SamplingPlan | None = None) -> None:
         super().__init__()
+        self.sampling = sampling or SamplingPlan()  # how ``sample`` samples unless told otherwise
         self.snr_gamma = snr_gamma  # Min-SNR-gamma loss weights (None: uniform)
         self.residual_scale = residual_scale  # with a base plugin: diffuse s (z_0 - base)
         self.latent_size = tuple(latent_size)
@@ -126,35 +126,28 @@ class LatentDiffusion(nn.Module):
         return guide(self.denoiser(), self.conditioner, values, n, guidance)
 
     @torch.inference_mode()
-    def sample(self, values: dict[str, Any], n: int, *,
-               sampler: str | SamplerSpec | Callable[..., torch.Tensor] = "ddim", steps: int = 50,
-               guidance: float | Guidance = 1.0, sigmas: SigmaPlan | None = None,
-               generator: torch.Generator | None = None,
-               sampler_options: dict[str, Any] | None = None,
-               noise: torch.Tensor | None = None, init: torch.Tensor | None = None,
-               strength: float = 1.0, mask: torch.Tensor | None = None,
+    def sample(self, values: dict[str, Any], n: int, plan: SamplingPlan | None = None, *,
+               noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               init: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                callback: Callable[[dict[str, Any]], None] | None = None) -> torch.Tensor:
         """Generate ``n`` images for batched condition ``values``; returns images in [-1, 1].
 
-        ``sampler``: a built-in name, a registered ``SamplerSpec`` or a k-diffusion-style
-        function; ``sampler_options`` are its knobs. ``sigmas`` chooses the noise levels
-        (default: the schedule's own, leading spacing). ``init`` (images in [-1, 1]) with
-        ``strength`` < 1 is image-to-image; ``mask`` (1 = generate, 0 = keep; image or latent
-        resolution) blends the known latent in for any model.
+        ``plan`` says how (sampler, steps, noise levels, knobs, guidance, strength); by default
+        the model's own ``sampling`` (a run's sampler config). ``noise`` is the starting latent
+        noise (default: drawn from ``generator``, which stochastic samplers also draw from).
+        ``init`` (images in [-1, 1]) with ``plan.strength`` < 1 is image-to-image; ``mask``
+        (1 = generate, 0 = keep; image or latent resolution) blends the known latent in for
+        any model.
         """
+        plan = plan or self.sampling
         device = next(self.unet.parameters()).device
-        spec = _sampler_spec(sampler)
-        knobs = spec.check_knobs(dict(sampler_options or {}))
-        if not isinstance(guidance, Guidance):
-            guidance = Guidance(scale=float(guidance))
-        plan = sigmas or SigmaPlan()
-        levels = plan.sigmas(self.schedule, steps)
+        levels = plan.levels(self.schedule)
         if noise is None:
             noise = torch.randn((n, *self.latent_shape()), generator=generator)
         noise = noise.to(device)
         values = self.conditioner.resolve(values)
         space = self.diffusion_space(values)
-        model: Callable[..., torch.Tensor] = self.guided_denoiser(values, n, guidance)
+        model: Callable[..., torch.Tensor] = self.guided_denoiser(values, n, plan.guidance)
         if init is None:
             if mask is not None:
                 raise ConfigError("a mask needs an init image: the mask says which parts of "
@@ -166,13 +159,13 @@ class LatentDiffusion(nn.Module):
             if init.shape[0] == 1:
                 init = init.expand(n, *init.shape[1:])
             known = space.into(self.encode_images(init.to(device), generator).float())
-            levels = levels[start_index(len(levels) - 1, strength):]
+            levels = levels[plan.first_step(levels):]
             if len(levels) == 1:
                 return self.autoencoder.images(space.out(known)).clamp(-1, 1)
             x = noised(known.double(), float(levels[0]), noise.double())
             if mask is not None:
                 model = LatentBlend(model, known, self.latent_mask(mask).to(device))
-        z0 = spec(model, x, levels, generator=generator, callback=callback, **knobs)
+        z0 = plan.sampler(model, x, levels, generator=generator, callback=callback, **plan.knobs)
         if isinstance(model, LatentBlend):
             z0 = model.paste(z0)
         if float(levels[-1]) > 0:  # ended at sigma > 0: x = z / sqrt(abar), abar = 1 / (1 + sigma^2)
@@ -190,13 +183,12 @@ class LatentDiffusion(nn.Module):
         return mask.clamp(0, 1)
 
 
-def _sampler_spec(sampler: str | SamplerSpec | Callable[..., torch.Tensor]) -> SamplerSpec:
-    if isinstance(sampler, SamplerSpec):
-        return sampler
-    if callable(sampler):
-        return SamplerSpec(getattr(sampler, "__name__", "custom").removeprefix("sample_"), sampler)
-    if sampler not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {sampler!r}: {nearest(sampler, SAMPLERS)} Built-in "
-                          f"samplers: {', '.join(SAMPLERS)} (plugins' samplers are resolved by "
-                          f"the registry: pass its SamplerSpec).")
-    return SAMPLERS[sampler]
+
+def denoiser_params(model: LatentDiffusion) -> dict[str, torch.nn.Parameter]:
+    """The trained parameters: UNet and trainable condition encoders (not the autoencoder)."""
+    params = {f"unet.{k}": p for k, p in model.unet.named_parameters()}
+    for name, enc in model.conditioner.encoders.items():
+        if enc.trainable:
+            params.update({f"conditioner.encoders.{name}.{k}": p for k, p in enc.named_parameters()
+                           if p.requires_grad})
+    return params

@@ -1,8 +1,8 @@
 """The plugin host: a pluggy PluginManager over the ``ldmcore`` entry-point group.
 
 The registry knows nothing of training: it loads plugin packages, calls their hooks through the
-plugin manager, collects what they register (condition encoders, samplers, Hydra config
-folders), and lists what is installed (with versions, the hooks each package implements, and
+plugin manager, collects what they register (condition encoders, samplers, metrics, datasets,
+Hydra config folders), and lists what is installed (with versions, the hooks each package implements, and
 the plugins that failed to load, and why).
 
 A plugin cannot take the host down. Anything a package raises while it is imported or while its
@@ -14,9 +14,9 @@ register the same name are not an error until a run asks for that name: ``condit
 
 Each package's hooks are called through the plugin manager with pluggy's
 ``subset_hook_caller`` (the hook restricted to that one package), so what a package registers
-is known to be its own and a failure stays inside it. The built-in samplers register through
-the same hook, from ``ldmcore.diffusion.samplers``, which is always loaded (they are part of the
-backbone, not an optional package).
+is known to be its own and a failure stays inside it. The built-in samplers and datasets
+register through the same hooks, from ``ldmcore.diffusion.samplers`` and ``ldmcore.data.builtin``,
+which are always loaded (they are part of the backbone, not optional packages).
 
 Environment: ``LDM_LOAD_PLUGINS=a,b`` loads only those entry points (an allow-list);
 ``LDM_DISABLE_PLUGINS=a,b`` skips those entry points or distributions;
@@ -36,9 +36,12 @@ import pluggy
 
 from ldmcore import hookspecs
 from ldmcore.conditioning import ConditionEncoder
+from ldmcore.data import builtin as builtin_datasets
+from ldmcore.data.spec import DatasetSpec
 from ldmcore.diffusion import samplers as builtin_samplers
 from ldmcore.diffusion.samplers import SamplerSpec
 from ldmcore.errors import ConfigError, PluginClash, PluginError, nearest
+from ldmcore.eval.metric import MetricSpec
 
 ENTRY_POINT_GROUP = "ldmcore"
 ALLOW_ENV = "LDM_LOAD_PLUGINS"  # comma-separated entry-point names to load; unset = all
@@ -95,6 +98,8 @@ class Registry:
     config_dirs: list[ConfigDir] = field(default_factory=list)
     samplers: dict[str, SamplerSpec] = field(default_factory=dict)
     hooks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # package -> hooks it implements
+    metrics: list[MetricSpec] = field(default_factory=list)
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
 
     def condition(self, name: str) -> type[ConditionEncoder]:
         """The encoder class registered as ``name``; unknown names get a teaching error."""
@@ -112,12 +117,23 @@ class Registry:
 
     def sampler(self, name: str) -> SamplerSpec:
         """The sampler registered as ``name``; unknown names list every registered sampler."""
-        self._refuse_clash("sampler", name)
+        return self._named("sampler", self.samplers, name)
+
+    def dataset(self, name: str) -> DatasetSpec:
+        """The dataset registered as ``name``; unknown names list every registered dataset."""
+        return self._named("dataset", self.datasets, name)
+
+    def metrics_for(self, condition: str) -> list[MetricSpec]:
+        """The metrics registered for the condition plugin ``condition``, in registration order."""
+        return [m for m in self.metrics if m.condition == condition]
+
+    def _named(self, kind: str, table: dict[str, Any], name: str) -> Any:
+        self._refuse_clash(kind, name)
         try:
-            return self.samplers[name]
+            return table[name]
         except KeyError:
-            raise ConfigError(f"unknown sampler {name!r}: {nearest(name, self.samplers)} "
-                              f"Samplers: {', '.join(sorted(self.samplers))}.") from None
+            raise ConfigError(f"unknown {kind} {name!r}: {nearest(name, table)} "
+                              f"{kind.capitalize()}s: {', '.join(sorted(table))}.") from None
 
     def _refuse_clash(self, kind: str, name: str) -> None:
         packages = self.clashes.get(f"{kind} {name!r}")
@@ -157,6 +173,9 @@ class Registry:
             self._keep("condition", cls.name, package, self.encoders, cls, self.origins, version)
         for spec in found["samplers"]:
             self._keep("sampler", spec.name, package, self.samplers, spec)
+        for spec in found["datasets"]:
+            self._keep("dataset", spec.name, package, self.datasets, spec)
+        self.metrics += found["metrics"]
         self.config_dirs += found["config_dirs"]
         self.hooks[package] = tuple(sorted({*self.hooks.get(package, ()), *found["hooks"]}))
 
@@ -165,6 +184,8 @@ class Registry:
                  if self.encoders.get(c.name, c) is not c]
         taken += [("sampler", s.name, self.samplers[s.name].package) for s in found["samplers"]
                   if not _same(self.samplers.get(s.name, s), s)]
+        taken += [("dataset", d.name, self.datasets[d.name].package) for d in found["datasets"]
+                  if not _same(self.datasets.get(d.name, d), d)]
         if taken:
             kind, name, owner = taken[0]
             raise _clash(kind, name, [owner, package])
@@ -179,7 +200,7 @@ class Registry:
             return
         owner = table.get(name)
         if owner is not None and not _same(owner, value):
-            first = owner.package if isinstance(owner, SamplerSpec) else self.origins[name][0]
+            first = owner.package if isinstance(owner, (SamplerSpec, DatasetSpec)) else self.origins[name][0]
             self.clashes[key] = [first, package]
             del table[name]
             return
@@ -198,11 +219,14 @@ class Registry:
     def _collect(self, plugin: object, package: str) -> dict[str, list[Any]]:
         """Call each hook of ``plugin`` through the plugin manager, restricted to ``plugin``."""
         others = [p for p in self.manager.get_plugins() if p is not plugin]
-        found: dict[str, list[Any]] = {"conditions": [], "samplers": [], "config_dirs": [], "hooks": []}
+        found: dict[str, list[Any]] = {"conditions": [], "samplers": [], "config_dirs": [], "hooks": [],
+                                       "metrics": [], "datasets": []}
         callbacks: dict[str, Callable[..., None]] = {
             "register_conditions": _condition_callback(package, found["conditions"]),
             "register_samplers": _sampler_callback(package, found["samplers"]),
             "register_config_dirs": _config_dir_callback(package, found["config_dirs"]),
+            "register_metrics": _metric_callback(package, found["metrics"]),
+            "register_datasets": _dataset_callback(package, found["datasets"]),
         }
         for hook in hook_names():
             caller = self.manager.subset_hook_caller(hook, remove_plugins=others)
@@ -220,7 +244,9 @@ def _clash(kind: str, name: str, packages: list[str]) -> PluginClash:
 
 
 def _same(a: Any, b: Any) -> bool:
-    return (a.fn is b.fn) if isinstance(a, SamplerSpec) else a is b
+    if isinstance(a, SamplerSpec):
+        return a.fn is b.fn
+    return (a.build is b.build) if isinstance(a, DatasetSpec) else a is b
 
 
 def _condition_callback(package: str, found: list[type]) -> Callable[[type], None]:
@@ -269,6 +295,30 @@ def _config_dir_callback(package: str, found: list[ConfigDir]) -> Callable[[Any]
     return register
 
 
+def _metric_callback(package: str, found: list[MetricSpec]) -> Callable[..., None]:
+    def register(condition: str, score: Any, *, name: str | None = None, **options: Any) -> None:
+        if not callable(score):
+            raise PluginError(f"package {package!r} registered the metric {score!r} of "
+                              f"{condition!r}, which is not callable.")
+        found.append(MetricSpec(condition, name or getattr(score, "__name__", condition), score,
+                                package=package, **options))
+
+    return register
+
+
+def _dataset_callback(package: str, found: list[DatasetSpec]) -> Callable[..., None]:
+    def register(name: str, build: Any, *, held_out: Any = None) -> None:
+        if not callable(build) or (held_out is not None and not callable(held_out)):
+            raise PluginError(f"package {package!r} registered the dataset {name!r} with a "
+                              f"build or held_out that is not callable.")
+        if any(d.name == name and d.build is not build for d in found):
+            raise PluginError(f"package {package!r} registers two datasets named {name!r}; "
+                              f"give each a distinct name.")
+        found.append(DatasetSpec(name, build, held_out, package))
+
+    return register
+
+
 def _check_encoder_class(cls: type, package: str) -> None:
     if not (isinstance(cls, type) and issubclass(cls, ConditionEncoder)):
         raise PluginError(f"package {package!r} registered {cls!r}, which is not a "
@@ -286,6 +336,7 @@ def build_registry(load_entry_points: bool | None = None) -> Registry:
     pm.add_hookspecs(hookspecs)
     reg = Registry(manager=pm)
     reg._add(builtin_samplers, "ldmcore", "", name="ldmcore:samplers")
+    reg._add(builtin_datasets, "ldmcore", "", name="ldmcore:datasets")
     if load_entry_points is None:
         load_entry_points = os.environ.get(DISABLE_ENV, "") not in ("1", "true", "yes")
     if not load_entry_points:

@@ -1,8 +1,8 @@
-"""The run folder: everything a run needs and makes, in one place.
+"""The run folder: everything a run needs and makes, in one place, and how a run is read back.
 
 ::
 
-    RUN_DIR/config.yaml                  the resolved, validated config
+    RUN_DIR/config.yaml                  the resolved, validated config (a readable copy)
     RUN_DIR/checkpoints/autoencoder.safetensors   stage 1 (first-stage autoencoder)
     RUN_DIR/checkpoints/last.safetensors          stage 2, latest (resume and sampling read it)
     RUN_DIR/checkpoints/step_N.safetensors        periodic copies
@@ -15,6 +15,11 @@ ldmcore owns the folders it made and only those: ``overwrite=true`` replaces a f
 carries the marker and refuses any other; a second training process on a locked folder is
 refused with the PID of the first; an error before a new run's first checkpoint removes the
 folder it made, and an error while replacing a run puts the old one back.
+
+A run's config has one source: the metadata of ``checkpoints/last.safetensors``
+(``run_metadata`` writes it, ``run_config`` and ``load_run`` read it); ``config.yaml`` is for
+people to read. The commands (``train``, ``sample``, ``eval``, ``import``, ``export``) sit
+above this module and go through it.
 """
 
 from __future__ import annotations
@@ -29,10 +34,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import torch
 import yaml
 
+from ldmcore import checkpoint
+from ldmcore.build import build_model
+from ldmcore.config import ExperimentConfig, validate
 from ldmcore.errors import ConfigError, Interrupted, LdmError, first_few
+from ldmcore.model import LatentDiffusion
+from ldmcore.registry import Registry, default_registry
 
+FORMAT = "ldmcore/run/1"  # the metadata's "format": the layout of a run's checkpoint
 MARKER = ".ldmcore-run"
 SAMPLES_MARKER = ".ldmcore-samples"  # in an ``ldm sample out=`` folder that ldm sample made
 LOCK = ".lock"
@@ -276,3 +288,79 @@ class MetricsLog:
         record.setdefault("time_s", round(time.perf_counter() - self.start, 3))
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+
+def plugin_versions(model: LatentDiffusion, registry: Registry) -> dict[str, dict[str, str]]:
+    """Package, version and module of each of ``model``'s condition plugins."""
+    info = {i.name: i for i in registry.infos()}
+    return {n: {"package": info[n].package, "version": info[n].version, "module": info[n].module}
+            for n in model.conditioner.encoders if n in info}
+
+
+def run_metadata(cfg: ExperimentConfig, model: LatentDiffusion, step: int,
+                 registry: Registry | None = None, **extra: Any) -> dict[str, Any]:
+    """The metadata of a run's diffusion checkpoint: format, step, the resolved config (the
+    single source of a run's config), plugin versions, and ``extra`` entries."""
+    return {"format": FORMAT, "kind": "latent_diffusion", "step": step,
+            "config": cfg.model_dump(mode="json"),
+            "plugins": plugin_versions(model, registry or default_registry()), **extra}
+
+
+def _checked_meta(run: RunFolder, meta: dict[str, Any]) -> dict[str, Any]:
+    if meta.get("kind") != "latent_diffusion" or not isinstance(meta.get("config"), dict):
+        raise ConfigError(f"{str(run.last)!r} is not an ldmcore diffusion checkpoint (its "
+                          f"metadata has no config); was it written by `ldm train`?")
+    return meta
+
+
+def _existing(run_dir: Path) -> RunFolder:
+    run = RunFolder(run_dir)
+    if not run.root.is_dir():
+        raise ConfigError(f"run={str(run_dir)!r} is not a folder; name a run folder made by "
+                          f"`ldm train` (e.g. run=runs/demo).")
+    return run
+
+
+def run_config(run_dir: Path) -> ExperimentConfig:
+    """A run's validated config, read from its last checkpoint's metadata (no tensors read)."""
+    run = _existing(run_dir)
+    return validate(_checked_meta(run, checkpoint.metadata(run.last))["config"])
+
+
+def load_run(run_dir: Path, registry: Registry | None = None, use_ema: bool = True,
+             conditions: dict[str, str] | None = None
+             ) -> tuple[ExperimentConfig, LatentDiffusion, dict[str, Any]]:
+    """Rebuild the model of a run folder from its last checkpoint (config from its metadata);
+    the model samples with the run's own sampler settings by default.
+
+    ``conditions`` (``"text.model" -> value``) replaces values of the run's plugin configs; a
+    path given that way is the user's, so it may lie outside the run folder (``local_path``).
+    """
+    run = _existing(run_dir)
+    tensors, meta = checkpoint.load(run.last)
+    _checked_meta(run, meta)
+    checkpoint.require_finite(tensors, run.last)
+    cfg = validate(_with_condition_values(meta["config"], conditions or {}))
+    model = build_model(cfg, registry=registry, root=run.root,
+                        trusted_paths=frozenset((conditions or {}).values()))
+    checkpoint.load_model_state(model, tensors, run.last)
+    if use_ema:
+        own = model.state_dict()
+        with torch.no_grad():
+            for key, value in tensors.items():
+                if key.startswith("ema."):
+                    own[key[4:]].copy_(value)
+    model.eval()
+    return cfg, model, meta
+
+
+def _with_condition_values(config: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
+    """The run's config with ``conditions.NAME.KEY=VALUE`` replacements (NAME must be enabled)."""
+    sections = {name: dict(section or {}) for name, section in config.get("conditions", {}).items()}
+    for dotted, value in values.items():
+        name, _, key = dotted.partition(".")
+        if name not in sections or not key:
+            raise ConfigError(f"conditions.{dotted}: write conditions.PLUGIN.KEY=VALUE for a "
+                              f"plugin of this run ({', '.join(sections) or 'none'}).")
+        sections[name][key] = value
+    return {**config, "conditions": sections}

@@ -20,21 +20,20 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 from PIL import Image
 
-from ldmcore import checkpoint
-from ldmcore.build import build_model
-from ldmcore.config import Strict, format_validation_error, validate
-from ldmcore.diffusion.guidance import Guidance
-from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan, Spacing
+from ldmcore.diffusion.plan import SamplingPlan
+from ldmcore.diffusion.sigmas import SigmaKind, Spacing
 from ldmcore.errors import ConfigError, LdmError, nearest
+from ldmcore.hardware import autocast, choose
 from ldmcore.images import open_image, save_grid, save_png
 from ldmcore.model import LatentDiffusion
 from ldmcore.nn.execution import for_inference
-from ldmcore.registry import Registry, default_registry
-from ldmcore.runfolder import RunFolder, check_output_folder, make_output_folder
-from ldmcore.hardware import autocast, choose
+from ldmcore.registry import Registry
+from ldmcore.runfolder import RunFolder, check_output_folder, load_run, make_output_folder
+from ldmcore.sampling import sampling_plan
+from ldmcore.schema import Strict, format_validation_error
 
 
 MAX_IMAGES = 10_000  # one request's images, all held in memory before they are written
@@ -72,16 +71,6 @@ class SampleRequest(Strict):
     conditions: dict[str, str] = Field(default_factory=dict)  # conditions.NAME.KEY=VALUE: replace
     # a value of the run's plugin config (a path given here is trusted, unlike the checkpoint's)
 
-    @field_validator("sampler")
-    @classmethod
-    def _known(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                default_registry().sampler(v)
-            except ConfigError as err:
-                raise ValueError(str(err)) from None
-        return v
-
 
 PREFIXED = {"cond.": "cond", "guidance.": "plugin_guidance", "option.": "options",
             "conditions.": "conditions"}
@@ -111,49 +100,6 @@ def parse_request(args: list[str]) -> SampleRequest:
         return SampleRequest.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, model=SampleRequest)) from None
-
-
-def load_run(run_dir: Path, registry: Registry | None = None, use_ema: bool = True,
-             conditions: dict[str, str] | None = None) -> tuple[Any, LatentDiffusion, dict[str, Any]]:
-    """Rebuild the model of a run folder from its last checkpoint (config from its metadata).
-
-    ``conditions`` (``"text.model" -> value``) replaces values of the run's plugin configs; a
-    path given that way is the user's, so it may lie outside the run folder (``local_path``).
-    """
-    run = RunFolder(run_dir)
-    if not run.root.is_dir():
-        raise ConfigError(f"run={str(run_dir)!r} is not a folder; name a run folder made by "
-                          f"`ldm train` (e.g. run=runs/demo).")
-    tensors, meta = checkpoint.load(run.last)
-    if meta.get("kind") != "latent_diffusion" or not isinstance(meta.get("config"), dict):
-        raise ConfigError(f"{str(run.last)!r} is not an ldmcore diffusion checkpoint (its "
-                          f"metadata has no config); was it written by `ldm train`?")
-    checkpoint.require_finite(tensors, run.last)
-    raw = _with_condition_values(meta["config"], conditions or {})
-    cfg = validate(raw)
-    model = build_model(cfg, registry=registry, root=run.root,
-                        trusted_paths=frozenset((conditions or {}).values()))
-    checkpoint.load_model_state(model, tensors, run.last)
-    if use_ema:
-        own = model.state_dict()
-        with torch.no_grad():
-            for key, value in tensors.items():
-                if key.startswith("ema."):
-                    own[key[4:]].copy_(value)
-    model.eval()
-    return cfg, model, meta
-
-
-def _with_condition_values(config: dict[str, Any], values: dict[str, str]) -> dict[str, Any]:
-    """The run's config with ``conditions.NAME.KEY=VALUE`` replacements (NAME must be enabled)."""
-    sections = {name: dict(section or {}) for name, section in config.get("conditions", {}).items()}
-    for dotted, value in values.items():
-        name, _, key = dotted.partition(".")
-        if name not in sections or not key:
-            raise ConfigError(f"conditions.{dotted}: write conditions.PLUGIN.KEY=VALUE for a "
-                              f"plugin of this run ({', '.join(sections) or 'none'}).")
-        sections[name][key] = value
-    return {**config, "conditions": sections}
 
 
 def condition_rows(model: LatentDiffusion, cond: dict[str, str]) -> list[dict[str, Any]]:
@@ -207,41 +153,29 @@ def _rows_of(key: str, text: str, list_value: bool) -> list[str]:
         return [json.dumps(i) for i in items] if nested else [text]
     return [i if isinstance(i, str) else json.dumps(i) for i in items]
 
-def sampling_setup(req: SampleRequest, model: LatentDiffusion, cfg: Any,
-                   registry: Registry | None = None) -> dict[str, Any]:
-    """``model.sample`` keywords for a request: the run's sampler config, overridden by the
-    request, every part checked (unknown sampler, knob, plugin; steps; interval) before work."""
-    run_sampler = cfg.sampler
-    name = req.sampler or run_sampler.name
-    spec = (registry or default_registry()).sampler(name)
-    knobs: dict[str, Any] = run_sampler.knobs() if name == run_sampler.name else {}
-    knobs.update(req.options)
-    knobs.update({k: v for k, v in (("eta", req.eta), ("s_noise", req.s_noise)) if v is not None})
-    knobs = spec.check_knobs(knobs)
-    steps = req.steps or run_sampler.steps
-    base = run_sampler.plan()
-    plan = SigmaPlan(req.sigmas or base.kind, req.spacing or base.spacing, base.offset,
-                     req.rho or base.rho, base.sigma_min, base.sigma_max, base.set_alpha_to_one)
-    try:
-        plan.sigmas(model.schedule, steps)
-    except ValueError as err:
-        raise ConfigError(f"steps={steps} with sigmas={plan.kind.value}: {err} (the model was "
-                          f"trained on {model.schedule.num_timesteps} timesteps).") from None
-    guidance = Guidance(
-        scale=run_sampler.guidance if req.guidance is None else req.guidance,
-        per_plugin={**run_sampler.plugin_guidance, **req.plugin_guidance},
-        rescale=run_sampler.guidance_rescale if req.guidance_rescale is None else req.guidance_rescale,
-        interval=req.guidance_interval or run_sampler.guidance_interval,
-        rescale_space=run_sampler.guidance_rescale_space)
-    guidance.branches(list(model.conditioner.encoders))  # unknown plugin names fail here
+def request_plan(req: SampleRequest, model: LatentDiffusion, cfg: Any,
+                 registry: Registry | None = None) -> SamplingPlan:
+    """The run's sampling plan overridden by the request, every part checked (unknown sampler,
+    knob, plugin; steps; interval) before work."""
     strength = req.strength
     if strength is None:
         strength = 1.0 if req.mask is not None or req.init is None else 0.75
     if req.mask is not None and req.init is None:
         raise ConfigError("mask= needs init=: the mask says which parts of the init image to "
                           "keep (black) and which to generate (white).")
-    return {"sampler": spec, "steps": steps, "sigmas": plan, "sampler_options": knobs,
-            "guidance": guidance, "strength": strength}
+    knobs = {**req.options, **({} if req.s_noise is None else {"s_noise": req.s_noise})}
+    plan = sampling_plan(
+        cfg.sampler, registry, where="", strength=strength, name=req.sampler, steps=req.steps,
+        sigmas=req.sigmas, spacing=req.spacing, rho=req.rho, eta=req.eta, options=knobs,
+        guidance=req.guidance, plugin_guidance=req.plugin_guidance,
+        guidance_rescale=req.guidance_rescale, guidance_interval=req.guidance_interval)
+    try:
+        plan.levels(model.schedule)
+    except ValueError as err:
+        raise ConfigError(f"steps={plan.steps} with sigmas={plan.sigmas.kind.value}: {err} (the "
+                          f"model was trained on {model.schedule.num_timesteps} timesteps).") from None
+    plan.guidance.branches(list(model.conditioner.encoders))  # unknown plugin names fail here
+    return plan
 
 
 def load_image(path: Path, size: int, channels: int, what: str = "init") -> torch.Tensor:
@@ -304,7 +238,7 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
     model.unet = for_inference(model.unet, bf16_weights=bf16_weights,
                                channels_last=ex.channels_last, compile=ex.compile)
     for_inference(model.autoencoder, bf16_weights=bf16_weights, channels_last=ex.channels_last)
-    setup = sampling_setup(req, model, cfg, registry)
+    plan = request_plan(req, model, cfg, registry)
     size, channels = cfg.data.image_size, cfg.data.channels
     init = None if req.init is None else load_image(req.init, size, channels)
     mask = None if req.mask is None else (load_image(req.mask, size, 1, "mask") + 1) / 2
@@ -324,9 +258,8 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
         noise = torch.stack([torch.randn(model.latent_shape(), generator=torch.Generator().manual_seed(req.seed + start + i))
                              for i in range(len(chunk))])
         with autocast("fp32" if bf16_weights else precision.name, device):  # bf16 weights: no casts
-            images.append(model.sample(batch, len(chunk), noise=noise, init=init, mask=mask,
-                                       generator=torch.Generator().manual_seed(req.seed + start),
-                                       **setup))
+            images.append(model.sample(batch, len(chunk), plan, noise=noise, init=init, mask=mask,
+                                       generator=torch.Generator().manual_seed(req.seed + start)))
     images_t = torch.cat(images)
     make_output_folder(out)
     records = []
@@ -336,14 +269,9 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
         records.append({"file": name, "seed": req.seed + i, "row": i // req.n,
                         "conditions": {k: _plain(v) for k, v in row.items()}})
     save_grid(images_t, out / "grid.png", nrow=req.n)
-    g: Guidance = setup["guidance"]
     (out / "samples.json").write_text(json.dumps({
-        "run": str(req.run), "sampler": setup["sampler"].name, "steps": setup["steps"],
-        "evaluations": setup["sampler"].evals(setup["steps"]),
-        "sigmas": setup["sigmas"].kind.value, "knobs": setup["sampler_options"],
-        "guidance": g.scale, "plugin_guidance": dict(g.per_plugin), "guidance_rescale": g.rescale,
-        "guidance_interval": g.interval, "init": None if req.init is None else str(req.init),
-        "strength": setup["strength"] if req.init is not None else None,
+        "run": str(req.run), **plan.record(), "init": None if req.init is None else str(req.init),
+        "strength": plan.strength if req.init is not None else None,
         "mask": None if req.mask is None else str(req.mask),
         **hardware.record(), "ema": req.ema, "samples": records}, indent=1, allow_nan=False))
     return out

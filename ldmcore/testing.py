@@ -21,7 +21,7 @@ import re
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
@@ -30,10 +30,17 @@ from typing import Any, ClassVar
 import torch
 from pydantic import ValidationError
 
+from ldmcore import checkpoint
+from ldmcore.build import backbone_spec, build_autoencoder, build_dataset, build_model, frozen_encoder
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, Conditioner,
                                   EncoderConfig, Injection, Tokens)
+from ldmcore.config import load, validate
+from ldmcore.data.datasets import collate
+from ldmcore.diffusion.guidance import Guidance
 from ldmcore.errors import LdmError
 from ldmcore.hookspecs import hookimpl
+from ldmcore.model import denoiser_params
+from ldmcore.registry import ENTRY_POINT_GROUP, build_registry
 
 __all__ = ["RULES", "ConformanceError", "ConformanceTests", "PluginCase", "builtin_plugin_modules",
            "check_plugin", "check_rule", "isolated_registry", "kit_config"]
@@ -86,8 +93,6 @@ IMAGE_SIZE = 16
 
 def kit_config(case: PluginCase, conditions: Mapping[str, Mapping[str, Any]]) -> Any:
     """A validated smoke-size ExperimentConfig (16x16 images, f=2, a 16-channel UNet)."""
-    from ldmcore.config import validate
-
     return validate({
         "name": "conformance", "run_dir": "runs/conformance",
         "data": {"name": case.dataset, "image_size": IMAGE_SIZE, "channels": case.image_channels},
@@ -102,18 +107,12 @@ def kit_config(case: PluginCase, conditions: Mapping[str, Mapping[str, Any]]) ->
 
 def _backbone(case: PluginCase) -> BackboneSpec:
     """The kit backbone's spec, with the frozen first stage a plugin may use (``encode``)."""
-    from dataclasses import replace
-
-    from ldmcore.build import backbone_spec, frozen_encoder
-
     spec = backbone_spec(kit_config(case, {}))
     return replace(spec, encode=frozen_encoder(_autoencoder(case.image_channels)))
 
 
 @lru_cache(maxsize=2)
 def _autoencoder(image_channels: int) -> Any:
-    from ldmcore.build import build_autoencoder
-
     rng = torch.get_rng_state()
     torch.manual_seed(0)
     ae = build_autoencoder(kit_config(PluginCase(ConditionEncoder, image_channels=image_channels), {}))
@@ -123,8 +122,6 @@ def _autoencoder(image_channels: int) -> Any:
 
 @lru_cache(maxsize=4)
 def _dataset_batch(name: str, channels: int, size: int) -> dict[str, Any]:
-    from ldmcore.data.datasets import build_dataset, collate
-
     ds = build_dataset(name, path=None, image_size=IMAGE_SIZE, channels=channels, hflip=False,
                        shift=0.0)
     step = max(1, len(ds) // size)
@@ -134,8 +131,6 @@ def _dataset_batch(name: str, channels: int, size: int) -> dict[str, Any]:
 def builtin_plugin_modules() -> list[ModuleType]:
     """The hook modules of ldmcore's own plugins, read from its entry points (whatever
     ``LDM_LOAD_PLUGINS`` or ``LDM_DISABLE_ENTRY_POINTS`` say)."""
-    from ldmcore.registry import ENTRY_POINT_GROUP
-
     return [ep.load() for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
             if ep.dist is not None and ep.dist.metadata["Name"] == "ldmcore"]
 
@@ -143,8 +138,6 @@ def builtin_plugin_modules() -> list[ModuleType]:
 def isolated_registry(*plugins: ModuleType | object, builtins: bool = False):
     """A registry holding only ``plugins`` (and ldmcore's built-ins when asked); no other
     installed package is loaded."""
-    from ldmcore.registry import build_registry
-
     reg = build_registry(load_entry_points=False)
     if builtins:
         for module in builtin_plugin_modules():
@@ -381,14 +374,15 @@ def rule_dropout(ctx: _Context) -> None:
     batch = ctx.batch()
     b = _batch_size(batch)
     name = ctx.case.name
-    conditional = ctx.run("forward()", lambda: enc(ctx.value(enc)))
+    value = ctx.value(enc)
+    conditional = ctx.run("forward()", lambda: enc(value))
     null = ctx.run("null()", lambda: enc.null(b))
     for p, expected, word in ((1.0, null, "its null"), (0.0, conditional, "its forward()")):
         other = ctx.encoder(drop_prob=p)
         other.load_state_dict(enc.state_dict())
         other.eval()
         cond = ctx.conditioner(other)
-        got = ctx.run("dropout", lambda: cond(batch, b, drop=True,
+        got = ctx.run("dropout", lambda: cond({**batch, name: value}, b, drop=True,
                                               generator=torch.Generator().manual_seed(0)))
         want = cond.route({name: expected})
         for part in ("context", "context_mask", "concat", "vector"):
@@ -438,8 +432,6 @@ def rule_base(ctx: _Context) -> None:
 
 
 def rule_save_load(ctx: _Context) -> None:
-    from ldmcore import checkpoint
-
     enc = ctx.encoder(seed=0)
     enc.eval()
     path = ctx.tmp / "encoder.safetensors"
@@ -528,9 +520,6 @@ def rule_train_sample(ctx: _Context) -> None:
 
 
 def _train_sample(ctx: _Context) -> None:
-    from ldmcore.build import build_model
-    from ldmcore.train import denoiser_params
-
     case, name = ctx.case, ctx.case.name
     builtins = isolated_registry(builtins=True)
     batch = ctx.batch()
@@ -581,7 +570,8 @@ def _train_sample(ctx: _Context) -> None:
         else:
             values = {k: v[:2] for k, v in batch.items()}
         images = ctx.run(f"sampling {label}", lambda: model.sample(
-            values, 2, steps=2, guidance=2.0, generator=torch.Generator().manual_seed(0)))
+            values, 2, model.sampling.but(steps=2, guidance=Guidance(scale=2.0)),
+            generator=torch.Generator().manual_seed(0)))
         want = (2, case.image_channels, IMAGE_SIZE, IMAGE_SIZE)
         if tuple(images.shape) != want or not torch.isfinite(images).all():
             raise _Broken(f"sampling {label} gave images of shape {tuple(images.shape)} "
@@ -593,8 +583,6 @@ def rule_registration(ctx: _Context) -> None:
     plugin = ctx.case.plugin
     if plugin is None:
         return
-    from ldmcore.config import load
-
     try:
         reg = isolated_registry(plugin, builtins=True)
     except LdmError as err:

@@ -20,27 +20,24 @@ from tqdm import tqdm
 
 from ldmcore import checkpoint
 from ldmcore.attach import attach_pretrained, save_plugin_weights, train_only_params
-from ldmcore.build import build_autoencoder, build_model, check_shapes, load_autoencoder
+from ldmcore.build import build_autoencoder, build_dataset, build_model, check_shapes, load_autoencoder
 from ldmcore.config import ExperimentConfig, TrainerConfig
 from ldmcore.data.batches import (InMemoryBatches, StepBatchSampler, loader_batches, memory_batches,
                                   step_generator)
 from ldmcore.distributed import connect
-from ldmcore.data.datasets import build_dataset
+from ldmcore.data.datasets import collate
 from ldmcore.data.transforms import is_deterministic
 from ldmcore.errors import ConfigError, TrainingDiverged
 from ldmcore.hardware import ThreadGovernor, autocast, choose, choose_precision
 from ldmcore.images import save_grid
-from ldmcore.model import LatentDiffusion
+from ldmcore.model import LatentDiffusion, denoiser_params
 from ldmcore.nn.execution import for_training
 from ldmcore.parallel import DataParallel, local_part, make_parallel
 from ldmcore.randomness import BatchRandom
 from ldmcore.registry import Registry, default_registry
-from ldmcore.runfolder import MetricsLog, RunFolder
+from ldmcore.runfolder import MetricsLog, RunFolder, run_metadata
 from ldmcore.stopping import StopSignals
 from ldmcore.train_autoencoder import train_autoencoder
-
-FORMAT = "ldmcore/run/1"
-
 
 class EMA:
     """Exponential moving average of parameters, with the usual warm-up of the decay.
@@ -63,22 +60,6 @@ class EMA:
                              [local_part(params[k].detach()).float() for k in keys], 1 - d)
 
 
-def denoiser_params(model: LatentDiffusion) -> dict[str, torch.nn.Parameter]:
-    """The trained parameters: UNet and trainable condition encoders (not the autoencoder)."""
-    params = {f"unet.{k}": p for k, p in model.unet.named_parameters()}
-    for name, enc in model.conditioner.encoders.items():
-        if enc.trainable:
-            params.update({f"conditioner.encoders.{name}.{k}": p for k, p in enc.named_parameters()
-                           if p.requires_grad})
-    return params
-
-
-def plugin_versions(model: LatentDiffusion, registry: Registry) -> dict[str, dict[str, str]]:
-    info = {i.name: i for i in registry.infos()}
-    return {n: {"package": info[n].package, "version": info[n].version, "module": info[n].module}
-            for n in model.conditioner.encoders if n in info}
-
-
 def training_state(model: LatentDiffusion, ema: EMA, opt: torch.optim.Optimizer
                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Every tensor of a checkpoint (sharded ones still sharded under FSDP) and the optimizer's
@@ -96,11 +77,8 @@ def save_state(path: Path, tensors: dict[str, torch.Tensor], opt_meta: dict[str,
                hardware: dict[str, Any] | None = None) -> None:
     """Write full (unsharded) training state; see ``training_state`` and ``DataParallel.full``.
     ``hardware`` records the precision and threads this run chose and why."""
-    checkpoint.save(path, tensors, {
-        "format": FORMAT, "kind": "latent_diffusion", "step": step,
-        "config": cfg.model_dump(mode="json"), "plugins": plugin_versions(model, registry),
-        "optimizer": opt_meta, **({"hardware": hardware} if hardware else {}),
-    })
+    checkpoint.save(path, tensors, run_metadata(cfg, model, step, registry, optimizer=opt_meta,
+                                                **({"hardware": hardware} if hardware else {})))
 
 
 def lr_at(trainer: TrainerConfig, step: int) -> float:
@@ -147,7 +125,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     check_shapes(cfg)
     _check_sources(cfg)
     d = cfg.data
-    dataset = build_dataset(d.name, limit=d.limit, **d.dataset_kwargs())
+    dataset = build_dataset(d.name, d.limit, registry, **d.dataset_kwargs())
     _check_batch_fits(cfg, len(dataset), cluster.world)
     saved = None
     if cfg.resume and run.last.exists():
@@ -390,7 +368,6 @@ def _sample_grid_on(parallel: DataParallel, model: LatentDiffusion, ema: EMA,
 def _sample_grid(model: LatentDiffusion, ema: EMA, held: InMemoryBatches | None, dataset: Any,
                  cfg: ExperimentConfig, out: Path, n: int = 16, write: bool = True) -> None:
     """Sample with EMA weights, conditioned on the first ``n`` dataset items' conditions."""
-    from ldmcore.data.datasets import collate
 
     batch = held.take(list(range(min(n, held.size)))) if held else collate([dataset[i] for i in range(n)])
     live = {k: p.detach().clone() for k, p in denoiser_params(model).items()}
@@ -398,10 +375,7 @@ def _sample_grid(model: LatentDiffusion, ema: EMA, held: InMemoryBatches | None,
     model.eval()
     device = next(model.unet.parameters()).device
     with autocast(choose_precision(cfg.trainer.precision, device).name, device):
-        sc = cfg.sampler
-        images = model.sample(batch, len(batch["image"]), sampler=default_registry().sampler(sc.name),
-                              steps=sc.steps, sigmas=sc.plan(), sampler_options=sc.knobs(),
-                              guidance=sc.guidance_spec(),
+        images = model.sample(batch, len(batch["image"]),  # the run's own plan (model.sampling)
                               generator=torch.Generator().manual_seed(cfg.seed))
     _copy_into(model, live)
     model.train()

@@ -27,7 +27,8 @@ from ldmcore.conditioning import BackboneSpec
 from ldmcore.config import load
 from ldmcore.errors import LdmError
 from ldmcore.registry import default_registry
-from ldmcore.sample import condition_rows, load_run, parse_request, parse_values
+from ldmcore.runfolder import load_run
+from ldmcore.sample import condition_rows, parse_request, parse_values
 
 # -- values as a user types them ---------------------------------------------------------------
 numbers = st.one_of(st.integers(-2**40, 2**40).map(str),

@@ -19,7 +19,7 @@ from ldmcore.conditioning import ConditionEncoder, EncoderConfig, Injection, Out
 from ldmcore.config import load
 from ldmcore.hookspecs import hookimpl
 from ldmcore.registry import build_registry
-from ldmcore.sample import load_run
+from ldmcore.runfolder import load_run
 from ldmcore.train import train
 
 

@@ -18,6 +18,7 @@ import torch
 
 from ldmcore import checkpoint, cli
 from ldmcore import registry as registry_mod
+from ldmcore.config import ExperimentConfig
 from ldmcore.registry import ALLOW_ENV, DISABLE_ENV, build_registry
 
 
@@ -85,8 +86,11 @@ def test_sample_from_a_truncated_checkpoint(tmp_path):
 def test_eval_without_samples(tmp_path):
     run = tmp_path / "my-run"
     run.mkdir()
-    assert_user_error(ldm("eval", f"run={run}", cwd=tmp_path), "eval", "config.yaml")
-    (run / "config.yaml").write_text("data: {name: digits}\nconditions: {class: {}}\n")
+    assert_user_error(ldm("eval", f"run={run}", cwd=tmp_path), "eval", "last.safetensors")
+    # a run's config is its checkpoint's metadata
+    config = ExperimentConfig(conditions={"class": {}}).model_dump(mode="json")
+    checkpoint.save(run / "checkpoints" / "last.safetensors", {"w": torch.zeros(1)},
+                    {"kind": "latent_diffusion", "config": config})
     assert_user_error(ldm("eval", f"run={run}", cwd=tmp_path), "eval",
                       str(run / "samples" / "final"), "samples.json", "ldm sample")
 
@@ -130,7 +134,7 @@ def test_usage(capsys, argv, code):
     (["eval", "rn=x"], ["'rn=x'", "'run'"]),
     (["sample", "runs/demo"], ["`runs/demo`", "key=value"]),
     (["sample", "run=x", "n=0"], ["'n'", "0"]),
-    (["sample", "run=x", "sampler=dpm"], ["'dpm'", "'ddpm'"]),
+    (["sample", "run=x", "sampler=ddim"], ["run='x'", "not a folder"]),
     (["sample", "run=x", "stepz=3"], ["'stepz'", "'steps'"]),
     (["train", "data=image_folder"], ["'data.path'"]),
 ])
@@ -174,6 +178,7 @@ def test_plugins_table_lists_name_injection_package_version(capsys, monkeypatch)
     code, out, _ = run_main(capsys, "plugins")
     rows = [line.split() for line in out.splitlines()]
     assert rows[0] == ["name", "injection", "package", "version", "trainable", "hooks"]
-    # ldmcore's own package implements both its plugins' hook and the built-in samplers' hook
+    # ldmcore's own package implements its plugins' hooks (conditions, metrics) and those of the
+    # built-in samplers and datasets
     assert ["class", "vector,crossattn", "ldmcore", md.version("ldmcore"), "True",
-            "register_conditions,register_samplers"] in rows
+            "register_conditions,register_datasets,register_metrics,register_samplers"] in rows

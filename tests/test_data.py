@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ldmcore.data import build_dataset, collate
+from ldmcore.build import build_dataset
+from ldmcore.data.datasets import collate
 from ldmcore.data.shapes import COLOR_NAMES, COLORS, SHAPES
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ldmcore.data import build_dataset
+from ldmcore.build import build_dataset
 from ldmcore.errors import DataError
 
 

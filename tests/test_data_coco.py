@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from ldmcore.config import load
-from ldmcore.data import build_dataset, collate
+from ldmcore.build import build_dataset
+from ldmcore.data.datasets import collate
 from ldmcore.data.coco_labels import describe, main, overrides
 from ldmcore.data.masks import MaskFormatError, decode_counts, decode_rle, rasterize_polygon
 from ldmcore.errors import DataError
@@ -299,7 +300,8 @@ def test_config_takes_coco_paths_and_rejects_unknown_keys(coco: dict[str, Any]) 
 def test_text_layout_segmap_model_trains_on_coco_and_samples(coco: dict[str, Any], tmp_path: Path) -> None:
     from test_plugins import SMOKE
 
-    from ldmcore.sample import load_run, parse_request, run_sampling
+    from ldmcore.runfolder import load_run
+    from ldmcore.sample import parse_request, run_sampling
     from ldmcore.train import train
 
     # the overrides the labels tool prints, as printed (shell-quoted)

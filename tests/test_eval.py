@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ldmcore.data import build_dataset
+from ldmcore.build import build_dataset
 from ldmcore.eval.pixels import psnr, ssim
 from ldmcore.eval.shapes import caption_match, detect, layout_iou, mean_iou, segmentation
 from ldmcore.images import to_uint8

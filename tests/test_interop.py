@@ -113,20 +113,24 @@ def test_vae_encode_decode_match(imported):
 
 @torch.no_grad()
 def test_ddim_sample_matches(imported):
-    """10 DDIM steps with guidance 7.5: SD's schedule, leading spacing, steps_offset=1."""
+    """10 DDIM steps with guidance 7.5: SD's schedule, leading spacing, steps_offset=1, as the
+    imported run's own sampling plan says (``from_pretrained(run).sample`` without a plan)."""
     sd, model = imported
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     ref = sd["pipe"](PROMPTS[0], num_inference_steps=10, guidance_scale=7.5, latents=noise.clone(),
                      output_type="latent").images
     ref_image = sd["pipe"].vae.decode(ref / sd["pipe"].vae.config.scaling_factor).sample
     cfg = json.loads((sd["runs"]["diffusers"] / "import.json").read_text())["sampler"]
-    plan = SigmaPlan(spacing=cfg["spacing"], offset=cfg["offset"], set_alpha_to_one=cfg["set_alpha_to_one"])
+    # the imported run's own sampling settings are the model's default: only the steps change
+    own = model.sampling
+    assert own.sigmas == SigmaPlan(spacing=cfg["spacing"], offset=cfg["offset"],
+                                   set_alpha_to_one=cfg["set_alpha_to_one"])
+    assert (own.sampler.name, own.guidance.scale) == ("ddim", 7.5)
     latents = {}
-    image = model.sample({"text": [PROMPTS[0]]}, 1, sampler="ddim", steps=10, guidance=7.5,
-                         noise=noise.clone(), sigmas=plan, sampler_options={"eta": 0.0},
+    image = model.sample({"text": [PROMPTS[0]]}, 1, own.but(steps=10), noise=noise.clone(),
                          callback=lambda info: latents.update(x=info["x"]))
     # the sampler works in x = z / sqrt(abar); SD's last step ends on abar of t=0
-    last = float(plan.sigmas(model.schedule, 10)[-1])
+    last = float(own.sigmas.sigmas(model.schedule, 10)[-1])
     assert _max_err(latents["x"] / (1 + last ** 2) ** 0.5, ref) <= SAMPLE_RTOL * _scale(ref)
     assert _max_err(image, ref_image.clamp(-1, 1)) <= SAMPLE_RTOL * _scale(ref_image.clamp(-1, 1))
 

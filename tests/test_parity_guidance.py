@@ -17,6 +17,8 @@ pytest.importorskip("diffusers")
 
 from ldmcore import from_pretrained  # noqa: E402
 from ldmcore.diffusion.guidance import Guidance  # noqa: E402
+from ldmcore.diffusion.plan import SamplingPlan  # noqa: E402
+from ldmcore.diffusion.samplers import SAMPLERS  # noqa: E402
 from ldmcore.diffusion.sigmas import SigmaPlan  # noqa: E402
 from ldmcore.interop.convert import import_pretrained  # noqa: E402
 
@@ -49,8 +51,8 @@ def ldmcore_latents(model, guidance: Guidance) -> torch.Tensor:
     plan = SigmaPlan(spacing="leading", offset=1, set_alpha_to_one=False)
     last = float(plan.sigmas(model.schedule, 10)[-1])
     seen = {}
-    model.sample({"text": [PROMPT]}, 1, sampler="ddim", steps=10, guidance=guidance,
-                 noise=noise(), sigmas=plan, callback=lambda info: seen.update(x=info["x"]))
+    model.sample({"text": [PROMPT]}, 1, SamplingPlan(SAMPLERS["ddim"], 10, plan, {}, guidance),
+                 noise=noise(), callback=lambda info: seen.update(x=info["x"]))
     return (seen["x"] / (1 + last ** 2) ** 0.5).float()
 
 

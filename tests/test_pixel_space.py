@@ -15,7 +15,7 @@ from ldmcore.build import backbone_spec, build_autoencoder
 from ldmcore.config import load
 from ldmcore.nn.autoencoder import AutoencoderShape
 from ldmcore.nn.pixel_space import PixelSpace
-from ldmcore.sample import load_run
+from ldmcore.runfolder import load_run
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
 

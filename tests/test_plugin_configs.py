@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ldmcore.config import conf_dir, group_options, load
+from ldmcore.config import conf_dir, group_options, load, resolve_conditions
 from ldmcore.errors import ConfigError, PluginClash, PluginError
 from ldmcore.hookspecs import hookimpl
 from ldmcore.registry import ALLOW_ENV, DISABLE_ENV, build_registry, hook_names
@@ -69,7 +69,7 @@ def test_register_config_dirs_puts_a_plugins_condition_and_experiment_on_the_sea
     cfg = load(["experiment=digits_vec"], reg)
     assert (cfg.name, cfg.trainer.max_steps) == ("digits_vec", 7)
     assert set(cfg.conditions) == {"class", "vec"}  # a plugin experiment may use host configs
-    assert cfg.conditions["class"]["num_classes"] == 10
+    assert resolve_conditions(cfg, reg)["class"][1].num_classes == 10  # the plugin's default
     # without the plugin, its files are not there
     with pytest.raises(ConfigError, match="unknown experiment 'digits_vec'"):
         load(["experiment=digits_vec"], registry_with())
@@ -187,7 +187,8 @@ def test_infos_list_the_hooks_each_package_implements(shipped):
     (info,) = reg.infos()
     assert info.hooks == ("register_conditions", "register_config_dirs")
     assert set(info.hooks) <= set(hook_names())
-    assert hook_names() == ["register_conditions", "register_config_dirs", "register_samplers"]
+    assert hook_names() == ["register_conditions", "register_config_dirs", "register_samplers",
+                            "register_metrics", "register_datasets"]
 
 
 def test_a_condition_missed_because_its_plugin_is_broken_says_why(monkeypatch):

@@ -18,7 +18,8 @@ from ldm_segmap.encoder import SegmapConfig, SegmapEncoder
 from ldmcore.conditioning import BackboneSpec, Conditioner, Injection, Tokens
 from ldmcore.config import load
 from ldmcore.errors import ConfigError
-from ldmcore.sample import load_run, parse_request, run_sampling
+from ldmcore.runfolder import load_run
+from ldmcore.sample import parse_request, run_sampling
 from ldmcore.train import train
 
 SPEC = BackboneSpec(latent_channels=4, latent_size=(4, 4), context_dim=16, image_channels=3,
@@ -67,6 +68,45 @@ def test_layout_tokens_mask_variable_box_counts_and_keep_a_null_key() -> None:
     assert not torch.allclose(relabelled.values[0, 1], out.values[0, 1])
     with pytest.raises(ConfigError, match="layout: boxes must be"):
         enc([(torch.tensor([[0.5, 0.1, 1.2, 0.4]]), torch.tensor([0]))])
+
+
+def test_a_value_is_derived_once_and_forward_base_and_finish_read_it() -> None:
+    derived = []
+
+    class CountingInpaint(InpaintEncoder):
+        def batch_value(self, batch):
+            derived.append(1)
+            return super().batch_value(batch)
+
+    cond = Conditioner({"inpaint": CountingInpaint(InpaintConfig(base="blur_fill"), SPEC)})
+    image = torch.rand(2, 3, 16, 16) * 2 - 1
+    values = cond.resolve({"image": image}, generator=torch.Generator().manual_seed(0))
+    cond(values, 2)
+    cond.base(values)
+    known, hole = values["inpaint"]
+    out = cond.finish(torch.zeros_like(image), values)
+    assert len(derived) == 1  # one random hole, drawn in resolve
+    outside = hole.expand_as(image) <= 0.5
+    assert torch.equal(out[outside], known[outside])  # finish pasted back around that same hole
+
+
+def test_input_keys_come_from_each_plugins_config_and_a_value_under_its_name_wins() -> None:
+    image, mask = torch.rand(2, 3, 16, 16) * 2 - 1, torch.randint(0, 4, (2, 16, 16))
+    boxes, labels = [torch.tensor([[0.1, 0.1, 0.4, 0.4]])] * 2, [torch.tensor([1])] * 2
+    data = {"photo": image, "semantic": mask, "rects": boxes, "kinds": labels}
+    segmap = SegmapEncoder(SegmapConfig(input_key="semantic"), SPEC)
+    layout = LayoutEncoder(LayoutConfig(boxes_key="rects", labels_key="kinds"), SPEC)
+    lowres = LowresEncoder(LowresConfig(input_key="photo"), SPEC)
+    inpaint = InpaintEncoder(InpaintConfig(input_key="photo"), SPEC)
+    assert segmap.batch_value(data) is mask
+    assert layout.batch_value(data) == list(zip(boxes, labels))
+    torch.testing.assert_close(lowres.batch_value(data), torch.nn.functional.avg_pool2d(image, 4))
+    assert inpaint.batch_value(data)[0] is image
+    for enc in (segmap, layout, lowres, inpaint):
+        with pytest.raises(KeyError):
+            enc.batch_value({"image": image, "mask": mask, "bboxes": boxes, "labels": labels})
+        own = object()  # what a sampling request hands over under the plugin's name
+        assert enc.batch_value({**data, enc.name: own}) is own
 
 
 def test_layout_parses_json_boxes_with_names_or_indices() -> None:
@@ -202,7 +242,7 @@ def test_each_experiment_trains_and_samples_from_command_line_values(experiment:
     if experiment == "shapes_multi":  # text + layout + segmap together
         conds = [f"cond.{k}={v}" for k, v in (value["shapes_segmap"], value["shapes_layout"])]
         conds.append("cond.text=a red circle and a blue square")
-        assert model.conditioner.context_tokens > 1 + cfg.conditions["layout"]["max_boxes"]
+        assert model.conditioner.context_tokens > 1 + model.conditioner.encoders["layout"].config.max_boxes
     else:
         conds = ["cond.{}={}".format(*value[experiment])]
     out = run_sampling(parse_request([f"run={run.root}", *conds, "n=2", "precision=fp32",

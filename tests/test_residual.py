@@ -14,6 +14,7 @@ from ldmcore.config import load
 from ldmcore.diffusion.residual import ResidualSpace
 from ldmcore.errors import ConfigError, PluginError
 from ldmcore.hole_fill import CONVERGED_SWEEPS, blur_fill
+from ldmcore.sampling import SamplerConfig, sampling_plan
 
 PIXELS = BackboneSpec(latent_channels=3, latent_size=(16, 16), context_dim=16, image_channels=3,
                       image_size=(16, 16), encode=lambda x: x)
@@ -103,11 +104,12 @@ def test_sampling_returns_the_base_when_the_denoiser_adds_nothing() -> None:
     low = torch.rand(2, 3, 4, 4) * 2 - 1
     bicubic = F.interpolate(low, size=(16, 16), mode="bicubic", align_corners=False).clamp(-1, 1)
     for sampler in ("ddim", "euler_ancestral", "dpmpp_2m"):
-        out = model.sample({"lowres": low}, 2, sampler=sampler, steps=4, generator=torch.Generator().manual_seed(0))
+        plan = sampling_plan(SamplerConfig(), name=sampler, steps=4)
+        out = model.sample({"lowres": low}, 2, plan, generator=torch.Generator().manual_seed(0))
         assert torch.allclose(out, bicubic, atol=1e-5), sampler
     # image-to-image at strength 0 runs no step: the init image comes back through the residual space
     init = torch.rand(1, 3, 16, 16) * 2 - 1
-    assert torch.allclose(model.sample({"lowres": low}, 2, init=init, strength=0.0), init.expand(2, -1, -1, -1),
+    assert torch.allclose(model.sample({"lowres": low}, 2, model.sampling.but(strength=0.0), init=init), init.expand(2, -1, -1, -1),
                           atol=1e-5)
 
 

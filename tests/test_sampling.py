@@ -22,12 +22,12 @@ from PIL import Image
 from ldmcore import checkpoint, cli
 from ldmcore.build import build_model
 from ldmcore.config import load
-from ldmcore.diffusion.guidance import Guidance
 from ldmcore.diffusion.img2img import LatentBlend, noised, start_index
 from ldmcore.diffusion.samplers import SAMPLERS
-from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan, karras_sigmas
+from ldmcore.diffusion.sigmas import SigmaKind, karras_sigmas
 from ldmcore.errors import ConfigError
-from ldmcore.sample import load_run
+from ldmcore.runfolder import load_run
+from ldmcore.sampling import SamplerConfig, sampling_plan
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -151,8 +151,8 @@ def test_strength_zero_returns_the_init_image_through_the_autoencoder(run):
     model = smoke_model(run)
     init = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     values = {"class": torch.tensor([1, 2])}
-    out = model.sample(values, 2, init=init, strength=0.0, steps=10, noise=torch.zeros(2, *model.latent_shape()),
-                       generator=torch.Generator().manual_seed(1))
+    out = model.sample(values, 2, model.sampling.but(steps=10, strength=0.0), init=init,
+                       noise=torch.zeros(2, *model.latent_shape()), generator=torch.Generator().manual_seed(1))
     latents = model.encode_images(init, torch.Generator().manual_seed(1))
     torch.testing.assert_close(out, model.autoencoder.images(latents).clamp(-1, 1))
 
@@ -164,9 +164,9 @@ def test_a_mask_keeping_everything_returns_the_init_latent_for_any_sampler(run):
     latents = model.encode_images(init, torch.Generator().manual_seed(3))
     expected = model.autoencoder.images(latents).clamp(-1, 1)
     for name in ("ddim", "dpmpp_2m_sde", "heun"):
-        out = model.sample(values, 1, sampler=name, steps=3, init=init, mask=torch.zeros(1, 16, 16),
+        plan = sampling_plan(SamplerConfig(), name=name, steps=3, guidance=3.0, sigmas=SigmaKind.KARRAS)
+        out = model.sample(values, 1, plan, init=init, mask=torch.zeros(1, 16, 16),
                            noise=torch.randn(1, *model.latent_shape()),
-                           guidance=Guidance(3.0), sigmas=SigmaPlan(SigmaKind.KARRAS),
                            generator=torch.Generator().manual_seed(3))
         torch.testing.assert_close(out, expected)
 
@@ -190,9 +190,9 @@ def test_mask_without_init_and_unknown_sampler_names_are_config_errors(run):
     model = smoke_model(run)
     values = {"class": torch.tensor([1])}
     with pytest.raises(ConfigError, match="mask needs an init image"):
-        model.sample(values, 1, mask=torch.ones(1, 16, 16), steps=2)
+        model.sample(values, 1, model.sampling.but(steps=2), mask=torch.ones(1, 16, 16))
     with pytest.raises(ConfigError, match="unknown sampler 'eulr'.*'euler'"):
-        model.sample(values, 1, sampler="eulr", steps=2)
+        sampling_plan(SamplerConfig(), name="eulr")
 
 
 # -- blending and image-to-image against an exact denoiser ----------------------------------------

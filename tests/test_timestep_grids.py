@@ -88,10 +88,11 @@ def sd_run(tmp_path_factory):
 
 
 def test_cli_setup_takes_every_grid_of_an_imported_run(sd_run) -> None:
-    """``ldm sample``'s own request handling (``sampling_setup``) on the imported run, with its
+    """``ldm sample``'s own request handling (``request_plan``) on the imported run, with its
     offset and final level set each way, for every spacing and step count 1..T: no error, and
     the levels the sampler then walks are the function's, strictly descending."""
-    from ldmcore.sample import SampleRequest, load_run, sampling_setup
+    from ldmcore.runfolder import load_run
+    from ldmcore.sample import SampleRequest, request_plan
 
     cfg, model, _ = load_run(sd_run)
     for spacing, offset, alpha in GRIDS:
@@ -100,7 +101,7 @@ def test_cli_setup_takes_every_grid_of_an_imported_run(sd_run) -> None:
         plan = SigmaPlan(spacing=spacing, offset=offset, set_alpha_to_one=alpha)
         for steps in range(1, T + 1):
             request = SampleRequest(run=sd_run, steps=steps, spacing=spacing, cond={"text": "x"})
-            levels = sampling_setup(request, model, run_cfg)["sigmas"].sigmas(model.schedule, steps)
+            levels = request_plan(request, model, run_cfg).levels(model.schedule)
             assert bool((levels[1:] < levels[:-1]).all()), (spacing, offset, alpha, steps)
             assert torch.equal(levels, plan.sigmas(SCHEDULE, steps)), (spacing, offset, alpha, steps)
 

@@ -1,5 +1,2 @@
-"""Datasets (dicts of ``image``, ``class``, ...) and their albumentations pipelines."""
-
-from ldmcore.data.datasets import DATASETS, build_dataset, collate
-
-__all__ = ["DATASETS", "build_dataset", "collate"]
+"""Datasets (dicts of ``image``, ``class``, ...) and their albumentations pipelines; datasets are
+found by name through the registry (``register_datasets``, ``ldmcore.data.builtin``)."""

@@ -1,5 +1,5 @@
-"""Built-in datasets: scikit-learn's handwritten digits, procedural shapes, a user image folder,
-COCO-format files.
+"""Built-in datasets: scikit-learn's handwritten digits and a user image folder (shapes, photos
+and COCO files have their own modules; ``ldmcore.data.builtin`` registers them all).
 
 A dataset item is a dict: ``image`` (CHW float in [-1, 1]) plus condition values such as
 ``class`` (int). ``collate`` stacks tensors and ints and keeps other values as lists.
@@ -7,18 +7,14 @@ A dataset item is a dict: ``image`` (CHW float in [-1, 1]) plus condition values
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from ldmcore.data.captions import MissingCaptions, complete_captions, sidecar_caption
-from ldmcore.data.coco import CocoDataset
-from ldmcore.data.photos import PhotosDataset
-from ldmcore.data.shapes import ShapesDataset
 from ldmcore.data.transforms import build_pipeline, read_pixels, to_tensor
 from ldmcore.errors import DataError
 from ldmcore.images import open_image
@@ -95,23 +91,6 @@ class ImageFolderDataset(Dataset):
         if self.captions is not None:
             item["caption"] = self.captions[i]
         return item
-
-
-DATASETS: dict[str, Callable[..., Dataset]] = {
-    "digits": DigitsDataset,
-    "image_folder": ImageFolderDataset,
-    "shapes": ShapesDataset,
-    "photos": PhotosDataset,
-    "coco": CocoDataset,
-}
-
-
-def build_dataset(name: str, limit: int | None = None, **kwargs: Any) -> Dataset:
-    """The dataset ``name`` (a key of ``DATASETS``), cut to its first ``limit`` items if given."""
-    dataset = DATASETS[name](**kwargs)
-    if limit is not None and limit < len(dataset):  # type: ignore[arg-type]
-        dataset = Subset(dataset, range(limit))
-    return dataset
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -15,6 +15,9 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ldmcore.errors import DataError  # noqa: E402
+from ldmcore.images import open_image  # noqa: E402
+
 
 def build_pipeline(image_size: int, hflip: bool = False, shift: float = 0.0,
                    with_boxes: bool = False, crop: bool = False,
@@ -59,8 +62,5 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 def read_pixels(path, channels: int) -> np.ndarray:
     """An image file as an (H, W) or (H, W, 3) float32 array in [0, 1], the input of
     ``build_pipeline``; an unreadable file is a ``DataError`` naming it."""
-    from ldmcore.errors import DataError
-    from ldmcore.images import open_image
-
     img = open_image(path, "image", DataError, "remove or replace the file")
     return np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0

@@ -9,24 +9,11 @@ reported beside the score, so a low score cannot hide a broken reader.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from ldmcore.errors import DataError
-
-
-@dataclass
-class DigitFidelity:
-    accuracy: float  # fraction of samples read as the class they were asked for
-    per_class: dict[int, float]
-    count: int
-    reader_accuracy: float  # the reader on held-out real digits, through the same round trip
+from ldmcore.data.transforms import build_pipeline
 
 
 def _to_reader_space(images: np.ndarray) -> np.ndarray:
@@ -51,8 +38,6 @@ def train_reader(seed: int = 0):
     """An SVC on 75% of the real digits; returns (reader, held-out accuracy via round trip)."""
     from sklearn.svm import SVC
 
-    from ldmcore.data.transforms import build_pipeline
-
     x_train, x_test, y_train, y_test = split_digits(seed)
     reader = SVC(gamma=0.001, C=10.0).fit(x_train.reshape(len(x_train), -1), y_train)
     pipe = build_pipeline(32)
@@ -61,24 +46,8 @@ def train_reader(seed: int = 0):
     return reader, held_out
 
 
-def evaluate_folder(folder: Path) -> DigitFidelity:
-    """Score the samples of an ``ldm sample`` output folder (reads its ``samples.json``)."""
-    index = folder / "samples.json"
-    if not index.is_file():
-        raise DataError(f"{str(folder)!r} has no samples.json; make samples first with "
-                        f"`ldm sample run=RUN cond.class=[0,1,2,3,4,5,6,7,8,9] n=8 out={folder}`.")
-    records = json.loads(index.read_text())["samples"]
-    if not records or "class" not in records[0]["conditions"]:
-        raise DataError(f"the samples in {str(folder)!r} carry no class condition; the digits "
-                        f"metric needs class-conditional samples.")
-    images = np.stack([np.asarray(Image.open(folder / r["file"]).convert("L"), dtype=np.float32)
-                       for r in records])
-    wanted = np.array([int(r["conditions"]["class"]) for r in records])
-    reader, reader_acc = train_reader()
-    got = reader.predict(_to_reader_space(images))
-    per_class = {int(c): float((got[wanted == c] == c).mean()) for c in np.unique(wanted)}
-    return DigitFidelity(float((got == wanted).mean()), per_class, len(records), reader_acc)
-
-
-def write_report(result: DigitFidelity, path: Path) -> None:
-    path.write_text(json.dumps(asdict(result), indent=1))
+def read_digits(images: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float]:
+    """The digit an independent reader (an SVC on real digits) reads in each of (N, H, W) grey
+    images in [0, 255], and the reader's accuracy on held-out real digits (same round trip)."""
+    reader, reader_accuracy = train_reader(seed)
+    return reader.predict(_to_reader_space(images)), reader_accuracy

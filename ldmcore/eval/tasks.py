@@ -1,137 +1,132 @@
-"""`ldm eval` for the built-in tasks: sample from held-out conditions, score each plugin.
+"""``ldm eval``: score a run's samples with the metrics its condition plugins register.
 
-Held-out conditions come from data the model never trained on (shapes scenes of another seed,
-the held-out strip of the photos). Each enabled plugin with a metric is scored:
+The core does not know what it measures: for each condition a run enables, the registry gives
+the metrics registered for it (hook ``register_metrics``), each on the datasets it declares
+meaningful. Two ways to get samples:
 
-* text: fraction of samples whose shapes, read back from the image, say the caption;
-* layout: mean IoU of requested boxes with the detected shapes' boxes;
-* segmap: mIoU of the requested map with the generated image's segmentation;
-* lowres: PSNR/SSIM against the high-resolution crop, beside bicubic upsampling's;
-* inpaint: PSNR inside the hole beside a blur fill's (the converged harmonic fill of
-  ``ldmcore.hole_fill``), and the known region's max error.
+* the run's dataset has a held-out split (``register_datasets(..., held_out=...)``, e.g. shapes
+  scenes of another seed, the held-out strip of the photos): ``evaluate_run`` samples from its
+  conditions with the run's own sampling plan and scores them beside the data items, plus each
+  metric's baseline (what it reads without a model);
+* otherwise (e.g. digits) ``evaluate_folder`` scores a folder of ``ldm sample`` output, whose
+  ``samples.json`` says which conditions each image was asked for.
 
-With ``average=K`` > 1 the pixel metrics (lowres, inpaint) are also given for the mean of K
-samples per condition (keys ``*_mean_of_samples``). PSNR rewards the posterior mean, and one
-sample from a posterior is off by about twice its variance, so a sampler's single draws score
-under a blurrier regression of equal quality; the mean of K draws estimates the posterior mean
-the model has learned, and shows how much of a gap is sampling rather than the model.
+With ``average=K`` > 1 the metrics that average (pixel metrics: PSNR rewards the posterior
+mean, and one sample from a posterior is off by about twice its variance) are also given for the
+mean of K samples per condition (keys ``*_mean_of_samples``): it estimates the posterior mean the
+model has learned, and shows how much of a gap is sampling rather than the model.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ldmcore.data import build_dataset, collate
-from ldmcore.eval.pixels import psnr, ssim
-from ldmcore.eval.shapes import caption_match, layout_iou, mean_iou, segmentation
-from ldmcore.hole_fill import CONVERGED_SWEEPS, blur_fill
-from ldmcore.images import save_grid, to_uint8
-from ldmcore.sample import load_run
+from ldmcore.build import build_dataset
+from ldmcore.data.datasets import collate
+from ldmcore.errors import ConfigError, DataError
+from ldmcore.eval.metric import MetricSpec
 from ldmcore.hardware import choose
+from ldmcore.images import read_image, save_grid
+from ldmcore.model import LatentDiffusion
+from ldmcore.registry import Registry, default_registry
+from ldmcore.runfolder import load_run
 
-HELD_OUT_SEED = 1_000_003
 
-
-def held_out_batch(cfg: Any, n: int) -> dict[str, Any]:
-    d = cfg.data
-    kwargs = {**d.dataset_kwargs(), "num_items": n, "hflip": False, "shift": 0.0}
-    if d.name == "shapes":
-        kwargs["seed"] = HELD_OUT_SEED
-    elif d.name == "photos":
-        kwargs["holdout"] = True
-    dataset = build_dataset(d.name, **kwargs)
+def held_out_batch(cfg: Any, n: int, registry: Registry | None = None) -> dict[str, Any]:
+    """``n`` items of the run's dataset that training never saw, collated (the dataset's
+    ``held_out`` split, without augmentation)."""
+    spec = (registry or default_registry()).dataset(cfg.data.name)
+    if spec.held_out is None:
+        raise ConfigError(f"dataset {spec.name!r} has no held-out split to sample conditions from; "
+                          f"score a folder of samples instead (ldm eval run=RUN samples=DIR).")
+    options = {**cfg.data.dataset_kwargs(), "num_items": n, "hflip": False, "shift": 0.0}
+    dataset = spec.held_out(**options)
     return collate([dataset[i] for i in range(n)])
 
 
-def shape_scores(plugins: Any, batch: dict[str, Any], images: torch.Tensor) -> dict[str, float]:
-    """The shapes metric of each of ``plugins`` (text, layout, segmap) that is enabled, on
-    ``images`` generated from the held-out ``batch``."""
-    pixels = to_uint8(images)
-    scores: dict[str, float] = {}
-    if "text" in plugins:
-        scores["text_caption_match"] = float(np.mean([caption_match(p, c) for p, c in zip(pixels, batch["caption"])]))
-    if "layout" in plugins:
-        scores["layout_mean_iou"] = float(np.mean([layout_iou(p, b.numpy(), lab.numpy()) for p, b, lab in
-                                                   zip(pixels, batch["bboxes"], batch["labels"])]))
-    if "segmap" in plugins:
-        scores["segmap_miou"] = float(np.mean([mean_iou(segmentation(p), m.numpy()) for p, m in
-                                               zip(pixels, batch["mask"])]))
-    return scores
+def run_metrics(model: LatentDiffusion, dataset: str, has_data: bool,
+                registry: Registry | None = None) -> list[tuple[str, MetricSpec]]:
+    """(condition, metric) of every registered metric that scores this model's samples of
+    ``dataset``, in the order of the model's conditions."""
+    registry = registry or default_registry()
+    return [(name, m) for name in model.conditioner.encoders for m in registry.metrics_for(name)
+            if m.applies_to(dataset, has_data)]
+
+
+def condition_scores(metrics: list[tuple[str, MetricSpec]], images: torch.Tensor,
+                     values: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
+    """Every metric's entries for ``images`` generated from condition ``values`` (and ``batch``)."""
+    report: dict[str, Any] = {}
+    for name, metric in metrics:
+        report.update(metric.score(images, values[name], batch))
+    return report
 
 
 def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int = 0,
                  out: Path | None = None, average: int = 1, precision: str = "auto",
-                 threads: int | str = "auto") -> dict[str, Any]:
-    cfg, model, _ = load_run(run_dir)
+                 threads: int | str = "auto", registry: Registry | None = None) -> dict[str, Any]:
+    """Sample ``n`` held-out conditions with the run's own plan and score them."""
+    cfg, model, _ = load_run(run_dir, registry)
     mixed = choose(precision, threads, next(model.unet.parameters()).device).precision
     torch.manual_seed(seed)  # random holes of the inpaint plugin
-    batch = held_out_batch(cfg, n)
+    batch = held_out_batch(cfg, n, registry)
     values = model.conditioner.resolve(batch)
+    plan = model.sampling if steps is None else model.sampling.but(steps=steps)  # the run's own
 
     def draw(k: int) -> torch.Tensor:
         """Samples of noise seed ``seed + k`` for every held-out condition."""
         noise = torch.randn((n, *model.latent_shape()), generator=torch.Generator().manual_seed(seed + k))
         with mixed.autocast():
-            return model.sample(values, n, sampler=cfg.sampler.name, steps=steps or cfg.sampler.steps,
-                                guidance=cfg.sampler.guidance, noise=noise,
+            return model.sample(values, n, plan, noise=noise,
                                 generator=torch.Generator().manual_seed(seed + k)).float()
 
     images = draw(0)
     if out is not None:
         save_grid(images, out / "eval_grid.png", nrow=8)
+    metrics = run_metrics(model, cfg.data.name, True, registry)
     report: dict[str, Any] = {"samples": n, "data": cfg.data.name, "precision": mixed.name}
-    names = model.conditioner.encoders
-    report.update(shape_scores(names, batch, images))
-    if not {"lowres", "inpaint"} & set(names):
-        return report
-    target = batch["image"]
-    report.update(pixel_scores(names, values, target, images))
-    report.update(baseline_scores(names, values, target))
-    if average > 1:
+    report.update(condition_scores(metrics, images, values, batch))
+    for name, metric in metrics:
+        if metric.baseline is not None:
+            report.update(metric.baseline(values[name], batch))
+    averaging = [(name, m) for name, m in metrics if m.averages]
+    if average > 1 and averaging:
         mean = torch.stack([images, *(draw(k) for k in range(1, average))]).mean(0)
         report["averaged_samples"] = average
-        # the known region of a mean of pasted-back samples is the input up to float rounding:
-        # its exactness is a property of single samples, reported above
-        report.update({f"{k}_mean_of_samples": v for k, v in pixel_scores(names, values, target, mean).items()
-                       if k != "inpaint_known_max_abs_error"})
+        report.update({f"{k}_mean_of_samples": v for k, v in
+                       condition_scores(averaging, mean, values, batch).items()})
     return report
 
 
-def pixel_scores(plugins: Any, values: dict[str, Any], target: torch.Tensor,
-                 images: torch.Tensor) -> dict[str, float]:
-    """The pixel metrics of ``lowres`` and ``inpaint`` (those enabled) on ``images``."""
-    scores: dict[str, float] = {}
-    if "lowres" in plugins:
-        scores.update(lowres_psnr=float(psnr(images, target).mean()),
-                      lowres_ssim=float(ssim(images, target).mean()))
-    if "inpaint" in plugins:
-        image, hole = values["inpaint"]
-        scores.update(inpaint_hole_psnr=hole_psnr(images, image, hole),
-                      inpaint_known_max_abs_error=float((images - image).abs()[hole.expand_as(image) <= 0.5].max()))
-    return scores
+def evaluate_folder(run_dir: Path, folder: Path, registry: Registry | None = None) -> dict[str, Any]:
+    """Score the samples of an ``ldm sample`` output folder (its ``samples.json`` names the
+    conditions of each image) with the metrics of the run's conditions."""
+    index = folder / "samples.json"
+    if not index.is_file():
+        raise DataError(f"{str(folder)!r} has no samples.json; make samples first with "
+                        f"`ldm sample run={run_dir} cond.NAME=... out={folder}`.")
+    records = json.loads(index.read_text())["samples"]
+    cfg, model, _ = load_run(run_dir, registry)
+    encoders = model.conditioner.encoders
+    missing = [k for k in encoders if not records or k not in records[0]["conditions"]]
+    if missing:
+        raise DataError(f"the samples in {str(folder)!r} carry no {missing[0]!r} condition; score "
+                        f"samples of this run (ldm sample run={run_dir} ...).")
+    metrics = run_metrics(model, cfg.data.name, False, registry)
+    if not metrics:
+        raise ConfigError(f"no registered metric scores samples of conditions "
+                          f"{', '.join(encoders) or '(none)'} on data {cfg.data.name!r} without "
+                          f"held-out data items; `ldm plugins` lists what each package registers.")
+    images = torch.stack([read_image(folder / r["file"], cfg.data.channels, "samples") for r in records])
+    values = {k: enc.collate([enc.parse(_text(r["conditions"][k])) for r in records])
+              for k, enc in encoders.items()}
+    return condition_scores(metrics, images, values, {})
 
 
-def baseline_scores(plugins: Any, values: dict[str, Any], target: torch.Tensor) -> dict[str, float]:
-    """What the pixel metrics read without a model: bicubic upsampling of the low-res input, and
-    a blur fill of the hole."""
-    scores: dict[str, float] = {}
-    if "lowres" in plugins:
-        bicubic = F.interpolate(values["lowres"], size=target.shape[-2:], mode="bicubic",
-                                align_corners=False).clamp(-1, 1)
-        scores.update(bicubic_psnr=float(psnr(bicubic, target).mean()),
-                      bicubic_ssim=float(ssim(bicubic, target).mean()))
-    if "inpaint" in plugins:
-        image, hole = values["inpaint"]
-        scores.update(blur_fill_hole_psnr=hole_psnr(blur_fill(image, hole, CONVERGED_SWEEPS), image, hole))
-    return scores
-
-
-def hole_psnr(x: torch.Tensor, image: torch.Tensor, hole: torch.Tensor) -> float:
-    """PSNR of ``x`` against ``image`` over the hole's pixels only (images in [-1, 1])."""
-    mse = ((x - image) ** 2)[hole.expand_as(image) > 0.5].mean()
-    return float(10 * torch.log10(4 / mse.clamp_min(1e-12)))
+def _text(value: Any) -> str:
+    """A condition as ``samples.json`` records it, back in its command-line form."""
+    return value if isinstance(value, str) else json.dumps(value)

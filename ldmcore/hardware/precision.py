@@ -22,6 +22,7 @@ import torch
 
 from ldmcore.errors import ConfigError
 from ldmcore.hardware.cpu import cpu_info
+from ldmcore.hardware.measure import bf16_slowdown  # measures only when warning
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -100,8 +101,6 @@ def _warn_emulated_bf16(note: str) -> None:
     if "bf16" in _warned:
         return
     _warned.add("bf16")
-    from ldmcore.hardware.measure import bf16_slowdown  # a measurement only when warning
-
     slower = bf16_slowdown()
     measured = (f"{slower:.1f}x slower than float32" if slower >= 1
                 else f"{1 / slower:.1f}x faster than float32 (the hardware has bf16: check the override)")

@@ -22,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from ldmcore import checkpoint
+from ldmcore.build import build_model
+from ldmcore.config import validate
 from ldmcore.errors import CheckpointError, ConfigError
 from ldmcore.interop import keymaps
 from ldmcore.interop.detect import (Architecture, apply_overrides, autoencoder_shape_from_compvis,
@@ -32,6 +35,8 @@ from ldmcore.interop.detect import (Architecture, apply_overrides, autoencoder_s
                                     unet_shape_from_compvis, unet_shape_from_diffusers)
 from ldmcore.nn.autoencoder import AutoencoderKL
 from ldmcore.nn.unet import UNetModel
+from ldmcore.registry import default_registry
+from ldmcore.runfolder import RunFolder, load_run, run_metadata
 
 UNET, VAE, TEXT = "model.diffusion_model.", "first_stage_model.", "cond_stage_model."
 EMA = "model_ema."
@@ -318,8 +323,6 @@ def _lowres_plugin(p: Pretrained) -> dict[str, Any]:
 
 
 def _has_plugin(name: str) -> bool:
-    from ldmcore.registry import default_registry
-
     return name in default_registry().encoders
 
 
@@ -371,10 +374,6 @@ def write_text_encoder(p: Pretrained, folder: Path) -> None:
 def import_pretrained(source: Path | str, out_dir: Path | str, *, overwrite: bool = False,
                       **options: Any) -> Path:
     """``ldm import``: write an ldmcore run folder for an SD file or a diffusers folder."""
-    from ldmcore.config import validate
-
-    from ldmcore.runfolder import RunFolder
-
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{str(out)!r} already exists and is not empty; choose a new OUT_DIR or "
@@ -401,8 +400,6 @@ def import_pretrained(source: Path | str, out_dir: Path | str, *, overwrite: boo
 def _build_and_load(cfg, tensors: dict[str, torch.Tensor], root: Path, source: str):
     """Build the model for ``cfg`` and load ``tensors`` (EMA, if any, replaces the UNet's
     weights only when asked, at sampling). Any plugin it cannot satisfy fails here."""
-    from ldmcore.build import build_model
-
     model = build_model(cfg, root=root)
     state = {k: v for k, v in tensors.items() if not k.startswith("ema.")}
     checkpoint.load_into(model, state, "model", source)
@@ -410,23 +407,14 @@ def _build_and_load(cfg, tensors: dict[str, torch.Tensor], root: Path, source: s
 
 
 def _write_run(root: Path, cfg, model, p: Pretrained) -> None:
-    import yaml
-
-    from ldmcore.registry import default_registry
-    from ldmcore.runfolder import RunFolder
-    from ldmcore.train import FORMAT, plugin_versions
-
     run = RunFolder(root)
     run.checkpoints.mkdir(parents=True, exist_ok=True)
     run.mark()
-    config = cfg.model_dump(mode="json")
-    run.config.write_text(yaml.safe_dump(config, sort_keys=False))
+    run.config.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     tensors = dict(model.state_dict())
     tensors.update(checkpoint.with_prefix("ema.unet.", p.ema))  # already in the plugin layout
-    checkpoint.save(run.last, tensors, {
-        "format": FORMAT, "kind": "latent_diffusion", "step": 0, "config": config,
-        "plugins": plugin_versions(model, default_registry()),
-        "source": {"path": p.source, "variant": p.arch.variant}})
+    checkpoint.save(run.last, tensors, run_metadata(
+        cfg, model, 0, source={"path": p.source, "variant": p.arch.variant}))
     (root / "import.json").write_text(json.dumps({
         "source": p.source, "variant": p.arch.variant, "unet": asdict(p.arch.unet),
         "autoencoder": asdict(p.arch.autoencoder), "prediction": p.arch.prediction,
@@ -439,9 +427,6 @@ def from_pretrained(path: Path | str, *, ema: bool = True, **options: Any):
     Foreign sources are converted in memory (the text encoder passes through a temporary
     folder); ``options`` are those of ``ldm import`` (tokenizer, prediction, image_size).
     """
-    from ldmcore.config import validate
-    from ldmcore.sample import load_run
-
     path = Path(path)
     if path.is_dir() and (path / "checkpoints" / "last.safetensors").is_file():
         return load_run(path, use_ema=ema)[1]

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ldmcore.diffusion.schedule import make_betas
 from ldmcore.errors import CheckpointError
 from ldmcore.nn.autoencoder import AutoencoderShape
 from ldmcore.nn.unet import UNetShape
@@ -276,8 +277,6 @@ def schedule_from_diffusers(cfg: dict[str, Any], source: str) -> tuple[dict, dic
 
 def schedule_from_betas(betas: torch.Tensor, source: str) -> dict[str, Any]:
     """Recognise SD's ``betas`` buffer as scaled_linear or linear (else refuse)."""
-    from ldmcore.diffusion.schedule import make_betas
-
     b = betas.double()
     n, start, end = len(b), float(b[0]), float(b[-1])
     for kind in ("scaled_linear", "linear"):

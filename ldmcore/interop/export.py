@@ -23,9 +23,11 @@ from typing import Any
 import torch
 
 from ldmcore import checkpoint
+from ldmcore.arguments import flag, key_values, positional
 from ldmcore.errors import ConfigError
 from ldmcore.interop import keymaps
 from ldmcore.interop.convert import TEXT, UNET, VAE
+from ldmcore.runfolder import load_run
 
 DIFFUSERS_VERSION = "0.30.0"
 
@@ -289,8 +291,6 @@ def _save_text(text, folder: Path) -> None:
 def export_run(run_dir: Path | str, out: Path | str, layout: str, *, ema: bool = True,
                overwrite: bool = False) -> Path:
     """``ldm export``: a run folder to ``layout`` = ``sd`` (single file) or ``diffusers``."""
-    from ldmcore.sample import load_run
-
     cfg, model, _ = load_run(Path(run_dir), use_ema=ema)
     if cfg.autoencoder.kind == "pixels":
         raise ConfigError(f"{str(run_dir)!r} is a pixel-space model (autoencoder.kind=pixels): it "
@@ -302,3 +302,14 @@ def export_run(run_dir: Path | str, out: Path | str, layout: str, *, ema: bool =
         return export_diffusers(model, cfg, out, overwrite=overwrite)
     raise ConfigError(f"unknown export layout {layout!r}: choose layout=sd (one .safetensors file) "
                       f"or layout=diffusers (a folder).")
+
+
+def export_command(args: list[str]) -> tuple[Path, str]:
+    """``ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]``: (what was
+    written, its layout). The layout defaults to ``sd`` for an OUT ending in .safetensors."""
+    usage = "ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]"
+    (run, out), rest = positional(args, ("RUN_DIR", "OUT"), usage)
+    opts = key_values(rest, {"layout", "ema", "overwrite"})
+    layout = opts.pop("layout", "diffusers" if not out.endswith(".safetensors") else "sd")
+    path = export_run(run, out, layout, ema=flag(opts, "ema", True), overwrite=flag(opts, "overwrite", False))
+    return path, layout

@@ -16,6 +16,7 @@ from pathlib import Path
 from string import Template
 
 from ldmcore.errors import ConfigError
+from ldmcore.registry import default_registry
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -32,8 +33,6 @@ def write_plugin(name: str, out: Path) -> Path:
         raise ConfigError(f"plugin name {name!r} is not a lower-case identifier; use letters, "
                           f"digits and single underscores, starting with a letter (e.g. "
                           f"demo_cond). It becomes conditions.<name> and cond.<name>=... .")
-    from ldmcore.registry import default_registry
-
     installed = default_registry().encoders
     if name in installed:
         package = default_registry().origins[name][0]

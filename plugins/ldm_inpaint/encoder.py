@@ -33,6 +33,8 @@ from ldmcore.randomness import BatchRandom
 
 
 class InpaintConfig(EncoderConfig):
+    input_key: str = Field("image", description="the data key of the image holes are cut into "
+                                                "(training)")
     min_hole: float = Field(0.25, gt=0.0, le=1.0, description="train holes: smallest side, of the image")
     max_hole: float = Field(0.6, gt=0.0, le=1.0)
     free_form: float = Field(0.0, ge=0.0, le=1.0, description="share of train holes that are "
@@ -70,9 +72,9 @@ class InpaintEncoder(ConditionEncoder):
                                              (self.backbone.latent_channels + 1, *self.backbone.latent_size))}
 
     def batch_value(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        if "inpaint" in batch:
-            return batch["inpaint"]
-        image = batch["image"]
+        if self.name in batch:
+            return batch[self.name]
+        image = batch[self.config.input_key]
         return image, random_holes(image.shape[0], image.shape[-2:], self.config, self.random()).to(image.device)
 
     def forward(self, value: tuple[torch.Tensor, torch.Tensor]) -> ConditionOutput:

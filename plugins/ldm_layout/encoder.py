@@ -23,6 +23,9 @@ from ldmcore.nn.embeddings import FourierFeatures
 
 
 class LayoutConfig(EncoderConfig):
+    boxes_key: str = Field("bboxes", description="the data key of the boxes (N, 4) when a batch "
+                                                 "has no layout under the plugin's name")
+    labels_key: str = Field("labels", description="the data key of the boxes' class labels")
     num_classes: int = Field(3, ge=1)
     class_names: tuple[str, ...] = ("circle", "square", "triangle")
     max_boxes: int = Field(4, ge=1)
@@ -50,9 +53,9 @@ class LayoutEncoder(ConditionEncoder):
                                                 (1 + self.config.max_boxes, self.backbone.context_dim))}
 
     def batch_value(self, batch):
-        if "layout" in batch:
-            return batch["layout"]
-        return list(zip(batch["bboxes"], batch["labels"]))
+        if self.name in batch:
+            return batch[self.name]
+        return list(zip(batch[self.config.boxes_key], batch[self.config.labels_key]))
 
     def forward(self, value: list[tuple[torch.Tensor, torch.Tensor]]) -> ConditionOutput:
         b, m = len(value), self.config.max_boxes

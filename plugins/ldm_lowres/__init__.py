@@ -2,6 +2,7 @@
 (including Stable Diffusion x4 upscaler checkpoints: see ``encoder.py``)."""
 
 from ldm_lowres.encoder import LowresEncoder
+from ldm_lowres.metric import bicubic, fidelity
 from ldmcore.hookspecs import hookimpl
 
 __all__ = ["LowresEncoder"]
@@ -10,3 +11,8 @@ __all__ = ["LowresEncoder"]
 @hookimpl
 def register_conditions(register):
     register(LowresEncoder)
+
+
+@hookimpl
+def register_metrics(register):
+    register(LowresEncoder.name, fidelity, baseline=bicubic, averages=True, reads_data=True)

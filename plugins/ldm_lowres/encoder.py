@@ -52,6 +52,8 @@ from ldmcore.nn.embeddings import timestep_embedding
 
 
 class LowresConfig(EncoderConfig):
+    input_key: str = Field("image", description="the data key of the high-resolution image the "
+                                                "low-resolution input is made from (training)")
     drop_prob: float = Field(0.0, ge=0.0, le=1.0)
     factor: int = Field(4, ge=1, description="downsampling factor of the low-resolution input")
     max_noise_level: float = Field(0.2, ge=0.0, description="train-time augmentation level, at most "
@@ -110,10 +112,10 @@ class LowresEncoder(ConditionEncoder):
                 Injection.VECTOR: OutputSpec(Injection.VECTOR, (self._vector_width,))}
 
     def batch_value(self, batch):
-        if "lowres" in batch:
-            return batch["lowres"]
-        f = self.config.factor
-        return F.avg_pool2d(batch["image"], f) if f > 1 else batch["image"]
+        if self.name in batch:
+            return batch[self.name]
+        f, image = self.config.factor, batch[self.config.input_key]
+        return F.avg_pool2d(image, f) if f > 1 else image
 
     def _checked(self, value: torch.Tensor) -> torch.Tensor:
         low = torch.as_tensor(value).float().to(self._device_probe.device)

@@ -20,6 +20,8 @@ from ldmcore.images import read_label_map
 
 
 class SegmapConfig(EncoderConfig):
+    input_key: str = Field("mask", description="the data key of the class map when a batch has "
+                                               "none under the plugin's name (sampling requests)")
     num_classes: int = Field(4, ge=2, description="classes in the map, background included")
     channels: int = Field(8, ge=1, description="feature maps concatenated to the latents")
     hidden: int = Field(32, ge=1)
@@ -41,7 +43,7 @@ class SegmapEncoder(ConditionEncoder):
         return {Injection.CONCAT: OutputSpec(Injection.CONCAT, (self.config.channels, *self.backbone.latent_size))}
 
     def batch_value(self, batch):
-        return batch["segmap"] if "segmap" in batch else batch["mask"]
+        return batch[self.name] if self.name in batch else batch[self.config.input_key]
 
     def forward(self, value: torch.Tensor) -> ConditionOutput:
         labels = torch.as_tensor(value).long().to(self.null_map.device)

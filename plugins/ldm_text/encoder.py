@@ -42,6 +42,8 @@ def default_model_dir() -> str:
 
 
 class TextConfig(EncoderConfig):
+    input_key: str = Field("caption", description="the data key of the prompt when a batch has "
+                                                  "none under the plugin's name (sampling requests)")
     model: str | None = Field(None, description="local transformers folder (default: all-MiniLM-L6-v2); "
                                                 "relative paths resolve against the run folder")
     max_length: int | None = Field(None, ge=1, description="tokens per prompt (default: the "
@@ -218,8 +220,9 @@ class TextEncoder(ConditionEncoder):
         return self._emit(states.expand(batch_size, -1, -1), mask.expand(batch_size, -1))
 
     def batch_value(self, batch: dict[str, Any]) -> Any:
-        """``batch["text"]``, or a dataset's ``caption`` (shapes, image folders with captions)."""
-        return batch["text"] if "text" in batch else batch["caption"]
+        """The prompt under the plugin's name, or the data's ``input_key`` (default ``caption``:
+        shapes, image folders with captions)."""
+        return batch[self.name] if self.name in batch else batch[self.config.input_key]
 
     def collate(self, values: list[Any]) -> list[str]:
         return [str(v) for v in values]

@@ -78,6 +78,17 @@ def test_canny_of_a_flat_image_is_empty_and_colour_images_work():
     assert torch.equal(canny(rgb), canny(square()))
 
 
+def test_the_eval_metric_is_one_on_the_images_own_edges_and_zero_on_none():
+    image = -torch.ones(2, 1, 32, 32)
+    image[:, :, 8:24, 8:24] = 1.0  # a white square: its outline is the edge map
+    own = canny(image)
+    assert own.sum() > 0
+    assert ldm_edges.edge_agreement(image, own, {}) == {"edges_f1": 1.0}
+    shifted = torch.roll(own, shifts=6, dims=-1)  # the outline six pixels away: mostly missed
+    assert ldm_edges.edge_agreement(image, shifted, {})["edges_f1"] < 0.6
+    assert ldm_edges.edge_agreement(-torch.ones(2, 1, 32, 32), own, {}) == {"edges_f1": 0.0}
+
+
 def test_an_edge_png_reads_back_exactly(tmp_path):
     edges = canny(square())[0]
     assert torch.equal(load_edge_map(write_png(edges, tmp_path / "e.png")), edges)
@@ -130,7 +141,7 @@ def test_listed_trained_and_sampled_through_the_command_line(tmp_path, monkeypat
     listing = json.loads(proc.stdout)
     edges = {p["name"]: p for p in listing["plugins"]}["edges"]
     assert edges["package"] == "ldm-plugin-edges" and edges["injections"] == ["concat"]
-    assert edges["hooks"] == ["register_conditions", "register_config_dirs"]
+    assert edges["hooks"] == ["register_conditions", "register_config_dirs", "register_metrics"]
     assert any(d["package"] == "ldm-plugin-edges" for d in listing["config_dirs"])
 
     # train and sample in this process (the same `main` the `ldm` script runs, without paying
@@ -158,6 +169,10 @@ def test_listed_trained_and_sampled_through_the_command_line(tmp_path, monkeypat
     assert pixels["square"].shape == (16, 16, 3)
     # same seed, same noise: only the edge map differs, and it reaches the pixels
     assert np.abs(pixels["square"] - pixels["ring"]).max() > 0
+    # ldm eval scores the samples with the metric the package registers, on the asked edge maps
+    assert cli.main(["eval", "run=run", "samples=square"]) == 0
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert set(report) == {"edges_f1"} and 0.0 <= report["edges_f1"] <= 1.0
     # a bad value is a user error: one paragraph, exit status 2
     assert cli.main(["sample", "run=run", "cond.edges=missing.png", "out=bad"]) == 2
 
