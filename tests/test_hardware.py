@@ -59,13 +59,13 @@ def test_onednn_isa_cap_below_bf16_means_emulated(bf16, monkeypatch):
     assert "ONEDNN_MAX_CPU_ISA=AVX2" in cpu_info().bf16_note
 
 
-@pytest.mark.parametrize("native, batch", [(True, 128), (False, 64)])
-def test_the_demo_halves_its_batch_where_the_precision_resolves_to_float32(bf16, native, batch):
+@pytest.mark.parametrize("native, batch", [(True, 128), (False, 96)])
+def test_the_demo_takes_a_lighter_batch_where_the_precision_resolves_to_float32(bf16, native, batch):
     from ldmcore.config import load
 
     bf16(native)
     assert load(["experiment=demo"]).trainer.batch_size == batch
-    assert load(["experiment=demo", "trainer.precision=fp32"]).trainer.batch_size == 64
+    assert load(["experiment=demo", "trainer.precision=fp32"]).trainer.batch_size == 96
 
 
 def test_explicit_choices_are_obeyed_and_autocast_computes_in_them(bf16):
