@@ -12,9 +12,11 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/auto_choice.py [--reps N]
+    .venv/bin/python benchmarks/auto_choice.py [--reps N] [--name auto_choice]
 
-Writes ``benchmarks/results/auto_choice.json`` and ``auto_choice.md``, headed by the machine.
+Writes ``benchmarks/results/NAME.json`` and ``NAME.md``, headed by the machine. The AVX2 figures
+in ``auto_choice-avx2-kernels.md`` were taken on an AMX machine with every kernel library capped
+at AVX2 (``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``).
 """
 
 from __future__ import annotations
@@ -135,14 +137,15 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--name", default="auto_choice", help="results file stem")
     args = parser.parse_args()
     result = {"machine": machine_line(), "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
               "precision": None, "threads": None}
     result["precision"] = precision_table(args.reps)
     result["threads"] = threads_table(args.reps, result["precision"]["auto_picks"])
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "auto_choice.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / "auto_choice.md").write_text(markdown(result))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"{args.name}.md").write_text(markdown(result))
     print(markdown(result))
 
 

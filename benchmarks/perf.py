@@ -411,6 +411,7 @@ def main() -> None:
     ap.add_argument("--precisions", default=",".join(PRECISIONS),
                     help="comma-separated subset of fp32,bf16 (default: fp32, and bf16 where the "
                          "CPU runs it natively)")
+    ap.add_argument("--name", default=None, help="results file stem (default perf, or perf-quick)")
     ap.add_argument("--peak", nargs=2, metavar=("TASK", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     PRECISIONS[:] = [p for p in args.precisions.split(",") if p in ("fp32", "bf16")] or ["fp32"]
@@ -446,7 +447,7 @@ def main() -> None:
         result["flops"] = {"unet_b8_gflop": round(unet_flops(m) / 1e9, 2)}
     if "memory" in only:
         result["memory"] = memory(args.threads, ("unet_b8",) if args.quick else ("unet_b8", "train_step"))
-    stem = "perf-quick" if args.quick else "perf"
+    stem = args.name or ("perf-quick" if args.quick else "perf")
     RESULTS.mkdir(exist_ok=True)
     previous = RESULTS / f"{stem}.json"
     if only != set(TASKS) and previous.exists():  # a subset run updates the earlier results
