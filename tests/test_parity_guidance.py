@@ -2,9 +2,12 @@
 ``StableDiffusionPipeline`` on the same random-weight SD 1.x (eps) and 2.x (v) weights, prompt
 and starting latents - guidance rescale, and what a guidance scale of at most 1 means.
 
-Differences are relative to the reference's largest value. Tolerance: ``TOL`` = 256 float32
-epsilons (3.1e-5): two UNet implementations of the same float32 weights sum in different orders
-(~1e-6 relative per evaluation), over 10 steps of two branches each, amplified by guidance 7.5.
+Differences are relative to the reference's largest value. Tolerance: ``TOL`` = 1024 float32
+epsilons (1.2e-4): two UNet implementations of the same float32 weights sum in different orders
+(~1e-6 relative per evaluation), over 10 steps of two branches each, amplified by guidance 7.5;
+how much depends on the CPU's kernels (measured with rescale 0.7 on SD 1.x: 1.1e-5 with AMX /
+AVX-512 kernels, 4.3e-5 with AVX2 ones). A difference that must show (another method) has to
+stand 10x above the round-off measured between the matching computations in the same test.
 ``MEASURED`` feeds ``docs/samplers.md``'s parity table (``pytest -s`` prints it).
 """
 
@@ -24,7 +27,7 @@ from ldmcore.interop.convert import import_pretrained  # noqa: E402
 
 from sd_fixtures import saved_pipeline  # noqa: E402
 
-TOL = 256 * torch.finfo(torch.float32).eps
+TOL = 1024 * torch.finfo(torch.float32).eps
 PROMPT = "a red circle"
 MEASURED: dict[str, float] = {}
 
@@ -65,13 +68,14 @@ def test_guidance_rescale_matches_diffusers_on_the_network_output(sd) -> None:
     ref = diffusers_latents(pipe, 7.5, rescale=0.7)
     ours = ldmcore_latents(model, Guidance(7.5, rescale=0.7))
     MEASURED[f"guidance 7.5, rescale 0.7 ({family})"] = max_diff(ours, ref)
-    assert max_diff(ours, ref) <= TOL
+    roundoff = max_diff(ours, ref)
+    assert roundoff <= TOL
     # the denoised-space variant is a different method: as far from it as the rescale's effect
     denoised = ldmcore_latents(model, Guidance(7.5, rescale=0.7, rescale_space="denoised"))
     effect = max_diff(diffusers_latents(pipe, 7.5), ref)
     MEASURED[f"rescale_space=denoised vs diffusers ({family})"] = max_diff(denoised, ref)
     MEASURED[f"(the rescale's own effect, {family})"] = effect
-    assert max_diff(denoised, ref) > 10 * TOL
+    assert max_diff(denoised, ref) > 10 * roundoff
 
 
 def test_guidance_scale_of_one_or_less(sd) -> None:
@@ -81,13 +85,14 @@ def test_guidance_scale_of_one_or_less(sd) -> None:
     formula a user writes is the one that runs)."""
     family, pipe, model = sd
     conditional = diffusers_latents(pipe, 1.0)
-    assert max_diff(ldmcore_latents(model, Guidance(1.0)), conditional) <= TOL
+    roundoff = max_diff(ldmcore_latents(model, Guidance(1.0)), conditional)
+    assert roundoff <= TOL
     assert max_diff(diffusers_latents(pipe, 0.5), conditional) == 0.0
     half = ldmcore_latents(model, Guidance(0.5))
     MEASURED[f"guidance 0.5 vs diffusers ({family})"] = max_diff(half, conditional)
-    assert max_diff(half, conditional) > 10 * TOL
+    assert max_diff(half, conditional) > 10 * roundoff
     unconditional = ldmcore_latents(model, Guidance(0.0))
-    assert max_diff(unconditional, diffusers_latents(pipe, 1.0 + 1e-6)) > 10 * TOL
+    assert max_diff(unconditional, diffusers_latents(pipe, 1.0 + 1e-6)) > 10 * roundoff
 
 
 def test_print_the_guidance_parity_table() -> None:
