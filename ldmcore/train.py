@@ -28,7 +28,7 @@ from ldmcore.distributed import connect
 from ldmcore.data.datasets import collate
 from ldmcore.data.transforms import is_deterministic
 from ldmcore.errors import ConfigError, TrainingDiverged
-from ldmcore.hardware import ThreadGovernor, autocast, choose, choose_precision
+from ldmcore.hardware import PrecisionChoice, ThreadGovernor, autocast, choose
 from ldmcore.images import save_grid
 from ldmcore.model import LatentDiffusion, denoiser_params
 from ldmcore.nn.execution import for_training
@@ -291,7 +291,8 @@ def _fit(cfg: ExperimentConfig, registry: Registry, run: RunFolder, dataset: Any
                         run.prune(tc.keep_checkpoints)
                 last_good = step
             if tc.sample_every and step % tc.sample_every == 0 and step < tc.max_steps:
-                _sample_grid_on(parallel, model, ema, held, dataset, cfg, run.samples / f"step_{step}.png")
+                _sample_grid_on(parallel, model, ema, held, dataset, cfg, precision,
+                                run.samples / f"step_{step}.png")
             if _agreed(cluster, stop.received is not None) and step < tc.max_steps:
                 if last_good != step:
                     checkpoint_to(run.last)
@@ -304,7 +305,7 @@ def _fit(cfg: ExperimentConfig, registry: Registry, run: RunFolder, dataset: Any
     bar.close()
     if step == 0 or last_good != step:  # decided alike on every rank (not by a file rank 0 writes)
         checkpoint_to(run.last)
-    _sample_grid_on(parallel, model, ema, held, dataset, cfg, run.samples / f"step_{step}.png")
+    _sample_grid_on(parallel, model, ema, held, dataset, cfg, precision, run.samples / f"step_{step}.png")
     cluster.barrier()
     return run
 
@@ -359,22 +360,24 @@ def _sample_latents(cache: tuple[torch.Tensor, torch.Tensor], idx: list[int], rn
 
 
 def _sample_grid_on(parallel: DataParallel, model: LatentDiffusion, ema: EMA,
-                    held: InMemoryBatches | None, dataset: Any, cfg: ExperimentConfig, out: Path) -> None:
+                    held: InMemoryBatches | None, dataset: Any, cfg: ExperimentConfig,
+                    precision: PrecisionChoice, out: Path) -> None:
     """Rank 0 samples; under FSDP every rank runs the sharded UNet with it and rank 0 writes."""
     if parallel.collective_forward or parallel.cluster.is_main:
-        _sample_grid(model, ema, held, dataset, cfg, out, write=parallel.cluster.is_main)
+        _sample_grid(model, ema, held, dataset, cfg, precision, out, write=parallel.cluster.is_main)
 
 
 def _sample_grid(model: LatentDiffusion, ema: EMA, held: InMemoryBatches | None, dataset: Any,
-                 cfg: ExperimentConfig, out: Path, n: int = 16, write: bool = True) -> None:
-    """Sample with EMA weights, conditioned on the first ``n`` dataset items' conditions."""
+                 cfg: ExperimentConfig, precision: PrecisionChoice, out: Path, n: int = 16,
+                 write: bool = True) -> None:
+    """Sample with EMA weights, conditioned on the first ``n`` dataset items' conditions, in
+    the precision the run chose at start."""
 
     batch = held.take(list(range(min(n, held.size)))) if held else collate([dataset[i] for i in range(n)])
     live = {k: p.detach().clone() for k, p in denoiser_params(model).items()}
     _copy_into(model, ema.shadow)
     model.eval()
-    device = next(model.unet.parameters()).device
-    with autocast(choose_precision(cfg.trainer.precision, device).name, device):
+    with precision.autocast():
         images = model.sample(batch, len(batch["image"]),  # the run's own plan (model.sampling)
                               generator=torch.Generator().manual_seed(cfg.seed))
     _copy_into(model, live)

@@ -31,6 +31,8 @@ _EMULATED_BF16_ISAS = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX5
 class CpuInfo:
     model: str            # e.g. "AMD EPYC 7B13", "Intel(R) Xeon(R) Platinum 8480+"
     capability: str       # torch's kernel dispatch level: "AVX2", "AVX512", "DEFAULT", ...
+    avx2: bool            # the CPU has AVX2 (whatever the dispatch level is capped to)
+    avx512: bool          # the CPU has AVX-512
     amx: bool             # AMX tiles (bf16 matmul units)
     avx512_bf16: bool     # AVX-512-BF16 dot products
     native_bf16: bool     # bf16 runs on hardware instructions (after any override)
@@ -92,5 +94,5 @@ def cpu_info() -> CpuInfo:
     amx, avx512_bf16 = _flag("_is_amx_tile_supported"), _flag("_is_avx512_bf16_supported")
     native, note = _native_bf16(amx, avx512_bf16)
     return CpuInfo(model=_model_name(), capability=torch.backends.cpu.get_cpu_capability(),
-                   amx=amx, avx512_bf16=avx512_bf16, native_bf16=native, bf16_note=note,
+                   avx2=_flag("_is_avx2_supported"), avx512=_flag("_is_avx512_supported"), amx=amx, avx512_bf16=avx512_bf16, native_bf16=native, bf16_note=note,
                    cores=available_cores())
