@@ -52,7 +52,9 @@ def main() -> None:
     fill = blur_fill(image, hole, CONVERGED_SWEEPS)
     pasted = torch.where(hole > 0.5, rebuilt, image)
     rows = {
-        "first stage: reconstruction of the true scene": (psnr(rebuilt, image), hole_psnr(pasted, image, hole), rebuilt),
+        "first stage: reconstruction of the true scene (latent SR's ceiling)": (psnr(rebuilt, image), None, rebuilt),
+        "first stage: reconstruction inside the hole, known pixels pasted back (latent inpainting's ceiling)":
+            (None, hole_psnr(pasted, image, hole), pasted),
         "bicubic upsampling of the 8x8 input (shapes_sr4x's bar)": (psnr(up, image), None, up),
         "bicubic, then consistent with the 8x8 input": (psnr(consistent(up, low), image), None, consistent(up, low)),
         "harmonic fill of the hole (shapes_inpaint's bar)": (None, hole_psnr(fill, image, hole), fill),
