@@ -41,9 +41,10 @@ def main() -> None:
     from ldmcore.hole_fill import CONVERGED_SWEEPS, blur_fill
 
     cfg = load(["experiment=shapes_inpaint"])
+    encoder = build_model(cfg).conditioner.encoders["inpaint"]
+    torch.manual_seed(0)  # then the scenes and holes ldm eval draws (its seed 0)
     batch = held_out_batch(cfg, args.n)
-    torch.manual_seed(0)  # then the holes ldm eval draws (its seed 0)
-    image, hole = build_model(cfg).conditioner.encoders["inpaint"].batch_value(batch)
+    image, hole = encoder.batch_value(batch)
     ae = load_autoencoder(load(["experiment=shapes_layout"]), args.autoencoder).eval()
     with torch.no_grad():
         rebuilt = ae.images(ae.latents(image, torch.Generator().manual_seed(0))).clamp(-1, 1)
