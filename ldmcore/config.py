@@ -200,8 +200,13 @@ class ExperimentConfig(Strict):
     name: str = Field("run", description="the run's folder name under runs/: one path component")
     seed: int = 0
     run_dir: Path = Path("runs/run")
-    resume: bool = False
-    overwrite: bool = False
+    resume: bool | Literal["auto"] = Field(
+        False, description="true: continue from checkpoints/last.safetensors (stops, saying so, "
+                           "when there is none); auto: continue when there is one, else start "
+                           "afresh (for jobs a scheduler requeues)")
+    overwrite: bool = Field(False, description="replace the run in run_dir (only a folder "
+                                               "ldmcore made; a run that stopped before its "
+                                               "first checkpoint is replaced without it)")
     model: ModelConfig = ModelConfig()
     autoencoder: AutoencoderConfig = AutoencoderConfig()
     data: DataConfig = DataConfig()
