@@ -337,7 +337,7 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
         plugin_keys = [o for o in overrides if o.startswith("conditions.") and "=" in o]
         if plugin_keys:
             enabled = run([o for o in opened if o[2:] not in plugin_keys]).get("conditions", {})
-            _check_enabled(plugin_keys, enabled)
+            _check_enabled(plugin_keys, enabled, registry)
         return raw
     except MissingMandatoryValue as exc:
         key = exc.full_key
@@ -348,7 +348,8 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
         if not option:
             raise ConfigError(f"cannot compose the config from {overrides}: {exc}") from None
         options = group_options(group, registry)
-        raise ConfigError(f"unknown {group} '{option}': {nearest(option, options)} "
+        hint = nearest(option, options, write=lambda o: f"{group}={o}")
+        raise ConfigError(f"unknown {group} '{option}': {hint} "
                           f"Options for {group}=: {', '.join(options)}.{_broken_note(registry)}"
                           ) from None
     except ConfigError:
@@ -375,15 +376,30 @@ def per_precision(precision: str, mixed: Any, fp32: Any) -> Any:
     return fp32 if choose_precision(str(precision), device).name == "fp32" else mixed
 
 
-def _check_enabled(plugin_keys: list[str], enabled: dict[str, Any]) -> None:
-    """A ``conditions.NAME.KEY=...`` override configures an enabled plugin; it never enables one."""
+def _check_enabled(plugin_keys: list[str], enabled: dict[str, Any],
+                   registry: Registry | None = None) -> None:
+    """A ``conditions.NAME.KEY=...`` override configures an enabled plugin; it never enables one.
+    The message's suggestions are whole overrides that work when pasted."""
+    registry = registry or default_registry()
     for override in plugin_keys:
-        name = override.split("=", 1)[0].split(".")[1]
-        if name not in enabled:
-            raise ConfigError(
-                f"{override}: the plugin {name!r} is not enabled in this config (enabled: "
-                f"{', '.join(enabled) or 'none'}); enable it with condition=[...,{name}], or "
-                f"write +{override} to enable it with this setting.")
+        key, _, value = override.partition("=")
+        name, _, rest = key.split(".", 1)[1].partition(".")
+        if name in enabled:
+            continue
+        if name not in registry.encoders:
+            hint = nearest(name, [*enabled, *registry.encoders],
+                           write=lambda n, rest=rest, value=value: f"conditions.{n}.{rest}={value}")
+            raise ConfigError(f"{override}: no plugin is named {name!r}: {hint} Enabled in this "
+                              f"config: {', '.join(enabled) or 'none'}; installed: "
+                              f"{', '.join(registry.encoders)}.")
+        ways = [f"`+{override}` (enables it with only this setting)"]
+        if name in group_options("condition", registry):
+            listed = [n for n in enabled if n in group_options("condition", registry)] + [name]
+            ways.insert(0, f"`condition=[{','.join(listed)}] {override}` (its config file, then "
+                           f"this setting)")
+        raise ConfigError(f"{override}: the plugin {name!r} is not enabled in this config "
+                          f"(enabled: {', '.join(enabled) or 'none'}); enable it with "
+                          f"{' or '.join(ways)}.")
 
 
 def _dataset_choice(override: str, registry: Registry | None) -> str:

@@ -99,7 +99,7 @@ def parse_request(args: list[str]) -> SampleRequest:
     try:
         return SampleRequest.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, model=SampleRequest)) from None
+        raise ConfigError(format_validation_error(err, model=SampleRequest, write_value=str)) from None
 
 
 def condition_rows(model: LatentDiffusion, cond: dict[str, str]) -> list[dict[str, Any]]:
