@@ -60,31 +60,21 @@ def cmd_eval(args: list[str]) -> int:
     """Score a run with the metrics its condition plugins register: samples of held-out
     conditions when its dataset has a held-out split, else a folder of ``ldm sample`` output
     (``samples=DIR``, default ``RUN_DIR/samples/final``); see ``ldmcore.eval.tasks``."""
+    from ldmcore.eval.request import parse_eval_request
     from ldmcore.eval.tasks import evaluate_folder, evaluate_run
     from ldmcore.registry import default_registry
     from ldmcore.runfolder import run_config
 
-    opts = key_values(args, {"run", "samples", "n", "steps", "seed", "average", "precision", "threads"})
-    if "run" not in opts:
-        raise ConfigError("ldm eval needs run=RUN_DIR (and optionally samples=DIR, a folder of "
-                          "`ldm sample` output, default RUN_DIR/samples/final when the run's "
-                          "data has no held-out split; else n=64 steps=... seed=0 average=1).")
-    run = Path(opts["run"])
+    req = parse_eval_request(args)
+    run = req.run
     held_out = default_registry().dataset(run_config(run).data.name).held_out is not None
-    if "samples" in opts or not held_out:
-        folder = Path(opts.get("samples", run / "samples" / "final"))
+    if req.samples is not None or not held_out:
+        folder = req.samples or run / "samples" / "final"
         metrics, scored = evaluate_folder(run, folder), folder
     else:
-        try:
-            n, seed, average = int(opts.get("n", 64)), int(opts.get("seed", 0)), int(opts.get("average", 1))
-            steps = int(opts["steps"]) if "steps" in opts else None
-        except ValueError:
-            raise ConfigError("ldm eval: n, steps, seed and average must be integers.") from None
-        if n < 1 or average < 1:
-            raise ConfigError(f"ldm eval: n={n} and average={average} must be at least 1 (average=K "
-                              f"also scores the mean of K samples per condition).")
-        metrics = evaluate_run(run, n=n, steps=steps, seed=seed, out=run, average=average,
-                               precision=opts.get("precision", "auto"), threads=opts.get("threads", "auto"))
+        metrics = evaluate_run(run, n=req.n, steps=req.steps, seed=req.seed, out=run,
+                               average=req.average, precision=req.precision, threads=req.threads,
+                               sampler=req.sampler, progress=req.progress)
         scored = run / "eval_grid.png"
     report = run / "eval.json"
     report.write_text(json.dumps(metrics, indent=1))

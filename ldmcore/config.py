@@ -10,7 +10,6 @@ nearest valid names.
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,14 +17,16 @@ import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ldmcore.conditioning import EncoderConfig
+from ldmcore.conftree import conf_dir, config_sources, group_options
 from ldmcore.diffusion.schedule import BetaSchedule, Prediction
-from ldmcore.errors import ConfigError, PluginClash, nearest
+from ldmcore.errors import ConfigError, nearest
 from ldmcore.hardware import choose_precision
 from ldmcore.registry import Registry, default_registry
-from ldmcore.sampling import SamplerConfig, sampling_plan
+from ldmcore.sampling import SamplerConfig, sampling_plan, switched_to
 from ldmcore.schema import Strict, format_validation_error
 
-__all__ = ["SamplerConfig", "Strict", "format_validation_error"]  # re-exported for callers
+__all__ = ["SamplerConfig", "Strict", "conf_dir", "config_sources", "format_validation_error",
+           "group_options"]  # re-exported for callers
 
 
 class UNetConfig(Strict):
@@ -234,38 +235,6 @@ class ExperimentConfig(Strict):
         return self
 
 
-def conf_dir() -> Path:
-    """The Hydra config tree shipped in the package."""
-    return Path(str(importlib.resources.files("ldmcore.conf")))
-
-
-def config_sources(registry: Registry | None = None) -> list[tuple[str, Path]]:
-    """(package, folder) of every config tree, the host's first: the order Hydra searches them.
-
-    Two trees that ship the same ``group/option.yaml`` are a clash naming both packages: which
-    one Hydra would pick would depend on install order, so neither is silently preferred.
-    """
-    registry = registry or default_registry()
-    sources = [("ldmcore", conf_dir())] + [(d.package, d.path) for d in registry.config_dirs]
-    seen: dict[str, str] = {}
-    for package, folder in sources:
-        for path in sorted(folder.glob("*/*.yaml")):
-            key = f"{path.parent.name}/{path.name}"
-            if key in seen and seen[key] != package:
-                raise PluginClash(f"two packages ship the config {key!r}: {seen[key]!r} and "
-                                  f"{package!r}. Rename one (a plugin's files are best named "
-                                  f"after its condition), or restrict loading with "
-                                  f"LDM_LOAD_PLUGINS.")
-            seen[key] = package
-    return sources
-
-
-def group_options(group: str, registry: Registry | None = None) -> list[str]:
-    """Every option of a config group, the host's and the plugins'."""
-    return sorted({p.stem for _, folder in config_sources(registry)
-                   for p in (folder / group).glob("*.yaml")})
-
-
 def _searchpath_override(overrides: list[str], sources: list[tuple[str, Path]]) -> list[str]:
     """``overrides`` with the plugins' folders added to ``hydra.searchpath`` (after any the user
     gave), so Hydra looks in them after the host's tree."""
@@ -334,6 +303,10 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
 
     try:
         raw = run(opened)
+        chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "sampler"]
+        if chosen:  # the sampler's own config beats an experiment's sampler keys
+            raw["sampler"] = _explicit(switched_to(raw["sampler"], chosen[-1], registry),
+                                       overrides, "sampler")
         plugin_keys = [o for o in overrides if o.startswith("conditions.") and "=" in o]
         if plugin_keys:
             enabled = run([o for o in opened if o[2:] not in plugin_keys]).get("conditions", {})
@@ -357,6 +330,27 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
     except Exception as exc:  # Hydra's override grammar and merge errors: all user errors here
         msg = " ".join(str(exc).split())
         raise ConfigError(f"cannot compose the config from {overrides}: {msg}") from None
+
+
+def _explicit(section: dict[str, Any], overrides: list[str], name: str) -> dict[str, Any]:
+    """``section`` (the config's ``name:`` section) with the command line's ``name.KEY=VALUE``
+    overrides set again, as Hydra reads their values: what the user wrote wins."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out = {**section}
+    for o in overrides:
+        if not o.lstrip("+").startswith(f"{name}.") or "=" not in o:
+            continue
+        parsed = parser.parse_overrides([o])[0]
+        *parents, last = parsed.key_or_group.split(".")[1:]
+        node = out
+        for key in parents:
+            child = dict(node.get(key) or {})
+            node[key] = child
+            node = child
+        node[last] = parsed.value()
+    return out
 
 
 def _settable(override: str, groups: set[str]) -> str:

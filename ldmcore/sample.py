@@ -30,10 +30,12 @@ from ldmcore.hardware import autocast, choose
 from ldmcore.images import open_image, save_grid, save_png
 from ldmcore.model import LatentDiffusion
 from ldmcore.nn.execution import for_inference
+from ldmcore.progress import progress_bar, step_counter
 from ldmcore.registry import Registry
 from ldmcore.runfolder import RunFolder, check_output_folder, load_run, make_output_folder
 from ldmcore.sampling import sampling_plan
 from ldmcore.schema import Strict, format_validation_error
+from ldmcore.summary import startup_line
 
 
 MAX_IMAGES = 10_000  # one request's images, all held in memory before they are written
@@ -67,6 +69,8 @@ class SampleRequest(Strict):
     threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description="auto: the cores other processes "
                                                                "leave free; N: exactly N")
     ema: bool = True
+    progress: bool = Field(True, description="a progress bar while sampling (never when the "
+                                             "output is not a terminal)")
     cond: dict[str, str] = Field(default_factory=dict)
     conditions: dict[str, str] = Field(default_factory=dict)  # conditions.NAME.KEY=VALUE: replace
     # a value of the run's plugin config (a path given here is trusted, unlike the checkpoint's)
@@ -232,13 +236,15 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
     cfg, model, _ = load_run(req.run, registry, req.ema, req.conditions)
     ex = cfg.execution
     device = next(model.unet.parameters()).device
-    hardware = choose(req.precision, req.threads, device)
+    hardware = choose(req.precision, req.threads, device, announce=False)
     precision = hardware.precision
     bf16_weights = precision.name == "bf16" and ex.bf16_weights
     model.unet = for_inference(model.unet, bf16_weights=bf16_weights,
                                channels_last=ex.channels_last, compile=ex.compile)
     for_inference(model.autoencoder, bf16_weights=bf16_weights, channels_last=ex.channels_last)
     plan = request_plan(req, model, cfg, registry)
+    print(startup_line(hardware, model, registry), flush=True)
+    print(f"sampler: {plan.describe()}", flush=True)
     size, channels = cfg.data.image_size, cfg.data.channels
     init = None if req.init is None else load_image(req.init, size, channels)
     mask = None if req.mask is None else (load_image(req.mask, size, 1, "mask") + 1) / 2
@@ -252,6 +258,10 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
     texts: list[dict[str, str]] = [row for row in rows for _ in range(req.n)]
     values = parse_values(encoders, texts)
     images = []
+    levels = plan.levels(model.schedule)
+    steps = len(levels) - 1 - (plan.first_step(levels) if init is not None else 0)
+    chunks = -(-len(values) // req.batch)
+    bar = progress_bar(chunks * steps, f"sampling {len(values)} images", req.progress)
     for start in range(0, len(values), req.batch):
         chunk = values[start:start + req.batch]
         batch = {k: encoders[k].collate([v[k] for v in chunk]) for k in encoders}
@@ -259,7 +269,9 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
                              for i in range(len(chunk))])
         with autocast("fp32" if bf16_weights else precision.name, device):  # bf16 weights: no casts
             images.append(model.sample(batch, len(chunk), plan, noise=noise, init=init, mask=mask,
-                                       generator=torch.Generator().manual_seed(req.seed + start)))
+                                       generator=torch.Generator().manual_seed(req.seed + start),
+                                       callback=step_counter(bar)))
+    bar.close()
     images_t = torch.cat(images)
     make_output_folder(out)
     records = []
