@@ -21,6 +21,7 @@ from ldmcore.conftree import conf_dir, config_sources, group_options
 from ldmcore.diffusion.schedule import BetaSchedule, Prediction
 from ldmcore.errors import ConfigError, nearest
 from ldmcore.hardware import choose_precision
+from ldmcore.inherit import inherit_base
 from ldmcore.registry import Registry, default_registry
 from ldmcore.sampling import SamplerConfig, sampling_plan, switched_to
 from ldmcore.schema import Strict, format_validation_error
@@ -416,11 +417,15 @@ def _broken_note(registry: Registry | None = None) -> str:
 def load(overrides: list[str], registry: Registry | None = None) -> ExperimentConfig:
     """Compose and validate: the one entry point the command line uses.
 
-    Plugin sections are validated here too (through the registry), so a bad condition key
-    fails before any work starts, and come back complete: every plugin key with its value (the
+    With ``model.init_from`` the base run's backbone settings replace the experiment's
+    (``ldmcore.inherit``). Plugin sections are validated here too (through the registry), so a
+    bad condition key fails before any work starts, and come back complete: every plugin key with its value (the
     YAML files hold only differences, but a run records everything it was built with).
     """
     cfg = validate(compose(overrides, registry))
+    if cfg.model.init_from is not None:  # the base run's backbone, the command line's keys checked
+        given = {o.lstrip("+~").split("=", 1)[0]: o for o in overrides if "=" in o}
+        cfg = validate(inherit_base(cfg.model_dump(mode="json"), given))
     sections = {name: conf.model_dump(mode="json")
                 for name, (_, conf) in resolve_conditions(cfg, registry).items()}
     cfg = cfg.model_copy(update={"conditions": sections})

@@ -31,7 +31,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("guidance and plans", ("ldmcore.diffusion.guidance", "ldmcore.diffusion.plan")),
     ("model", ("ldmcore.model",)),
     ("registry", ("ldmcore.registry",)),  # above the model: the model never resolves plugin names
-    ("config", ("ldmcore.conftree", "ldmcore.sampling", "ldmcore.config")),
+    ("config", ("ldmcore.conftree", "ldmcore.inherit", "ldmcore.sampling", "ldmcore.config")),
     ("build", ("ldmcore.build",)),
     ("runs", ("ldmcore.runfolder",)),
     ("commands", ("ldmcore.attach", "ldmcore.train", "ldmcore.train_autoencoder",
