@@ -13,6 +13,7 @@
     ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]
     ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]
     ldm new-plugin NAME [out=DIR]
+    ldm COMMAND --help                  each command's keys, with their types and defaults
 
 Errors a user can cause print one paragraph and exit with status 2; a traceback means a bug.
 """
@@ -28,13 +29,14 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from ldmcore.arguments import flag, key_values, positional  # noqa: E402
+from ldmcore.arguments import parse_options, positional  # noqa: E402
 from ldmcore.errors import ConfigError, LdmError, nearest  # noqa: E402
 
 # a full disk, a quota, a file-size limit, a read-only disk: the machine's state, not a bug
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 USAGE = __doc__.split("::", 1)[1].split("Errors", 1)[0].rstrip() + "\n"
+HELP = {"-h", "--help"}  # after a command: its keys, types and defaults (ldmcore/helptext.py)
 
 
 def cmd_train(args: list[str]) -> int:
@@ -124,18 +126,12 @@ def cmd_doctor(args: list[str]) -> int:
 
 def cmd_import(args: list[str]) -> int:
     from ldmcore.interop.convert import import_pretrained
+    from ldmcore.interop.options import ImportOptions
 
     usage = "ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]"
     (source, out), rest = positional(args, ("SOURCE", "OUT_DIR"), usage)
-    opts = key_values(rest, {"tokenizer", "prediction", "image_size", "overwrite"})
-    overwrite = flag(opts, "overwrite", False)
-    if opts.get("prediction") not in (None, "eps", "v"):
-        raise ConfigError(f"prediction={opts['prediction']!r}: write prediction=eps or prediction=v.")
-    if "image_size" in opts:
-        if not opts["image_size"].isdigit():
-            raise ConfigError(f"image_size={opts['image_size']!r} is not a whole number of pixels.")
-        opts["image_size"] = int(opts["image_size"])
-    run = import_pretrained(source, out, overwrite=overwrite, **opts)
+    opts = parse_options(rest, ImportOptions).model_dump(exclude_none=True)
+    run = import_pretrained(source, out, **opts)
     print(f"imported: {run} (config.yaml, checkpoints/last.safetensors, import.json); sample with "
           f"ldm sample run={run} cond.text=\"a prompt\"")
     return 0
@@ -150,14 +146,14 @@ def cmd_export(args: list[str]) -> int:
 
 
 def cmd_new_plugin(args: list[str]) -> int:
-    from ldmcore.scaffold import write_plugin
+    from ldmcore.scaffold import NewPluginOptions, write_plugin
 
     names = [a for a in args if "=" not in a]
-    opts = key_values([a for a in args if "=" in a], {"out"})
+    opts = parse_options([a for a in args if "=" in a], NewPluginOptions)
     if len(names) != 1:
         raise ConfigError("ldm new-plugin takes one NAME (a lower-case identifier such as "
                           "demo_cond) and optionally out=DIR, the folder to write it in.")
-    root = write_plugin(names[0], Path(opts.get("out", ".")))
+    root = write_plugin(names[0], opts.out)
     print(f"wrote {root}: install it with `pip install -e {root}`, then run its tests with "
           f"`pytest {root}`; `ldm plugins` lists it once installed.")
     return 0
@@ -202,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         _check_utf8(rest)
+        if HELP.intersection(rest):
+            from ldmcore.helptext import command_help
+
+            print(command_help(command, [a for a in rest if a not in HELP]), end="")
+            return 0
         return COMMANDS[command](rest)
     except LdmError as err:
         return _report(command, err)

@@ -42,38 +42,45 @@ MAX_IMAGES = 10_000  # one request's images, all held in memory before they are 
 
 
 class SampleRequest(Strict):
-    run: Path
+    run: Path = Field(description="the run folder to sample")
     n: int = Field(8, ge=1, le=MAX_IMAGES, description="samples per condition value")
-    sampler: str | None = None  # default: the run's sampler config
+    sampler: str | None = Field(None, description="default: the run's sampler config; NAME: that "
+                                "sampler with its own config (sampler/NAME.yaml)")
     steps: int | None = Field(None, ge=1)
     sigmas: SigmaKind | None = None
     spacing: Spacing | None = None
     rho: float | None = Field(None, gt=0)
     eta: float | None = Field(None, ge=0, le=1)
     s_noise: float | None = Field(None, ge=0)
-    options: dict[str, str] = Field(default_factory=dict)  # option.NAME=VALUE: other knobs
-    guidance: float | None = None
-    plugin_guidance: dict[str, float] = Field(default_factory=dict)  # guidance.NAME=SCALE
+    options: dict[str, str] = Field(default_factory=dict, description="other sampler knobs")
+    guidance: float | None = Field(None, description="default: the run's; 1 = no guidance")
+    plugin_guidance: dict[str, float] = Field(default_factory=dict, description="a scale per "
+                                              "plugin (compositional guidance)")
     guidance_rescale: float | None = Field(None, ge=0, le=1)
-    guidance_interval: tuple[float, float] | None = None
-    init: Path | None = None  # image-to-image / masked sampling from this PNG
-    strength: float | None = Field(None, ge=0, le=1)  # default 0.75 with init, 1 with a mask
-    mask: Path | None = None  # white = generate, black = keep the init image
-    seed: int = 0
-    out: Path | None = None  # default: RUN/samples/sample_<seed>
-    overwrite: bool = False  # write into a non-empty out= folder that ldm sample did not make
-    batch: int = Field(64, ge=1)
+    guidance_interval: tuple[float, float] | None = Field(None, description="guide only for "
+                                                          "sigmas in [lo,hi]")
+    init: Path | None = Field(None, description="image-to-image / masked sampling from this PNG")
+    strength: float | None = Field(None, ge=0, le=1, description="default 0.75 with init, 1 "
+                                   "with a mask")
+    mask: Path | None = Field(None, description="white = generate, black = keep the init image")
+    seed: int = Field(0, description="sample i starts from the noise of seed + i")
+    out: Path | None = Field(None, description="default: RUN/samples/sample_<seed>")
+    overwrite: bool = Field(False, description="write into a non-empty out= folder that ldm "
+                            "sample did not make")
+    batch: int = Field(64, ge=1, description="images per forward pass")
     precision: str = Field("auto", pattern="^(auto|bf16|fp32|fp16)$",
                            description="auto: bf16 where the hardware runs it natively, else fp32 "
                                        "(CPU) or fp16 (GPU); not inherited from training")
     threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description="auto: the cores other processes "
                                                                "leave free; N: exactly N")
-    ema: bool = True
+    ema: bool = Field(True, description="sample with the EMA weights")
     progress: bool = Field(True, description="a progress bar while sampling (never when the "
                                              "output is not a terminal)")
-    cond: dict[str, str] = Field(default_factory=dict)
-    conditions: dict[str, str] = Field(default_factory=dict)  # conditions.NAME.KEY=VALUE: replace
-    # a value of the run's plugin config (a path given here is trusted, unlike the checkpoint's)
+    cond: dict[str, str] = Field(default_factory=dict, description="a plugin's value; a list "
+                                 "such as [0,1,2] gives one grid row each")
+    conditions: dict[str, str] = Field(default_factory=dict, description="replace a value of "
+                                       "the run's plugin config (a path given here is trusted, "
+                                       "unlike the checkpoint's)")
 
 
 PREFIXED = {"cond.": "cond", "guidance.": "plugin_guidance", "option.": "options",

@@ -44,6 +44,7 @@ LAZY = {
     "ldmcore.__init__": "`import ldmcore` (the plugin contract) does not load the converters",
     "ldmcore.cli": "each command imports only what it runs: `ldm --help` and `ldm plugins` stay fast",
     "ldmcore.data.builtin": "registering the built-in datasets does not import albumentations and OpenCV",
+    "ldmcore.helptext": "`ldm COMMAND --help` imports only that command's models, not every command's",
 }
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from ldmcore.arguments import key_values
+from ldmcore.arguments import key_values, parse_options
 from ldmcore.errors import ConfigError
-from ldmcore.schema import Strict, format_validation_error
+from ldmcore.schema import Strict
 
 
 class EvalRequest(Strict):
@@ -36,12 +36,8 @@ class EvalRequest(Strict):
 
 def parse_eval_request(args: list[str]) -> EvalRequest:
     """``key=value`` words into a validated request; each mistake names the key."""
-    opts = key_values(args, set(EvalRequest.model_fields))
-    if "run" not in opts:
+    if "run" not in key_values(args, set(EvalRequest.model_fields)):  # unknown words first
         raise ConfigError("ldm eval needs run=RUN_DIR (and optionally samples=DIR, a folder of "
                           "`ldm sample` output, default RUN_DIR/samples/final when the run's "
                           "data has no held-out split; else n=64 steps=... seed=0 average=1).")
-    try:
-        return EvalRequest.model_validate(opts)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, model=EvalRequest, write_value=str)) from None
+    return parse_options(args, EvalRequest)

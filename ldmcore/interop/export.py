@@ -23,10 +23,11 @@ from typing import Any
 import torch
 
 from ldmcore import checkpoint
-from ldmcore.arguments import flag, key_values, positional
+from ldmcore.arguments import parse_options, positional
 from ldmcore.errors import ConfigError
 from ldmcore.interop import keymaps
 from ldmcore.interop.convert import TEXT, UNET, VAE
+from ldmcore.interop.options import ExportOptions
 from ldmcore.runfolder import load_run
 
 DIFFUSERS_VERSION = "0.30.0"
@@ -309,7 +310,6 @@ def export_command(args: list[str]) -> tuple[Path, str]:
     written, its layout). The layout defaults to ``sd`` for an OUT ending in .safetensors."""
     usage = "ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]"
     (run, out), rest = positional(args, ("RUN_DIR", "OUT"), usage)
-    opts = key_values(rest, {"layout", "ema", "overwrite"})
-    layout = opts.pop("layout", "diffusers" if not out.endswith(".safetensors") else "sd")
-    path = export_run(run, out, layout, ema=flag(opts, "ema", True), overwrite=flag(opts, "overwrite", False))
-    return path, layout
+    opts = parse_options(rest, ExportOptions)
+    layout = opts.layout or ("sd" if out.endswith(".safetensors") else "diffusers")
+    return export_run(run, out, layout, ema=opts.ema, overwrite=opts.overwrite), layout
