@@ -27,3 +27,23 @@ def progress_bar(total: int | None, desc: str, wanted: bool = True, **kwargs: An
 def step_counter(bar: tqdm) -> Callable[[dict[str, Any]], None]:
     """A sampler ``callback`` that advances ``bar`` by one per sampler step."""
     return lambda _info: bar.update(1)
+
+
+class Stages:
+    """A bar over the named stages of a command whose parts cannot be counted finer (an import:
+    read, convert, write): ``start(name)`` ends the stage before and names the next."""
+
+    def __init__(self, count: int, desc: str, wanted: bool = True) -> None:
+        self.bar = progress_bar(count, desc, wanted, bar_format="{desc}: {n}/{total} {postfix}")
+        self.started = False
+
+    def start(self, name: str) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_postfix_str(name)
+
+    def close(self) -> None:
+        self.bar.update(self.bar.total - self.bar.n)
+        self.bar.set_postfix_str("done")
+        self.bar.close()

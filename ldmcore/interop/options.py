@@ -18,6 +18,8 @@ class ImportOptions(Strict):
     image_size: int | None = Field(None, ge=8, description="the size it was trained at (default: "
                                    "the metadata's, else 512 for eps and 768 for v)")
     overwrite: bool = Field(False, description="replace OUT_DIR (only a run folder ldmcore made)")
+    progress: bool = Field(True, description="a progress bar of its stages (never when the "
+                                             "output is not a terminal)")
 
 
 class ExportOptions(Strict):
@@ -26,3 +28,5 @@ class ExportOptions(Strict):
                           "ends in .safetensors, else diffusers)")
     ema: bool = Field(True, description="export the EMA weights (what the run samples with)")
     overwrite: bool = Field(False, description="replace OUT")
+    progress: bool = Field(True, description="a progress bar of its stages (never when the "
+                                             "output is not a terminal)")
