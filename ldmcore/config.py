@@ -82,17 +82,20 @@ class ModelConfig(Strict):
 
 
 class DiscriminatorConfig(Strict):
-    enabled: bool = False
-    weight: float = Field(0.5, ge=0)
-    start_step: int = Field(0, ge=0)
-    channels: int = Field(32, ge=8)
+    enabled: bool = Field(False, description="add a PatchGAN hinge loss to stage 1 (LDM's "
+                          "autoencoders use one)")
+    weight: float = Field(0.5, ge=0, description="weight of the adversarial term")
+    start_step: int = Field(0, ge=0, description="stage-1 step from which it applies")
+    channels: int = Field(32, ge=8, description="width of the discriminator's first layer")
 
 
 class AutoencoderTrainConfig(Strict):
-    steps: int = Field(1000, ge=0)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    kl_weight: float = Field(1e-6, ge=0)
+    steps: int = Field(1000, ge=0, description="optimizer steps of stage 1 (0: keep the fresh "
+                       "autoencoder, for tests)")
+    batch_size: int = Field(64, ge=1, description="images per stage-1 step")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (betas 0.5, 0.9)")
+    kl_weight: float = Field(1e-6, ge=0, description="weight of the KL term against the per-pixel "
+                             "L1 reconstruction loss")
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
 
 
@@ -139,31 +142,42 @@ class DataConfig(Strict):
 
 
 class TrainerConfig(Strict):
-    max_steps: int = Field(2000, ge=0)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
-    warmup_steps: int = Field(0, ge=0)
+    max_steps: int = Field(2000, ge=0, description="optimizer steps of stage 2 (the diffusion model)")
+    batch_size: int = Field(64, ge=1, description="images per step and process (the global batch "
+                            "is batch_size x processes x grad_accum)")
+    lr: float = Field(2e-4, gt=0, description="AdamW's peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's decoupled weight decay")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="AdamW's moment decays")
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up from 0 to lr")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="after warmup: hold lr, or decay it to 0 at max_steps along a "
                                 "half cosine (Loshchilov & Hutter 2017)")
-    grad_accum: int = Field(1, ge=1)
-    grad_clip: float | None = Field(1.0, gt=0)
-    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    grad_accum: int = Field(1, ge=1, description="micro-batches whose gradients add up to one step")
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient's global norm to "
+                                    "this; null: no clipping")
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="decay of the weights' moving "
+                             "average, which checkpoints keep and sampling uses (warmed up as "
+                             "min(decay, (1 + step) / (10 + step)))")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 where the hardware runs it natively (AMX/AVX-512-BF16 "
                             "CPUs, Ampere+ GPUs), else fp32 on CPU and fp16 on GPU "
                             "(ldmcore/hardware/precision.py)")
-    cache_latents: bool = True
+    cache_latents: bool = Field(True, description="encode the dataset once with the frozen "
+                                "autoencoder (deterministic data that fits in memory)")
     threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
         "auto", description="auto (or null): the cores no other process is using, re-checked "
                             "while training; N: exactly N (ldmcore/hardware/threads.py)")
-    log_every: int = Field(50, ge=1)
-    sample_every: int = Field(0, ge=0, description="0 = only at the end")
-    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(50, ge=1, description="steps between metrics.jsonl records (loss, "
+                           "lr, speed)")
+    sample_every: int = Field(0, ge=0, description="steps between grids of EMA samples "
+                              "(samples/step_N.png, conditioned on the first 16 data items, 8 per "
+                              "row); 0: only the final grid")
+    checkpoint_every: int = Field(500, ge=1, description="steps between writes of "
+                                  "last.safetensors (and a periodic step_N copy)")
     keep_checkpoints: int = Field(2, ge=0, description="periodic step_N files kept besides last")
-    progress: bool = True
+    progress: bool = Field(True, description="progress bars of both stages (never when the "
+                           "output is not a terminal)")
     stop_signals: tuple[Literal["SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP"], ...] = Field(
         ("SIGINT", "SIGTERM"), description="signals that finish the current step, write "
                                            "last.safetensors and stop the run (ldmcore/stopping.py)")

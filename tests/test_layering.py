@@ -36,7 +36,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("runs", ("ldmcore.runfolder",)),
     ("commands", ("ldmcore.attach", "ldmcore.train", "ldmcore.train_autoencoder",
                   "ldmcore.sample", "ldmcore.eval", "ldmcore.interop", "ldmcore.testing",
-                  "ldmcore.scaffold", "ldmcore.doctor", "ldmcore.summary", "ldmcore.helptext")),
+                  "ldmcore.scaffold", "ldmcore.doctor", "ldmcore.summary", "ldmcore.helptext", "ldmcore.docgen")),
     ("command line", ("ldmcore.cli", "ldmcore.__init__")),
 ]
 
