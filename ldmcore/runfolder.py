@@ -106,7 +106,7 @@ class RunFolder:
         if not _is_nonempty_dir(self.root):
             if resume is True:
                 raise ConfigError(f"resume=true but {str(self.root)!r} holds no run to resume; "
-                                  f"drop resume=true to start one, or write resume=auto to "
+                                  f"drop resume=true to start one, or write `resume=auto` to "
                                   f"continue a run when there is one and start it when not.")
             if self.root.exists() and not self.root.is_dir():
                 raise ConfigError(f"{what} {str(self.root)!r} is a file, not a folder; choose "
@@ -125,15 +125,15 @@ class RunFolder:
             raise ConfigError(f"resume=true but {str(self.root)!r} holds no checkpoint to "
                               f"continue from (no {str(self.last)!r}: the run stopped before "
                               f"its first one). Drop resume=true to start it again in the same "
-                              f"folder, or write resume=auto to continue when there is a "
+                              f"folder, or write `resume=auto` to continue when there is a "
                               f"checkpoint and start afresh when there is none.")
         if resume is True or (resume == "auto" and resumable):
             return Start.CONTINUE
         if overwrite or not checkpointed:
             return Start.REPLACE
         raise ConfigError(f"run folder {str(self.root)!r} already holds a run (checkpoint "
-                          f"{str(self.last)!r}); pass resume=true to continue it, "
-                          f"overwrite=true to start afresh, or name=OTHER for a new folder.")
+                          f"{str(self.last)!r}); pass `resume=true` to continue it, "
+                          f"`overwrite=true` to start afresh, or name=OTHER for a new folder.")
 
     @contextlib.contextmanager
     def claimed(self, config: dict[str, Any], *, resume: bool | str, overwrite: bool,

@@ -56,3 +56,23 @@ def test_override_text_reads_back_as_the_same_value(value, text):
     assert override_text(value) == text
     parsed = OverridesParser.create().parse_overrides([f"k={text}"])[0].value()
     assert parsed == value
+
+
+def test_a_run_folder_suggestion_works_when_pasted(tmp_path, trained_run):
+    from reliability import run_cli
+    from test_run_ownership import stage2
+    from test_run_restart import failed_start
+
+    run = tmp_path / "run"
+    assert run_cli(*stage2(run, trained_run)).code == 0
+    taken = run_cli(*stage2(run, trained_run))  # a run is there: continue it or replace it
+    assert taken.code == 2
+    for words in suggestions(taken.paragraph):
+        assert words in ("resume=true", "overwrite=true")
+        pasted = run_cli(*stage2(run, trained_run, words, "trainer.max_steps=2"))
+        assert pasted.code == 0, pasted.escaped or pasted.stderr
+    empty = tmp_path / "empty"
+    failed_start(empty)
+    nothing = run_cli(*stage2(empty, trained_run, "resume=true"))
+    (words,) = suggestions(nothing.paragraph)
+    assert run_cli(*stage2(empty, trained_run, words)).code == 0
