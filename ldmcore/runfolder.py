@@ -119,6 +119,9 @@ class RunFolder:
                               f"replaces a folder it did not make. Choose another {what} "
                               f"(a run made by an older ldmcore: create the empty file "
                               f"{str(self.marker)!r} first).")
+        holder = RunLock.holder(self.root)
+        if holder is not None:  # a run in progress: whatever else holds, it is not ours to take
+            raise _in_use(self.root, holder)
         checkpointed = self.last.is_file()
         resumable = checkpointed or self.autoencoder.is_file()  # a finished stage 1 is kept
         if resume is True and not resumable:
@@ -244,19 +247,37 @@ class RunLock:
             holder = self.handle.read().strip() or "unknown"
             self.handle.close()
             self.handle = None
-            raise LdmError(f"run folder {str(root)!r} is in use: process {holder} is training in "
-                           f"it (it holds {str(self.path)!r}). Two writers would interleave its "
-                           f"checkpoints and metrics; wait for that process to end or stop it, "
-                           f"or train in another run_dir.") from None
+            raise _in_use(root, holder) from None
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(f"{os.getpid()}\n")
         self.handle.flush()
 
+    @staticmethod
+    def holder(root: Path) -> str | None:
+        """The PID written in ``root``'s lock while a process holds it, else None (the file is
+        probed, never created)."""
+        path = root / LOCK
+        if not path.is_file():
+            return None
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return handle.read().strip() or "unknown"
+        return None  # closing the handle dropped the probe's shared lock
+
     def release(self) -> None:
         if self.handle is not None:
             self.handle.close()  # closing the descriptor drops the flock
             self.handle = None
+
+
+def _in_use(root: Path, holder: str) -> LdmError:
+    return LdmError(f"run folder {str(root)!r} is in use: process {holder} is training in it (it "
+                    f"holds {str(root / LOCK)!r}). Two writers would interleave its checkpoints "
+                    f"and metrics; wait for that process to end or stop it, or train in another "
+                    f"run_dir.")
 
 
 def _is_nonempty_dir(path: Path) -> bool:
