@@ -25,7 +25,6 @@ import json
 import os
 import sys
 import textwrap
-from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
