@@ -16,7 +16,7 @@ from PIL import Image
 
 from ldmcore import checkpoint
 from ldmcore.runfolder import MARKER, SAMPLES_MARKER
-from reliability import rewrite_checkpoint, run_cli
+from tests.reliability import rewrite_checkpoint, run_cli
 from test_bad_input import refused, sample
 
 
