@@ -98,10 +98,13 @@ def main() -> None:
         e["vae_decode"] = err(timed(f"ldmcore vae decode ({name})", lambda: model.autoencoder.decode(z)), ref_dec)
         if ref_lat is not None:
             last = {}
-            timed(f"ldmcore ddim sample ({name})", lambda: model.sample(  # the imported run's own plan: SD's DDIM
-                {"text": prompts}, 1, model.sampling.but(steps=args.steps), noise=noise.clone(),
+            plan = model.sampling.but(steps=args.steps)  # the imported run's own plan: SD's DDIM
+            timed(f"ldmcore ddim sample ({name})", lambda: model.sample(
+                {"text": prompts}, 1, plan, noise=noise.clone(),
                 callback=lambda info: last.update(x=info["x"])))
-            e["ddim_sample"] = err(last["x"], ref_lat)
+            # the sampler works in x = z / sqrt(abar); SD's latents are z at its last step's level
+            sigma = float(plan.sigmas.sigmas(model.schedule, args.steps)[-1])
+            e["ddim_sample"] = err(last["x"] / (1 + sigma ** 2) ** 0.5, ref_lat)
         print(name, json.dumps(e), flush=True)
         del model
     result = {"family": args.family, "size": args.size, "latent": lat, "steps": args.steps, "threads": torch.get_num_threads(),
