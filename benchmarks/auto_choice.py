@@ -62,8 +62,8 @@ def _spinner() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def threads_table(reps: int, precision: str) -> dict:
-    default = torch.get_num_threads()
+def threads_table(reps: int, precision: str, default: int) -> dict:
+    """``default``: torch's own thread count, read before anything in this process set it."""
     step = demo_training_step(precision)
     out = {"precision": precision, "torch_default_threads": default}
     for load in ("one busy process beside", "nothing started beside"):
@@ -113,8 +113,9 @@ def main() -> None:
     parser.add_argument("--variant", default="full", help="results file stem (default full)")
     args = parser.parse_args()
     result = {"machine": machine_line(), "loadavg": load_average(), "precision": None, "threads": None}
+    torch_default = torch.get_num_threads()  # precision_table sets what threads=auto picks
     result["precision"] = precision_table(args.reps)
-    result["threads"] = threads_table(args.reps, result["precision"]["auto_picks"])
+    result["threads"] = threads_table(args.reps, result["precision"]["auto_picks"], torch_default)
     write_result("auto_choice", args.variant, result, markdown(result))
 
 
