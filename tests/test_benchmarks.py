@@ -8,6 +8,7 @@ import ast
 import importlib
 import json
 import pkgutil
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +23,18 @@ FOLDER = Path(benchmarks.__file__).parent
 
 def module_names() -> list[str]:
     return sorted(m.name for m in pkgutil.walk_packages(benchmarks.__path__, "benchmarks."))
+
+
+def runnable() -> list[str]:
+    """The benchmarks proper: modules outside ``support`` with a top-level ``main`` (read from
+    the source, so collecting the tests imports none of them)."""
+    names = []
+    for path in FOLDER.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        if "support" not in path.parts and any(isinstance(n, ast.FunctionDef) and n.name == "main"
+                                               for n in tree.body):
+            names.append(".".join(("benchmarks", *path.relative_to(FOLDER).with_suffix("").parts)))
+    return sorted(names)
 
 
 def test_every_python_file_is_a_module_of_the_package():
@@ -40,10 +53,16 @@ def test_module_imports_as_a_package_module_without_touching_sys_path(name):
     assert not touched, f"{name} uses sys.path (line {touched[0]}): import through the package"
 
 
-@pytest.mark.parametrize("name", [n for n in module_names() if ".support" not in n
-                                  and hasattr(importlib.import_module(n), "main")])
+@pytest.mark.parametrize("name", runnable())
 def test_each_benchmark_says_how_to_run_it(name):
     assert f"python -m {name}" in importlib.import_module(name).__doc__
+
+
+def test_the_makefile_runs_the_benchmarks_as_modules():
+    makefile = (FOLDER.parent / "Makefile").read_text()
+    assert "benchmarks/" not in makefile.replace("benchmarks/results", "")
+    ran = set(re.findall(r"-m (benchmarks\.[a-z_.]+)", makefile))
+    assert ran and ran <= set(runnable())
 
 
 def test_results_go_in_one_folder_per_benchmark(tmp_path):
