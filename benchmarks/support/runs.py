@@ -23,7 +23,7 @@ def load_trained_run(run: Path, made_by: str) -> tuple[Any, Any, dict[str, Any]]
     try:
         return load_run(run)
     except LdmError as exc:
-        print(f"{Path(sys.argv[0]).stem}: cannot read the trained run {run} ({exc}). "
-              f"This benchmark scores a trained run: make one with `{made_by}` or name "
-              f"another run folder.", file=sys.stderr)
+        print(f"{Path(sys.argv[0]).stem}: cannot read the trained run: {exc} This benchmark "
+              f"scores a trained run: make one with `{made_by}`, or name another run folder.",
+              file=sys.stderr)
         raise SystemExit(2) from None
