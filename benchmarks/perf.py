@@ -44,7 +44,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.support import anchor  # noqa: E402
 from benchmarks.support.demo_step import demo_batch_size, demo_training_step  # noqa: E402
-from benchmarks.support.results import result_paths, write_result  # noqa: E402
+from benchmarks.support.results import load_average, result_paths, write_result  # noqa: E402
 from benchmarks.support.timing import alternate, alternate_clocks, peak_rss_mib, ratios  # noqa: E402
 from ldmcore.hardware import choose_precision, machine_line  # noqa: E402
 from ldmcore.nn.execution import Compiled, cast_weights, to_channels_last  # noqa: E402
@@ -399,7 +399,7 @@ def main() -> None:
     small = 1 if args.quick else 4  # sample batch (the UNet sees twice that, CFG)
     result: dict = {"quick": args.quick, "command": " ".join(["python -m benchmarks.perf", *sys.argv[1:]]),
                     "machine": f"{machine_line()}; {args.threads} torch threads; precisions "
-                               f"{', '.join(PRECISIONS)}",
+                               f"{', '.join(PRECISIONS)}; {load_average()}",
                     "anchor": {"unet_block_out_channels": anchor.UNET_WIDTHS,
                                "vae_block_out_channels": anchor.VAE_WIDTHS, "latent": anchor.LATENT,
                                "context": [anchor.CONTEXT_TOKENS, anchor.CONTEXT_DIM]}}

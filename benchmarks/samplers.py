@@ -49,7 +49,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.support.results import result_paths  # noqa: E402
+from benchmarks.support.results import load_average, result_paths  # noqa: E402
 from benchmarks.support.runs import load_trained_run  # noqa: E402
 from benchmarks.support.sampler_plans import BUDGETS, sampler_plans  # noqa: E402
 from ldmcore import checkpoint  # noqa: E402
@@ -147,7 +147,8 @@ def main() -> None:
     store = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if store.get("settings") != settings:
         store = {"settings": settings, "rows": {}}
-    store["machine"] = f"{machine_line()}; {torch.get_num_threads()} threads; {args.precision}"
+    store["machine"] = (f"{machine_line()}; {torch.get_num_threads()} threads; {args.precision}; "
+                        f"{load_average()}")
     store["floor_fd"] = reader.floor(n)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
