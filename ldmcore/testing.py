@@ -31,6 +31,7 @@ import torch
 from pydantic import ValidationError
 
 from ldmcore import checkpoint
+from ldmcore.attach import load_plugin_weights, plugin_tensors
 from ldmcore.build import backbone_spec, build_autoencoder, build_dataset, build_model, frozen_encoder
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, Conditioner,
                                   EncoderConfig, Injection, Residual, Tokens, UNetInput, read_value)
@@ -754,8 +755,6 @@ def rule_residual_removal(ctx: _Context) -> None:
 def rule_residual_save_load(ctx: _Context) -> None:
     """Its file (``RUN/plugins/<name>.safetensors``) holds everything it adds: loaded into a
     fresh model with the same backbone, it gives the same output."""
-    from ldmcore.attach import load_plugin_weights, plugin_tensors
-
     model = _residual_model(ctx)
     if model is None:
         return

@@ -13,6 +13,7 @@ tests/test_interop.py: 1e-4 of the reference's largest value for one call, 2e-4 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,11 @@ import torch
 from ldmcore import checkpoint
 from ldmcore.attach import attach_pretrained
 from ldmcore.build import build_model
+from ldmcore.cli import main
 from ldmcore.conditioning import Injection, UNetInput
 from ldmcore.interop.convert import import_pretrained
 from ldmcore.interop.residual_keys import controlnet_from_diffusers, t2i_adapter_from_diffusers
-from ldmcore.runfolder import run_config
+from ldmcore.runfolder import load_run, run_config
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -33,14 +35,6 @@ from sd_fixtures import build_pipeline  # noqa: E402
 TOL = 1e-4  # one network call, relative to the reference's largest |value|
 SAMPLE_RTOL = 2e-4  # 10 guided steps (tests/test_interop.py says how it was measured)
 PROMPT = "a red circle"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +168,40 @@ def test_t2i_adapter_features_and_the_unet_given_them_match(sd):
     got = model.unet(x, t, ctx, residuals={f"encoder.{i}": f for i, f in enumerate(small)})
     assert max_err(want, pipe.unet(x, t, encoder_hidden_states=ctx).sample) > 1e-2  # it steers
     assert max_err(got, want) <= TOL * scale(want)
+
+
+def test_ldm_import_attaches_a_diffusers_controlnet_and_export_writes_it_back(sd, controlnet, tmp_path):
+    """``ldm import CONTROLNET_DIR OUT attach_to=RUN``: the run with the ControlNet gives the same
+    output as the model tested above; ``ldm export`` writes a ControlNet pipeline folder whose
+    ``controlnet/`` diffusers loads with the original weights."""
+    _, run = sd
+    ref, model = controlnet
+    ref.save_pretrained(str(tmp_path / "cn"), safe_serialization=True)
+    out = tmp_path / "with_cn"
+    assert main(["import", str(tmp_path / "cn"), str(out), f"attach_to={run}"]) == 0
+    assert (out / "plugins" / "controlnet.safetensors").is_file()
+    _, imported, _ = load_run(out)
+    g = torch.Generator().manual_seed(9)
+    x, t = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([500])
+    values = {"text": [PROMPT], "controlnet": hint_image(5)}
+    with torch.no_grad():
+        got = imported.network(x, t, imported.conditioner(values, 1))
+        assert torch.equal(got, model.network(x, t, model.conditioner(values, 1)))
+
+    assert main(["export", str(out), str(tmp_path / "exported"), "layout=diffusers"]) == 0
+    index = json.loads((tmp_path / "exported" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionControlNetPipeline"
+    back = diffusers.ControlNetModel.from_pretrained(str(tmp_path / "exported" / "controlnet"))
+    mine, theirs = back.state_dict(), ref.state_dict()
+    assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+def test_importing_a_folder_that_does_not_fit_the_run_names_what_is_wrong(sd, tmp_path, capsys):
+    _, run = sd
+    adapter = diffusers.T2IAdapter(in_channels=1, channels=[32, 64, 64, 64], num_res_blocks=1,
+                                   downscale_factor=8)
+    adapter.save_pretrained(str(tmp_path / "ad"), safe_serialization=True)
+    assert main(["import", str(tmp_path / "ad"), str(tmp_path / "out"), f"attach_to={run}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "reads hints of 1 channels; condition=image gives 3" in err and "condition=edges" in err
+    assert not (tmp_path / "out").exists()  # nothing half-written

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import torch
 
+from ldmcore.errors import ConfigError
 from ldmcore.interop.keymaps import rename, unet_keymap
 from ldmcore.nn.unet import UNetShape
 
 ENCODER_HALF = ("time_embed.", "label_emb.", "input_blocks.", "middle_block.")
+
+
+LINEAR_VECTOR = "label_emb.weight"  # a linear vector input: diffusers' class-embedding table, transposed
 
 
 def controlnet_keymap(shape: UNetShape, hint_convs: int) -> dict[str, str]:
@@ -46,7 +50,30 @@ def controlnet_from_diffusers(state: dict[str, torch.Tensor], shape: UNetShape, 
     hint_convs = 2 + sum(1 for k in state if k.startswith("controlnet_cond_embedding.blocks.")
                          and k.endswith(".weight"))
     kmap = controlnet_keymap(shape, hint_convs)
-    return rename(state, {v: k for k, v in kmap.items()}, "controlnet", source)
+    ours = rename(state, {v: k for k, v in kmap.items()}, "controlnet", source)
+    if LINEAR_VECTOR in ours:
+        ours[LINEAR_VECTOR] = ours[LINEAR_VECTOR].t().contiguous()
+    return ours
+
+
+def controlnet_to_diffusers(state: dict[str, torch.Tensor], shape: UNetShape) -> dict[str, torch.Tensor]:
+    """The ``controlnet`` plugin's state dict in diffusers' ``ControlNetModel`` names."""
+    hint_convs = sum(1 for k in state if k.startswith("input_hint_block.") and k.endswith(".weight"))
+    kmap = controlnet_keymap(shape, hint_convs)
+    return {kmap[k]: (v.t().contiguous() if k == LINEAR_VECTOR else v) for k, v in state.items()}
+
+
+def t2i_adapter_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``t2i_adapter`` plugin's state dict as diffusers' full adapter's. Its learned
+    per-level gains have no counterpart there: they export only where they are all 1."""
+    gains = {k: v for k, v in state.items() if k.startswith("gain.")}
+    moved = sorted(k for k, v in gains.items() if not bool((v == 1).all()))
+    if moved:
+        raise ConfigError(f"this adapter's learned gains {moved[:3]} are not 1, and diffusers' "
+                          f"T2IAdapter has no layer to hold them (each scales a level's output "
+                          f"after its residual sum); it can be used and shared as an ldmcore "
+                          f"plugin file (RUN/plugins/<name>.safetensors) only.")
+    return {k: v for k, v in state.items() if k not in gains}
 
 
 def t2i_adapter_from_diffusers(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
