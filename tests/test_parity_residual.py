@@ -205,3 +205,27 @@ def test_importing_a_folder_that_does_not_fit_the_run_names_what_is_wrong(sd, tm
     err = " ".join(capsys.readouterr().err.split())
     assert "reads hints of 1 channels; condition=image gives 3" in err and "condition=edges" in err
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_the_original_controlnet_layout_is_the_plugins_and_imports(sd, controlnet, tmp_path):
+    """The plugin's names are the original ControlNet's (``control_model.*``): diffusers' own
+    converter of original files reads the plugin's state as the reference ControlNet, and
+    ``ldm import FILE OUT attach_to=RUN`` attaches such a file."""
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+
+    _, run = sd
+    ref, model = controlnet
+    state = {f"control_model.{k}": v.clone() for k, v in
+             model.conditioner.encoders["controlnet"].state_dict().items()}
+    converted = convert_controlnet_checkpoint(dict(state), dict(ref.config))
+    theirs = ref.state_dict()
+    assert set(converted) == set(theirs) and all(torch.equal(converted[k], theirs[k]) for k in theirs)
+    checkpoint.save(tmp_path / "control_sd15_test.safetensors", state)
+    out = tmp_path / "with_original"
+    assert main(["import", str(tmp_path / "control_sd15_test.safetensors"), str(out), f"attach_to={run}"]) == 0
+    _, imported, _ = load_run(out)
+    x, t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(10)), torch.tensor([300])
+    values = {"text": [PROMPT], "controlnet": hint_image(6)}
+    with torch.no_grad():
+        assert torch.equal(imported.network(x, t, imported.conditioner(values, 1)),
+                           model.network(x, t, model.conditioner(values, 1)))
