@@ -153,3 +153,25 @@ def test_a_map_of_the_wrong_shape_is_refused_naming_the_plugin():
 def test_an_instance_of_an_unknown_plugin_names_its_section():
     with pytest.raises(LdmError, match=r"conditions\.mine\.plugin='contrlnet'.*controlnet"):
         load([*SHAPES, "condition=[class]", "+conditions.mine.plugin=contrlnet"])
+
+
+def test_eval_scores_each_instance_by_the_scene_its_hint_came_from():
+    """``ldm eval`` runs a plugin's metrics for each of its instances; the residual plugins'
+    metric is the mIoU of the scene's class map with the segmentation of the image: high for the
+    scenes' own images, low for images of other scenes."""
+    from ldm_controlnet.metric import scene_miou
+    from ldmcore.build import build_dataset
+    from ldmcore.eval.tasks import run_metrics
+
+    cfg = load([*SHAPES, "condition=[controlnet]", "+conditions.edge_control.plugin=controlnet",
+                "+conditions.edge_control.condition=edges"])
+    metrics = run_metrics(build_model(cfg), "shapes", has_data=True)
+    assert [(name, m.name) for name, m in metrics] == [("controlnet", "scene_miou"),
+                                                     ("edge_control", "scene_miou")]
+    ds = build_dataset("shapes", image_size=32, num_items=32)
+    items = [ds[i] for i in range(32)]
+    images = torch.stack([item["image"] for item in items])
+    batch = {"mask": torch.stack([item["mask"] for item in items])}
+    own = scene_miou(images, None, batch)["scene_miou"]
+    other = scene_miou(images.roll(1, 0), None, batch)["scene_miou"]
+    assert own > 0.85 and other < own - 0.3
