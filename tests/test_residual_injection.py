@@ -175,3 +175,25 @@ def test_eval_scores_each_instance_by_the_scene_its_hint_came_from():
     own = scene_miou(images, None, batch)["scene_miou"]
     other = scene_miou(images.roll(1, 0), None, batch)["scene_miou"]
     assert own > 0.85 and other < own - 0.3
+
+
+def test_a_residual_network_runs_only_on_the_samples_it_conditions():
+    """Guidance's unconditional rows and dropped samples have weight 0: the network never sees
+    them, and their maps are exactly zero."""
+    cfg = load([*SHAPES, "condition=[t2i_adapter]"])
+    taps = build_model(cfg).conditioner.encoders["t2i_adapter"].taps
+    seen = []
+
+    def network(features, unet_input):
+        seen.append(unet_input.x.shape[0])
+        return {tap.name: features["f"][:, :1, :1, :1].expand(-1, *tap.shape) + 1.0 for tap in taps}
+
+    features = {"f": torch.arange(4.0).view(4, 1, 1, 1)}
+    x = torch.randn(4, 2, 8, 8)
+    maps = Residual(features, torch.tensor([2.0, 0.0, 1.0, 0.0]), network).maps(
+        UNetInput(x, torch.arange(4)), taps)
+    assert seen == [2]
+    for m in maps.values():
+        assert m[:, 0, 0, 0].tolist() == [2.0, 0.0, 3.0, 0.0]
+    Residual(features, torch.zeros(4), network).maps(UNetInput(x, torch.arange(4)), taps)
+    assert seen == [2]  # all null: not run at all

@@ -47,10 +47,43 @@ class Residual:
     weight: torch.Tensor  # (B,): each sample's maps are multiplied by it
     network: ResidualNetwork | None = None
 
-    def maps(self, unet_input: UNetInput) -> dict[str, torch.Tensor]:
-        """Tap name -> map for this UNet call, weighted per sample."""
-        raw = self.features if self.network is None else self.network(self.features, unet_input)
+    def maps(self, unet_input: UNetInput | None, taps: Sequence[ResidualTap] = ()) -> dict[str, torch.Tensor]:
+        """Tap name -> map for this UNet call, weighted per sample. A network runs only on the
+        samples whose weight is not 0 (guidance's unconditional branch, dropped samples): the
+        others' maps are zeros of the declared ``taps``' shapes."""
+        if self.network is None:
+            raw = self.features
+        else:
+            rows = self._active()
+            if rows is None:
+                raw = self.network(self.features, unet_input)
+            else:
+                raw = self._scattered(rows, unet_input, taps)
         return {tap: m * self.weight.to(m).view(-1, *([1] * (m.dim() - 1))) for tap, m in raw.items()}
+
+    def _active(self) -> torch.Tensor | None:
+        """Indices of the samples with a non-zero weight, or None when that is every sample
+        (found once per output: a sampler reuses one conditioning for every step)."""
+        if not hasattr(self, "_rows"):
+            rows = torch.nonzero(self.weight != 0).flatten()
+            self._rows = None if len(rows) == len(self.weight) else rows
+        return self._rows
+
+    def _scattered(self, rows: torch.Tensor, unet_input: UNetInput, taps: Sequence[ResidualTap]
+                   ) -> dict[str, torch.Tensor]:
+        def take(v: torch.Tensor | None) -> torch.Tensor | None:
+            return None if v is None else v[rows]
+
+        batch = len(self.weight)
+        like = unet_input.x
+        out = {tap.name: torch.zeros(batch, *tap.shape, dtype=like.dtype, device=like.device)
+               for tap in taps}
+        if len(rows):
+            sub = UNetInput(*(take(getattr(unet_input, f)) for f in ("x", "t", "context",
+                                                                    "context_mask", "vector")))
+            for tap, m in self.network({k: v[rows] for k, v in self.features.items()}, sub).items():
+                out[tap] = out[tap].to(m.dtype).index_copy(0, rows, m) if tap in out else m
+        return out
 
     def where(self, cond: torch.Tensor, other: Residual) -> Residual:
         """Per sample: this output where ``cond`` is True, else ``other`` (train-time dropout)."""
@@ -80,7 +113,7 @@ class Residuals:
         total: dict[str, torch.Tensor] = {}
         batch = unet_input.x.shape[0]
         for name, part in self.parts.items():
-            maps = part.maps(unet_input)
+            maps = part.maps(unet_input, self.taps[name])
             check_maps(name, maps, self.taps[name], batch)
             for tap, m in maps.items():
                 total[tap] = m if tap not in total else total[tap] + m
