@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ldmcore.conditioning.residual import Residual, Residuals
+from ldmcore.nn.taps import ResidualTap
+
 
 class Injection(str, enum.Enum):
     """How a condition reaches the UNet."""
@@ -19,6 +22,7 @@ class Injection(str, enum.Enum):
     CROSSATTN = "crossattn"  # tokens used as keys/values of cross-attention
     CONCAT = "concat"  # channels concatenated to z_t at latent resolution
     VECTOR = "vector"  # a vector projected and added to the timestep embedding
+    RESIDUAL = "residual"  # feature maps added at the UNet's taps (ControlNet, T2I-Adapter)
 
 
 @dataclass(frozen=True)
@@ -26,11 +30,13 @@ class OutputSpec:
     """Shape of one output of an encoder, per sample (batch axis excluded).
 
     crossattn: ``(tokens, context_dim)``; concat: ``(channels, H, W)`` at latent resolution;
-    vector: ``(dim,)``.
+    vector: ``(dim,)``; residual: ``()``, with the backbone taps it feeds in ``taps``
+    (``BackboneSpec.residual_taps``, each map ``tap.shape``).
     """
 
     injection: Injection
     shape: tuple[int, ...]
+    taps: tuple[ResidualTap, ...] = ()
 
 
 @dataclass
@@ -45,7 +51,7 @@ class Tokens:
             self.mask = self.mask.bool()
 
 
-ConditionOutput = dict[Injection, "torch.Tensor | Tokens"]
+ConditionOutput = dict[Injection, "torch.Tensor | Tokens | Residual"]
 
 
 @dataclass
@@ -56,6 +62,7 @@ class Conditioning:
     context_mask: torch.Tensor | None = None  # (B, N) bool
     concat: torch.Tensor | None = None  # (B, C, h, w)
     vector: torch.Tensor | None = None  # (B, D)
+    residuals: Residuals | None = None  # maps for the UNet's taps (``residual.py``)
 
     @staticmethod
     def cat(parts: list[Conditioning]) -> Conditioning:
@@ -65,4 +72,6 @@ class Conditioning:
             values = [getattr(p, field) for p in parts]
             return None if values[0] is None else torch.cat(values)
 
-        return Conditioning(*(join(f) for f in ("context", "context_mask", "concat", "vector")))
+        residuals = None if parts[0].residuals is None else Residuals.cat([p.residuals for p in parts])
+        return Conditioning(*(join(f) for f in ("context", "context_mask", "concat", "vector")),
+                            residuals=residuals)
