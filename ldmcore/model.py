@@ -72,7 +72,7 @@ class LatentDiffusion(nn.Module):
         dtype = self.unet.out[-1].weight.dtype  # a float64 sampler state runs the UNet in its own dtype
         zt = zt.to(dtype)
         x = zt if cond.concat is None else torch.cat([zt, cond.concat.to(dtype)], dim=1)
-        return self.unet(x, t, cond.context, cond.context_mask, cond.vector)
+        return self.unet(x, t, cond.context, cond.context_mask, cond.vector, inserted=cond.inserted)
 
     # -- training -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ldmcore.errors import ConfigError
+from ldmcore.nn.inserted_layers import TransformerBlockShape
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class BackboneSpec:
     encode: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
     root: Path | None = None  # folder that relative paths in plugin configs resolve against (a run's)
     trusted_paths: frozenset[str] = frozenset()  # paths the user gave on the command line
+    # the UNet's transformer blocks in forward order (width, heads): a plugin that inserts layers
+    # into them (gated_attention, decoupled_crossattn) builds one per block, in this order
+    transformer_blocks: tuple[TransformerBlockShape, ...] = ()
 
     def local_path(self, value: str | Path, key: str) -> Path:
         """A file or folder named in a plugin's config (``key`` is its config path).
