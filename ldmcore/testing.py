@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from ldmcore import checkpoint
 from ldmcore.build import backbone_spec, build_autoencoder, build_dataset, build_model, frozen_encoder
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, Conditioner,
-                                  EncoderConfig, Injection, Tokens, read_value)
+                                  Conditioning, EncoderConfig, Injection, Tokens, read_value)
 from ldmcore.config import load, validate
 from ldmcore.data.datasets import collate
 from ldmcore.diffusion.guidance import Guidance
@@ -242,9 +242,10 @@ def _check_output(ctx: _Context, cond: Conditioner, out: Any, what: str, batch_s
     except LdmError as err:
         raise _Broken(str(err)) from None
     for inj, val in out.items():
-        if (inj is Injection.CROSSATTN) != isinstance(val, Tokens):
-            raise _Broken(f"{what} returned {type(val).__name__} for {inj.value}; cross-attention "
-                          f"outputs are Tokens(values, mask), concat and vector outputs tensors.")
+        if _takes_tokens(inj) != isinstance(val, Tokens):
+            raise _Broken(f"{what} returned {type(val).__name__} for {inj.value}; token outputs "
+                          f"(crossattn, gated_attention, decoupled_crossattn) are Tokens(values, "
+                          f"mask), concat and vector outputs tensors.")
         tensor, mask = _parts({inj: val})[inj]
         if tensor.shape[0] != batch_size:
             raise _Broken(f"{what} returned {inj.value} for {tensor.shape[0]} samples; the batch "
@@ -257,6 +258,21 @@ def _check_output(ctx: _Context, cond: Conditioner, out: Any, what: str, batch_s
         if mask is not None and not mask.any(dim=1).all():
             raise _Broken(f"{what} returned a key-padding mask with a sample attending no token; "
                           f"attention over nothing is NaN - keep at least one token True.")
+
+
+def _takes_tokens(inj: Injection) -> bool:
+    return inj is Injection.CROSSATTN or inj.inserts_layers
+
+
+def _routed(cond: Conditioning) -> dict[str, torch.Tensor | None]:
+    """Every tensor a routed Conditioning hands the UNet, by name."""
+    parts = {p: getattr(cond, p) for p in ("context", "context_mask", "concat", "vector")}
+    inserted = cond.inserted
+    for kind in ("gated", "decoupled"):
+        for i, t in enumerate(getattr(inserted, kind) if inserted is not None else ()):
+            parts.update({f"{kind}[{i}].tokens": t.tokens, f"{kind}[{i}].mask": t.mask,
+                          f"{kind}[{i}].region": getattr(t, "region", None)})
+    return parts
 
 
 def _same(a: ConditionOutput, b: ConditionOutput, atol: float = 0.0) -> bool:
@@ -337,14 +353,17 @@ def rule_forward(ctx: _Context) -> None:
 def rule_key_padding_mask(ctx: _Context) -> None:
     enc = ctx.encoder()
     cond = ctx.conditioner(enc)
-    if Injection.CROSSATTN not in cond.specs[ctx.case.name]:
+    # softmax over no key is NaN; a gated layer always attends the visual tokens too
+    attended = [i for i in (Injection.CROSSATTN, Injection.DECOUPLED_CROSSATTN)
+                if i in cond.specs[ctx.case.name]]
+    if not attended:
         return
     b = _batch_size(ctx.batch())
     for what, out in (("forward()", ctx.run("forward()", lambda: enc(ctx.value(enc)))),
                       ("null()", ctx.run("null()", lambda: enc.null(b)))):
-        tokens = out.get(Injection.CROSSATTN)
+        tokens = out.get(attended[0])
         if not isinstance(tokens, Tokens):
-            raise _Broken(f"{what} returned no Tokens for crossattn.")
+            raise _Broken(f"{what} returned no Tokens for {attended[0].value}.")
         if tokens.mask.dtype != torch.bool or tokens.mask.shape != tokens.values.shape[:2]:
             raise _Broken(f"{what} returned a mask of {tokens.mask.dtype} {tuple(tokens.mask.shape)}"
                           f"; it must be bool (batch, tokens) = {tuple(tokens.values.shape[:2])}.")
@@ -387,8 +406,9 @@ def rule_dropout(ctx: _Context) -> None:
         got = ctx.run("dropout", lambda: cond({**batch, name: value}, b, drop=True,
                                               generator=torch.Generator().manual_seed(0)))
         want = cond.route({name: expected})
-        for part in ("context", "context_mask", "concat", "vector"):
-            x, y = getattr(got, part), getattr(want, part)
+        routed_got, routed_want = _routed(got), _routed(want)
+        for part in routed_want:
+            x, y = routed_got.get(part), routed_want[part]
             if (x is None) != (y is None) or (x is not None and not torch.equal(x, y)):
                 raise _Broken(f"with drop_prob={p} training-time dropout did not give exactly "
                               f"{word} ({part} differs).")

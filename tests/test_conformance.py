@@ -18,12 +18,14 @@ from torch import nn
 
 import ldm_class
 import ldm_inpaint
+import ldm_ip_adapter
 import ldm_layout
 import ldm_lowres
 import ldm_segmap
 import ldm_text
 from ldm_class import ClassEncoder
 from ldm_inpaint.encoder import InpaintEncoder
+from ldm_ip_adapter.encoder import IPAdapterEncoder
 from ldm_layout.encoder import LayoutEncoder
 from ldm_lowres.encoder import LowresEncoder
 from ldm_segmap.encoder import SegmapEncoder
@@ -62,6 +64,16 @@ def holes(tmp: Path) -> list[str]:
     return [f"{image},{png(tmp / 'small.png', small)}", f"{image},{png(tmp / 'big.png', big)}"]
 
 
+def references(tmp: Path) -> list[str]:
+    """Two reference images; the second with a region (its left half)."""
+    rng = np.random.default_rng(2)
+    a, b = ((rng.random((16, 16, 3)) * 255).astype(np.uint8) for _ in range(2))
+    region = np.zeros((16, 16), np.uint8)
+    region[:, :8] = 255
+    return [png(tmp / "ref_a.png", a),
+            f'["{png(tmp / "ref_b.png", b)}","{png(tmp / "where.png", region)}"]']
+
+
 # A new built-in plugin adds its case here; the test below fails for a built-in without one.
 CASES = {
     "class": PluginCase(ClassEncoder, config={"num_classes": 10}, cli_values=["3", "0"],
@@ -83,6 +95,9 @@ CASES = {
                        dataset="shapes", image_channels=3, plugin=ldm_text),
     "inpaint": PluginCase(InpaintEncoder, cli_values=holes, bad_cli_values=["only_one.png"],
                           dataset="shapes", image_channels=3, plugin=ldm_inpaint),
+    "ip_adapter": PluginCase(IPAdapterEncoder, config={"embed_dim": 16}, cli_values=references,
+                             bad_cli_values=["/no/such/ref.png", "[1,2,3]"], dataset="shapes",
+                             image_channels=3, plugin=ldm_ip_adapter),
 }
 
 
@@ -109,6 +124,15 @@ class TestClassAsTokensConformance(ConformanceTests):
 
     case = PluginCase(ClassEncoder, config={"num_classes": 10, "injection": "crossattn"},
                       cli_values=["9"], bad_cli_values=["nine"], plugin=ldm_class)
+
+
+class TestGatedLayoutConformance(ConformanceTests):
+    """The layout plugin's GLIGEN injection (gated self-attention in every block), rule by rule."""
+
+    case = PluginCase(LayoutEncoder, config={"embed_dim": 16, "num_freqs": 4, "injection": "gated",
+                                             "grounding_hidden": 32},
+                      cli_values=['[[0.1,0.1,0.5,0.5,"circle"]]', "[]"], dataset="shapes",
+                      image_channels=3, plugin=ldm_layout)
 
 
 def test_the_mixin_has_one_test_per_rule():
