@@ -33,6 +33,7 @@ from ldm_text.encoder import TextEncoder
 from ldmcore.conditioning import ConditionEncoder, EncoderConfig, Injection, OutputSpec, Tokens
 from ldmcore.errors import ConfigError
 from ldmcore.hookspecs import hookimpl
+from ldmcore.nn.decoupled_attention import DecoupledKeyValue
 from ldmcore.testing import (RULES, ConformanceError, ConformanceTests, PluginCase, check_plugin,
                              check_rule, isolated_registry)
 
@@ -324,6 +325,56 @@ class Unregistered:
         pass
 
 
+# plugins that insert layers: the ip_adapter plugin with one fault each
+
+class OpenAtInit(IPAdapterEncoder):
+    """Its value projections start random: attached, it would move a pretrained model."""
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        for layer in self.adapters:
+            nn.init.normal_(layer.to_v.weight)
+
+
+class DeadLayer(DecoupledKeyValue):
+    def forward(self, q, tokens, mask=None, region=None):
+        return torch.zeros(*q.shape[:1], q.shape[2], self.heads * self.head_dim)
+
+
+class NeverOpens(IPAdapterEncoder):
+    """Layers that add zero whatever they learn: no gate at all."""
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        self.adapters = nn.ModuleList(DeadLayer(backbone.context_dim, b.heads, b.head_dim)
+                                      for b in backbone.transformer_blocks)
+
+
+class UnownedLayers(IPAdapterEncoder):
+    """Keeps its layers outside its modules: not saved, not trained, not removable."""
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        self.__dict__["loose"] = self._modules.pop("adapters")
+
+    def block_layers(self):
+        return {Injection.DECOUPLED_CROSSATTN: self.__dict__["loose"]}
+
+
+class UnsavedScale(IPAdapterEncoder):
+    """A random scale per layer that its state dict does not hold."""
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        for layer in self.adapters:
+            layer.scale = float(torch.rand(()))
+
+
+def ip_case(cls: type) -> PluginCase:
+    return PluginCase(cls, config={"embed_dim": 16}, cli_values=references, dataset="shapes",
+                      image_channels=3)
+
+
 @pytest.mark.parametrize("case, rule, words", [
     (case_of(Loose), "declaration", "accepts unknown keys"),
     (case_of(TooWide), "output-spec", "context_dim=32"),
@@ -340,6 +391,10 @@ class Unregistered:
     (case_of(Exploding), "train-sample", "the diffusion loss is"),
     (case_of(Good, plugin=Unregistered()), "registration", "does not register"),
     (case_of(Good, dataset="shapes"), "forward", "batch_value() found no value"),
+    (ip_case(OpenAtInit), "zero-effect", "must start at zero effect"),
+    (ip_case(NeverOpens), "gate", "sends no gradient into its inserted layers"),
+    (ip_case(UnownedLayers), "owned-layers", "are not the encoder's own"),
+    (ip_case(UnsavedScale), "layers-save-load", "output differs"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_each_rule_catches_its_fault(case, rule, words):
     with pytest.raises(ConformanceError) as exc:
