@@ -2,7 +2,9 @@
 on purpose are caught with a message naming the rule they break.
 
 The broken plugins are one good encoder (which passes every rule, checked first) with one fault
-each, so each failure is known to come from that fault alone.
+each, so each failure is known to come from that fault alone; for the rules of plugins that
+insert layers into the transformer blocks, the ip_adapter plugin (which passes every rule, as a
+built-in) is the good one.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def references(tmp: Path) -> list[str]:
     region = np.zeros((16, 16), np.uint8)
     region[:, :8] = 255
     return [png(tmp / "ref_a.png", a),
-            f'["{png(tmp / "ref_b.png", b)}","{png(tmp / "where.png", region)}"]']
+            f'{{"image":"{png(tmp / "ref_b.png", b)}","region":"{png(tmp / "where.png", region)}"}}']
 
 
 # A new built-in plugin adds its case here; the test below fails for a built-in without one.
@@ -97,7 +99,7 @@ CASES = {
     "inpaint": PluginCase(InpaintEncoder, cli_values=holes, bad_cli_values=["only_one.png"],
                           dataset="shapes", image_channels=3, plugin=ldm_inpaint),
     "ip_adapter": PluginCase(IPAdapterEncoder, config={"embed_dim": 16}, cli_values=references,
-                             bad_cli_values=["/no/such/ref.png", "[1,2,3]"], dataset="shapes",
+                             bad_cli_values=["/no/such/ref.png", '{"picture":"a.png"}', "3"], dataset="shapes",
                              image_channels=3, plugin=ldm_ip_adapter),
 }
 

@@ -10,7 +10,7 @@ encoder is a small trainable one by default, or a frozen local ``transformers`` 
 (``model=PATH``, e.g. a CLIP vision tower; never downloaded, not saved in checkpoints).
 
 A value is a reference image, optionally with a region ((1, H, W) in [0, 1]) where it acts:
-``cond.ip_adapter=ref.png`` or ``cond.ip_adapter='["ref.png","where.png"]'``. In training the
+``cond.ip_adapter=ref.png`` or ``cond.ip_adapter='{"image":"ref.png","region":"left.png"}'``. In training the
 reference is the batch's own image (``input_key``), as IP-Adapter trains; dropped, the tokens
 are those of a zero embedding, as IP-Adapter's unconditional branch.
 """
@@ -129,18 +129,20 @@ class IPAdapterEncoder(ConditionEncoder):
         return {Injection.DECOUPLED_CROSSATTN: Tokens(tokens, mask)}
 
     def parse(self, value: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A reference image path, or ``[image, region]`` paths (the region's grey level is where
-        the image prompt acts, white = fully)."""
-        paths = value if isinstance(value, list) else [value]
-        if not 1 <= len(paths) <= 2 or not all(isinstance(p, str) for p in paths):
+        """A reference image path, or ``{"image": PATH, "region": PATH}`` (the region's grey
+        level is where the image prompt acts, white = fully). A JSON list of these gives one
+        grid row each."""
+        image, region = value, None
+        if isinstance(value, dict) and set(value) <= {"image", "region"}:
+            image, region = value.get("image"), value.get("region")
+        if not isinstance(image, str) or not (region is None or isinstance(region, str)):
             raise ConfigError(f"cond.{self.name}={value!r} is not an image prompt; write a path "
-                              f"(cond.{self.name}=ref.png) or a reference and a region "
-                              f"(cond.{self.name}='[\"ref.png\",\"where.png\"]').")
-        image = read_image(paths[0], self.backbone.image_channels, f"cond.{self.name}")
-        region = None
-        if len(paths) == 2:
-            region = (read_image(paths[1], 1, f"cond.{self.name} region") + 1) / 2
-        return image, region
+                              f"(cond.{self.name}=ref.png) or a reference with the region where it "
+                              f"acts (cond.{self.name}='{{\"image\":\"ref.png\",\"region\":\"left.png\"}}').")
+        pixels = read_image(image, self.backbone.image_channels, f"cond.{self.name}")
+        if region is None:
+            return pixels, None
+        return pixels, (read_image(region, 1, f"cond.{self.name} region") + 1) / 2
 
     def collate(self, values: list[tuple[torch.Tensor, torch.Tensor | None]]) -> ImagePrompt:
         size = self.backbone.image_size
