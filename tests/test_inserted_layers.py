@@ -148,3 +148,29 @@ def test_a_region_confines_the_decoupled_path_exactly():
     top = region.flatten(1).bool()
     assert torch.equal(regional[~top], plain[~top])
     assert (regional[top] - plain[top]).abs().amax(-1).min() > 0  # every token inside moved
+
+
+@torch.no_grad()
+def test_both_kinds_together_on_a_bf16_backbone():
+    """Sampling in bf16 casts the UNet, not the plugins: their layers run in their own dtype and
+    hand back the features' dtype; shut, they leave the bf16 output exactly as it was."""
+    from ldmcore.nn.execution import cast_weights
+
+    cfg = load([*BASE, "condition=[text,layout,ip_adapter]", "conditions.layout.injection=gated",
+                "conditions.ip_adapter.embed_dim=16"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.nn.init.normal_(model.unet.out[-1].weight, std=0.05)  # as trained: the output sees the blocks
+    cast_weights(model.unet, torch.bfloat16)
+    values, z, t = inputs(model)
+    cond = model.conditioner(values, 2)
+    assert len(cond.inserted.gated) == 1 and len(cond.inserted.decoupled) == 1
+    shut = model.network(z, t, cond)
+    assert shut.dtype == torch.bfloat16 and torch.equal(shut, model.network(z, t, _without_layers(
+        model.conditioner(values, 2))))
+    for layer in model.conditioner.encoders["layout"].fusers:
+        layer.alpha_attn.fill_(0.5)
+    for layer in model.conditioner.encoders["ip_adapter"].adapters:
+        torch.nn.init.normal_(layer.to_v.weight)
+    opened = model.network(z, t, model.conditioner(values, 2))
+    assert bool(opened.isfinite().all()) and not torch.equal(opened, shut)

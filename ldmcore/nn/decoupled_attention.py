@@ -35,16 +35,17 @@ class DecoupledKeyValue(nn.Module):
     def forward(self, q: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None,
                 region: torch.Tensor | None = None) -> torch.Tensor:
         """``q`` (B, heads, L, head_dim) the layer's queries; ``tokens`` (B, N, token_dim);
-        ``mask`` (B, N) bool; ``region`` (B, L, 1) weights -> (B, L, heads * head_dim)."""
-        b, h, d = q.shape[0], self.heads, self.head_dim
-        tokens = tokens.to(q.dtype)
+        ``mask`` (B, N) bool; ``region`` (B, L, 1) weights -> (B, L, heads * head_dim), in
+        ``q``'s dtype (computed in its own weights', which a bf16 backbone does not cast)."""
+        b, h, d, dtype = q.shape[0], self.heads, self.head_dim, self.to_k.weight.dtype
+        tokens = tokens.to(dtype)
         k = self.to_k(tokens).view(b, -1, h, d).transpose(1, 2)
         v = self.to_v(tokens).view(b, -1, h, d).transpose(1, 2)
         attn_mask = None if mask is None else mask[:, None, None, :].to(q.device)
-        out = attention(q, k, v, attn_mask).transpose(1, 2).reshape(b, -1, h * d)
+        out = attention(q.to(dtype), k, v, attn_mask).transpose(1, 2).reshape(b, -1, h * d)
         if region is not None:
             out = out * region.to(out.dtype)
-        return self.scale * out
+        return (self.scale * out).to(q.dtype)
 
 
 def decoupled_layers(blocks: Sequence[TransformerBlockShape], token_dim: int,

@@ -40,14 +40,18 @@ class GatedSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None
                 ) -> torch.Tensor:
         """``x`` (B, L, dim) visual tokens; ``tokens`` (B, N, token_dim); ``mask`` (B, N) bool
-        (True = attend; visual tokens are always attended)."""
-        n = x.shape[1]
-        h = self.norm1(torch.cat([x, self.linear(tokens.to(x.dtype))], dim=1))
+        (True = attend; visual tokens are always attended). Runs in its own weights' dtype and
+        returns ``x``'s (a backbone cast to bf16 for sampling keeps the plugin's layers as they
+        are), so with the gates shut the result is ``x`` exactly."""
+        n, dtype = x.shape[1], self.linear.weight.dtype
+        out = x.to(dtype)
+        h = self.norm1(torch.cat([out, self.linear(tokens.to(dtype))], dim=1))
         keep = None if mask is None else torch.cat(
             [torch.ones(x.shape[0], n, dtype=torch.bool, device=x.device), mask.to(x.device)], dim=1)
         # queries of the visual tokens only: the grounding tokens' outputs would be dropped
-        x = x + self.alpha_attn.tanh().to(x.dtype) * self.attn(h[:, :n], h, keep)
-        return x + self.alpha_dense.tanh().to(x.dtype) * self.ff(self.norm2(x))
+        out = out + self.alpha_attn.tanh() * self.attn(h[:, :n], h, keep)
+        out = out + self.alpha_dense.tanh() * self.ff(self.norm2(out))
+        return out.to(x.dtype)
 
 
 def gated_layers(blocks: Sequence[TransformerBlockShape], token_dim: int) -> nn.ModuleList:
