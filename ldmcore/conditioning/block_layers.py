@@ -19,6 +19,7 @@ from torch import nn
 
 from ldmcore.conditioning.injection import Injection
 from ldmcore.errors import PluginError
+from ldmcore.nn.inserted_layers import TransformerBlockShape
 
 
 class BlockLayers:
@@ -37,7 +38,7 @@ class BlockLayers:
 
 
 def check_block_layers(name: str, encoder: nn.Module, injection: Injection,
-                       shape: tuple[int, ...], blocks: Sequence[object]) -> None:
+                       shape: tuple[int, ...], blocks: Sequence[TransformerBlockShape]) -> None:
     """The build-time checks of a layer-inserting output: tokens ``(N, width)``, one layer per
     transformer block, each fitting its block and owned by the encoder. Raises ``PluginError``
     naming the plugin and what to change."""

@@ -18,8 +18,8 @@ from torch import nn
 from ldmcore.conditioning.block_layers import check_block_layers
 from ldmcore.conditioning.encoder import ConditionEncoder
 from ldmcore.conditioning.injection import ConditionOutput, Conditioning, Injection, Tokens
-from ldmcore.nn.inserted_layers import DecoupledTokens, GatedTokens, InsertedLayers
 from ldmcore.errors import PluginError
+from ldmcore.nn.inserted_layers import DecoupledTokens, GatedTokens, InsertedLayers
 from ldmcore.randomness import BatchRandom, as_batch_random
 
 

@@ -130,6 +130,9 @@ class BasicTransformerBlock(nn.Module):
         x = x + (self.attn1(self.norm1(x), context, mask) if self.cross_only else self.attn1(self.norm1(x)))
         beside = ()
         if inserted is not None:
+            if self.index < 0:
+                raise ValueError("plugin layers reach a transformer block by its number in a "
+                                 "UNet; this block was built outside one (set its index)")
             x = inserted.after_self_attention(self.index, x)
             beside = inserted.beside_cross_attention(self.index, size)
         x = x + self.attn2(self.norm2(x), context, mask, beside)
