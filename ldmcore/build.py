@@ -60,19 +60,8 @@ def backbone_spec(cfg: ExperimentConfig, root: Path | None = None,
     return BackboneSpec(latent_channels=channels, latent_size=latent,
                         context_dim=cfg.model.unet.context_dim, image_channels=cfg.data.channels,
                         image_size=(size, size), root=root, trusted_paths=trusted_paths,
-                        transformer_blocks=unet_base_shape(cfg).transformer_blocks())
+                        transformer_blocks=base_unet_shape(cfg).transformer_blocks())
 
-
-def unet_base_shape(cfg: ExperimentConfig) -> UNetShape:
-    """The UNet's shape from its config, before the plugins' widths are derived (channels 0)."""
-    u = cfg.model.unet
-    return UNetShape(in_channels=0, out_channels=0, model_channels=u.model_channels,
-                     channel_mult=u.channel_mult, num_res_blocks=u.num_res_blocks,
-                     attention_levels=u.attention_levels, middle_attention=u.middle_attention,
-                     num_head_channels=u.num_head_channels, num_heads=u.num_heads, transformer_depth=u.transformer_depth,
-                     use_linear_in_transformer=u.use_linear_in_transformer,
-                     norm_groups=u.norm_groups, dropout=u.dropout,
-                     vector_projection=u.vector_projection, cross_only_levels=u.cross_only_levels)
 
 
 def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
@@ -94,7 +83,7 @@ def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,
     autoencoder = autoencoder if autoencoder is not None else build_autoencoder(cfg)
     conditioner = build_conditioner(cfg, registry, autoencoder, root, trusted_paths)
     latent = backbone_spec(cfg).latent_size
-    shape = derive_unet_shape(unet_base_shape(cfg), autoencoder.shape.latent_channels, conditioner,
+    shape = derive_unet_shape(base_unet_shape(cfg), autoencoder.shape.latent_channels, conditioner,
                               cfg.model.unet.context_dim)
     d = cfg.model.diffusion
     schedule = NoiseSchedule.build(d.schedule, d.timesteps, d.beta_start, d.beta_end,
@@ -106,6 +95,20 @@ def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,
                           f"conditions.inpaint.base=blur_fill) or leave residual_scale at 1.")
     return LatentDiffusion(autoencoder, UNetModel(shape), conditioner, schedule, latent, d.prediction,
                            d.snr_gamma, d.residual_scale, sampling_plan(cfg.sampler, registry))
+
+
+def base_unet_shape(cfg: ExperimentConfig) -> UNetShape:
+    """The UNet's shape as configured, before the enabled plugins fill in its condition widths
+    (input channels, context and vector widths: ``derive_unet_shape``)."""
+    u = cfg.model.unet
+    return UNetShape(in_channels=0, out_channels=0, model_channels=u.model_channels,
+                     channel_mult=u.channel_mult, num_res_blocks=u.num_res_blocks,
+                     attention_levels=u.attention_levels, middle_attention=u.middle_attention,
+                     num_head_channels=u.num_head_channels, num_heads=u.num_heads,
+                     transformer_depth=u.transformer_depth,
+                     use_linear_in_transformer=u.use_linear_in_transformer,
+                     norm_groups=u.norm_groups, dropout=u.dropout,
+                     vector_projection=u.vector_projection, cross_only_levels=u.cross_only_levels)
 
 
 def build_dataset(name: str, limit: int | None = None, registry: Registry | None = None,
