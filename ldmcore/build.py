@@ -15,13 +15,14 @@ import torch
 from torch.utils.data import Dataset
 
 from ldmcore import checkpoint
-from ldmcore.conditioning import BackboneSpec, Conditioner
+from ldmcore.conditioning import BackboneSpec, ConditionEncoder, Conditioner, EncoderConfig
 from ldmcore.config import AutoencoderConfig, ExperimentConfig, resolve_conditions
 from ldmcore.diffusion.schedule import NoiseSchedule
 from ldmcore.errors import ConfigError
 from ldmcore.model import LatentDiffusion, derive_unet_shape
 from ldmcore.nn.autoencoder import AutoencoderKL, AutoencoderShape
 from ldmcore.nn.pixel_space import FirstStage, PixelSpace
+from ldmcore.nn.taps import residual_taps
 from ldmcore.nn.unet import UNetModel, UNetShape
 from ldmcore.registry import Registry, default_registry
 from ldmcore.sampling import sampling_plan
@@ -60,8 +61,8 @@ def backbone_spec(cfg: ExperimentConfig, root: Path | None = None,
     return BackboneSpec(latent_channels=channels, latent_size=latent,
                         context_dim=cfg.model.unet.context_dim, image_channels=cfg.data.channels,
                         image_size=(size, size), root=root, trusted_paths=trusted_paths,
+                        residual_taps=residual_taps(base_unet_shape(cfg), latent),
                         transformer_blocks=base_unet_shape(cfg).transformer_blocks())
-
 
 
 def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
@@ -70,8 +71,20 @@ def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
     spec = backbone_spec(cfg, root, trusted_paths)
     if autoencoder is not None:
         spec = replace(spec, encode=frozen_encoder(autoencoder))
-    encoders = {name: cls(config, spec) for name, (cls, config) in resolve_conditions(cfg, registry).items()}
+    encoders = {name: instance(cls, name, config, spec)
+                for name, (cls, config) in resolve_conditions(cfg, registry).items()}
     return Conditioner(encoders)
+
+
+def instance(cls: type[ConditionEncoder], name: str, config: EncoderConfig, spec: BackboneSpec
+             ) -> ConditionEncoder:
+    """Plugin ``cls`` built as the instance ``name`` (its own name, or another when a config
+    section enables a second instance): ``self.name`` is then the instance's, so it reads
+    ``cond.<instance>=`` and ``batch[<instance>]``."""
+    enc = cls(config, spec)
+    if name != cls.name:
+        enc.name = name
+    return enc
 
 
 def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,

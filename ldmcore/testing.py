@@ -31,9 +31,11 @@ import torch
 from pydantic import ValidationError
 
 from ldmcore import checkpoint
+from ldmcore.attach import load_plugin_weights, plugin_tensors
 from ldmcore.build import backbone_spec, build_autoencoder, build_dataset, build_model, frozen_encoder
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, Conditioner,
-                                  Conditioning, EncoderConfig, Injection, Tokens, read_value)
+                                  Conditioning, EncoderConfig, Injection, Residual, Tokens, UNetInput,
+                                  read_value)
 from ldmcore.config import load, validate
 from ldmcore.data.datasets import collate
 from ldmcore.diffusion.guidance import Guidance
@@ -228,7 +230,18 @@ class _Context:
 
 
 def _parts(out: ConditionOutput) -> dict[Injection, tuple[torch.Tensor, torch.Tensor | None]]:
-    return {inj: (v.values, v.mask) if isinstance(v, Tokens) else (v, None) for inj, v in out.items()}
+    """Each output as (tensor, mask); a residual output as its features and weight, flattened
+    per sample into one tensor."""
+    def part(v: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(v, Tokens):
+            return v.values, v.mask
+        return (_flat(v), None) if isinstance(v, Residual) else (v, None)
+
+    return {inj: part(v) for inj, v in out.items()}
+
+
+def _flat(r: Residual) -> torch.Tensor:
+    return torch.cat([f.flatten(1).float() for f in r.features.values()] + [r.weight[:, None].float()], 1)
 
 
 def _check_output(ctx: _Context, cond: Conditioner, out: Any, what: str, batch_size: int) -> None:
@@ -242,10 +255,12 @@ def _check_output(ctx: _Context, cond: Conditioner, out: Any, what: str, batch_s
     except LdmError as err:
         raise _Broken(str(err)) from None
     for inj, val in out.items():
-        if _takes_tokens(inj) != isinstance(val, Tokens):
+        if _takes_tokens(inj) != isinstance(val, Tokens) or (
+                (inj is Injection.RESIDUAL) != isinstance(val, Residual)):
             raise _Broken(f"{what} returned {type(val).__name__} for {inj.value}; token outputs "
                           f"(crossattn, gated_attention, decoupled_crossattn) are Tokens(values, "
-                          f"mask), concat and vector outputs tensors.")
+                          f"mask), residual outputs Residual(features, weight, network), concat "
+                          f"and vector outputs tensors.")
         tensor, mask = _parts({inj: val})[inj]
         if tensor.shape[0] != batch_size:
             raise _Broken(f"{what} returned {inj.value} for {tensor.shape[0]} samples; the batch "
@@ -264,9 +279,10 @@ def _takes_tokens(inj: Injection) -> bool:
     return inj is Injection.CROSSATTN or inj.inserts_layers
 
 
-def _routed(cond: Conditioning) -> dict[str, torch.Tensor | None]:
-    """Every tensor a routed Conditioning hands the UNet, by name."""
+def _routed(cond: Conditioning, name: str) -> dict[str, torch.Tensor | None]:
+    """Every tensor a routed Conditioning hands the UNet, by name (plugin ``name``'s residuals)."""
     parts = {p: getattr(cond, p) for p in ("context", "context_mask", "concat", "vector")}
+    parts["residuals"] = None if cond.residuals is None else _flat(cond.residuals.parts[name])
     inserted = cond.inserted
     for kind in ("gated", "decoupled"):
         for i, t in enumerate(getattr(inserted, kind) if inserted is not None else ()):
@@ -289,8 +305,9 @@ def _same(a: ConditionOutput, b: ConditionOutput, atol: float = 0.0) -> bool:
 
 
 def _row(out: ConditionOutput, i: int) -> ConditionOutput:
-    return {inj: Tokens(v.values[i:i + 1], v.mask[i:i + 1]) if isinstance(v, Tokens) else v[i:i + 1]
-            for inj, v in out.items()}
+    return {inj: Tokens(v.values[i:i + 1], v.mask[i:i + 1]) if isinstance(v, Tokens) else
+            Residual({k: f[i:i + 1] for k, f in v.features.items()}, v.weight[i:i + 1], v.network)
+            if isinstance(v, Residual) else v[i:i + 1] for inj, v in out.items()}
 
 
 def _slice(batch: dict[str, Any], i: int) -> dict[str, Any]:
@@ -406,7 +423,7 @@ def rule_dropout(ctx: _Context) -> None:
         got = ctx.run("dropout", lambda: cond({**batch, name: value}, b, drop=True,
                                               generator=torch.Generator().manual_seed(0)))
         want = cond.route({name: expected})
-        routed_got, routed_want = _routed(got), _routed(want)
+        routed_got, routed_want = _routed(got, name), _routed(want, name)
         for part in routed_want:
             x, y = routed_got.get(part), routed_want[part]
             if (x is None) != (y is None) or (x is not None and not torch.equal(x, y)):
@@ -512,7 +529,11 @@ def rule_gradients(ctx: _Context) -> None:
         if not any(p.requires_grad for p in params.values()):
             raise _Broken("it declares trainable = True but has no trainable parameters; "
                           "declare trainable = False.")
-        loss = sum((t.float() ** 2).mean() for t in tensors if t.requires_grad)
+        # a fixed random linear read-out: its gradient is not zero where an output is (a
+        # zero-initialised last layer), as a squared norm's would be
+        g = torch.Generator().manual_seed(0)
+        loss = sum((t.float() * torch.randn(t.shape, generator=g)).mean() for t in tensors
+                   if t.requires_grad)
         if not isinstance(loss, torch.Tensor):
             raise _Broken("it declares trainable = True but no output depends on a parameter.")
         loss.backward()
@@ -777,6 +798,154 @@ def rule_layers_save_load(ctx: _Context) -> None:
                       "differs: its inserted layers' trained state (gates, projections) is not all "
                       "in the encoder's state_dict (register the layers as submodules and keep "
                       "fixed tensors as persistent buffers).")
+# -- rules of the residual injection: a plugin for a pretrained backbone -------------------------
+
+def _residual_model(ctx: _Context) -> Any:
+    """The kit's tiny model with the plugin alone, its UNet random (as a trained one, zero
+    layers included), so that an effect on the backbone's output shows; None for a plugin
+    without a residual output."""
+    enc = ctx.encoder()
+    if Injection.RESIDUAL not in ctx.run("output_specs()", enc.output_specs):
+        return None
+    reg = isolated_registry(_EncoderPlugin([ctx.case.encoder]))
+    torch.manual_seed(0)
+    model = ctx.run("building a model with it", lambda: build_model(
+        kit_config(ctx.case, {ctx.case.name: ctx.case.config}), registry=reg))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.unet.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        enc = model.conditioner.encoders[ctx.case.name]
+        enc.init_from_backbone(model.unet)  # as attaching to a pretrained run does
+    return model.eval()
+
+
+def _randomise(module: torch.nn.Module, seed: int) -> None:
+    """Every parameter random: a plugin as it is after training, with an effect to see."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def _residual_call(ctx: _Context, model: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """(conditioning of the kit's batch, z_t, t) for one network call."""
+    batch = ctx.batch()
+    b = _batch_size(batch)
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(b, *model.latent_shape(), generator=g)
+    t = torch.randint(0, model.schedule.num_timesteps, (b,), generator=g)
+    values = model.conditioner.resolve(batch)
+    return ctx.run("the conditioner", lambda: model.conditioner(values, b)), z, t
+
+
+def _without_residuals(cond: Any) -> Any:
+    return replace(cond, residuals=None)
+
+
+@torch.no_grad()
+def rule_residual_zero_init(ctx: _Context) -> None:
+    """Attached, the plugin leaves the backbone's output unchanged bit for bit."""
+    model = _residual_model(ctx)
+    if model is None:
+        return
+    cond, z, t = _residual_call(ctx, model)
+    maps = ctx.run("the residual maps", lambda: cond.residuals.maps(UNetInput(z, t, cond.context,
+                                                                             cond.context_mask, cond.vector)))
+    largest = max(float(m.abs().max()) for m in maps.values())
+    if largest != 0.0 or not torch.equal(model.network(z, t, cond),
+                                         model.network(z, t, _without_residuals(cond))):
+        raise _Broken(f"its residual maps are not zero at initialisation (largest |value| "
+                      f"{largest:.3g}), so attaching it changes the pretrained model's output; "
+                      f"zero-initialise the last layer of every output (a 1x1 convolution, or a "
+                      f"gain) so that it starts at no effect.")
+
+
+def _backbone_state(model: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.unet.state_dict().items()}
+
+
+def rule_residual_ownership(ctx: _Context) -> None:
+    """What the plugin adds is its own: no backbone tensor is shared with it or added for it."""
+    model = _residual_model(ctx)
+    if model is None:
+        return
+    enc = model.conditioner.encoders[ctx.case.name]
+    backbone = {p.data_ptr() for p in model.unet.parameters()}
+    shared = [k for k, p in enc.named_parameters() if p.data_ptr() in backbone]
+    if shared:
+        raise _Broken(f"its parameters {shared[:3]} are the backbone's own tensors, so training "
+                      f"it trains the backbone; copy them (copy.deepcopy, or load_state_dict into "
+                      f"a module of its own) in init_from_backbone.")
+    bare = build_model(kit_config(ctx.case, {}), registry=isolated_registry())
+    want = {k: tuple(v.shape) for k, v in bare.unet.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in model.unet.state_dict().items()}
+    if got != want:
+        extra = sorted(set(got) ^ set(want)) or [k for k in got if got[k] != want[k]]
+        raise _Broken(f"enabling it changes the backbone's tensors ({extra[:3]}); a residual "
+                      f"plugin keeps what it adds in its own modules, saved with it.")
+
+
+def rule_residual_removal(ctx: _Context) -> None:
+    """Trained alone (``trainer.train_only=[plugins]``), the plugin leaves the backbone byte for
+    byte as it was, so removing it restores the pretrained model exactly."""
+    model = _residual_model(ctx)
+    if model is None:
+        return
+    enc = model.conditioner.encoders[ctx.case.name]
+    before = _backbone_state(model)
+    _randomise(enc, 3)
+    ctx.run("init_from_backbone()", lambda: enc.init_from_backbone(model.unet))
+    params = [p for p in enc.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    model.train()
+    for step in range(2):
+        opt.zero_grad(set_to_none=True)
+        ctx.run("the diffusion loss", lambda s=step: model.loss(
+            ctx.batch(), generator=torch.Generator().manual_seed(s))).backward()
+        opt.step()
+    model.eval()
+    moved = [k for k, v in model.unet.state_dict().items() if not torch.equal(v, before[k])]
+    if moved:
+        raise _Broken(f"attaching and training it alone changed the backbone's {moved[:3]}; a "
+                      f"residual plugin never writes into the backbone, so that removing it "
+                      f"gives back the pretrained model.")
+    bare = build_model(kit_config(ctx.case, {}), registry=isolated_registry()).eval()
+    bare.unet.load_state_dict(before)
+    cond, z, t = _residual_call(ctx, model)
+    with torch.no_grad():
+        null = model.conditioner.unconditional(z.shape[0])
+        if not torch.equal(model.network(z, t, null), bare.network(z, t, bare.conditioner({}, z.shape[0]))):
+            raise _Broken("its null does not give the backbone alone: the unconditional branch of "
+                          "guidance must be the model without the plugin (weight 0).")
+
+
+def rule_residual_save_load(ctx: _Context) -> None:
+    """Its file (``RUN/plugins/<name>.safetensors``) holds everything it adds: loaded into a
+    fresh model with the same backbone, it gives the same output."""
+    model = _residual_model(ctx)
+    if model is None:
+        return
+    name = ctx.case.name
+    _randomise(model.conditioner.encoders[name], 4)
+    path = ctx.tmp / f"{name}.safetensors"
+    ctx.run("saving its weights", lambda: checkpoint.save(path, plugin_tensors(model, name, None)))
+    torch.manual_seed(5)
+    fresh = build_model(kit_config(ctx.case, {name: ctx.case.config}),
+                        registry=isolated_registry(_EncoderPlugin([ctx.case.encoder]))).eval()
+    fresh.unet.load_state_dict(model.unet.state_dict())
+    try:
+        load_plugin_weights(fresh, name, path)
+    except LdmError as err:
+        raise _Broken(f"its saved weights do not load into a fresh model: {err}") from None
+    cond, z, t = _residual_call(ctx, model)
+    cond2, _, _ = _residual_call(ctx, fresh)
+    with torch.no_grad():
+        a, b = model.network(z, t, cond), fresh.network(z, t, cond2)
+    if not torch.equal(a, b):
+        raise _Broken(f"a fresh model with its saved weights differs by {float((a - b).abs().max()):.3g}: "
+                      f"state that shapes its maps is missing from state_dict() (register copies "
+                      f"and gains as modules and parameters).")
 
 
 RULES: dict[str, Callable[[_Context], None]] = {
@@ -798,6 +967,10 @@ RULES: dict[str, Callable[[_Context], None]] = {
     "owned-layers": rule_owned_layers,
     "removal": rule_removal,
     "layers-save-load": rule_layers_save_load,
+    "residual-zero-init": rule_residual_zero_init,
+    "residual-ownership": rule_residual_ownership,
+    "residual-removal": rule_residual_removal,
+    "residual-save-load": rule_residual_save_load,
 }
 
 

@@ -19,18 +19,22 @@ from pydantic import ConfigDict
 from torch import nn
 
 import ldm_class
+import ldm_controlnet
 import ldm_inpaint
 import ldm_ip_adapter
 import ldm_layout
 import ldm_lowres
 import ldm_segmap
+import ldm_t2i_adapter
 import ldm_text
 from ldm_class import ClassEncoder
+from ldm_controlnet.encoder import ControlNetEncoder
 from ldm_inpaint.encoder import InpaintEncoder
 from ldm_ip_adapter.encoder import IPAdapterEncoder
 from ldm_layout.encoder import LayoutEncoder
 from ldm_lowres.encoder import LowresEncoder
 from ldm_segmap.encoder import SegmapEncoder
+from ldm_t2i_adapter.encoder import T2IAdapterEncoder
 from ldm_text.encoder import TextEncoder
 from ldmcore.conditioning import ConditionEncoder, EncoderConfig, Injection, OutputSpec, Tokens
 from ldmcore.errors import ConfigError
@@ -52,6 +56,14 @@ def label_maps(tmp: Path) -> list[str]:
     b = np.full((16, 16), 3, np.uint8)
     b[8:, :] = 1
     return [png(tmp / "map_a.png", a), png(tmp / "map_b.png", b)]
+
+
+def edge_maps(tmp: Path) -> list[str]:
+    a = np.zeros((16, 16), np.uint8)
+    a[4, 2:12] = 255
+    b = np.zeros((16, 16), np.uint8)
+    b[3:13, 8] = 255
+    return [png(tmp / "edges_a.png", a), png(tmp / "edges_b.png", b)]
 
 
 def low_images(tmp: Path) -> list[str]:
@@ -98,6 +110,12 @@ CASES = {
                        dataset="shapes", image_channels=3, plugin=ldm_text),
     "inpaint": PluginCase(InpaintEncoder, cli_values=holes, bad_cli_values=["only_one.png"],
                           dataset="shapes", image_channels=3, plugin=ldm_inpaint),
+    "controlnet": PluginCase(ControlNetEncoder, config={"condition": "segmap"}, cli_values=label_maps,
+                             bad_cli_values=["/no/such/map.png"], dataset="shapes",
+                             image_channels=3, plugin=ldm_controlnet),
+    "t2i_adapter": PluginCase(T2IAdapterEncoder, config={"condition": "edges", "num_res_blocks": 1},
+                              cli_values=edge_maps, bad_cli_values=["/no/such/edges.png"],
+                              dataset="shapes", image_channels=3, plugin=ldm_t2i_adapter),
     "ip_adapter": PluginCase(IPAdapterEncoder, config={"embed_dim": 16}, cli_values=references,
                              bad_cli_values=["/no/such/ref.png", '{"picture":"a.png"}', "3"], dataset="shapes",
                              image_channels=3, plugin=ldm_ip_adapter),

@@ -83,3 +83,10 @@ class ConditionEncoder(UserInput, BatchInput, SampleShaping, BlockLayers, nn.Mod
         """The unconditional outputs for ``batch_size`` samples (same shapes as ``forward``):
         classifier-free guidance's null and the train-time dropout value."""
         raise NotImplementedError
+
+    def init_from_backbone(self, unet: nn.Module) -> None:
+        """Called with the backbone's UNet once the model is built, and again after a pretrained
+        backbone's weights are loaded into it (``model.init_from``, ``ldmcore.attach``). A plugin
+        that builds on the backbone's weights makes its part here and copies them (ControlNet:
+        a trainable copy of the encoder half); what it makes is its own, saved with it, and the
+        UNet itself must stay untouched. Default: nothing."""

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ldmcore.conditioning.residual import Residual, Residuals
 from ldmcore.nn.inserted_layers import InsertedLayers
+from ldmcore.nn.taps import ResidualTap
 
 
 class Injection(str, enum.Enum):
@@ -21,6 +23,7 @@ class Injection(str, enum.Enum):
     CROSSATTN = "crossattn"  # tokens used as keys/values of cross-attention
     CONCAT = "concat"  # channels concatenated to z_t at latent resolution
     VECTOR = "vector"  # a vector projected and added to the timestep embedding
+    RESIDUAL = "residual"  # feature maps added at the UNet's taps (ControlNet, T2I-Adapter)
     # tokens read by the plugin's own gated self-attention layer after each transformer block's
     # self-attention (GLIGEN); its layers start with the gate shut
     GATED_ATTENTION = "gated_attention"
@@ -39,12 +42,14 @@ class OutputSpec:
     """Shape of one output of an encoder, per sample (batch axis excluded).
 
     crossattn: ``(tokens, context_dim)``; concat: ``(channels, H, W)`` at latent resolution;
-    vector: ``(dim,)``; gated_attention and decoupled_crossattn: ``(tokens, width)``, any width
-    (the plugin's own layers read them).
+    vector: ``(dim,)``; residual: ``()``, with the backbone taps it feeds in ``taps``
+    (``BackboneSpec.residual_taps``, each map ``tap.shape``); gated_attention and
+    decoupled_crossattn: ``(tokens, width)``, any width (the plugin's own layers read them).
     """
 
     injection: Injection
     shape: tuple[int, ...]
+    taps: tuple[ResidualTap, ...] = ()
 
 
 @dataclass
@@ -64,7 +69,7 @@ class Tokens:
             self.mask = self.mask.bool()
 
 
-ConditionOutput = dict[Injection, "torch.Tensor | Tokens"]
+ConditionOutput = dict[Injection, "torch.Tensor | Tokens | Residual"]
 
 
 @dataclass
@@ -75,6 +80,7 @@ class Conditioning:
     context_mask: torch.Tensor | None = None  # (B, N) bool
     concat: torch.Tensor | None = None  # (B, C, h, w)
     vector: torch.Tensor | None = None  # (B, D)
+    residuals: Residuals | None = None  # maps for the UNet's taps (``residual.py``)
     # gated_attention and decoupled_crossattn: plugins' layers in the transformer blocks, with tokens
     inserted: InsertedLayers | None = None
 
@@ -86,6 +92,7 @@ class Conditioning:
             values = [getattr(p, field) for p in parts]
             return None if values[0] is None else torch.cat(values)
 
+        residuals = None if parts[0].residuals is None else Residuals.cat([p.residuals for p in parts])
         inserted = None if parts[0].inserted is None else InsertedLayers.cat([p.inserted for p in parts])
         return Conditioning(*(join(f) for f in ("context", "context_mask", "concat", "vector")),
-                            inserted=inserted)
+                            residuals=residuals, inserted=inserted)

@@ -4,8 +4,10 @@ Parameter names match CompVis ``openaimodel.UNetModel`` (``time_embed``, ``label
 ``input_blocks.N``, ``middle_block``, ``output_blocks.N``, ``out``) so SD 1.x/2.x weights load by
 prefix. Conditions arrive already routed (``ldmcore.conditioning.Conditioning``): concat maps are
 joined to the input channels, tokens feed cross-attention (with a key-padding mask), and a vector
-is projected by ``label_emb`` and added to the timestep embedding. The UNet has no flag per
-condition: its widths are derived from the enabled plugins by whoever builds it.
+is projected by ``label_emb`` and added to the timestep embedding; residual maps are added at
+the encoder's taps (``taps.py``: the skip connections, the middle block, the end of each level).
+The UNet has no flag per condition: its widths are derived from the enabled plugins by whoever
+builds it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ldmcore.nn.attention import BasicTransformerBlock, SpatialTransformer, poin
 from ldmcore.nn.embeddings import timestep_embedding
 from ldmcore.nn.inserted_layers import InsertedLayers, TransformerBlockShape
 from ldmcore.nn.norms import GroupNorm
+from ldmcore.nn.taps import MIDDLE, level_end_block
 
 
 @dataclass(frozen=True)
@@ -202,8 +205,10 @@ class UNetModel(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None,
                 vector: torch.Tensor | None = None,
+                residuals: dict[str, torch.Tensor] | None = None,
                 inserted: InsertedLayers | None = None) -> torch.Tensor:
         """``x`` is z_t already joined with concat conditions on channels; ``t`` (B,) timesteps;
+        ``residuals`` maps tap names (``ldmcore.nn.taps``) to feature maps added there;
         ``inserted``: plugins' layers inside the transformer blocks, with their tokens."""
         s = self.shape
         if x.shape[1] != s.in_channels:
@@ -224,10 +229,18 @@ class UNetModel(nn.Module):
         run = self._checkpointed if self.checkpointing and torch.is_grad_enabled() else _call
         skips = []
         h = x
-        for block in self.input_blocks:
+        if residuals:
+            ends = {level_end_block(s, level): f"encoder.{level}" for level in range(len(s.channel_mult))}
+        for i, block in enumerate(self.input_blocks):
             h = run(block, h, emb, context, context_mask, inserted)
-            skips.append(h)
+            if residuals:
+                h = _plus(h, residuals.get(ends.get(i, "")))  # flows on and into the skip
+                skips.append(_plus(h, residuals.get(f"skip.{i}")))  # the skip connection only
+            else:
+                skips.append(h)
         h = run(self.middle_block, h, emb, context, context_mask, inserted)
+        if residuals:
+            h = _plus(h, residuals.get(MIDDLE))
         for block in self.output_blocks:
             h = run(block, torch.cat([h, skips.pop()], dim=1), emb, context, context_mask, inserted)
         return self.out(h)
@@ -239,6 +252,10 @@ class UNetModel(nn.Module):
     @staticmethod
     def _checkpointed(block: nn.Module, *args: torch.Tensor | InsertedLayers | None) -> torch.Tensor:
         return checkpoint(block, *args, use_reentrant=False)
+
+
+def _plus(h: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    return h if residual is None else h + residual.to(h.dtype)
 
 
 def _call(block: nn.Module, *args: torch.Tensor | InsertedLayers | None) -> torch.Tensor:
