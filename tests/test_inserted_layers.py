@@ -174,3 +174,24 @@ def test_both_kinds_together_on_a_bf16_backbone():
         torch.nn.init.normal_(layer.to_v.weight)
     opened = model.network(z, t, model.conditioner(values, 2))
     assert bool(opened.isfinite().all()) and not torch.equal(opened, shut)
+
+
+@torch.no_grad()
+def test_every_pretrained_backbone_kind_together_is_the_backbone_at_init():
+    """A ControlNet (residual), gated layout and an image prompt beside the text in one model:
+    freshly built, their sum of effects is exactly zero, and guided sampling runs them together."""
+    from dataclasses import replace
+
+    cfg = load([*BASE, "condition=[text,controlnet,layout,ip_adapter]", "conditions.layout.injection=gated",
+                "conditions.ip_adapter.embed_dim=16"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.nn.init.normal_(model.unet.out[-1].weight, std=0.05)  # as trained: the output sees the blocks
+    values, z, t = inputs(model)
+    g = torch.Generator().manual_seed(3)
+    values["controlnet"] = torch.randint(0, 4, (2, 16, 16), generator=g)
+    cond = model.conditioner(values, 2)
+    assert cond.residuals is not None and cond.inserted is not None
+    assert torch.equal(model.network(z, t, cond), model.network(z, t, replace(cond, inserted=None, residuals=None)))
+    images = model.sample(values, 2, model.sampling.but(steps=2), generator=g)
+    assert images.shape == (2, 3, 16, 16) and bool(images.isfinite().all())
