@@ -13,8 +13,12 @@ step 0 with the new conditions present:
   encoder half is made from the pretrained UNet by ``init_from_backbone``, called here once the
   pretrained weights are in); the backbone's tensors are not touched at all;
 * cross-attention plugins append their tokens to the context. This is *not* output-preserving:
-  softmax attention renormalises over the added keys, so the pretrained output moves at step 0
-  (a zero-gated separate attention, as in IP-Adapter/GLIGEN, would be needed for that).
+  softmax attention renormalises over the added keys, so the pretrained output moves at step 0.
+  Plugins that must leave it unchanged use ``gated_attention`` (GLIGEN: a gated self-attention
+  per transformer block, gates shut) or ``decoupled_crossattn`` (IP-Adapter: a key/value path
+  beside each cross-attention, value projection zero); their layers are the plugin's own
+  parameters, so the encoder's state (and its plugin file) carries them and nothing here
+  widens the backbone for them.
 
 ``trainer.train_only=[plugins]`` trains the plugins' encoders and the new backbone slices only;
 a gradient mask keeps the pretrained input-conv channels fixed (AdamW without weight decay then

@@ -61,7 +61,8 @@ def backbone_spec(cfg: ExperimentConfig, root: Path | None = None,
     return BackboneSpec(latent_channels=channels, latent_size=latent,
                         context_dim=cfg.model.unet.context_dim, image_channels=cfg.data.channels,
                         image_size=(size, size), root=root, trusted_paths=trusted_paths,
-                        residual_taps=residual_taps(base_unet_shape(cfg), latent))
+                        residual_taps=residual_taps(base_unet_shape(cfg), latent),
+                        transformer_blocks=base_unet_shape(cfg).transformer_blocks())
 
 
 def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
@@ -94,10 +95,9 @@ def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,
     check_shapes(cfg)
     autoencoder = autoencoder if autoencoder is not None else build_autoencoder(cfg)
     conditioner = build_conditioner(cfg, registry, autoencoder, root, trusted_paths)
-    u = cfg.model.unet
     latent = backbone_spec(cfg).latent_size
     shape = derive_unet_shape(base_unet_shape(cfg), autoencoder.shape.latent_channels, conditioner,
-                              u.context_dim)
+                              cfg.model.unet.context_dim)
     d = cfg.model.diffusion
     schedule = NoiseSchedule.build(d.schedule, d.timesteps, d.beta_start, d.beta_end,
                                    zero_terminal_snr=d.zero_terminal_snr)

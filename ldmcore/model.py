@@ -78,7 +78,8 @@ class LatentDiffusion(nn.Module):
         residuals = None
         if cond.residuals is not None:
             residuals = cond.residuals.maps(UNetInput(x, t, cond.context, cond.context_mask, cond.vector))
-        return self.unet(x, t, cond.context, cond.context_mask, cond.vector, residuals)
+        return self.unet(x, t, cond.context, cond.context_mask, cond.vector, residuals,
+                         inserted=cond.inserted)
 
     # -- training -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -34,7 +34,8 @@ from ldmcore import checkpoint
 from ldmcore.attach import load_plugin_weights, plugin_tensors
 from ldmcore.build import backbone_spec, build_autoencoder, build_dataset, build_model, frozen_encoder
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, Conditioner,
-                                  EncoderConfig, Injection, Residual, Tokens, UNetInput, read_value)
+                                  Conditioning, EncoderConfig, Injection, Residual, Tokens, UNetInput,
+                                  read_value)
 from ldmcore.config import load, validate
 from ldmcore.data.datasets import collate
 from ldmcore.diffusion.guidance import Guidance
@@ -254,11 +255,12 @@ def _check_output(ctx: _Context, cond: Conditioner, out: Any, what: str, batch_s
     except LdmError as err:
         raise _Broken(str(err)) from None
     for inj, val in out.items():
-        if (inj is Injection.CROSSATTN) != isinstance(val, Tokens) or (
+        if _takes_tokens(inj) != isinstance(val, Tokens) or (
                 (inj is Injection.RESIDUAL) != isinstance(val, Residual)):
-            raise _Broken(f"{what} returned {type(val).__name__} for {inj.value}; cross-attention "
-                          f"outputs are Tokens(values, mask), residual outputs Residual(features, "
-                          f"weight, network), concat and vector outputs tensors.")
+            raise _Broken(f"{what} returned {type(val).__name__} for {inj.value}; token outputs "
+                          f"(crossattn, gated_attention, decoupled_crossattn) are Tokens(values, "
+                          f"mask), residual outputs Residual(features, weight, network), concat "
+                          f"and vector outputs tensors.")
         tensor, mask = _parts({inj: val})[inj]
         if tensor.shape[0] != batch_size:
             raise _Broken(f"{what} returned {inj.value} for {tensor.shape[0]} samples; the batch "
@@ -271,6 +273,22 @@ def _check_output(ctx: _Context, cond: Conditioner, out: Any, what: str, batch_s
         if mask is not None and not mask.any(dim=1).all():
             raise _Broken(f"{what} returned a key-padding mask with a sample attending no token; "
                           f"attention over nothing is NaN - keep at least one token True.")
+
+
+def _takes_tokens(inj: Injection) -> bool:
+    return inj is Injection.CROSSATTN or inj.inserts_layers
+
+
+def _routed(cond: Conditioning, name: str) -> dict[str, torch.Tensor | None]:
+    """Every tensor a routed Conditioning hands the UNet, by name (plugin ``name``'s residuals)."""
+    parts = {p: getattr(cond, p) for p in ("context", "context_mask", "concat", "vector")}
+    parts["residuals"] = None if cond.residuals is None else _flat(cond.residuals.parts[name])
+    inserted = cond.inserted
+    for kind in ("gated", "decoupled"):
+        for i, t in enumerate(getattr(inserted, kind) if inserted is not None else ()):
+            parts.update({f"{kind}[{i}].tokens": t.tokens, f"{kind}[{i}].mask": t.mask,
+                          f"{kind}[{i}].region": getattr(t, "region", None)})
+    return parts
 
 
 def _same(a: ConditionOutput, b: ConditionOutput, atol: float = 0.0) -> bool:
@@ -352,14 +370,17 @@ def rule_forward(ctx: _Context) -> None:
 def rule_key_padding_mask(ctx: _Context) -> None:
     enc = ctx.encoder()
     cond = ctx.conditioner(enc)
-    if Injection.CROSSATTN not in cond.specs[ctx.case.name]:
+    # softmax over no key is NaN; a gated layer always attends the visual tokens too
+    attended = [i for i in (Injection.CROSSATTN, Injection.DECOUPLED_CROSSATTN)
+                if i in cond.specs[ctx.case.name]]
+    if not attended:
         return
     b = _batch_size(ctx.batch())
     for what, out in (("forward()", ctx.run("forward()", lambda: enc(ctx.value(enc)))),
                       ("null()", ctx.run("null()", lambda: enc.null(b)))):
-        tokens = out.get(Injection.CROSSATTN)
+        tokens = out.get(attended[0])
         if not isinstance(tokens, Tokens):
-            raise _Broken(f"{what} returned no Tokens for crossattn.")
+            raise _Broken(f"{what} returned no Tokens for {attended[0].value}.")
         if tokens.mask.dtype != torch.bool or tokens.mask.shape != tokens.values.shape[:2]:
             raise _Broken(f"{what} returned a mask of {tokens.mask.dtype} {tuple(tokens.mask.shape)}"
                           f"; it must be bool (batch, tokens) = {tuple(tokens.values.shape[:2])}.")
@@ -402,10 +423,9 @@ def rule_dropout(ctx: _Context) -> None:
         got = ctx.run("dropout", lambda: cond({**batch, name: value}, b, drop=True,
                                               generator=torch.Generator().manual_seed(0)))
         want = cond.route({name: expected})
-        for part in ("context", "context_mask", "concat", "vector", "residuals"):
-            x, y = getattr(got, part), getattr(want, part)
-            if part == "residuals" and x is not None and y is not None:
-                x, y = _flat(x.parts[name]), _flat(y.parts[name])
+        routed_got, routed_want = _routed(got, name), _routed(want, name)
+        for part in routed_want:
+            x, y = routed_got.get(part), routed_want[part]
             if (x is None) != (y is None) or (x is not None and not torch.equal(x, y)):
                 raise _Broken(f"with drop_prob={p} training-time dropout did not give exactly "
                               f"{word} ({part} differs).")
@@ -630,6 +650,154 @@ def rule_registration(ctx: _Context) -> None:
                               f"conditions.{option}'.")
 
 
+# -- rules of plugins that insert layers into the transformer blocks -----------------------------
+# (gated_attention, decoupled_crossattn: docs/conformance.md). Each builds the kit model with the
+# plugin alone, its backbone's zero-initialised tensors drawn at random as a trained backbone has
+# them (so every path reaches the output), and compares the UNet with and without the plugin's
+# layers (``Conditioning.inserted``). A plugin that inserts no layers passes them trivially.
+
+@dataclass
+class _Inserting:
+    model: Any
+    values: dict[str, Any]
+    z: torch.Tensor
+    t: torch.Tensor
+
+    def outputs(self, values: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The UNet's output with the plugin's layers and without them."""
+        values = self.values if values is None else values
+        with torch.no_grad():
+            cond = self.model.conditioner(values, len(self.z))
+            with_layers = self.model.network(self.z, self.t, cond)
+            return with_layers, self.model.network(self.z, self.t, replace(cond, inserted=None))
+
+    def backbone(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.model.state_dict().items() if not k.startswith("conditioner.")}
+
+    def plugin_params(self, name: str) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.conditioner.encoders[name].parameters() if p.requires_grad]
+
+
+def _inserting(ctx: _Context, trained: bool = False) -> _Inserting | None:
+    """The kit model with the plugin alone (None when it inserts no layers); ``trained``: after
+    one AdamW step of the diffusion loss on the plugin's parameters alone."""
+    case, name = ctx.case, ctx.case.name
+    enc = ctx.encoder()
+    if not any(i.inserts_layers for i in ctx.run("output_specs()", enc.output_specs)):
+        return None
+    reg = isolated_registry(_EncoderPlugin([case.encoder]))
+    cfg = kit_config(case, {name: {**case.config, "drop_prob": 0.0}})
+    torch.manual_seed(0)
+    model = ctx.run("building a model with it", lambda: build_model(cfg, registry=reg))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.unet.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    batch = ctx.batch()
+    b = _batch_size(batch)
+    kit = _Inserting(model, model.conditioner.resolve(batch), torch.randn(b, *model.latent_shape(), generator=g),
+                     torch.linspace(10, model.schedule.num_timesteps - 10, b).long())
+    if trained:
+        opt = torch.optim.AdamW(kit.plugin_params(name), lr=1e-2, weight_decay=0.0)
+        model.train()
+        loss = ctx.run("the diffusion loss", lambda: model.loss(batch, generator=torch.Generator().manual_seed(0)))
+        loss.backward()
+        layers = [p for mods in model.conditioner.encoders[name].block_layers().values()
+                  for m in mods for p in m.parameters()]
+        if not any(p.grad is not None and p.grad.abs().sum() > 0 for p in layers):
+            raise _Broken("the diffusion loss sends no gradient into its inserted layers: a layer "
+                          "that starts at zero effect needs a trainable gate or zero-initialised "
+                          "projection the loss can open (a constant zero is no gate).")
+        opt.step()
+    model.eval()
+    return kit
+
+
+def rule_zero_effect(ctx: _Context) -> None:
+    kit = _inserting(ctx)
+    if kit is None:
+        return
+    b = len(kit.z)
+    for what, values in (("forward()", kit.values), ("null()", None)):
+        if values is None:  # the null: every sample dropped
+            cond = kit.model.conditioner(kit.values, b, keep=set())
+            with torch.no_grad():
+                with_layers = kit.model.network(kit.z, kit.t, cond)
+                without = kit.model.network(kit.z, kit.t, replace(cond, inserted=None))
+        else:
+            with_layers, without = kit.outputs(values)
+        if not torch.equal(with_layers, without):
+            raise _Broken(f"freshly built, its layers change the backbone's output (by up to "
+                          f"{float((with_layers - without).abs().max()):.3g}, tokens of {what}); they "
+                          f"must start at zero effect (a gate tanh(0), a zero value projection) so "
+                          f"attaching it to a pretrained model changes nothing at step 0.")
+
+
+def rule_gate(ctx: _Context) -> None:
+    kit = _inserting(ctx, trained=True)
+    if kit is None:
+        return
+    with_layers, without = kit.outputs()
+    if torch.equal(with_layers, without):
+        raise _Broken("after a training step its layers still have no effect on the output: the "
+                      "gate never opens (zero effect at init must come from a trainable gate or "
+                      "zero-initialised projection, not from layers that are not wired in).")
+
+
+def rule_owned_layers(ctx: _Context) -> None:
+    kit = _inserting(ctx)  # building it runs the Conditioner's ownership checks, naming the plugin
+    if kit is None:
+        return
+    unet = kit.model.unet
+    with torch.device("meta"):
+        alone = set(type(unet)(unet.shape).state_dict())
+    if set(unet.state_dict()) != alone:
+        extra = sorted(set(unet.state_dict()) - alone)
+        raise _Broken(f"the backbone gained tensors {extra[:3]} with the plugin; its layers must "
+                      f"be the encoder's own submodules, never the UNet's.")
+
+
+def rule_removal(ctx: _Context) -> None:
+    kit = _inserting(ctx)
+    if kit is None:
+        return
+    _, before = kit.outputs()
+    backbone = kit.backbone()
+    trained = _inserting(ctx, trained=True)
+    after = trained.backbone()
+    moved = [k for k, v in backbone.items() if not torch.equal(v, after[k])]
+    if moved:
+        raise _Broken(f"training the plugin alone changed backbone tensors {moved[:3]}; removing "
+                      f"it would not restore the backbone.")
+    _, without = trained.outputs()
+    if not torch.equal(before, without):
+        raise _Broken("after training the plugin, the output without its layers differs from the "
+                      "backbone's own: removing it does not restore the backbone exactly.")
+
+
+def rule_layers_save_load(ctx: _Context) -> None:
+    kit = _inserting(ctx, trained=True)
+    if kit is None:
+        return
+    name = ctx.case.name
+    want, _ = kit.outputs()
+    path = ctx.tmp / "plugin.safetensors"
+    enc = kit.model.conditioner.encoders[name]
+    ctx.run("saving the state_dict as safetensors", lambda: checkpoint.save(path, enc.state_dict()))
+    fresh = ctx.encoder(seed=1)
+    tensors, _ = checkpoint.load(path)
+    try:
+        checkpoint.load_into(fresh, tensors, f"plugin {name!r}", path)
+    except LdmError as err:
+        raise _Broken(str(err)) from None
+    kit.model.conditioner.encoders[name] = fresh.eval()
+    got, _ = kit.outputs()
+    if not torch.equal(got, want):
+        raise _Broken("after a safetensors round trip of its state_dict the model's output "
+                      "differs: its inserted layers' trained state (gates, projections) is not all "
+                      "in the encoder's state_dict (register the layers as submodules and keep "
+                      "fixed tensors as persistent buffers).")
 # -- rules of the residual injection: a plugin for a pretrained backbone -------------------------
 
 def _residual_model(ctx: _Context) -> Any:
@@ -794,6 +962,11 @@ RULES: dict[str, Callable[[_Context], None]] = {
     "gradients": rule_gradients,
     "train-sample": rule_train_sample,
     "registration": rule_registration,
+    "zero-effect": rule_zero_effect,
+    "gate": rule_gate,
+    "owned-layers": rule_owned_layers,
+    "removal": rule_removal,
+    "layers-save-load": rule_layers_save_load,
     "residual-zero-init": rule_residual_zero_init,
     "residual-ownership": rule_residual_ownership,
     "residual-removal": rule_residual_removal,

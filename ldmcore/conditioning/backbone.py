@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ldmcore.errors import ConfigError
+from ldmcore.nn.inserted_layers import TransformerBlockShape
 from ldmcore.nn.taps import ResidualTap
 
 
@@ -28,6 +29,9 @@ class BackboneSpec:
     trusted_paths: frozenset[str] = frozenset()  # paths the user gave on the command line
     # where residual plugins may add feature maps, with each map's width and size (nn/taps.py)
     residual_taps: tuple[ResidualTap, ...] = ()
+    # the UNet's transformer blocks in forward order (width, heads): a plugin that inserts layers
+    # into them (gated_attention, decoupled_crossattn) builds one per block, in this order
+    transformer_blocks: tuple[TransformerBlockShape, ...] = ()
 
     def taps(self, adds_to: str) -> tuple[ResidualTap, ...]:
         """The residual taps that add to ``adds_to``: "skip" (ControlNet's: every skip
