@@ -13,7 +13,7 @@ from ldmcore.attach import attach_pretrained
 from ldmcore.build import build_model
 from ldmcore.config import load
 from ldmcore.errors import ConfigError
-from test_sampling import write_run
+from tests.test_sampling import write_run
 
 BASE = ("model.unet.model_channels=48", "model.unet.attention_levels=[0,1]",
         "autoencoder.latent_channels=3", "model.diffusion.prediction=v")

@@ -59,9 +59,9 @@ def test_override_text_reads_back_as_the_same_value(value, text):
 
 
 def test_a_run_folder_suggestion_works_when_pasted(tmp_path, trained_run):
-    from reliability import run_cli
-    from test_run_ownership import stage2
-    from test_run_restart import failed_start
+    from tests.reliability import run_cli
+    from tests.test_run_ownership import stage2
+    from tests.test_run_restart import failed_start
 
     run = tmp_path / "run"
     assert run_cli(*stage2(run, trained_run)).code == 0

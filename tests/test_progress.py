@@ -10,7 +10,7 @@ import pytest
 
 from ldmcore import cli
 from ldmcore.progress import progress_bar, shows_progress
-from test_sampling import run  # noqa: F401 - the module's run fixture
+from tests.test_sampling import run  # noqa: F401 - the module's run fixture
 
 
 class Terminal(io.StringIO):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from ldmcore import checkpoint
 from ldmcore.runfolder import MARKER
-from reliability import run_cli
-from test_bad_input import refused
-from test_run_ownership import stage2
+from tests.reliability import run_cli
+from tests.test_bad_input import refused
+from tests.test_run_ownership import stage2
 
 
 def failed_start(run: Path) -> None:

@@ -11,7 +11,7 @@ import yaml
 
 from ldmcore.config import conf_dir, load
 from ldmcore.sampling import SamplerConfig, sampling_plan
-from test_sampling import ldm, run  # noqa: F401 - the module's run fixture
+from tests.test_sampling import ldm, run  # noqa: F401 - the module's run fixture
 
 
 def shipped(name: str) -> dict:
