@@ -6,23 +6,21 @@ reads it on the held-out scenes ``ldm eval`` samples from, beside what the two e
 beat: bicubic upsampling of the 8x8 input (+ 3 dB) and the harmonic fill of holes over shapes
 (+ 3 dB inside the hole), each with the caption match the shape reader gives it.
 
-    python benchmarks/shapes_first_stage.py --autoencoder runs/bench/shapes_autoencoder/checkpoints/autoencoder.safetensors
+    python -m benchmarks.shapes_first_stage --autoencoder runs/bench/shapes_autoencoder/checkpoints/autoencoder.safetensors
 
-Results: ``benchmarks/results/shapes_first_stage.json`` and ``.md``.
+Results: ``benchmarks/results/shapes_first_stage/full.json`` and ``.md`` (a first stage to read
+is made by ``python -m benchmarks.plugins shapes_layout``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-from run import RESULTS, machine  # noqa: E402
+from benchmarks.support.results import machine, markdown_table, write_result
 
 
 def main() -> None:
@@ -64,22 +62,18 @@ def main() -> None:
     table = {name: {"psnr_db": None if p is None else float(p.mean()), "hole_psnr_db": h,
                     "caption_match": caption_match_rate(x, batch["caption"])}
              for name, (p, h, x) in rows.items()}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "shapes_first_stage.json").write_text(json.dumps(
-        {"machine": machine(), "held_out_scenes": args.n, "autoencoder": str(args.autoencoder),
-         "rows": table}, indent=1))
-
     def cell(v: float | None, digits: int) -> str:
         return "-" if v is None else f"{v:.{digits}f}"
 
-    lines = [f"Shapes restoration on {args.n} held-out scenes (`python benchmarks/shapes_first_stage.py "
+    title = (f"Shapes restoration on {args.n} held-out scenes (`python -m benchmarks.shapes_first_stage "
              f"--autoencoder ... --n {args.n}`): the shapes first stage's reconstruction, the ceiling "
-             f"of a latent model, against the bars.", "",
-             "| images | PSNR dB | hole PSNR dB | caption match |", "|---|---|---|---|"]
-    lines += [f"| {name} | {cell(r['psnr_db'], 2)} | {cell(r['hole_psnr_db'], 2)} | "
-              f"{cell(r['caption_match'], 3)} |" for name, r in table.items()]
-    (RESULTS / "shapes_first_stage.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+             f"of a latent model, against the bars.")
+    body = markdown_table(["images", "PSNR dB", "hole PSNR dB", "caption match"],
+                          [[name, cell(r["psnr_db"], 2), cell(r["hole_psnr_db"], 2), cell(r["caption_match"], 3)]
+                           for name, r in table.items()])
+    write_result("shapes_first_stage", "full", {"machine": machine(), "held_out_scenes": args.n,
+                                                "autoencoder": str(args.autoencoder), "rows": table},
+                 f"{title}\n\n{body}")
 
 
 if __name__ == "__main__":

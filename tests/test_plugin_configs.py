@@ -18,7 +18,7 @@ from ldmcore.hookspecs import hookimpl
 from ldmcore.registry import ALLOW_ENV, DISABLE_ENV, build_registry, hook_names
 from ldmcore.testing import isolated_registry
 
-from test_registry import FakeEntryPoint, VectorEncoder, with_entry_points
+from tests.test_registry import FakeEntryPoint, VectorEncoder, with_entry_points
 
 
 @pytest.fixture(autouse=True)
@@ -90,10 +90,10 @@ def test_error_messages_list_plugin_options_too(shipped):
         [p.stem for p in (conf_dir() / "experiment").glob("*.yaml")] + ["digits_vec"])
     with pytest.raises(ConfigError) as exc:
         load(["experiment=digit_vec"], reg)
-    assert "did you mean 'digits_vec'?" in str(exc.value)
+    assert "did you mean `experiment=digits_vec`?" in str(exc.value)
     with pytest.raises(ConfigError) as exc:
         load(["condition=[vek]"], reg)
-    assert "'vec'" in str(exc.value)
+    assert "`condition=vec`" in str(exc.value)
 
 
 def test_a_plugin_cannot_shadow_a_host_config(tmp_path):
@@ -103,7 +103,7 @@ def test_a_plugin_cannot_shadow_a_host_config(tmp_path):
     with pytest.raises(PluginClash) as exc:
         load(["condition=[class]"], reg)
     assert "'condition/class.yaml'" in str(exc.value)
-    assert "'ldmcore'" in str(exc.value) and "'test_plugin_configs'" in str(exc.value)
+    assert "'ldmcore'" in str(exc.value) and f"'{__name__}'" in str(exc.value)
 
 
 def test_two_plugins_shipping_one_file_clash_naming_both(shipped, tmp_path):

@@ -5,7 +5,8 @@ The single file uses the CompVis names (``model.diffusion_model.*``, ``first_sta
 as in SD 2.x) plus ``betas``/``alphas_cumprod``, and records ldmcore's exact shapes in metadata
 (``ldmcore.*``), so ``ldm import`` reads it back without SD's constants. The diffusers folder is
 what ``StableDiffusionPipeline.from_pretrained`` loads: ``unet/``, ``vae/``, ``text_encoder/``,
-``tokenizer/``, ``scheduler/`` (DDIM) and ``model_index.json``; a model in SD x4 upscaler's
+``tokenizer/``, ``scheduler/`` (DDIM) and ``model_index.json`` (with a ``controlnet/`` or
+``adapter/`` folder for a residual plugin: ``residual_export.py``); a model in SD x4 upscaler's
 layout (the ``lowres`` plugin with DDPM levels and a one-hot table) becomes a
 ``StableDiffusionUpscalePipeline`` folder with ``low_res_scheduler/``.
 """
@@ -23,10 +24,13 @@ from typing import Any
 import torch
 
 from ldmcore import checkpoint
-from ldmcore.arguments import flag, key_values, positional
+from ldmcore.arguments import parse_options, positional
 from ldmcore.errors import ConfigError
 from ldmcore.interop import keymaps
 from ldmcore.interop.convert import TEXT, UNET, VAE
+from ldmcore.interop.options import ExportOptions
+from ldmcore.interop.residual_export import residual_parts, residual_plugins
+from ldmcore.progress import Stages
 from ldmcore.runfolder import load_run
 
 DIFFUSERS_VERSION = "0.30.0"
@@ -41,10 +45,12 @@ def _refuse_base(model) -> None:
                           f"have no place for; only models trained with base=none export.")
 
 
-def _text_plugin(model) -> Any | None:
-    """The run's text plugin, if it can be exported (no projection); other plugins are refused."""
+def _text_plugin(model, beside: frozenset[str] = frozenset()) -> Any | None:
+    """The run's text plugin, if it can be exported (no projection); other plugins are refused,
+    except those ``beside`` (exported as folders of their own: a ControlNet, an adapter)."""
     encoders = dict(model.conditioner.encoders)
-    other = sorted(n for n in encoders if n not in ("text", "inpaint") and not (n == "lowres" and _is_upscaler(model)))
+    other = sorted(n for n in encoders if n not in ("text", "inpaint", *beside)
+                   and not (n == "lowres" and _is_upscaler(model)))
     if other:
         raise ConfigError(f"this model has the plugin(s) {', '.join(other)}, which neither SD single "
                           f"files nor diffusers' StableDiffusionPipeline can hold; only text-to-image "
@@ -177,7 +183,7 @@ def export_single_file(model, cfg, out: Path | str, *, overwrite: bool = False) 
 def export_diffusers(model, cfg, out: Path | str, *, overwrite: bool = False) -> Path:
     """Write a diffusers folder (StableDiffusionPipeline when there is a text plugin)."""
     _refuse_base(model)
-    text = _text_plugin(model)
+    text = _text_plugin(model, residual_plugins(model))
     u, ae = model.unet.shape, model.autoencoder.shape
     if u.context_dim is None and u.attention_levels:
         raise ConfigError("this UNet has attention without cross-attention tokens, which diffusers' "
@@ -229,22 +235,31 @@ def export_diffusers(model, cfg, out: Path | str, *, overwrite: bool = False) ->
     if d.schedule.value not in ("linear", "scaled_linear"):
         raise ConfigError(f"the {d.schedule.value} beta schedule has no DDIMScheduler equivalent "
                           f"in diffusers' SD pipelines; export a linear or scaled_linear model.")
+    residual, residual_pipeline = residual_parts(model, unet_cfg, DIFFUSERS_VERSION)
 
     def write(root: Path) -> None:
         for sub, conf, tensors in (
                 ("unet", unet_cfg, keymaps.to_diffusers_unet(_unet_state(model), u)),
-                ("vae", vae_cfg, keymaps.to_diffusers_autoencoder(model.autoencoder.state_dict(), ae))):
+                ("vae", vae_cfg, keymaps.to_diffusers_autoencoder(model.autoencoder.state_dict(), ae)),
+                *residual):
             (root / sub).mkdir()
             (root / sub / "config.json").write_text(json.dumps(conf, indent=1))
             checkpoint.save(root / sub / "diffusion_pytorch_model.safetensors", tensors, {"format": "pt"})
         (root / "scheduler").mkdir()
         (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched_cfg, indent=1))
         pipeline = "StableDiffusionInpaintPipeline" if "inpaint" in model.conditioner.encoders else "StableDiffusionPipeline"
+        if residual_pipeline is not None:  # a ControlNet or adapter pipeline
+            pipeline = residual_pipeline
         index = {"_class_name": pipeline, "_diffusers_version": DIFFUSERS_VERSION,
                  "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
                  "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
                  "feature_extractor": [None, None], "image_encoder": [None, None],
                  "requires_safety_checker": False}
+        if residual_pipeline is not None:  # its ControlNet or adapter, under the name it expects
+            folder, conf, _ = residual[0]
+            index[folder] = ["diffusers", conf["_class_name"]]
+            if folder == "adapter":  # not an argument of the adapter pipeline
+                index.pop("image_encoder")
         if _is_upscaler(model):
             for key in ("image_encoder", "requires_safety_checker"):  # not arguments of this pipeline
                 index.pop(key)
@@ -289,17 +304,21 @@ def _save_text(text, folder: Path) -> None:
 
 
 def export_run(run_dir: Path | str, out: Path | str, layout: str, *, ema: bool = True,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, progress: bool = True) -> Path:
     """``ldm export``: a run folder to ``layout`` = ``sd`` (single file) or ``diffusers``."""
+    stages = Stages(2, f"export {Path(run_dir).name}", progress)
+    stages.start("loading the run")
     cfg, model, _ = load_run(Path(run_dir), use_ema=ema)
+    stages.start(f"converting and writing ({layout})")
     if cfg.autoencoder.kind == "pixels":
         raise ConfigError(f"{str(run_dir)!r} is a pixel-space model (autoencoder.kind=pixels): it "
                           f"has no VAE, and both export layouts are latent diffusion pipelines "
                           f"with one. Export runs with autoencoder.kind=kl.")
-    if layout == "sd":
-        return export_single_file(model, cfg, out, overwrite=overwrite)
-    if layout == "diffusers":
-        return export_diffusers(model, cfg, out, overwrite=overwrite)
+    writers = {"sd": export_single_file, "diffusers": export_diffusers}
+    if layout in writers:
+        written = writers[layout](model, cfg, out, overwrite=overwrite)
+        stages.close()
+        return written
     raise ConfigError(f"unknown export layout {layout!r}: choose layout=sd (one .safetensors file) "
                       f"or layout=diffusers (a folder).")
 
@@ -309,7 +328,7 @@ def export_command(args: list[str]) -> tuple[Path, str]:
     written, its layout). The layout defaults to ``sd`` for an OUT ending in .safetensors."""
     usage = "ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]"
     (run, out), rest = positional(args, ("RUN_DIR", "OUT"), usage)
-    opts = key_values(rest, {"layout", "ema", "overwrite"})
-    layout = opts.pop("layout", "diffusers" if not out.endswith(".safetensors") else "sd")
-    path = export_run(run, out, layout, ema=flag(opts, "ema", True), overwrite=flag(opts, "overwrite", False))
-    return path, layout
+    opts = parse_options(rest, ExportOptions)
+    layout = opts.layout or ("sd" if out.endswith(".safetensors") else "diffusers")
+    return export_run(run, out, layout, ema=opts.ema, overwrite=opts.overwrite,
+                      progress=opts.progress), layout
