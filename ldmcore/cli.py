@@ -8,6 +8,7 @@
                precision=auto|fp32|bf16|fp16 threads=auto|N overwrite=true
                conditions.NAME.KEY=VALUE]
     ldm eval run=RUN_DIR [samples=DIR | n=64 steps=50 seed=0 average=1 precision=auto threads=auto]
+    ldm serve run=RUN_DIR [host=127.0.0.1 port=7860 precision=auto threads=auto max_images=16]
     ldm plugins [--json]
     ldm doctor [--json]
     ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]
@@ -54,6 +55,18 @@ def cmd_sample(args: list[str]) -> int:
     out = run_sampling(parse_request(args))
     print(f"samples: {out} (grid.png, samples.json)")
     return 0
+
+
+def cmd_serve(args: list[str]) -> int:
+    """A local web page over a run: see ``ldmcore.serve``."""
+    try:
+        from ldmcore.serve.command import serve_command
+    except ImportError as exc:
+        if exc.name not in ("fastapi", "starlette", "uvicorn"):
+            raise
+        raise ConfigError(f"ldm serve needs the web server packages ({exc.name} is missing): "
+                          f"pip install 'ldmcore[serve]'.") from None
+    return serve_command(args)
 
 
 def cmd_eval(args: list[str]) -> int:
@@ -175,7 +188,7 @@ def cmd_new_plugin(args: list[str]) -> int:
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "plugins": cmd_plugins,
             "import": cmd_import, "export": cmd_export, "new-plugin": cmd_new_plugin,
-            "doctor": cmd_doctor}
+            "doctor": cmd_doctor, "serve": cmd_serve}
 
 
 def _check_utf8(args: list[str]) -> None:

@@ -35,7 +35,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("runs", ("ldmcore.runfolder",)),
     ("commands", ("ldmcore.attach", "ldmcore.train", "ldmcore.train_autoencoder",
                   "ldmcore.sample", "ldmcore.eval", "ldmcore.interop", "ldmcore.testing",
-                  "ldmcore.scaffold", "ldmcore.doctor")),
+                  "ldmcore.scaffold", "ldmcore.doctor", "ldmcore.serve")),
     ("command line", ("ldmcore.cli", "ldmcore.__init__")),
 ]
 

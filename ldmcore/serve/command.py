@@ -1,0 +1,103 @@
+"""``ldm serve run=RUN_DIR [host=127.0.0.1 port=7860 ...]``: the page over one run.
+
+It binds the port before loading the model (a taken port fails at once), loads the run once,
+prints where the page is, and serves until Ctrl-C. Any host other than a loopback address is
+said loudly: the page has no login, and whoever reaches it uses this machine and writes into the
+run folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from ldmcore.arguments import flag, key_values
+from ldmcore.errors import ConfigError
+from ldmcore.runfolder import RunFolder
+from ldmcore.sample import load_for_sampling
+from ldmcore.serve.app import create_app
+from ldmcore.serve.service import SamplingService
+
+USAGE = ("ldm serve run=RUN_DIR [host=127.0.0.1 port=7860 precision=auto threads=auto "
+         "max_images=16 queue=8 ema=true]")
+KEYS = {"run", "host", "port", "precision", "threads", "max_images", "queue", "ema"}
+
+
+def serve_command(args: list[str]) -> int:
+    opts = key_values(args, KEYS)
+    if "run" not in opts:
+        raise ConfigError(f"ldm serve needs run=RUN_DIR, a trained or imported run; usage: {USAGE}")
+    run = Path(opts["run"])
+    host = opts.get("host", "127.0.0.1")
+    port = _number(opts, "port", 7860, 0, 65535)
+    max_images = _number(opts, "max_images", 16, 1, 1024)
+    queue = _number(opts, "queue", 8, 1, 1000)
+    ema = flag(opts, "ema", True)
+    sock = _bind(host, port)
+    settings = [f"{k}={opts[k]}" for k in ("precision", "threads") if k in opts]
+    loaded = load_for_sampling(run, ema=ema, precision=opts.get("precision", "auto"),
+                               threads=opts.get("threads", "auto"))
+    if not ema:
+        settings.append("ema=false")
+    service = SamplingService(loaded, RunFolder(run).samples / "serve", max_images, queue, settings)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    if not _loopback(host):
+        print(f"ldm serve: WARNING: listening on {host}, not on this machine alone: anyone who can "
+              f"reach port {bound} can sample on this machine and write images into "
+              f"{service.root}; there is no login. Use host=127.0.0.1 (the default) and an SSH "
+              f"tunnel to reach it from elsewhere.", file=sys.stderr, flush=True)
+    print(f"ldm serve: {run} ({', '.join(service.encoders) or 'unconditional'}) at "
+          f"http://{shown}:{bound}/ - one sampling at a time, results in {service.root}; "
+          f"Ctrl-C stops.", flush=True)
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning",
+                                           access_log=False, lifespan="off"))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        service.queue.close()
+        sock.close()
+    return 0
+
+
+def _number(opts: dict[str, str], key: str, default: int, low: int, high: int) -> int:
+    text = opts.get(key, str(default))
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ConfigError(f"{key}={text!r}: write a whole number from {low} to {high}.")
+    return int(text)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"host={host!r} is not an address of this machine ({exc.strerror}); "
+                          f"write host=127.0.0.1 (this machine only) or host=0.0.0.0 (every "
+                          f"network it is on).") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        taken = exc.errno == errno.EADDRINUSE
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}"
+                          f"{'; another program uses that port: pick another with port=N' if taken else ''}"
+                          f".") from None
+    return sock
