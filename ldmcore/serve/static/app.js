@@ -344,9 +344,16 @@ async function follow(id) {
   }
 }
 
+function hideResult() {
+  document.getElementById("grid").hidden = true;
+  document.getElementById("images").replaceChildren();
+  document.getElementById("command-box").hidden = true;
+}
+
 async function submit() {
   const button = document.getElementById("sample");
   clearErrors();
+  hideResult();
   button.disabled = true;
   try {
     setStatus("sending", "sending", 0);
