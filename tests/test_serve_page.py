@@ -2,7 +2,8 @@
 input - picks a class, types a prompt, draws a box, paints a region, uploads a PNG - and the
 images the page shows are, pixel for pixel, those of the ``ldm sample`` command it shows.
 
-``LDM_SERVE_SCREENSHOTS=DIR`` also saves a screenshot of each page in DIR (docs/serve/).
+``LDM_SERVE_SCREENSHOTS=DIR`` also saves a screenshot of each page in DIR (docs/serve/), and with
+``LDM_SERVE_DEMO_RUN=runs/demo`` (after ``make demo``) one of the demo run's page.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_helpers import assert_same_images, chromium, command_words, pixels, run_command
+from serve_helpers import (assert_same_images, chromium, command_words, pixels, run_command,
+                           start_server, stop_server)
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +27,7 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 SHOTS = os.environ.get("LDM_SERVE_SCREENSHOTS")
+DEMO_RUN = os.environ.get("LDM_SERVE_DEMO_RUN")
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +92,16 @@ def drag(browser, canvas, start: tuple[float, float], end: tuple[float, float], 
 
 
 def screenshot(browser, name: str) -> None:
-    if SHOTS:
-        Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(str(Path(SHOTS) / f"{name}.png"))
+    """The whole page as ``SHOTS/name.png`` (when screenshots are asked for)."""
+    if not SHOTS:
+        return
+    Path(SHOTS).mkdir(parents=True, exist_ok=True)
+    browser.execute_script("window.scrollTo(0, 0)")
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                            {"width": 1000, "height": height, "deviceScaleFactor": 1, "mobile": False})
+    browser.save_screenshot(str(Path(SHOTS) / f"{name}.png"))
+    browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def test_class_page_gives_the_pixels_of_its_command(browser, class_server, tmp_path) -> None:
@@ -169,3 +179,18 @@ def test_photos_page_reads_an_uploaded_image_and_a_painted_hole(browser, photos_
     assert_same_images(server, job, out)
     first = pixels(out / job["files"][0])
     assert np.array_equal(first[~hole], photo[~hole])  # inpainting keeps the known pixels
+
+
+@pytest.mark.skipif(not DEMO_RUN, reason="set LDM_SERVE_DEMO_RUN=runs/demo (a run of make demo) "
+                                         "to sample the demo run in the browser")
+def test_demo_page(browser, tmp_path) -> None:
+    server = start_server(Path(DEMO_RUN).resolve(), tmp_path)
+    try:
+        open_page(browser, server)
+        Select(plugin(browser, "class").find_element(By.TAG_NAME, "select")).select_by_visible_text("7")
+        set_number(browser, "n", 8)
+        state, job = sample(browser, server)
+        assert state == "done"
+        screenshot(browser, "demo")
+    finally:
+        stop_server(server)
