@@ -64,7 +64,7 @@ def cmd_serve(args: list[str]) -> int:
     except ImportError as exc:
         if exc.name not in ("fastapi", "starlette", "uvicorn"):
             raise
-        raise ConfigError(f"ldm serve needs the web server packages ({exc.name} is missing): "
+        raise ConfigError(f"the web page needs FastAPI and uvicorn ({exc.name} is not installed): "
                           f"pip install 'ldmcore[serve]'.") from None
     return serve_command(args)
 
