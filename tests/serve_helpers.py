@@ -70,7 +70,8 @@ def serving(run: Path, root: Path) -> Iterator[Server]:
     """A server over a copy of ``run`` (in ``root``) until the generator is closed."""
     server = start_server(copy_run(run, root / "run"), root / "cwd")
     yield server
-    stop_server(server)
+    log = stop_server(server)  # Ctrl-C stops it cleanly, and nothing it served was a bug
+    assert server.process.returncode == 0 and "Traceback" not in log, log
 
 
 def copy_run(run: Path, to: Path) -> Path:

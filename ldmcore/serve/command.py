@@ -56,12 +56,16 @@ def serve_command(args: list[str]) -> int:
           f"http://{shown}:{bound}/ - one sampling at a time, results in {service.root}; "
           f"Ctrl-C stops.", flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning",
-                                           access_log=False, lifespan="off"))
+                                           access_log=False, lifespan="off",
+                                           timeout_graceful_shutdown=5))
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn stops on Ctrl-C, then raises it again: the way to stop
+        pass
     finally:
         service.queue.close()
         sock.close()
+    print(f"ldm serve: stopped; results are in {service.root}", flush=True)
     return 0
 
 

@@ -22,7 +22,7 @@ from ldmcore.errors import ConfigError
 from ldmcore.images import check_size
 from ldmcore.schema import Strict
 
-MAX_UPLOAD_BYTES = 16 * 2**20
+MAX_UPLOAD_BYTES = 8 * 2**20
 MAX_SIDE = 4096  # painted maps and images of plugins that accept any size
 FORMATS = {"PNG": ".png", "JPEG": ".jpg"}
 SLOTS = {WidgetKind.LABEL_MAP: ("image",), WidgetKind.IMAGE: ("image",),
