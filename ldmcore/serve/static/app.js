@@ -44,6 +44,7 @@ class CellCanvas {
     this.canvas = el("canvas", {class: "paint", width: w, height: h});
     this.canvas.style.width = `${w * scale}px`;
     this.canvas.style.height = `${h * scale}px`;
+    this.overlay = el("canvas", {width: w, height: h});
     this.background = null;
     this.brush = 1; this.value = 1;
     let down = false;
@@ -67,18 +68,18 @@ class CellCanvas {
   }
   clear() { this.cells.fill(0); this.draw(); }
   draw() {
+    // the cells go to an overlay of their own (never read back from the canvas: an uploaded
+    // image drawn there may not be read), then over the background image, if any
+    const data = this.overlay.getContext("2d").createImageData(this.w, this.h);
+    for (let i = 0; i < this.cells.length; i++) {
+      const rgba = this.colour(this.cells[i]);
+      if (rgba) data.data.set(rgba, 4 * i);
+    }
+    this.overlay.getContext("2d").putImageData(data, 0, 0);
     const ctx = this.canvas.getContext("2d");
     ctx.clearRect(0, 0, this.w, this.h);
     if (this.background) ctx.drawImage(this.background, 0, 0, this.w, this.h);
-    const image = ctx.getImageData(0, 0, this.w, this.h);
-    for (let i = 0; i < this.cells.length; i++) {
-      const rgba = this.colour(this.cells[i]);
-      if (!rgba) continue;
-      const a = rgba[3] / 255;
-      for (let c = 0; c < 3; c++) image.data[4 * i + c] = Math.round(rgba[c] * a + image.data[4 * i + c] * (1 - a));
-      image.data[4 * i + 3] = 255;
-    }
-    ctx.putImageData(image, 0, 0);
+    ctx.drawImage(this.overlay, 0, 0);
   }
   rows() {
     const rows = [];
@@ -202,7 +203,7 @@ const WIDGETS = {
 
   image_mask(p, w) {
     const [h, wd] = w.size;
-    const cells = new CellCanvas(h, wd, (v) => (v ? [255, 0, 0, 160] : null));
+    const cells = new CellCanvas(h, wd, (v) => (v ? [255, 0, 0, 210] : null));
     const upload = el("input", {type: "file", accept: "image/png,image/jpeg", class: "upload"});
     let data = null;
     upload.addEventListener("change", async () => {
