@@ -100,8 +100,10 @@ def screenshot(browser, name: str) -> None:
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                             {"width": 1000, "height": height, "deviceScaleFactor": 1, "mobile": False})
-    browser.save_screenshot(str(Path(SHOTS) / f"{name}.png"))
+    path = Path(SHOTS) / f"{name}.png"
+    browser.save_screenshot(str(path))
     browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    Image.open(path).convert("RGB").quantize(256).save(path, optimize=True)  # small for the docs
 
 
 def test_class_page_gives_the_pixels_of_its_command(browser, class_server, tmp_path) -> None:

@@ -42,6 +42,8 @@ class FieldFailure(LdmError):
 
 
 class SamplingService:
+    """One loaded run serving many pages: checks requests, queues them, describes the run."""
+
     def __init__(self, loaded: LoadedRun, root: Path, max_images: int, queue_size: int,
                  settings: list[str]) -> None:
         self.loaded, self.root, self.max_images = loaded, root, max_images
