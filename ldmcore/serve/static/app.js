@@ -361,7 +361,7 @@ async function submit() {
     const response = await fetch("/api/sample", {method: "POST", headers: {"Content-Type": "application/json"},
                                                  body: JSON.stringify(request())});
     const answer = await response.json();
-    if (!response.ok) { setStatus("refused", "refused", 0); showErrors(answer.error, answer.fields); return; }
+    if (!response.ok) { setStatus("refused", "refused: see the message in red", 0); showErrors(answer.error, answer.fields); return; }
     await follow(answer.id);
   } catch (error) {
     setStatus("failed", "failed", 0);
