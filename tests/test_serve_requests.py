@@ -85,14 +85,16 @@ def test_bad_requests_get_clear_errors_and_touch_nothing(class_server, tmp_path)
     # a value the plugin's network refuses fails the job, not the server, and names the plugin
     job = finished(server, post(server, {"cond": {"class": "12"}, "n": 1}).json())
     assert job["state"] == "failed" and job["plugin"] == "class" and "out of range" in job["error"]
-    for path in ("api/jobs/..%2F..%2Fconfig.yaml", "api/jobs/0001/..%2Fconfig.yaml",
-                 "api/jobs/99999", "api/jobs/0001/samples.json"):
+    for path in ("api/jobs/..%2F..%2Fconfig.yaml", "api/jobs/99999", "api/jobs/99999/grid.png"):
         assert httpx.get(server.url + path, timeout=30).status_code == 404, path
 
     assert server.alive()
     assert files_of(server.run) == before_run and files_of(server.cwd) == before_cwd
     good = finished(server, post(server, {"cond": {"class": "[1, 4]"}, "n": 2, "seed": 7}).json())
     assert good["state"] == "done" and len(good["files"]) == 4  # two rows, as on the command line
+    for name in ("..%2F..%2F..%2Fconfig.yaml", "inputs", "..", "0000.png%00.yaml"):
+        path = f"api/jobs/{good['id']}/{name}"
+        assert httpx.get(server.url + path, timeout=30).status_code == 404, path
     assert_same_images(server, good, run_command(good["command"], tmp_path / "cli"))
 
 
