@@ -29,7 +29,7 @@ def shapes_multi_run(tmp_path_factory):
     """A few-step text + layout + segmap run on shapes scenes (16x16), trained once."""
     from ldmcore.config import load
     from ldmcore.train import train
-    from test_plugins import SMOKE
+    from tests.test_plugins import SMOKE
 
     run = tmp_path_factory.mktemp("shapes_multi") / "run"
     train(load(["experiment=shapes_multi", f"run_dir={run}", *SMOKE]))
@@ -41,8 +41,8 @@ def photos_server(tmp_path_factory):
     """``ldm serve`` over a few-step lowres + inpaint run on photo crops (the image inputs)."""
     from ldmcore.config import load
     from ldmcore.train import train
-    from serve_helpers import serving
-    from test_plugins import SMOKE
+    from tests.serve_helpers import serving
+    from tests.test_plugins import SMOKE
 
     root = tmp_path_factory.mktemp("photos_server")
     run = train(load(["experiment=photos_inpaint", "condition=[lowres,inpaint]",
@@ -54,7 +54,7 @@ def photos_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def class_server(trained_run, tmp_path_factory):
     """``ldm serve`` over a copy of the class run, for the session (stopped with Ctrl-C)."""
-    from serve_helpers import serving
+    from tests.serve_helpers import serving
 
     yield from serving(trained_run, tmp_path_factory.mktemp("class_server"))
 
@@ -62,6 +62,19 @@ def class_server(trained_run, tmp_path_factory):
 @pytest.fixture(scope="session")
 def shapes_server(shapes_multi_run, tmp_path_factory):
     """``ldm serve`` over a copy of the text + layout + segmap run, for the session."""
-    from serve_helpers import serving
+    from tests.serve_helpers import serving
 
     yield from serving(shapes_multi_run, tmp_path_factory.mktemp("shapes_server"))
+
+
+@pytest.fixture(scope="session")
+def pretrained_text_run(tmp_path_factory):
+    """A smoke-size text-to-image run on the shapes scenes (3 steps, float32): the pretrained
+    backbone the gated_attention and decoupled_crossattn plugins are attached to."""
+    from ldmcore.config import load
+    from ldmcore.train import train
+
+    run = tmp_path_factory.mktemp("pretrained_text") / "run"
+    train(load(["experiment=smoke", "data=shapes", "data.channels=3", "trainer.precision=fp32",
+                "condition=[text]", f"run_dir={run}", "trainer.max_steps=3"]))
+    return run

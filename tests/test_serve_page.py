@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_helpers import (assert_same_images, chromium, command_words, pixels, run_command,
-                           start_server, stop_server)
+from tests.serve_helpers import (assert_same_images, chromium, command_words, pixels,
+                                 run_command, start_server, stop_server)
 
 pytestmark = pytest.mark.slow
 

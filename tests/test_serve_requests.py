@@ -19,7 +19,7 @@ from ldmcore.sample import load_for_sampling
 from ldmcore.serve.jobs import Job, JobQueue, QueueFull
 from ldmcore.serve.service import RequestError, SamplingService
 from ldmcore.serve.web_request import WebRequest
-from serve_helpers import assert_same_images, copy_run, pixels, run_command
+from tests.serve_helpers import assert_same_images, copy_run, pixels, run_command
 
 pytestmark = pytest.mark.slow
 
