@@ -9,7 +9,11 @@ import sys
 import pytest
 
 from ldmcore.cli import main
-from ldmcore.serve.command import _loopback
+
+pytest.importorskip("uvicorn", reason="ldm serve needs its extra: pip install -e '.[serve]'")
+pytest.importorskip("fastapi", reason="ldm serve needs its extra: pip install -e '.[serve]'")
+
+from ldmcore.serve.command import _loopback  # noqa: E402
 
 
 @pytest.mark.parametrize("args, words", [

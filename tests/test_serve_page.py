@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serve_helpers import (assert_same_images, chromium, command_words, pixels,
+pytest.importorskip("uvicorn", reason="ldm serve needs its extra: pip install -e '.[serve]'")
+pytest.importorskip("fastapi", reason="ldm serve needs its extra: pip install -e '.[serve]'")
+
+from tests.serve_helpers import (assert_same_images, chromium, command_words, pixels,  # noqa: E402
                                  run_command, start_server, stop_server)
 
 pytestmark = pytest.mark.slow

@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ldmcore.sample import load_for_sampling
-from ldmcore.serve.jobs import Job, JobQueue, QueueFull
-from ldmcore.serve.service import RequestError, SamplingService
-from ldmcore.serve.web_request import WebRequest
-from tests.serve_helpers import assert_same_images, copy_run, pixels, run_command
+pytest.importorskip("uvicorn", reason="ldm serve needs its extra: pip install -e '.[serve]'")
+pytest.importorskip("fastapi", reason="ldm serve needs its extra: pip install -e '.[serve]'")
+
+from ldmcore.sample import load_for_sampling  # noqa: E402
+from ldmcore.serve.jobs import Job, JobQueue, QueueFull  # noqa: E402
+from ldmcore.serve.service import RequestError, SamplingService  # noqa: E402
+from ldmcore.serve.web_request import WebRequest  # noqa: E402
+from tests.serve_helpers import assert_same_images, copy_run, pixels, run_command  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
