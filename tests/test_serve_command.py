@@ -18,10 +18,10 @@ from ldmcore.serve.command import _loopback  # noqa: E402
 
 @pytest.mark.parametrize("args, words", [
     ([], "needs run=RUN_DIR"),
-    (["run=x", "port=http"], "port='http'"),
-    (["run=x", "port=70000"], "0 to 65535"),
-    (["run=x", "max_images=0"], "max_images='0'"),
-    (["run=x", "ema=maybe"], "not a boolean"),
+    (["run=x", "port=http"], "'port': Input should be a valid integer"),
+    (["run=x", "port=70000"], "less than or equal to 65535"),
+    (["run=x", "max_images=0"], "'max_images': Input should be greater than or equal to 1"),
+    (["run=x", "ema=maybe"], "'ema': Input should be a valid boolean"),
     (["run=x", "colour=red"], "unexpected argument 'colour=red'"),
     (["run=x", "host=no.such.host.invalid"], "not an address of this machine"),
 ])

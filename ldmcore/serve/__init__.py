@@ -11,6 +11,7 @@ command line checks them and queued, so one sampling runs at a time; each result
     uploads.py   images the page sends (PNG bytes or painted pixels), checked and saved
     jobs.py      the queue: one worker thread, progress, bounded waiting room
     app.py       the HTTP routes (FastAPI) and the static page
+    options.py   its options (types, defaults, ``ldm serve --help``)
     command.py   ``ldm serve run=RUN host=127.0.0.1 port=7860 ...``
     static/      the page: plain HTML, CSS and JavaScript, nothing fetched from elsewhere
 """

@@ -12,39 +12,30 @@ import errno
 import ipaddress
 import socket
 import sys
-from pathlib import Path
 
 import uvicorn
 
-from ldmcore.arguments import flag, key_values
+from ldmcore.arguments import parse_options
 from ldmcore.errors import ConfigError
 from ldmcore.runfolder import RunFolder
 from ldmcore.sample import load_for_sampling
 from ldmcore.serve.app import create_app
+from ldmcore.serve.options import ServeOptions
 from ldmcore.serve.service import SamplingService
-
-USAGE = ("ldm serve run=RUN_DIR [host=127.0.0.1 port=7860 precision=auto threads=auto "
-         "max_images=16 queue=8 ema=true]")
-KEYS = {"run", "host", "port", "precision", "threads", "max_images", "queue", "ema"}
 
 
 def serve_command(args: list[str]) -> int:
-    opts = key_values(args, KEYS)
-    if "run" not in opts:
-        raise ConfigError(f"ldm serve needs run=RUN_DIR, a trained or imported run; usage: {USAGE}")
-    run = Path(opts["run"])
-    host = opts.get("host", "127.0.0.1")
-    port = _number(opts, "port", 7860, 0, 65535)
-    max_images = _number(opts, "max_images", 16, 1, 1024)
-    queue = _number(opts, "queue", 8, 1, 1000)
-    ema = flag(opts, "ema", True)
-    sock = _bind(host, port)
-    settings = [f"{k}={opts[k]}" for k in ("precision", "threads") if k in opts]
-    loaded = load_for_sampling(run, ema=ema, precision=opts.get("precision", "auto"),
-                               threads=opts.get("threads", "auto"))
-    if not ema:
-        settings.append("ema=false")
-    service = SamplingService(loaded, RunFolder(run).samples / "serve", max_images, queue, settings)
+    if not any(arg.startswith("run=") for arg in args):
+        raise ConfigError("ldm serve needs run=RUN_DIR, a trained or imported run (ldm serve "
+                          "--help lists the other keys).")
+    opts = parse_options(args, ServeOptions)
+    run, host = opts.run, opts.host
+    sock = _bind(host, opts.port)
+    given = opts.model_dump(include={"precision", "threads", "ema"}, exclude_defaults=True)
+    settings = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in given.items()]
+    loaded = load_for_sampling(run, ema=opts.ema, precision=opts.precision, threads=opts.threads)
+    service = SamplingService(loaded, RunFolder(run).samples / "serve", opts.max_images,
+                              opts.queue, settings)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     if not _loopback(host):
@@ -67,13 +58,6 @@ def serve_command(args: list[str]) -> int:
         sock.close()
     print(f"ldm serve: stopped; results are in {service.root}", flush=True)
     return 0
-
-
-def _number(opts: dict[str, str], key: str, default: int, low: int, high: int) -> int:
-    text = opts.get(key, str(default))
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise ConfigError(f"{key}={text!r}: write a whole number from {low} to {high}.")
-    return int(text)
 
 
 def _loopback(host: str) -> bool:

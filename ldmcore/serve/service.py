@@ -20,7 +20,8 @@ from ldmcore.diffusion.sigmas import SigmaKind
 from ldmcore.errors import ConfigError, LdmError
 from ldmcore.registry import default_registry
 from ldmcore.sample import (LoadedRun, PreparedRequest, SampleRequest, condition_rows, generate,
-                            parse_request, parse_values, prepare_request, write_samples)
+                            parse_request, parse_values, prepare_request, sampler_steps,
+                            write_samples)
 from ldmcore.serve.jobs import Job, JobQueue
 from ldmcore.serve.web_request import WebRequest, sample_words, shown_command
 
@@ -121,8 +122,12 @@ class SamplingService:
         return req, prepare_request(self.loaded, req), words
 
     def _sample(self, job: Job, req: SampleRequest, prepared: PreparedRequest) -> list[str]:
-        def progress(fraction: float) -> None:
-            job.progress = fraction
+        total, done = sampler_steps(self.loaded, req, prepared), 0
+
+        def progress(_step: dict[str, Any]) -> None:
+            nonlocal done
+            done += 1
+            job.progress = min(1.0, done / max(1, total))
 
         try:
             images = generate(self.loaded, req, prepared, progress)
