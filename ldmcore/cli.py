@@ -3,6 +3,7 @@
 ::
 
     ldm train experiment=NAME [hydra overrides ...]
+    ldm train -m experiment=NAME KEY=A,B ... [hydra/launcher=joblib sweep.eval=true]
     ldm sample run=RUN_DIR cond.NAME=VALUE [n=8 sampler=dpmpp_2m sigmas=karras steps=20
                guidance=3 guidance.NAME=5 eta=1 init=PNG strength=0.6 mask=PNG seed=0 out=DIR
                precision=auto|fp32|bf16|fp16 threads=auto|N overwrite=true
@@ -41,11 +42,24 @@ def cmd_train(args: list[str]) -> int:
     from ldmcore.config import load
     from ldmcore.train import train
 
+    if any(a in ("-m", "--multirun") for a in args):
+        return cmd_sweep([a for a in args if a not in ("-m", "--multirun")])
     cfg = load(args)
     run = train(cfg)
     print(f"trained: {run.root} (checkpoint {run.last}, samples in {run.samples}, "
           f"metrics in {run.metrics})")
     return 0
+
+
+def cmd_sweep(args: list[str]) -> int:
+    """``ldm train -m``: one run per combination, through Hydra's sweeper and launcher."""
+    from ldmcore.sweep import run_sweep
+
+    summary = run_sweep(args)
+    print(summary.markdown.read_text() if summary.markdown else "", end="")
+    print(f"sweep: {summary.folder} ({len(summary.rows)} runs, {summary.failed} failed; "
+          f"summary.md, summary.csv)")
+    return 0 if summary.rows and not summary.failed else 1
 
 
 def cmd_sample(args: list[str]) -> int:

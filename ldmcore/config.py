@@ -315,10 +315,9 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
     from omegaconf.errors import MissingMandatoryValue
 
     sources = config_sources(registry)
-    groups = {p.name for _, folder in sources for p in folder.iterdir() if p.is_dir()}
     overrides = [_dataset_choice(o, registry) for o in overrides]
-    opened = [_settable(o, groups) for o in overrides]
-    OmegaConf.register_new_resolver("per_precision", per_precision, replace=True)
+    opened = [_settable(o, _groups(sources)) for o in overrides]
+    register_resolvers()
 
     def run(ovr: list[str]) -> dict[str, Any]:
         GlobalHydra.instance().clear()
@@ -350,14 +349,42 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
         raise
     except Exception as exc:  # Hydra's override grammar and merge errors: all user errors here
         msg = " ".join(str(exc).split())
+        if "--multirun" in msg:  # Hydra's "Ambiguous value": a comma list outside a multirun
+            swept = [o for o in overrides if "," in o.partition("=")[2] and "[" not in o]
+            raise ConfigError(
+                f"{swept[0] if swept else 'a value'} is a list of values to sweep over; add -m "
+                f"(ldm train -m {' '.join(overrides)}) to train one run per value, one folder "
+                f"each under a sweep folder. To give a list as one value write KEY=[A,B]; a "
+                f"string with a comma, KEY='A,B'.") from None
         raise ConfigError(f"cannot compose the config from {overrides}: {msg}") from None
+
+
+def hydra_overrides(overrides: list[str], registry: Registry | None = None) -> list[str]:
+    """The command line's overrides as Hydra itself must read them: ``data=NAME`` of a dataset
+    without a config file, ``KEY=VALUE`` as ``++KEY=VALUE``, the plugins' config folders on
+    ``hydra.searchpath``. ``compose`` and a multirun (``ldmcore.sweep``) both read these."""
+    sources = config_sources(registry)
+    opened = [_settable(_dataset_choice(o, registry), _groups(sources)) for o in overrides]
+    return _searchpath_override(opened, sources)
+
+
+def register_resolvers() -> None:
+    """The interpolations ldmcore's configs use (``${per_precision:...}``), in this process."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("per_precision", per_precision, replace=True)
+
+
+def _groups(sources: list[tuple[str, Path]]) -> set[str]:
+    return {p.name for _, folder in sources for p in folder.iterdir() if p.is_dir()}
 
 
 def _settable(override: str, groups: set[str]) -> str:
     """``KEY=VALUE`` as ``++KEY=VALUE`` (set, or add when no YAML file mentions the key), except
-    group choices (``data=shapes``), Hydra's own keys and overrides already prefixed."""
+    group choices (``data=shapes``), Hydra's own keys and groups (``hydra/launcher=joblib``)
+    and overrides already prefixed."""
     key, sep, _ = override.partition("=")
-    if not sep or override.startswith(("+", "~")) or key in groups or key.startswith("hydra."):
+    if not sep or override.startswith(("+", "~")) or key in groups or key.startswith(("hydra.", "hydra/")):
         return override
     return f"++{override}"
 
@@ -405,7 +432,13 @@ def load(overrides: list[str], registry: Registry | None = None) -> ExperimentCo
     fails before any work starts, and come back complete: every plugin key with its value (the
     YAML files hold only differences, but a run records everything it was built with).
     """
-    cfg = validate(compose(overrides, registry))
+    return from_composed(compose(overrides, registry), registry)
+
+
+def from_composed(raw: dict[str, Any], registry: Registry | None = None) -> ExperimentConfig:
+    """Validate a composed, resolved config (``compose``'s, or a multirun job's) as ``load``
+    does: the schema, every plugin section, the sampler and the dataset."""
+    cfg = validate(raw)
     sections = {name: conf.model_dump(mode="json")
                 for name, (_, conf) in resolve_conditions(cfg, registry).items()}
     cfg = cfg.model_copy(update={"conditions": sections})

@@ -25,7 +25,8 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
                          "ldmcore.checkpoint", "ldmcore.distributed", "ldmcore.parallel",
                          "ldmcore.nn", "ldmcore.data", "ldmcore.diffusion", "ldmcore.eval.pixels",
                          "ldmcore.eval.shapes", "ldmcore.eval.digits", "ldmcore.eval.metric",
-                         "ldmcore.hardware", "ldmcore.arguments", "ldmcore.stopping")),
+                         "ldmcore.hardware", "ldmcore.arguments", "ldmcore.stopping",
+                         "ldmcore.curves")),
     ("plugin contract", ("ldmcore.conditioning",)),
     ("guidance and plans", ("ldmcore.diffusion.guidance", "ldmcore.diffusion.plan")),
     ("model", ("ldmcore.model",)),
@@ -35,7 +36,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("runs", ("ldmcore.runfolder",)),
     ("commands", ("ldmcore.attach", "ldmcore.train", "ldmcore.train_autoencoder",
                   "ldmcore.sample", "ldmcore.eval", "ldmcore.interop", "ldmcore.testing",
-                  "ldmcore.scaffold", "ldmcore.doctor")),
+                  "ldmcore.scaffold", "ldmcore.doctor", "ldmcore.sweep", "ldmcore.sweep_summary")),
     ("command line", ("ldmcore.cli", "ldmcore.__init__")),
 ]
 
