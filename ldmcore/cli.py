@@ -74,6 +74,7 @@ def cmd_eval(args: list[str]) -> int:
     """Score a run with the metrics its condition plugins register: samples of held-out
     conditions when its dataset has a held-out split, else a folder of ``ldm sample`` output
     (``samples=DIR``, default ``RUN_DIR/samples/final``); see ``ldmcore.eval.tasks``."""
+    from ldmcore.eval.record import record_eval
     from ldmcore.eval.tasks import evaluate_folder, evaluate_run
     from ldmcore.registry import default_registry
     from ldmcore.runfolder import run_config
@@ -102,11 +103,12 @@ def cmd_eval(args: list[str]) -> int:
         scored = run / "eval_grid.png"
     report = run / "eval.json"
     report.write_text(json.dumps(metrics, indent=1))
+    record_eval(run, metrics)  # metrics.jsonl (stage eval, the checkpoint's step) and plots/
     for key, value in metrics.items():
         shown = f"{value:.4f}" if isinstance(value, float) else (
             json.dumps(value) if isinstance(value, (dict, list)) else value)
         print(f"{key:32s} {shown}")
-    print(f"report: {report}; samples: {scored}")
+    print(f"report: {report}; samples: {scored}; plots: {run / 'plots'}")
     return 0
 
 

@@ -21,6 +21,7 @@ from ldmcore.conditioning import EncoderConfig
 from ldmcore.diffusion.schedule import BetaSchedule, Prediction
 from ldmcore.errors import ConfigError, PluginClash, nearest
 from ldmcore.hardware import choose_precision
+from ldmcore.loggers import LoggerSpec
 from ldmcore.registry import Registry, default_registry
 from ldmcore.sampling import SamplerConfig, sampling_plan
 from ldmcore.schema import Strict, format_validation_error
@@ -158,6 +159,10 @@ class TrainerConfig(Strict):
         "auto", description="auto (or null): the cores no other process is using, re-checked "
                             "while training; N: exactly N (ldmcore/hardware/threads.py)")
     log_every: int = Field(50, ge=1)
+    loggers: tuple[str, ...] = Field(
+        (), description="registered loggers fed every metrics.jsonl record, the sample grids and "
+                        "the hyper-parameters: tensorboard (RUN_DIR/tensorboard), or a plugin's "
+                        "(hook register_loggers); metrics.jsonl is written either way")
     sample_every: int = Field(0, ge=0, description="0 = only at the end")
     checkpoint_every: int = Field(500, ge=1)
     keep_checkpoints: int = Field(2, ge=0, description="periodic step_N files kept besides last")
@@ -447,7 +452,25 @@ def from_composed(raw: dict[str, Any], registry: Registry | None = None) -> Expe
         (registry or default_registry()).dataset(cfg.data.name)
     except ConfigError as err:
         raise ConfigError(f"config key 'data.name': {err}") from None
+    logger_specs(cfg, registry)
     return cfg
+
+
+def logger_specs(cfg: ExperimentConfig, registry: Registry | None = None) -> list[LoggerSpec]:
+    """The registered loggers ``trainer.loggers`` names, each checked to be able to run here."""
+    registry = registry or default_registry()
+    specs = []
+    for name in cfg.trainer.loggers:
+        try:
+            spec = registry.logger(name)
+        except ConfigError as err:
+            raise ConfigError(f"config key 'trainer.loggers': {err}") from None
+        why = spec.missing() if spec.missing else None
+        if why:
+            raise ConfigError(f"trainer.loggers names {name!r}, but {why}; or drop it from "
+                              f"trainer.loggers (metrics.jsonl and the plots are written anyway).")
+        specs.append(spec)
+    return specs
 
 
 def resolve_conditions(cfg: ExperimentConfig, registry: Registry | None = None) -> dict[str, tuple[type, EncoderConfig]]:

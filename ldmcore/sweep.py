@@ -33,6 +33,7 @@ from ldmcore.arguments import flag, key_values
 from ldmcore.config import conf_dir, from_composed, hydra_overrides, load, register_resolvers
 from ldmcore.curves import final_figures, read_records
 from ldmcore.errors import ConfigError, LdmError
+from ldmcore.eval.record import record_eval
 from ldmcore.eval.tasks import evaluate_run
 from ldmcore.registry import Registry, default_registry
 from ldmcore.sweep_summary import SweepSummary, write_summary
@@ -69,6 +70,7 @@ class TrainJob:
             if self.eval_n:
                 report = evaluate_run(run_dir, n=self.eval_n, out=run_dir)
                 (run_dir / "eval.json").write_text(json.dumps(report, indent=1))
+                record_eval(run_dir, report)
             record.update(status="completed",
                           objective=final_figures(read_records(run_dir / "metrics.jsonl")).get("loss"))
         except LdmError as err:  # a user error or a diverged run ends this job, not the sweep
