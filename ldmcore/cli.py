@@ -7,8 +7,10 @@
     ldm sample run=RUN_DIR cond.NAME=VALUE [n=8 sampler=dpmpp_2m sigmas=karras steps=20
                guidance=3 guidance.NAME=5 eta=1 init=PNG strength=0.6 mask=PNG seed=0 out=DIR
                precision=auto|fp32|bf16|fp16 threads=auto|N overwrite=true
-               conditions.NAME.KEY=VALUE]
-    ldm eval run=RUN_DIR [samples=DIR | n=64 steps=50 seed=0 average=1 precision=auto threads=auto]
+               conditions.NAME.KEY=VALUE]   (comma lists, e.g. guidance=1,3,5 sampler=euler,ddim:
+               a grid per combination and a contact sheet)
+    ldm eval run=RUN_DIR [samples=DIR | n=64 steps=50 seed=0 average=1 precision=auto threads=auto
+             sampler=NAME guidance=G]   (comma lists, e.g. guidance=1,3,5: every combination)
     ldm plugins [--json]
     ldm doctor [--json]
     ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]
@@ -64,43 +66,41 @@ def cmd_sweep(args: list[str]) -> int:
 
 def cmd_sample(args: list[str]) -> int:
     from ldmcore.sample import parse_request, run_sampling
+    from ldmcore.sample_sweep import run_sample_sweep, sample_lists
 
+    if sample_lists(args):  # guidance=1,3,5 ...: a grid per combination and a contact sheet
+        out = run_sample_sweep(args)
+        print(f"samples: {out} (a folder per combination, contact_sheet.png, sweep.json)")
+        return 0
     out = run_sampling(parse_request(args))
     print(f"samples: {out} (grid.png, samples.json)")
     return 0
 
 
+EVAL_KEYS = {"run", "samples", "n", "steps", "seed", "average", "precision", "threads", "sampler",
+             "guidance"}
+
+
 def cmd_eval(args: list[str]) -> int:
     """Score a run with the metrics its condition plugins register: samples of held-out
     conditions when its dataset has a held-out split, else a folder of ``ldm sample`` output
-    (``samples=DIR``, default ``RUN_DIR/samples/final``); see ``ldmcore.eval.tasks``."""
+    (``samples=DIR``, default ``RUN_DIR/samples/final``); see ``ldmcore.eval.tasks``. Comma
+    lists (``guidance=1,3,5``) score every combination (``ldmcore.eval.sweep``)."""
     from ldmcore.eval.record import record_eval
-    from ldmcore.eval.tasks import evaluate_folder, evaluate_run
-    from ldmcore.registry import default_registry
-    from ldmcore.runfolder import run_config
+    from ldmcore.eval.sweep import eval_lists, run_eval_sweep
 
-    opts = key_values(args, {"run", "samples", "n", "steps", "seed", "average", "precision", "threads"})
+    if eval_lists(args):
+        out, table = run_eval_sweep(args, EVAL_KEYS | {"out"}, _evaluate)
+        print(table, end="")
+        print(f"report: {out} (a folder per combination, contact_sheet.png, summary.md, summary.csv)")
+        return 0
+    opts = key_values(args, EVAL_KEYS)
     if "run" not in opts:
         raise ConfigError("ldm eval needs run=RUN_DIR (and optionally samples=DIR, a folder of "
                           "`ldm sample` output, default RUN_DIR/samples/final when the run's "
                           "data has no held-out split; else n=64 steps=... seed=0 average=1).")
     run = Path(opts["run"])
-    held_out = default_registry().dataset(run_config(run).data.name).held_out is not None
-    if "samples" in opts or not held_out:
-        folder = Path(opts.get("samples", run / "samples" / "final"))
-        metrics, scored = evaluate_folder(run, folder), folder
-    else:
-        try:
-            n, seed, average = int(opts.get("n", 64)), int(opts.get("seed", 0)), int(opts.get("average", 1))
-            steps = int(opts["steps"]) if "steps" in opts else None
-        except ValueError:
-            raise ConfigError("ldm eval: n, steps, seed and average must be integers.") from None
-        if n < 1 or average < 1:
-            raise ConfigError(f"ldm eval: n={n} and average={average} must be at least 1 (average=K "
-                              f"also scores the mean of K samples per condition).")
-        metrics = evaluate_run(run, n=n, steps=steps, seed=seed, out=run, average=average,
-                               precision=opts.get("precision", "auto"), threads=opts.get("threads", "auto"))
-        scored = run / "eval_grid.png"
+    metrics, scored = _evaluate(opts, run)
     report = run / "eval.json"
     report.write_text(json.dumps(metrics, indent=1))
     record_eval(run, metrics)  # metrics.jsonl (stage eval, the checkpoint's step) and plots/
@@ -110,6 +110,34 @@ def cmd_eval(args: list[str]) -> int:
         print(f"{key:32s} {shown}")
     print(f"report: {report}; samples: {scored}; plots: {run / 'plots'}")
     return 0
+
+
+def _evaluate(opts: dict[str, str], out: Path) -> tuple[dict, Path]:
+    """One evaluation of ``ldm eval`` options; a held-out grid is written into ``out``.
+    Returns the report and what was scored."""
+    from ldmcore.eval.tasks import evaluate_folder, evaluate_run
+    from ldmcore.registry import default_registry
+    from ldmcore.runfolder import run_config
+
+    run = Path(opts["run"])
+    held_out = default_registry().dataset(run_config(run).data.name).held_out is not None
+    if "samples" in opts or not held_out:
+        folder = Path(opts.get("samples", run / "samples" / "final"))
+        return evaluate_folder(run, folder), folder
+    try:
+        n, seed, average = int(opts.get("n", 64)), int(opts.get("seed", 0)), int(opts.get("average", 1))
+        steps = int(opts["steps"]) if "steps" in opts else None
+        guidance = float(opts["guidance"]) if "guidance" in opts else None
+    except ValueError:
+        raise ConfigError("ldm eval: n, steps, seed and average must be integers, guidance a "
+                          "number.") from None
+    if n < 1 or average < 1:
+        raise ConfigError(f"ldm eval: n={n} and average={average} must be at least 1 (average=K "
+                          f"also scores the mean of K samples per condition).")
+    metrics = evaluate_run(run, n=n, steps=steps, seed=seed, out=out, average=average,
+                           precision=opts.get("precision", "auto"), threads=opts.get("threads", "auto"),
+                           sampler=opts.get("sampler"), guidance=guidance)
+    return metrics, out / "eval_grid.png"
 
 
 def cmd_plugins(args: list[str]) -> int:

@@ -8,13 +8,13 @@ shows the overrides that differ between jobs (the swept ones); the CSV has every
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ldmcore.curves import final_figures, read_records
+from ldmcore.tables import markdown, write_csv
 
 FIGURES = ("steps", "loss", "loss_smoothed", "lr", "time_s", "images_per_s")
 
@@ -62,27 +62,20 @@ def write_summary(folder: Path) -> SweepSummary:
     figures = _figure_columns(summary.rows)
     summary.markdown = folder / "summary.md"
     summary.markdown.write_text(markdown_table(summary, figures))
-    summary.csv = folder / "summary.csv"
-    with summary.csv.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["job", "run", "status", *every, *figures, "error"])
-        for r in summary.rows:
-            writer.writerow([r["job"], r["run"], r["status"], *(r["overrides"].get(k, "") for k in every),
-                             *(r.get(k, "") for k in figures), r.get("error", "")])
+    summary.csv = write_csv(folder / "summary.csv", ["job", "run", "status", *every, *figures, "error"],
+                            [[r["job"], r["run"], r["status"], *(r["overrides"].get(k, "") for k in every),
+                              *(r.get(k) for k in figures), r.get("error")] for r in summary.rows])
     return summary
 
 
 def markdown_table(summary: SweepSummary, figures: list[str]) -> str:
     """The jobs as a Markdown table: swept overrides, then figures (4 significant digits)."""
     head = ["job", *summary.swept, "status", *figures]
+    rows = [[r["job"], *(r["overrides"].get(k, "") for k in summary.swept), r["status"],
+             *(r.get(k) for k in figures)] for r in summary.rows]
     lines = [f"# Sweep {summary.folder}", "",
              f"{len(summary.rows)} jobs, {summary.failed} failed; every override of every job: "
-             f"summary.csv.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in summary.rows:
-        cells = [str(r["job"]), *(r["overrides"].get(k, "") for k in summary.swept), r["status"],
-                 *(_shown(r.get(k)) for k in figures)]
-        lines.append("| " + " | ".join(cells) + " |")
+             f"summary.csv.", "", *markdown(head, rows)]
     errors = [f"- job {r['job']}: {r['error']}" for r in summary.rows if r.get("error")]
     return "\n".join(lines + ([""] + errors if errors else [])) + "\n"
 
@@ -100,9 +93,3 @@ def _as_dict(overrides: list[str]) -> dict[str, str]:
         key, _, value = o.partition("=")
         out[key.lstrip("+~")] = value
     return out
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)

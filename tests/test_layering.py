@@ -27,7 +27,8 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
                          "ldmcore.eval.shapes", "ldmcore.eval.digits", "ldmcore.eval.metric",
                          "ldmcore.hardware", "ldmcore.arguments", "ldmcore.stopping",
                          "ldmcore.curves", "ldmcore.plots", "ldmcore.loggers",
-                         "ldmcore.grid_sidecar")),
+                         "ldmcore.grid_sidecar", "ldmcore.combinations", "ldmcore.contact_sheet",
+                         "ldmcore.tables")),
     ("plugin contract", ("ldmcore.conditioning",)),
     ("guidance and plans", ("ldmcore.diffusion.guidance", "ldmcore.diffusion.plan")),
     ("model", ("ldmcore.model",)),
@@ -37,7 +38,8 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("runs", ("ldmcore.runfolder",)),
     ("commands", ("ldmcore.attach", "ldmcore.train", "ldmcore.train_autoencoder",
                   "ldmcore.sample", "ldmcore.eval", "ldmcore.interop", "ldmcore.testing",
-                  "ldmcore.scaffold", "ldmcore.doctor", "ldmcore.sweep", "ldmcore.sweep_summary")),
+                  "ldmcore.scaffold", "ldmcore.doctor", "ldmcore.sweep", "ldmcore.sweep_summary",
+                  "ldmcore.sample_sweep")),
     ("command line", ("ldmcore.cli", "ldmcore.__init__")),
 ]
 

@@ -34,6 +34,7 @@ from ldmcore.images import read_image, save_grid
 from ldmcore.model import LatentDiffusion
 from ldmcore.registry import Registry, default_registry
 from ldmcore.runfolder import load_run
+from ldmcore.sampling import sampling_plan
 
 
 def held_out_batch(cfg: Any, n: int, registry: Registry | None = None) -> dict[str, Any]:
@@ -68,14 +69,18 @@ def condition_scores(metrics: list[tuple[str, MetricSpec]], images: torch.Tensor
 
 def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int = 0,
                  out: Path | None = None, average: int = 1, precision: str = "auto",
-                 threads: int | str = "auto", registry: Registry | None = None) -> dict[str, Any]:
-    """Sample ``n`` held-out conditions with the run's own plan and score them."""
+                 threads: int | str = "auto", registry: Registry | None = None,
+                 sampler: str | None = None, guidance: float | None = None) -> dict[str, Any]:
+    """Sample ``n`` held-out conditions with the run's own plan (or its ``sampler``,
+    ``steps`` and ``guidance`` changed) and score them."""
     cfg, model, _ = load_run(run_dir, registry)
     mixed = choose(precision, threads, next(model.unet.parameters()).device).precision
+    plan = model.sampling if steps is None else model.sampling.but(steps=steps)  # the run's own
+    if sampler is not None or guidance is not None:
+        plan = sampling_plan(cfg.sampler, registry, where="", name=sampler, steps=steps, guidance=guidance)
     torch.manual_seed(seed)  # random holes of the inpaint plugin
     batch = held_out_batch(cfg, n, registry)
     values = model.conditioner.resolve(batch)
-    plan = model.sampling if steps is None else model.sampling.but(steps=steps)  # the run's own
 
     def draw(k: int) -> torch.Tensor:
         """Samples of noise seed ``seed + k`` for every held-out condition."""
