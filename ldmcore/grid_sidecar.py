@@ -3,8 +3,8 @@
 
 Cell ``i`` (row ``i // nrow``, column ``i % nrow``) is conditioned on data item ``i`` and starts
 from the latent noise of seed ``seed + i``; the sampler's own random numbers come from seed
-``seed``, as in ``ldm sample`` (so with the final weights, ``ldm sample`` with the same
-conditions as a list, ``n=1`` and ``seed=SEED`` draws the final grid again). Each condition is
+``seed``, as in ``ldm sample`` (so ``ldm sample`` with the same conditions as a list, ``n=1``
+and ``seed=SEED`` draws the final grid again from the final weights). Each condition is
 recorded as JSON: numbers, text and small tensors (a class label, a caption, layout boxes) as
 values; large tensors (a semantic map, an image) by their shape, the data item naming them.
 """

@@ -32,7 +32,7 @@ from typing import Any
 from ldmcore.arguments import flag, key_values
 from ldmcore.config import conf_dir, from_composed, hydra_overrides, load, register_resolvers
 from ldmcore.curves import final_figures, read_records
-from ldmcore.errors import ConfigError, LdmError
+from ldmcore.errors import ConfigError, Interrupted, LdmError
 from ldmcore.eval.record import record_eval
 from ldmcore.eval.tasks import evaluate_run
 from ldmcore.registry import Registry, default_registry
@@ -43,6 +43,15 @@ MULTIRUN_FLAGS = ("-m", "--multirun")
 SWEEP_OPTIONS = {"sweep.eval", "sweep.eval_n"}
 JOBS = "jobs"  # SWEEP/jobs/N.json: one record per job, written by the job itself
 CHECKED_JOBS = 64  # the most job configs validated before any job starts
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """A job stopped by a signal. A ``KeyboardInterrupt``, so it passes the ``except Exception``
+    with which Hydra's ``run_job`` records a failed job, and stops the launcher's loop."""
+
+    def __init__(self, error: Interrupted) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,10 @@ class TrainJob:
                 record_eval(run_dir, report)
             record.update(status="completed",
                           objective=final_figures(read_records(run_dir / "metrics.jsonl")).get("loss"))
+        except Interrupted as err:  # Ctrl-C or SIGTERM stops the sweep, not just this job
+            record.update(status="stopped", error=str(err), objective=None)
+            _write_json(run_dir.parent / JOBS / f"{num}.json", record)
+            raise SweepInterrupted(err) from None
         except LdmError as err:  # a user error or a diverged run ends this job, not the sweep
             record.update(status="failed", error=str(err), objective=None)
         _write_json(run_dir.parent / JOBS / f"{num}.json", record)
@@ -108,6 +121,9 @@ def run_sweep(args: list[str], registry: Registry | None = None) -> SweepSummary
             _claim_sweep_dir(folder)
             hydra.multirun(config_name="config", task_function=task,
                            overrides=[*ovr, f"hydra.sweep.dir={_quoted(str(folder))}"])
+    except SweepInterrupted as stop:  # the jobs that ran keep their runs and their rows
+        write_summary(folder)
+        raise stop.error from None
     except HydraException as exc:  # composing the sweep (a launcher or sweeper not installed, ...)
         raise ConfigError(f"cannot run the sweep {' '.join(overrides)}: {' '.join(str(exc).split())} "
                           f"(installed sweepers and launchers: {_installed_plugins()}).") from None

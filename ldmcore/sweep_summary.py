@@ -9,6 +9,7 @@ shows the overrides that differ between jobs (the swept ones); the CSV has every
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def collect(folder: Path) -> SweepSummary:
         rows.append(row)
     keys = list(dict.fromkeys(k for r in rows for k in r["overrides"]))
     swept = [k for k in keys if len({r["overrides"].get(k) for r in rows}) > 1]
-    return SweepSummary(folder, rows, swept)
+    return SweepSummary(folder, rows, swept or keys)  # one job (a sweep stopped early): all
 
 
 def write_summary(folder: Path) -> SweepSummary:
@@ -74,10 +75,17 @@ def markdown_table(summary: SweepSummary, figures: list[str]) -> str:
     rows = [[r["job"], *(r["overrides"].get(k, "") for k in summary.swept), r["status"],
              *(r.get(k) for k in figures)] for r in summary.rows]
     lines = [f"# Sweep {summary.folder}", "",
-             f"{len(summary.rows)} jobs, {summary.failed} failed; every override of every job: "
-             f"summary.csv.", "", *markdown(head, rows)]
+             f"{_counted(summary.rows)}; every override of every job: summary.csv.", "",
+             *markdown(head, rows)]
     errors = [f"- job {r['job']}: {r['error']}" for r in summary.rows if r.get("error")]
     return "\n".join(lines + ([""] + errors if errors else [])) + "\n"
+
+
+def _counted(rows: list[dict[str, Any]]) -> str:
+    """``4 jobs: 3 completed, 1 failed``."""
+    statuses = Counter(str(r["status"]) for r in rows)
+    jobs = f"{len(rows)} job{'s' if len(rows) != 1 else ''}"
+    return f"{jobs}: " + ", ".join(f"{n} {status}" for status, n in statuses.items())
 
 
 def _figure_columns(rows: list[dict[str, Any]]) -> list[str]:

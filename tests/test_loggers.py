@@ -210,3 +210,22 @@ def test_a_torn_last_line_of_a_killed_run_is_skipped(tmp_path) -> None:
     path.write_text('{"stage": "diffusion", "step": 2, "loss": 0.5}\n'
                     '{"stage": "diffusion", "step": 4, "loss": NaN}\n{"stage": "diffu')
     assert series(read_records(path), "diffusion", "loss") == ([2], [0.5])
+
+
+def test_the_final_grid_sidecar_reproduces_the_grid_with_ldm_sample(logged_run, tmp_path) -> None:
+    """The sidecar's conditions and seeds, given to ``ldm sample`` (n=1, the run's seed, fp32
+    like the run), draw the final training grid again, pixel for pixel."""
+    from ldmcore.sample import parse_request, run_sampling
+
+    run, _, _ = logged_run
+    side = json.loads((run / "samples" / "step_6.json").read_text())
+    classes = json.dumps([c["conditions"]["class"] for c in side["samples"]]).replace(" ", "")
+    out = run_sampling(parse_request([f"run={run}", f"cond.class={classes}", "n=1",
+                                      f"seed={side['sampler_seed']}", "precision=fp32",
+                                      "threads=1", f"out={tmp_path / 'again'}"]))
+    grid = np.asarray(Image.open(run / "samples" / "step_6.png"))
+    for cell in side["samples"]:
+        image = np.asarray(Image.open(out / f"{cell['cell']:04d}.png"))
+        size = image.shape[0]
+        top, left = 2 + cell["row"] * (size + 2), 2 + cell["col"] * (size + 2)  # grid pad 2
+        assert np.array_equal(grid[top:top + size, left:left + size], image)

@@ -131,4 +131,27 @@ def test_a_failed_job_is_reported_and_the_others_run(tmp_path: Path) -> None:
     assert jobs["++trainer.batch_size=8"]["status"] == "completed"
     failed = jobs["++trainer.batch_size=64"]
     assert failed["status"] == "failed" and "trainer.batch_size=64" in failed["error"]
-    assert "1 failed" in (folder / "summary.md").read_text()
+    assert "2 jobs: 1 completed, 1 failed" in (folder / "summary.md").read_text()
+
+
+def test_a_signal_stops_the_whole_sweep_and_keeps_what_ran(tmp_path: Path, monkeypatch) -> None:
+    """SIGTERM (a scheduler's) in job 0 stops the sweep there, with the signal's exit status;
+    the stopped run is kept to resume, later jobs never start, and the summary says so."""
+    import signal
+
+    from ldmcore import train as train_module
+    from reliability import run_cli
+
+    def interrupted_stage_1(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(train_module, "train_autoencoder", interrupted_stage_1)
+    folder = tmp_path / "sweep"
+    out = run_cli("train", "-m", "experiment=smoke", "trainer.lr=1e-3,5e-4", f"hydra.sweep.dir={folder}")
+    assert out.escaped is None and out.code == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in out.paragraph
+    assert json.loads((folder / "jobs" / "0.json").read_text())["status"] == "stopped"
+    assert not (folder / "jobs" / "1.json").exists() and not (folder / "1").exists()
+    assert (folder / "0" / ".ldmcore-run").is_file()
+    assert "1 job: 1 stopped" in (folder / "summary.md").read_text()
+    assert "| 0 | smoke | 0.001 | stopped |" in (folder / "summary.md").read_text()
