@@ -42,10 +42,11 @@ USAGE = __doc__.split("::", 1)[1].split("Errors", 1)[0].rstrip() + "\n"
 
 def cmd_train(args: list[str]) -> int:
     from ldmcore.config import load
+    from ldmcore.sweep import MULTIRUN_FLAGS
     from ldmcore.train import train
 
-    if any(a in ("-m", "--multirun") for a in args):
-        return cmd_sweep([a for a in args if a not in ("-m", "--multirun")])
+    if any(a in MULTIRUN_FLAGS for a in args):
+        return _train_sweep([a for a in args if a not in MULTIRUN_FLAGS])
     cfg = load(args)
     run = train(cfg)
     print(f"trained: {run.root} (checkpoint {run.last}, samples in {run.samples}, "
@@ -53,7 +54,7 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
-def cmd_sweep(args: list[str]) -> int:
+def _train_sweep(args: list[str]) -> int:
     """``ldm train -m``: one run per combination, through Hydra's sweeper and launcher."""
     from ldmcore.sweep import run_sweep
 

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-SMOOTHING = 0.9  # the weight of the past in the smoothed loss (TensorBoard's slider default 0.6..0.99)
+SMOOTHING = 0.6  # the weight of the past in the smoothed loss (the default of TensorBoard's slider)
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -28,15 +28,16 @@ def write_plots(run_dir: Path) -> list[Path]:
     records = read_records(run_dir / "metrics.jsonl")
     out = run_dir / FOLDER
     written = []
+    title = f"{run_dir.parent.name}/{run_dir.name}"  # runs/demo, or a sweep's demo_sweep/3
     steps, losses = series(records, "diffusion", "loss")
     if steps:
-        written.append(_loss_plot(steps, losses, out / "loss.png", run_dir.name))
+        written.append(_loss_plot(steps, losses, out / "loss.png", title))
     steps, lrs = series(records, "diffusion", "lr")
     if steps:
-        written.append(_line_plot(steps, lrs, out / "lr.png", "learning rate", run_dir.name))
+        written.append(_line_plot(steps, lrs, out / "lr.png", "learning rate", title))
     keys = eval_keys(records)
     if keys:
-        written.append(_eval_plot(records, keys, out / "eval.png", run_dir.name))
+        written.append(_eval_plot(records, keys, out / "eval.png", title))
     return written
 
 
@@ -47,6 +48,10 @@ def _figure(rows: int = 1) -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in fig.axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
@@ -55,10 +60,15 @@ def _save(fig: Any, path: Path) -> Path:
 def _loss_plot(steps: list[int], losses: list[float], path: Path, title: str) -> Path:
     fig = _figure()
     ax = fig.add_subplot()
-    ax.plot(steps, losses, color="tab:blue", alpha=0.35, linewidth=1, label="loss")
+    ax.plot(steps, losses, color="tab:blue", alpha=0.45, linewidth=1, label="loss")
     ax.plot(steps, smoothed(losses), color="tab:blue", linewidth=2, label="smoothed")
     if min(losses) > 0 and max(losses) / min(losses) > 10:
-        ax.set_yscale("log")
+        from matplotlib.ticker import FuncFormatter, LogLocator
+
+        ax.set_yscale("log")  # ticks at 2, 3, 5 x 10^k too: a loss often spans a decade or two
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2, 3, 5)))
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.set(xlabel="step", ylabel="diffusion loss", title=f"{title}: loss")
     ax.legend()
     ax.grid(alpha=0.3)

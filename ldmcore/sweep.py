@@ -108,6 +108,10 @@ def run_sweep(args: list[str], registry: Registry | None = None) -> SweepSummary
 
     registry = registry or default_registry()
     options, overrides = split_sweep_options(args)
+    if any(o.partition("=")[0].lstrip("+") == "run_dir" for o in overrides):
+        raise ConfigError("run_dir= names one run folder, but a sweep trains each job in its own: "
+                          "hydra.sweep.dir/N (default runs/NAME_sweep/DATE_TIME/N). Drop run_dir "
+                          "and set the sweep's folder with hydra.sweep.dir=PATH.")
     task = TrainJob(eval_n=_eval_n(options))
     _check_jobs(overrides, registry, needs_held_out=task.eval_n > 0)
     ovr = hydra_overrides(overrides, registry)

@@ -155,3 +155,24 @@ def test_a_signal_stops_the_whole_sweep_and_keeps_what_ran(tmp_path: Path, monke
     assert (folder / "0" / ".ldmcore-run").is_file()
     assert "1 job: 1 stopped" in (folder / "summary.md").read_text()
     assert "| 0 | smoke | 0.001 | stopped |" in (folder / "summary.md").read_text()
+
+
+def test_sweep_eval_puts_each_runs_ldm_eval_figures_in_the_summary(tmp_path: Path) -> None:
+    from reliability import run_cli
+
+    folder = tmp_path / "sweep"
+    out = run_cli("train", "-m", "experiment=smoke", "data=shapes", "data.channels=3",
+                  "condition=[layout]", "data.limit=32", "trainer.max_steps=1", "trainer.lr=1e-3,5e-4",
+                  "sweep.eval=true", "sweep.eval_n=2", f"hydra.sweep.dir={folder}")
+    assert out.escaped is None and out.code == 0, out.paragraph
+    with (folder / "summary.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2
+    for row in rows:
+        report = json.loads((Path(row["run"]) / "eval.json").read_text())
+        assert report["samples"] == 2
+        assert float(row["eval.layout_mean_iou"]) == report["layout_mean_iou"]
+    refused = run_cli("train", "-m", "experiment=smoke", "trainer.lr=1e-3,5e-4", "sweep.eval=true",
+                      f"hydra.sweep.dir={tmp_path / 'digits'}")
+    assert refused.code == 2 and "held-out" in refused.paragraph
+    assert not (tmp_path / "digits").exists()
