@@ -192,8 +192,10 @@ def _sweep_dir(hydra: Any, overrides: list[str]) -> Path:
 def _claim_sweep_dir(folder: Path) -> None:
     """A sweep folder is new, or empty: two sweeps in one folder would mix their jobs."""
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise ConfigError(f"the sweep folder {str(folder)!r} already holds {'a file' if not folder.is_dir() else 'files'}; "
-                          f"name a new one with hydra.sweep.dir=PATH (or another name=).")
+        held = "files" if folder.is_dir() else "a file"
+        raise ConfigError(f"the sweep folder {str(folder)!r} already holds {held}, and two sweeps "
+                          f"in one folder would mix their jobs; name a new or empty one with "
+                          f"hydra.sweep.dir=PATH.")
 
 
 def _quoted(text: str) -> str:
