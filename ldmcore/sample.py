@@ -23,6 +23,7 @@ import torch
 from pydantic import Field, ValidationError
 from PIL import Image
 
+from ldmcore.conditioning import read_value
 from ldmcore.diffusion.plan import SamplingPlan
 from ldmcore.diffusion.sigmas import SigmaKind, Spacing
 from ldmcore.errors import ConfigError, LdmError, nearest
@@ -103,10 +104,11 @@ def parse_request(args: list[str]) -> SampleRequest:
 
 
 def condition_rows(model: LatentDiffusion, cond: dict[str, str]) -> list[dict[str, Any]]:
-    """Expand ``cond`` strings into one dict of parsed values per grid row.
+    """Expand ``cond`` strings into one dict of plain values (``read_value``) per grid row.
 
     A value written as a JSON list (``[0,1,2]`` or ``["a","b"]``) gives one row per item;
-    several lists must have the same length; single values apply to every row.
+    several lists must have the same length; single values apply to every row. Each string is
+    decoded here, once: plugins' ``parse`` and ``samples.json`` receive the decoded values.
     """
     encoders = model.conditioner.encoders
     unknown = [k for k in cond if k not in encoders]
@@ -130,28 +132,24 @@ def condition_rows(model: LatentDiffusion, cond: dict[str, str]) -> list[dict[st
     return [{k: (v[0] if len(v) == 1 else v[r]) for k, v in lists.items()} for r in range(rows)]
 
 
-def _rows_of(key: str, text: str, list_value: bool) -> list[str]:
-    """One string per row. A JSON list gives a row per item; for plugins whose single value is
-    itself a JSON list (``list_value``, e.g. layout boxes), rows need one more level of list.
+def _rows_of(key: str, text: str, list_value: bool) -> list[Any]:
+    """One plain value per row. A JSON list gives a row per item; for plugins whose single value
+    is itself a JSON list (``list_value``, e.g. layout boxes), rows need one more level of list.
     A list of bare words (``[a red circle, a blue square]``) splits at its commas."""
-    if not text.startswith("["):
-        return [text]
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError:
-        if list_value:
-            return [text]
-        if not text.endswith("]") or text.count("[") != 1 or text.count("]") != 1:
-            raise ConfigError(f"cond.{key}={text!r} opens a list that is not closed (or nests "
-                              f"brackets); write one item per grid row, e.g. cond.{key}=[0,1,2] "
-                              f"or cond.{key}='[\"a cat\",\"a dog\"]'.") from None
-        return [s.strip() for s in text[1:-1].split(",") if s.strip()]
-    if not isinstance(items, list):
-        return [text]
-    if list_value:
-        nested = items and isinstance(items[0], list) and items[0] and isinstance(items[0][0], list)
-        return [json.dumps(i) for i in items] if nested else [text]
-    return [i if isinstance(i, str) else json.dumps(i) for i in items]
+    value = read_value(text)
+    if isinstance(value, list):
+        if not list_value:
+            return value
+        nested = value and isinstance(value[0], list) and value[0] and isinstance(value[0][0], list)
+        return value if nested else [value]
+    if not text.startswith("[") or list_value:
+        return [value]
+    if not text.endswith("]") or text.count("[") != 1 or text.count("]") != 1:
+        raise ConfigError(f"cond.{key}={text!r} opens a list that is not closed (or nests "
+                          f"brackets); write one item per grid row, e.g. cond.{key}=[0,1,2] "
+                          f"or cond.{key}='[\"a cat\",\"a dog\"]'.")
+    return [s.strip() for s in text[1:-1].split(",") if s.strip()]
+
 
 def request_plan(req: SampleRequest, model: LatentDiffusion, cfg: Any,
                  registry: Registry | None = None) -> SamplingPlan:
@@ -186,28 +184,34 @@ def load_image(path: Path, size: int, channels: int, what: str = "init") -> torc
     return (t[None] if channels == 1 else t.permute(2, 0, 1))[None]
 
 
-def parse_values(encoders: dict[str, Any], rows: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """Each row's condition strings through their plugin's ``parse``, once per distinct string.
+def parse_values(encoders: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row's plain values through their plugin's ``parse``, once per distinct value.
     Whatever a plugin raises on a user's value is that value's error (named, exit 2), and a
     parsed value holding NaN or infinity is refused before it can give blank images."""
     parsed: dict[tuple[str, str], Any] = {}
     for row in rows:
-        for name, text in row.items():
-            if (name, text) in parsed:
+        for name, value in row.items():
+            key = (name, json.dumps(value, sort_keys=True))
+            if key in parsed:
                 continue
             try:
-                value = encoders[name].parse(text)
+                result = encoders[name].parse(value)
             except LdmError:
                 raise
             except Exception as exc:  # a value the plugin cannot read is the user's input error
-                raise ConfigError(f"cond.{name}={text!r} cannot be read by the {name!r} plugin "
-                                  f"({type(exc).__name__}: {exc}); see `ldm plugins` and the "
-                                  f"plugin's documentation for the values it takes.") from None
-            if not _finite(value):
-                raise ConfigError(f"cond.{name}={text!r} holds NaN or infinity; give finite "
-                                  f"numbers.")
-            parsed[(name, text)] = value
-    return [{k: parsed[(k, v)] for k, v in row.items()} for row in rows]
+                raise ConfigError(f"cond.{name}={_shown(value)} cannot be read by the {name!r} "
+                                  f"plugin ({type(exc).__name__}: {exc}); see `ldm plugins` and "
+                                  f"the plugin's documentation for the values it takes.") from None
+            if not _finite(result):
+                raise ConfigError(f"cond.{name}={_shown(value)} holds NaN or infinity; give "
+                                  f"finite numbers.")
+            parsed[key] = result
+    return [{k: parsed[(k, json.dumps(v, sort_keys=True))] for k, v in row.items()} for row in rows]
+
+
+def _shown(value: Any) -> str:
+    """A plain value as the person wrote it, quoted for an error message."""
+    return repr(value if isinstance(value, str) else json.dumps(value))
 
 
 def _finite(value: Any) -> bool:
@@ -249,8 +253,8 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
                           f"images; one request makes at most {MAX_IMAGES} (they are held in "
                           f"memory); lower n or split the list over several requests.")
     encoders = model.conditioner.encoders
-    texts: list[dict[str, str]] = [row for row in rows for _ in range(req.n)]
-    values = parse_values(encoders, texts)
+    plain: list[dict[str, Any]] = [row for row in rows for _ in range(req.n)]
+    values = parse_values(encoders, plain)
     images = []
     for start in range(0, len(values), req.batch):
         chunk = values[start:start + req.batch]
@@ -263,11 +267,11 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
     images_t = torch.cat(images)
     make_output_folder(out)
     records = []
-    for i, (image, row) in enumerate(zip(images_t, texts)):
+    for i, (image, row) in enumerate(zip(images_t, plain)):
         name = f"{i:04d}.png"
         save_png(image, out / name)
         records.append({"file": name, "seed": req.seed + i, "row": i // req.n,
-                        "conditions": {k: _plain(v) for k, v in row.items()}})
+                        "conditions": row})
     save_grid(images_t, out / "grid.png", nrow=req.n)
     (out / "samples.json").write_text(json.dumps({
         "run": str(req.run), **plan.record(), "init": None if req.init is None else str(req.init),
@@ -275,15 +279,3 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
         "mask": None if req.mask is None else str(req.mask),
         **hardware.record(), "ema": req.ema, "samples": records}, indent=1, allow_nan=False))
     return out
-
-
-def _plain(text: str) -> Any:
-    """A condition string as strict JSON would read it (``"3"`` -> 3), else the string itself
-    (``NaN`` and ``Infinity`` are not JSON numbers: they stay strings)."""
-    def refuse(constant: str) -> Any:
-        raise ValueError(constant)
-
-    try:
-        return json.loads(text, parse_constant=refuse)
-    except ValueError:  # JSONDecodeError is a ValueError
-        return text

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from ldmcore import checkpoint
 from ldmcore.build import backbone_spec, build_autoencoder, build_dataset, build_model, frozen_encoder
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, Conditioner,
-                                  EncoderConfig, Injection, Tokens)
+                                  EncoderConfig, Injection, Tokens, read_value)
 from ldmcore.config import load, validate
 from ldmcore.data.datasets import collate
 from ldmcore.diffusion.guidance import Guidance
@@ -218,11 +218,13 @@ class _Context:
         except Exception as exc:
             raise _Broken(f"{what} raised {type(exc).__name__}: {exc}") from None
 
-    def cli_values(self, bad: bool = False) -> list[str]:
+    def cli_values(self, bad: bool = False) -> list[Any]:
+        """The case's command-line strings as ``parse`` receives them: decoded once by
+        ``read_value``, as ``ldm sample`` decodes ``cond.<name>=...``."""
         values = self.case.bad_cli_values if bad else self.case.cli_values
         if callable(values):
             values = values(self.tmp)
-        return [str(v) for v in values]
+        return [read_value(str(v)) for v in values]
 
 
 def _parts(out: ConditionOutput) -> dict[Injection, tuple[torch.Tensor, torch.Tensor | None]]:

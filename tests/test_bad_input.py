@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ldmcore.conditioning import BackboneSpec
+from ldmcore.conditioning import BackboneSpec, read_value
 from ldmcore.errors import ConfigError
 from ldmcore.images import read_image, read_label_map
 from ldmcore.registry import default_registry
@@ -145,10 +145,12 @@ def test_a_layout_box_holding_nan_is_refused():
     spec = BackboneSpec(latent_channels=4, latent_size=(8, 8), context_dim=32, image_channels=3,
                         image_size=(32, 32))
     layout = cls(cls.Config(), spec)
-    ok = parse_values({"layout": layout}, [{"layout": "[[0.1,0.1,0.5,0.5,0]]"}])
+    ok = parse_values({"layout": layout}, [{"layout": read_value("[[0.1,0.1,0.5,0.5,0]]")}])
     assert torch.equal(ok[0]["layout"][0], torch.tensor([[0.1, 0.1, 0.5, 0.5]]))
-    with pytest.raises(ConfigError, match="NaN or infinity"):
-        parse_values({"layout": layout}, [{"layout": "[[0.1,NaN,0.5,0.5,0]]"}])
+    with pytest.raises(ConfigError, match="NaN or infinity"):  # 1e999 is JSON, and infinite
+        parse_values({"layout": layout}, [{"layout": read_value("[[0.1,1e999,0.5,0.5,0]]")}])
+    with pytest.raises(ConfigError, match="not a JSON list of boxes"):  # NaN is not JSON
+        parse_values({"layout": layout}, [{"layout": read_value("[[0.1,NaN,0.5,0.5,0]]")}])
 
 
 def test_a_run_whose_weights_hold_nan(here, trained_run):

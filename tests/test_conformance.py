@@ -147,10 +147,10 @@ class Good(ConditionEncoder):
         return {Injection.VECTOR: self.null_vector.expand(batch_size, -1)}
 
     @classmethod
-    def parse(cls, text):
-        if not text.isdigit() or int(text) > 9:
-            raise ConfigError(f"cond.good={text!r} is not a digit.")
-        return torch.tensor(int(text))
+    def parse(cls, value):
+        if not str(value).isdigit() or int(value) > 9:
+            raise ConfigError(f"cond.good={value!r} is not a digit.")
+        return torch.tensor(int(value))
 
 
 def case_of(cls: type, **kw) -> PluginCase:
@@ -247,8 +247,8 @@ class UnsavedNull(Good):
 
 class ParseRaisesValueError(Good):
     @classmethod
-    def parse(cls, text):
-        return torch.tensor(int(text))  # "x" raises ValueError: a traceback, not exit status 2
+    def parse(cls, value):
+        return torch.tensor(int(value))  # "x" raises ValueError: a traceback, not exit status 2
 
 
 class NothingToTrain(Good):

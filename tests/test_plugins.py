@@ -111,7 +111,7 @@ def test_input_keys_come_from_each_plugins_config_and_a_value_under_its_name_win
 
 def test_layout_parses_json_boxes_with_names_or_indices() -> None:
     enc = LayoutEncoder(LayoutConfig(), SPEC)
-    boxes, labels = enc.parse('[[0.1,0.2,0.3,0.4,"square"],[0.5,0.5,0.9,0.9,2]]')
+    boxes, labels = enc.parse([[0.1, 0.2, 0.3, 0.4, "square"], [0.5, 0.5, 0.9, 0.9, 2]])
     assert torch.allclose(boxes, torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.9, 0.9]]))
     assert labels.tolist() == [1, 2]
     with pytest.raises(ConfigError, match="cond.layout"):
@@ -120,9 +120,9 @@ def test_layout_parses_json_boxes_with_names_or_indices() -> None:
 
 def test_layout_names_come_from_the_model_config() -> None:
     enc = LayoutEncoder(LayoutConfig(num_classes=2, class_names=("person", "dog")), SPEC)
-    assert enc.parse('[[0.1,0.2,0.3,0.4,"dog"]]')[1].tolist() == [1]
+    assert enc.parse([[0.1, 0.2, 0.3, 0.4, "dog"]])[1].tolist() == [1]
     with pytest.raises(ConfigError, match="person, dog"):
-        enc.parse('[[0.1,0.2,0.3,0.4,"circle"]]')
+        enc.parse([[0.1, 0.2, 0.3, 0.4, "circle"]])
 
 
 def test_lowres_concat_is_the_resized_image_and_the_level_is_a_vector() -> None:

@@ -1,4 +1,4 @@
-"""The plugin host (ldmcore/registry.py) and the condition contract (ldmcore/conditioning.py).
+"""The plugin host (ldmcore/registry.py) and the condition contract (ldmcore/conditioning/).
 
 Registry tests use the real ``ldmcore`` entry-point group (the built-in ``class`` plugin is
 installed through it) plus fake entry points for the failure cases. Conditioner tests use tiny

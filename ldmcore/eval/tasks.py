@@ -127,11 +127,6 @@ def evaluate_folder(run_dir: Path, folder: Path, registry: Registry | None = Non
                           f"{', '.join(encoders) or '(none)'} on data {cfg.data.name!r} without "
                           f"held-out data items; `ldm plugins` lists what each package registers.")
     images = torch.stack([read_image(folder / r["file"], cfg.data.channels, "samples") for r in records])
-    values = {k: enc.collate([enc.parse(_text(r["conditions"][k])) for r in records])
+    values = {k: enc.collate([enc.parse(r["conditions"][k]) for r in records])
               for k, enc in encoders.items()}
     return condition_scores(metrics, images, values, {})
-
-
-def _text(value: Any) -> str:
-    """A condition as ``samples.json`` records it, back in its command-line form."""
-    return value if isinstance(value, str) else json.dumps(value)

@@ -6,7 +6,7 @@ unconditional branch of guidance is trained by label dropout and saved with the 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -60,9 +60,11 @@ class ClassEncoder(ConditionEncoder):
         return self._emit(torch.full((batch_size,), self.config.num_classes, dtype=torch.long))
 
     @classmethod
-    def parse(cls, text: str) -> torch.Tensor:
+    def parse(cls, value: Any) -> torch.Tensor:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return torch.tensor(value)
         try:
-            return torch.tensor(int(str(text).strip()))
+            return torch.tensor(int(str(value).strip()))
         except ValueError:
-            raise ConfigError(f"cond.class={text!r} is not a class label; write an integer "
+            raise ConfigError(f"cond.class={value!r} is not a class label; write an integer "
                               f"such as cond.class=3, or a list such as cond.class=[0,1,2].") from None

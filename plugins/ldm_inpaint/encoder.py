@@ -119,11 +119,11 @@ class InpaintEncoder(ConditionEncoder):
         return torch.stack([v[0] for v in values]), torch.stack([v[1] for v in values])
 
     @classmethod
-    def parse(cls, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def parse(cls, value: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """``IMAGE.png,MASK.png``: the mask's white pixels are the hole."""
-        parts = [p for p in text.split(",") if p.strip()]
+        parts = [p for p in str(value).split(",") if p.strip()]
         if len(parts) != 2:
-            raise ConfigError(f"cond.inpaint={text!r}: write IMAGE.png,MASK.png (white mask pixels "
+            raise ConfigError(f"cond.inpaint={value!r}: write IMAGE.png,MASK.png (white mask pixels "
                               f"are filled in, black ones kept).")
         image = read_image(parts[0], 3, "cond.inpaint image")
         mask = (read_image(parts[1], 1, "cond.inpaint mask") > 0).float()

@@ -94,21 +94,24 @@ class LayoutEncoder(ConditionEncoder):
     def collate(self, values: list[Any]) -> list[Any]:
         return list(values)
 
-    def parse(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """JSON: ``[[x0, y0, x1, y1, "circle"], [x0, y0, x1, y1, 2], ...]``: a label by index, or
-        by name from this model's ``class_names`` (an instance method: the names are config)."""
+    def parse(self, value: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """A list of boxes ``[[x0, y0, x1, y1, "circle"], [x0, y0, x1, y1, 2], ...]``: a label by
+        index, or by name from this model's ``class_names`` (an instance method: the names are
+        config)."""
         names = self.config.class_names
         try:
-            items = json.loads(text)
+            if not isinstance(value, list):
+                raise TypeError("not a list")
             boxes, labels = [], []
-            for item in items:
+            for item in value:
                 *coords, label = item
                 boxes.append([float(c) for c in coords])
                 labels.append(names.index(label) if isinstance(label, str) else int(label))
             boxes_t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         # RuntimeError: a box of other than 4 coordinates (the reshape)
-        except (json.JSONDecodeError, ValueError, TypeError, RuntimeError):
-            raise ConfigError(f"cond.layout={text!r} is not a JSON list of boxes; write e.g. "
+        except (ValueError, TypeError, RuntimeError):
+            shown = value if isinstance(value, str) else json.dumps(value)
+            raise ConfigError(f"cond.{self.name}={shown!r} is not a JSON list of boxes; write e.g. "
                               f"'[[0.1,0.1,0.5,0.5,\"circle\"],[0.6,0.2,0.9,0.6,\"square\"]]' "
                               f"(labels: {', '.join(names)} or their indices).") from None
         return boxes_t, torch.tensor(labels, dtype=torch.long)

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -187,9 +187,9 @@ class LowresEncoder(ConditionEncoder):
                 Injection.VECTOR: self._level(torch.full((batch_size,), -1.0, device=device))}
 
     @classmethod
-    def parse(cls, text: str) -> torch.Tensor:
+    def parse(cls, value: Any) -> torch.Tensor:
         """A PNG/JPEG path; read as RGB (averaged to grey for one-channel models)."""
-        return read_image(text, 3, "cond.lowres")
+        return read_image(str(value), 3, "cond.lowres")
 
 
 def consistent(images: torch.Tensor, low: torch.Tensor) -> torch.Tensor:

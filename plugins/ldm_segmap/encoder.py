@@ -8,6 +8,8 @@ constant, saved with the weights.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -64,5 +66,6 @@ class SegmapEncoder(ConditionEncoder):
         return {Injection.CONCAT: self.null_map.view(1, -1, 1, 1).expand(batch_size, -1, h, w)}
 
     @classmethod
-    def parse(cls, text: str) -> torch.Tensor:
-        return read_label_map(text, "cond.segmap")
+    def parse(cls, value: Any) -> torch.Tensor:
+        """A PNG path: a single-channel map of class indices."""
+        return read_label_map(str(value), "cond.segmap")

@@ -112,8 +112,9 @@ class EdgesEncoder(ConditionEncoder):
         return {Injection.CONCAT: self.null_map.expand(batch_size, -1, -1, -1)}
 
     @classmethod
-    def parse(cls, text: str) -> torch.Tensor:
-        return load_edge_map(text.strip())
+    def parse(cls, value: Any) -> torch.Tensor:
+        """A PNG path: the edge map (white = edge)."""
+        return load_edge_map(str(value).strip())
 
     def collate(self, values: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([self._fit(v[None].float()) for v in values])

@@ -1,214 +1,24 @@
-"""The condition-encoder contract and the Conditioner that routes encoder outputs.
+"""The Conditioner: runs every enabled encoder and routes its outputs by declared injection.
 
-A condition plugin is a ``ConditionEncoder`` subclass. It declares, explicitly:
-
-* ``name`` - the key it reads from a batch and from a sampling request;
-* ``injections`` - the ways it *can* feed the backbone; ``output_specs()`` says which it *does*
-  feed for its config, and the shape of each (routing is declared, never guessed from rank);
-* ``Config`` - its own pydantic model (unknown keys are errors) with a ``drop_prob`` for
-  classifier-free guidance;
-* ``null()`` - the unconditional value used by guidance and train-time dropout;
-* ``parse()`` - how a command-line string becomes a value;
-* ``trainable`` - frozen encoders run under ``no_grad``.
-
-The ``Conditioner`` runs every enabled encoder, applies per-plugin dropout, and joins outputs:
-cross-attention tokens along the sequence axis (with key-padding masks, so encoders may emit
-different token counts), concat maps along channels, vectors along features. The backbone's
-input channels, context width and vector width are derived from the specs here.
+It applies per-plugin dropout and joins outputs: cross-attention tokens along the sequence axis
+(with key-padding masks, so encoders may emit different token counts), concat maps along
+channels, vectors along features. The backbone's input channels, context width and vector width
+are derived from the encoders' specs here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from collections.abc import Iterator
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ldmcore.errors import ConfigError, PluginError
+from ldmcore.conditioning.encoder import ConditionEncoder
+from ldmcore.conditioning.injection import ConditionOutput, Conditioning, Injection, Tokens
+from ldmcore.errors import PluginError
 from ldmcore.randomness import BatchRandom, as_batch_random
-
-
-class Injection(str, enum.Enum):
-    """How a condition reaches the UNet."""
-
-    CROSSATTN = "crossattn"  # tokens used as keys/values of cross-attention
-    CONCAT = "concat"  # channels concatenated to z_t at latent resolution
-    VECTOR = "vector"  # a vector projected and added to the timestep embedding
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """What the backbone tells a plugin at build time (it never imports training code)."""
-
-    latent_channels: int
-    latent_size: tuple[int, int]
-    context_dim: int  # width every cross-attention token must have
-    image_channels: int
-    image_size: tuple[int, int]
-    # the frozen first stage, images in [-1, 1] -> scaled latents (e.g. for an inpainting plugin)
-    encode: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
-    root: Path | None = None  # folder that relative paths in plugin configs resolve against (a run's)
-    trusted_paths: frozenset[str] = frozenset()  # paths the user gave on the command line
-
-    def local_path(self, value: str | Path, key: str) -> Path:
-        """A file or folder named in a plugin's config (``key`` is its config path).
-
-        While a model is built for training (``root`` unset) the user wrote the value: it is
-        used as given. While a run is loaded (``root`` set) the value was read from the run's
-        checkpoint metadata, which is data: it must resolve inside the run folder, unless the
-        user gave it on the command line (``trusted_paths``), so a checkpoint can never point
-        the program at a folder of its choosing.
-        """
-        path = Path(value).expanduser()
-        if self.root is None or str(value) in self.trusted_paths:
-            return path
-        full = (self.root / path).resolve()
-        if not full.is_relative_to(self.root.resolve()):
-            raise ConfigError(f"{key}={str(value)!r} in the checkpoint of {str(self.root)!r} "
-                              f"points outside the run folder; a path read from a checkpoint is "
-                              f"only followed inside its run. Copy that folder into the run and "
-                              f"name it relative to the run, or give it yourself: ldm sample "
-                              f"run={str(self.root)} {key}=PATH.")
-        return full
-
-
-@dataclass(frozen=True)
-class OutputSpec:
-    """Shape of one output of an encoder, per sample (batch axis excluded).
-
-    crossattn: ``(tokens, context_dim)``; concat: ``(channels, H, W)`` at latent resolution;
-    vector: ``(dim,)``.
-    """
-
-    injection: Injection
-    shape: tuple[int, ...]
-
-
-@dataclass
-class Tokens:
-    """Cross-attention tokens with a key-padding mask (True = attend)."""
-
-    values: torch.Tensor  # (B, N, D)
-    mask: torch.Tensor  # (B, N) bool
-
-    def __post_init__(self) -> None:
-        if self.mask.dtype != torch.bool:
-            self.mask = self.mask.bool()
-
-
-ConditionOutput = dict[Injection, "torch.Tensor | Tokens"]
-
-
-class EncoderConfig(BaseModel):
-    """Base of every plugin's config: unknown keys are errors, and so are NaN and infinity."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    drop_prob: float = Field(0.1, ge=0.0, le=1.0, description="train-time probability of null")
-
-
-class ConditionEncoder(nn.Module):
-    """Base class of condition plugins. Subclasses set the class attributes and implement
-    ``output_specs``, ``forward`` and ``null``; ``parse`` has a sensible default."""
-
-    name: ClassVar[str]
-    injections: ClassVar[tuple[Injection, ...]]
-    Config: ClassVar[type[EncoderConfig]] = EncoderConfig
-    trainable: ClassVar[bool] = True
-    list_value: ClassVar[bool] = False  # a single CLI value is itself a JSON list (e.g. boxes)
-
-    def __init__(self, config: EncoderConfig, backbone: BackboneSpec) -> None:
-        super().__init__()
-        self.config = config
-        self.backbone = backbone
-        self._random: BatchRandom | None = None
-
-    def random(self) -> BatchRandom:
-        """The source of this call's train-time randomness (augmentation, random holes, noise
-        levels). Draw every random number through it (``randn``, ``rand``, ``randint``, first axis
-        = local batch): the ``Conditioner`` hands in the training step's seeded generator, so a
-        resumed run draws the same numbers and N data-parallel processes draw the rows one process
-        would. Outside a training step it falls back to torch's global generator."""
-        return self._random if self._random is not None else BatchRandom()
-
-    def output_specs(self) -> dict[Injection, OutputSpec]:
-        """Which injections this instance feeds, and the per-sample shape of each."""
-        raise NotImplementedError
-
-    def forward(self, value: Any) -> ConditionOutput:
-        """Encode a batch of values (as collated from the dataset) into outputs per injection."""
-        raise NotImplementedError
-
-    def null(self, batch_size: int) -> ConditionOutput:
-        """The unconditional outputs for ``batch_size`` samples (same shapes as ``forward``)."""
-        raise NotImplementedError
-
-    def batch_value(self, batch: dict[str, Any]) -> Any:
-        """This condition's value in a batch (default ``batch[name]``). Override to derive it,
-        e.g. a low-resolution plugin reading ``batch["image"]``; sampling passes values by name
-        (``cond.<name>=...``), so a deriving plugin returns ``batch[name]`` when present. Raise
-        ``KeyError`` if absent."""
-        return batch[self.name]
-
-    def finish(self, images: torch.Tensor, value: Any) -> torch.Tensor:
-        """Post-process decoded samples (default: unchanged), e.g. paste back known pixels."""
-        return images
-
-    @property
-    def provides_base(self) -> bool:
-        """Whether ``base()`` gives a first estimate of the clean latents (default False).
-        At most one enabled plugin may; the model then diffuses the residual (see ``base``)."""
-        return False
-
-    def base(self, value: Any) -> torch.Tensor:
-        """A first estimate of the clean latents from a batch of values, (B, latent_channels,
-        *latent_size) in the first stage's scaled latent space: e.g. the bicubic upsampling of a
-        low-resolution image, or a hole filled from its border. Called only when
-        ``provides_base`` is True, never dropped or nulled (it is not a network input but the
-        origin of the space the diffusion runs in): the model diffuses
-        ``residual_scale * (z_0 - base)`` and adds the base back after sampling, so an untrained
-        denoiser already returns the base, and training spends itself on what the base misses
-        (residual diffusion, as SRDiff, Li et al. 2022, and ResShift, Yue et al. 2023)."""
-        raise NotImplementedError(f"plugin {self.name!r} says provides_base but has no base()")
-
-    @classmethod
-    def parse(cls, text: str) -> Any:
-        """Turn a command-line string into one value of this condition (default: the string).
-        Override as a classmethod, or as a plain method when parsing needs the instance's config
-        (layout's class names); ``ldm sample`` always calls it on the built encoder."""
-        return text
-
-    def collate(self, values: list[Any]) -> Any:
-        """Join single values (as returned by ``parse``) into a batch for ``forward``."""
-        if all(isinstance(v, torch.Tensor) for v in values):
-            return torch.stack(values)
-        return values
-
-
-@dataclass
-class Conditioning:
-    """Routed conditions for one UNet call; each field is None when no plugin feeds it."""
-
-    context: torch.Tensor | None = None  # (B, N, context_dim)
-    context_mask: torch.Tensor | None = None  # (B, N) bool
-    concat: torch.Tensor | None = None  # (B, C, h, w)
-    vector: torch.Tensor | None = None  # (B, D)
-
-    @staticmethod
-    def cat(parts: list[Conditioning]) -> Conditioning:
-        """Stack several conditionings along the batch axis (for batched guidance)."""
-
-        def join(field: str) -> torch.Tensor | None:
-            values = [getattr(p, field) for p in parts]
-            return None if values[0] is None else torch.cat(values)
-
-        return Conditioning(*(join(f) for f in ("context", "context_mask", "concat", "vector")))
 
 
 class Conditioner(nn.Module):
