@@ -356,11 +356,12 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
         msg = " ".join(str(exc).split())
         if "--multirun" in msg:  # Hydra's "Ambiguous value": a comma list outside a multirun
             swept = [o for o in overrides if "," in o.partition("=")[2] and "[" not in o]
+            kept = [o for o in overrides if o.partition("=")[0].lstrip("+") != "run_dir"]
             raise ConfigError(
                 f"{swept[0] if swept else 'a value'} is a list of values to sweep over; add -m "
-                f"(ldm train -m {' '.join(overrides)}) to train one run per value, one folder "
-                f"each under a sweep folder. To give a list as one value write KEY=[A,B]; a "
-                f"string with a comma, KEY='A,B'.") from None
+                f"(ldm train -m {' '.join(kept)}) to train one run per value, one folder each "
+                f"under a sweep folder (hydra.sweep.dir=PATH, not run_dir). To give a list as "
+                f"one value write KEY=[A,B]; a string with a comma, KEY='A,B'.") from None
         raise ConfigError(f"cannot compose the config from {overrides}: {msg}") from None
 
 
