@@ -1,7 +1,7 @@
 """ldmcore: latent diffusion (Rombach et al. 2022) with a fixed backbone and plugin conditions."""
 
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, Conditioner, Conditioning,
-                                  EncoderConfig, Injection, OutputSpec, Tokens)
+                                  EncoderConfig, Injection, OutputSpec, Residual, Tokens)
 from ldmcore.errors import LdmError
 from ldmcore.hookspecs import hookimpl
 
@@ -17,5 +17,6 @@ def from_pretrained(path, **options):
 
 __all__ = [
     "BackboneSpec", "ConditionEncoder", "Conditioner", "Conditioning", "EncoderConfig",
-    "Injection", "LdmError", "OutputSpec", "Tokens", "from_pretrained", "hookimpl", "__version__",
+    "Injection", "LdmError", "OutputSpec", "Residual", "Tokens", "from_pretrained", "hookimpl",
+    "__version__",
 ]

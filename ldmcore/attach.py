@@ -8,9 +8,17 @@ step 0 with the new conditions present:
 * concat plugins widen the UNet's input convolution: the new input channels get zero weights;
 * vector plugins widen ``label_emb``'s first layer with zero columns, or, when the backbone had no
   vector input, get a fresh ``label_emb`` whose last layer is zero;
+* residual plugins (ControlNet, T2I-Adapter) add feature maps at the UNet's taps through
+  zero-initialised last layers, and own every parameter they add (a ControlNet's copy of the
+  encoder half is made from the pretrained UNet by ``init_from_backbone``, called here once the
+  pretrained weights are in); the backbone's tensors are not touched at all;
 * cross-attention plugins append their tokens to the context. This is *not* output-preserving:
-  softmax attention renormalises over the added keys, so the pretrained output moves at step 0
-  (a zero-gated separate attention, as in IP-Adapter/GLIGEN, would be needed for that).
+  softmax attention renormalises over the added keys, so the pretrained output moves at step 0.
+  Plugins that must leave it unchanged use ``gated_attention`` (GLIGEN: a gated self-attention
+  per transformer block, gates shut) or ``decoupled_crossattn`` (IP-Adapter: a key/value path
+  beside each cross-attention, value projection zero); their layers are the plugin's own
+  parameters, so the encoder's state (and its plugin file) carries them and nothing here
+  widens the backbone for them.
 
 ``trainer.train_only=[plugins]`` trains the plugins' encoders and the new backbone slices only;
 a gradient mask keeps the pretrained input-conv channels fixed (AdamW without weight decay then
@@ -104,6 +112,8 @@ def attach_pretrained(model: LatentDiffusion, run_dir: Path) -> Attachment:
     if att.new_label_emb:
         own[f"{VEC_OUT}.weight"].zero_()
         own[f"{VEC_OUT}.bias"].zero_()
+    for name in att.new_plugins:  # e.g. a ControlNet copies the pretrained encoder half
+        model.conditioner.encoders[name].init_from_backbone(model.unet)
     return att
 
 

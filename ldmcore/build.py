@@ -15,13 +15,14 @@ import torch
 from torch.utils.data import Dataset
 
 from ldmcore import checkpoint
-from ldmcore.conditioning import BackboneSpec, Conditioner
+from ldmcore.conditioning import BackboneSpec, ConditionEncoder, Conditioner, EncoderConfig
 from ldmcore.config import AutoencoderConfig, ExperimentConfig, resolve_conditions
 from ldmcore.diffusion.schedule import NoiseSchedule
 from ldmcore.errors import ConfigError
 from ldmcore.model import LatentDiffusion, derive_unet_shape
 from ldmcore.nn.autoencoder import AutoencoderKL, AutoencoderShape
 from ldmcore.nn.pixel_space import FirstStage, PixelSpace
+from ldmcore.nn.taps import residual_taps
 from ldmcore.nn.unet import UNetModel, UNetShape
 from ldmcore.registry import Registry, default_registry
 from ldmcore.sampling import sampling_plan
@@ -59,7 +60,9 @@ def backbone_spec(cfg: ExperimentConfig, root: Path | None = None,
     channels = autoencoder_shape(cfg.autoencoder, cfg.data.channels).latent_channels
     return BackboneSpec(latent_channels=channels, latent_size=latent,
                         context_dim=cfg.model.unet.context_dim, image_channels=cfg.data.channels,
-                        image_size=(size, size), root=root, trusted_paths=trusted_paths)
+                        image_size=(size, size), root=root, trusted_paths=trusted_paths,
+                        residual_taps=residual_taps(base_unet_shape(cfg), latent),
+                        transformer_blocks=base_unet_shape(cfg).transformer_blocks())
 
 
 def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
@@ -68,8 +71,20 @@ def build_conditioner(cfg: ExperimentConfig, registry: Registry | None = None,
     spec = backbone_spec(cfg, root, trusted_paths)
     if autoencoder is not None:
         spec = replace(spec, encode=frozen_encoder(autoencoder))
-    encoders = {name: cls(config, spec) for name, (cls, config) in resolve_conditions(cfg, registry).items()}
+    encoders = {name: instance(cls, name, config, spec)
+                for name, (cls, config) in resolve_conditions(cfg, registry).items()}
     return Conditioner(encoders)
+
+
+def instance(cls: type[ConditionEncoder], name: str, config: EncoderConfig, spec: BackboneSpec
+             ) -> ConditionEncoder:
+    """Plugin ``cls`` built as the instance ``name`` (its own name, or another when a config
+    section enables a second instance): ``self.name`` is then the instance's, so it reads
+    ``cond.<instance>=`` and ``batch[<instance>]``."""
+    enc = cls(config, spec)
+    if name != cls.name:
+        enc.name = name
+    return enc
 
 
 def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,
@@ -80,16 +95,9 @@ def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,
     check_shapes(cfg)
     autoencoder = autoencoder if autoencoder is not None else build_autoencoder(cfg)
     conditioner = build_conditioner(cfg, registry, autoencoder, root, trusted_paths)
-    u = cfg.model.unet
     latent = backbone_spec(cfg).latent_size
-    base = UNetShape(in_channels=0, out_channels=0, model_channels=u.model_channels,
-                     channel_mult=u.channel_mult, num_res_blocks=u.num_res_blocks,
-                     attention_levels=u.attention_levels, middle_attention=u.middle_attention,
-                     num_head_channels=u.num_head_channels, num_heads=u.num_heads, transformer_depth=u.transformer_depth,
-                     use_linear_in_transformer=u.use_linear_in_transformer,
-                     norm_groups=u.norm_groups, dropout=u.dropout,
-                     vector_projection=u.vector_projection, cross_only_levels=u.cross_only_levels)
-    shape = derive_unet_shape(base, autoencoder.shape.latent_channels, conditioner, u.context_dim)
+    shape = derive_unet_shape(base_unet_shape(cfg), autoencoder.shape.latent_channels, conditioner,
+                              cfg.model.unet.context_dim)
     d = cfg.model.diffusion
     schedule = NoiseSchedule.build(d.schedule, d.timesteps, d.beta_start, d.beta_end,
                                    zero_terminal_snr=d.zero_terminal_snr)
@@ -100,6 +108,20 @@ def build_model(cfg: ExperimentConfig, autoencoder: FirstStage | None = None,
                           f"conditions.inpaint.base=blur_fill) or leave residual_scale at 1.")
     return LatentDiffusion(autoencoder, UNetModel(shape), conditioner, schedule, latent, d.prediction,
                            d.snr_gamma, d.residual_scale, sampling_plan(cfg.sampler, registry))
+
+
+def base_unet_shape(cfg: ExperimentConfig) -> UNetShape:
+    """The UNet's shape as configured, before the enabled plugins fill in its condition widths
+    (input channels, context and vector widths: ``derive_unet_shape``)."""
+    u = cfg.model.unet
+    return UNetShape(in_channels=0, out_channels=0, model_channels=u.model_channels,
+                     channel_mult=u.channel_mult, num_res_blocks=u.num_res_blocks,
+                     attention_levels=u.attention_levels, middle_attention=u.middle_attention,
+                     num_head_channels=u.num_head_channels, num_heads=u.num_heads,
+                     transformer_depth=u.transformer_depth,
+                     use_linear_in_transformer=u.use_linear_in_transformer,
+                     norm_groups=u.norm_groups, dropout=u.dropout,
+                     vector_projection=u.vector_projection, cross_only_levels=u.cross_only_levels)
 
 
 def build_dataset(name: str, limit: int | None = None, registry: Registry | None = None,

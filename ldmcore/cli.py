@@ -14,6 +14,7 @@
     ldm plugins [--json]
     ldm doctor [--json]
     ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]
+    ldm import CONTROLNET_OR_ADAPTER_DIR OUT_DIR attach_to=RUN [condition=image name=N overwrite=true]
     ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]
     ldm new-plugin NAME [out=DIR]
 
@@ -180,10 +181,25 @@ def cmd_doctor(args: list[str]) -> int:
 def cmd_import(args: list[str]) -> int:
     from ldmcore.interop.convert import import_pretrained
 
-    usage = "ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]"
+    usage = ("ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]"
+             " | ldm import CONTROLNET_OR_ADAPTER_DIR OUT_DIR attach_to=RUN [condition=image name=N]")
     (source, out), rest = positional(args, ("SOURCE", "OUT_DIR"), usage)
-    opts = key_values(rest, {"tokenizer", "prediction", "image_size", "overwrite"})
+    opts = key_values(rest, {"tokenizer", "prediction", "image_size", "overwrite", "attach_to",
+                             "condition", "name"})
     overwrite = flag(opts, "overwrite", False)
+    if "attach_to" in opts:
+        from ldmcore.interop.residual_import import import_residual_plugin
+
+        run = import_residual_plugin(source, out, opts.pop("attach_to"), overwrite=overwrite,
+                                     **{k: v for k, v in opts.items() if k in ("condition", "name")})
+        print(f"imported: {run}, the run it was attached to with its plugin (config.yaml, "
+              f"checkpoints/last.safetensors, plugins/); sample with ldm sample run={run} "
+              f"cond.text=\"a prompt\" cond.<plugin>=HINT.png")
+        return 0
+    misplaced = sorted({"condition", "name"} & set(opts))
+    if misplaced:
+        raise ConfigError(f"{', '.join(misplaced)}= go with attach_to=RUN (importing a ControlNet or "
+                          f"T2I-Adapter folder as a plugin of RUN).")
     if opts.get("prediction") not in (None, "eps", "v"):
         raise ConfigError(f"prediction={opts['prediction']!r}: write prediction=eps or prediction=v.")
     if "image_size" in opts:

@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ldmcore.conditioning import EncoderConfig
 from ldmcore.diffusion.schedule import BetaSchedule, Prediction
-from ldmcore.errors import ConfigError, PluginClash, nearest
+from ldmcore.errors import ConfigError, PluginClash, PluginError, nearest
 from ldmcore.hardware import choose_precision
 from ldmcore.loggers import LoggerSpec
 from ldmcore.registry import Registry, default_registry
@@ -445,8 +445,8 @@ def from_composed(raw: dict[str, Any], registry: Registry | None = None) -> Expe
     """Validate a composed, resolved config (``compose``'s, or a multirun job's) as ``load``
     does: the schema, every plugin section, the sampler and the dataset."""
     cfg = validate(raw)
-    sections = {name: conf.model_dump(mode="json")
-                for name, (_, conf) in resolve_conditions(cfg, registry).items()}
+    sections = {name: instance_section(name, cls, conf)
+                for name, (cls, conf) in resolve_conditions(cfg, registry).items()}
     cfg = cfg.model_copy(update={"conditions": sections})
     sampling_plan(cfg.sampler, registry)  # an unknown sampler or knob fails before any work
     try:
@@ -474,8 +474,33 @@ def logger_specs(cfg: ExperimentConfig, registry: Registry | None = None) -> lis
     return specs
 
 
+INSTANCE_OF = "plugin"  # the key of a section that enables another instance of a plugin
+
+
 def resolve_conditions(cfg: ExperimentConfig, registry: Registry | None = None) -> dict[str, tuple[type, EncoderConfig]]:
-    """Plugin name -> (encoder class, validated plugin config), in config order."""
+    """Plugin instance name -> (encoder class, validated plugin config), in config order.
+
+    A section's name is its plugin's unless the section says ``plugin: NAME``: that enables
+    another instance of plugin NAME under the section's name (two ControlNets on different
+    conditions: ``+conditions.edge_control.plugin=controlnet``), with its own config, weights
+    and ``cond.<instance>=`` value.
+    """
     registry = registry or default_registry()
-    return {name: (cls := registry.condition(name), validate_condition(name, cls.Config, section))
-            for name, section in cfg.conditions.items()}
+    resolved = {}
+    for name, section in cfg.conditions.items():
+        section = dict(section or {})
+        plugin = section.pop(INSTANCE_OF, name)
+        try:
+            cls = registry.condition(plugin)
+        except PluginError as err:
+            where = f"conditions.{name}.{INSTANCE_OF}={plugin!r}: " if plugin != name else ""
+            raise type(err)(f"{where}{err}") from None
+        resolved[name] = (cls, validate_condition(name, cls.Config, section))
+    return resolved
+
+
+def instance_section(name: str, cls: type, config: EncoderConfig) -> dict[str, Any]:
+    """A validated plugin section as a run records it: every key, and ``plugin`` for an
+    instance whose name is not its plugin's."""
+    section = config.model_dump(mode="json")
+    return section if cls.name == name else {INSTANCE_OF: cls.name, **section}

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldmcore.conditioning import Conditioner, Conditioning
+from ldmcore.conditioning import Conditioner, Conditioning, UNetInput
 from ldmcore.diffusion.denoisers import DiscreteDenoiser
 from ldmcore.diffusion.guidance import Guidance, GuidedDenoiser, guide
 from ldmcore.diffusion.img2img import LatentBlend, noised
@@ -60,6 +60,8 @@ class LatentDiffusion(nn.Module):
             raise ValueError(f"UNet has {unet.shape.in_channels} input channels; latents "
                              f"({autoencoder.shape.latent_channels}) + concat plugins "
                              f"({conditioner.concat_channels}) need {expected}")
+        for enc in conditioner.encoders.values():  # e.g. a ControlNet copies the encoder half
+            enc.init_from_backbone(unet)
 
     def train(self, mode: bool = True) -> LatentDiffusion:
         super().train(mode)
@@ -68,11 +70,16 @@ class LatentDiffusion(nn.Module):
 
     # -- the network --------------------------------------------------------------------------
     def network(self, zt: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """The UNet on z_t with routed conditions: concat maps joined on channels."""
+        """The UNet on z_t with routed conditions: concat maps joined on channels, residual
+        plugins' maps (made from this call's inputs where they depend on them) added at taps."""
         dtype = self.unet.out[-1].weight.dtype  # a float64 sampler state runs the UNet in its own dtype
         zt = zt.to(dtype)
         x = zt if cond.concat is None else torch.cat([zt, cond.concat.to(dtype)], dim=1)
-        return self.unet(x, t, cond.context, cond.context_mask, cond.vector)
+        residuals = None
+        if cond.residuals is not None:
+            residuals = cond.residuals.maps(UNetInput(x, t, cond.context, cond.context_mask, cond.vector))
+        return self.unet(x, t, cond.context, cond.context_mask, cond.vector, residuals,
+                         inserted=cond.inserted)
 
     # -- training -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -295,10 +295,11 @@ class MetricsLog:
 
 
 def plugin_versions(model: LatentDiffusion, registry: Registry) -> dict[str, dict[str, str]]:
-    """Package, version and module of each of ``model``'s condition plugins."""
+    """Package, version and module of each of ``model``'s condition plugins (by instance name)."""
     info = {i.name: i for i in registry.infos()}
-    return {n: {"package": info[n].package, "version": info[n].version, "module": info[n].module}
-            for n in model.conditioner.encoders if n in info}
+    found = {n: info.get(type(enc).name) for n, enc in model.conditioner.encoders.items()}
+    return {n: {"package": i.package, "version": i.version, "module": i.module}
+            for n, i in found.items() if i is not None}
 
 
 def run_metadata(cfg: ExperimentConfig, model: LatentDiffusion, step: int,

@@ -31,9 +31,11 @@ import torch
 from pydantic import ValidationError
 
 from ldmcore import checkpoint
+from ldmcore.attach import load_plugin_weights, plugin_tensors
 from ldmcore.build import backbone_spec, build_autoencoder, build_dataset, build_model, frozen_encoder
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, Conditioner,
-                                  EncoderConfig, Injection, Tokens, read_value)
+                                  Conditioning, EncoderConfig, Injection, Residual, Tokens, UNetInput,
+                                  read_value)
 from ldmcore.config import load, validate
 from ldmcore.data.datasets import collate
 from ldmcore.diffusion.guidance import Guidance
@@ -228,7 +230,18 @@ class _Context:
 
 
 def _parts(out: ConditionOutput) -> dict[Injection, tuple[torch.Tensor, torch.Tensor | None]]:
-    return {inj: (v.values, v.mask) if isinstance(v, Tokens) else (v, None) for inj, v in out.items()}
+    """Each output as (tensor, mask); a residual output as its features and weight, flattened
+    per sample into one tensor."""
+    def part(v: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(v, Tokens):
+            return v.values, v.mask
+        return (_flat(v), None) if isinstance(v, Residual) else (v, None)
+
+    return {inj: part(v) for inj, v in out.items()}
+
+
+def _flat(r: Residual) -> torch.Tensor:
+    return torch.cat([f.flatten(1).float() for f in r.features.values()] + [r.weight[:, None].float()], 1)
 
 
 def _check_output(ctx: _Context, cond: Conditioner, out: Any, what: str, batch_size: int) -> None:
@@ -242,9 +255,12 @@ def _check_output(ctx: _Context, cond: Conditioner, out: Any, what: str, batch_s
     except LdmError as err:
         raise _Broken(str(err)) from None
     for inj, val in out.items():
-        if (inj is Injection.CROSSATTN) != isinstance(val, Tokens):
-            raise _Broken(f"{what} returned {type(val).__name__} for {inj.value}; cross-attention "
-                          f"outputs are Tokens(values, mask), concat and vector outputs tensors.")
+        if _takes_tokens(inj) != isinstance(val, Tokens) or (
+                (inj is Injection.RESIDUAL) != isinstance(val, Residual)):
+            raise _Broken(f"{what} returned {type(val).__name__} for {inj.value}; token outputs "
+                          f"(crossattn, gated_attention, decoupled_crossattn) are Tokens(values, "
+                          f"mask), residual outputs Residual(features, weight, network), concat "
+                          f"and vector outputs tensors.")
         tensor, mask = _parts({inj: val})[inj]
         if tensor.shape[0] != batch_size:
             raise _Broken(f"{what} returned {inj.value} for {tensor.shape[0]} samples; the batch "
@@ -257,6 +273,22 @@ def _check_output(ctx: _Context, cond: Conditioner, out: Any, what: str, batch_s
         if mask is not None and not mask.any(dim=1).all():
             raise _Broken(f"{what} returned a key-padding mask with a sample attending no token; "
                           f"attention over nothing is NaN - keep at least one token True.")
+
+
+def _takes_tokens(inj: Injection) -> bool:
+    return inj is Injection.CROSSATTN or inj.inserts_layers
+
+
+def _routed(cond: Conditioning, name: str) -> dict[str, torch.Tensor | None]:
+    """Every tensor a routed Conditioning hands the UNet, by name (plugin ``name``'s residuals)."""
+    parts = {p: getattr(cond, p) for p in ("context", "context_mask", "concat", "vector")}
+    parts["residuals"] = None if cond.residuals is None else _flat(cond.residuals.parts[name])
+    inserted = cond.inserted
+    for kind in ("gated", "decoupled"):
+        for i, t in enumerate(getattr(inserted, kind) if inserted is not None else ()):
+            parts.update({f"{kind}[{i}].tokens": t.tokens, f"{kind}[{i}].mask": t.mask,
+                          f"{kind}[{i}].region": getattr(t, "region", None)})
+    return parts
 
 
 def _same(a: ConditionOutput, b: ConditionOutput, atol: float = 0.0) -> bool:
@@ -273,8 +305,9 @@ def _same(a: ConditionOutput, b: ConditionOutput, atol: float = 0.0) -> bool:
 
 
 def _row(out: ConditionOutput, i: int) -> ConditionOutput:
-    return {inj: Tokens(v.values[i:i + 1], v.mask[i:i + 1]) if isinstance(v, Tokens) else v[i:i + 1]
-            for inj, v in out.items()}
+    return {inj: Tokens(v.values[i:i + 1], v.mask[i:i + 1]) if isinstance(v, Tokens) else
+            Residual({k: f[i:i + 1] for k, f in v.features.items()}, v.weight[i:i + 1], v.network)
+            if isinstance(v, Residual) else v[i:i + 1] for inj, v in out.items()}
 
 
 def _slice(batch: dict[str, Any], i: int) -> dict[str, Any]:
@@ -337,14 +370,17 @@ def rule_forward(ctx: _Context) -> None:
 def rule_key_padding_mask(ctx: _Context) -> None:
     enc = ctx.encoder()
     cond = ctx.conditioner(enc)
-    if Injection.CROSSATTN not in cond.specs[ctx.case.name]:
+    # softmax over no key is NaN; a gated layer always attends the visual tokens too
+    attended = [i for i in (Injection.CROSSATTN, Injection.DECOUPLED_CROSSATTN)
+                if i in cond.specs[ctx.case.name]]
+    if not attended:
         return
     b = _batch_size(ctx.batch())
     for what, out in (("forward()", ctx.run("forward()", lambda: enc(ctx.value(enc)))),
                       ("null()", ctx.run("null()", lambda: enc.null(b)))):
-        tokens = out.get(Injection.CROSSATTN)
+        tokens = out.get(attended[0])
         if not isinstance(tokens, Tokens):
-            raise _Broken(f"{what} returned no Tokens for crossattn.")
+            raise _Broken(f"{what} returned no Tokens for {attended[0].value}.")
         if tokens.mask.dtype != torch.bool or tokens.mask.shape != tokens.values.shape[:2]:
             raise _Broken(f"{what} returned a mask of {tokens.mask.dtype} {tuple(tokens.mask.shape)}"
                           f"; it must be bool (batch, tokens) = {tuple(tokens.values.shape[:2])}.")
@@ -387,8 +423,9 @@ def rule_dropout(ctx: _Context) -> None:
         got = ctx.run("dropout", lambda: cond({**batch, name: value}, b, drop=True,
                                               generator=torch.Generator().manual_seed(0)))
         want = cond.route({name: expected})
-        for part in ("context", "context_mask", "concat", "vector"):
-            x, y = getattr(got, part), getattr(want, part)
+        routed_got, routed_want = _routed(got, name), _routed(want, name)
+        for part in routed_want:
+            x, y = routed_got.get(part), routed_want[part]
             if (x is None) != (y is None) or (x is not None and not torch.equal(x, y)):
                 raise _Broken(f"with drop_prob={p} training-time dropout did not give exactly "
                               f"{word} ({part} differs).")
@@ -492,7 +529,11 @@ def rule_gradients(ctx: _Context) -> None:
         if not any(p.requires_grad for p in params.values()):
             raise _Broken("it declares trainable = True but has no trainable parameters; "
                           "declare trainable = False.")
-        loss = sum((t.float() ** 2).mean() for t in tensors if t.requires_grad)
+        # a fixed random linear read-out: its gradient is not zero where an output is (a
+        # zero-initialised last layer), as a squared norm's would be
+        g = torch.Generator().manual_seed(0)
+        loss = sum((t.float() * torch.randn(t.shape, generator=g)).mean() for t in tensors
+                   if t.requires_grad)
         if not isinstance(loss, torch.Tensor):
             raise _Broken("it declares trainable = True but no output depends on a parameter.")
         loss.backward()
@@ -609,6 +650,304 @@ def rule_registration(ctx: _Context) -> None:
                               f"conditions.{option}'.")
 
 
+# -- rules of plugins that insert layers into the transformer blocks -----------------------------
+# (gated_attention, decoupled_crossattn: docs/conformance.md). Each builds the kit model with the
+# plugin alone, its backbone's zero-initialised tensors drawn at random as a trained backbone has
+# them (so every path reaches the output), and compares the UNet with and without the plugin's
+# layers (``Conditioning.inserted``). A plugin that inserts no layers passes them trivially.
+
+@dataclass
+class _Inserting:
+    model: Any
+    values: dict[str, Any]
+    z: torch.Tensor
+    t: torch.Tensor
+
+    def outputs(self, values: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The UNet's output with the plugin's layers and without them."""
+        values = self.values if values is None else values
+        with torch.no_grad():
+            cond = self.model.conditioner(values, len(self.z))
+            with_layers = self.model.network(self.z, self.t, cond)
+            return with_layers, self.model.network(self.z, self.t, replace(cond, inserted=None))
+
+    def backbone(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.model.state_dict().items() if not k.startswith("conditioner.")}
+
+    def plugin_params(self, name: str) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.conditioner.encoders[name].parameters() if p.requires_grad]
+
+
+def _inserting(ctx: _Context, trained: bool = False) -> _Inserting | None:
+    """The kit model with the plugin alone (None when it inserts no layers); ``trained``: after
+    one AdamW step of the diffusion loss on the plugin's parameters alone."""
+    case, name = ctx.case, ctx.case.name
+    enc = ctx.encoder()
+    if not any(i.inserts_layers for i in ctx.run("output_specs()", enc.output_specs)):
+        return None
+    reg = isolated_registry(_EncoderPlugin([case.encoder]))
+    cfg = kit_config(case, {name: {**case.config, "drop_prob": 0.0}})
+    torch.manual_seed(0)
+    model = ctx.run("building a model with it", lambda: build_model(cfg, registry=reg))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.unet.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    batch = ctx.batch()
+    b = _batch_size(batch)
+    kit = _Inserting(model, model.conditioner.resolve(batch), torch.randn(b, *model.latent_shape(), generator=g),
+                     torch.linspace(10, model.schedule.num_timesteps - 10, b).long())
+    if trained:
+        opt = torch.optim.AdamW(kit.plugin_params(name), lr=1e-2, weight_decay=0.0)
+        model.train()
+        loss = ctx.run("the diffusion loss", lambda: model.loss(batch, generator=torch.Generator().manual_seed(0)))
+        loss.backward()
+        layers = [p for mods in model.conditioner.encoders[name].block_layers().values()
+                  for m in mods for p in m.parameters()]
+        if not any(p.grad is not None and p.grad.abs().sum() > 0 for p in layers):
+            raise _Broken("the diffusion loss sends no gradient into its inserted layers: a layer "
+                          "that starts at zero effect needs a trainable gate or zero-initialised "
+                          "projection the loss can open (a constant zero is no gate).")
+        opt.step()
+    model.eval()
+    return kit
+
+
+def rule_zero_effect(ctx: _Context) -> None:
+    kit = _inserting(ctx)
+    if kit is None:
+        return
+    b = len(kit.z)
+    for what, values in (("forward()", kit.values), ("null()", None)):
+        if values is None:  # the null: every sample dropped
+            cond = kit.model.conditioner(kit.values, b, keep=set())
+            with torch.no_grad():
+                with_layers = kit.model.network(kit.z, kit.t, cond)
+                without = kit.model.network(kit.z, kit.t, replace(cond, inserted=None))
+        else:
+            with_layers, without = kit.outputs(values)
+        if not torch.equal(with_layers, without):
+            raise _Broken(f"freshly built, its layers change the backbone's output (by up to "
+                          f"{float((with_layers - without).abs().max()):.3g}, tokens of {what}); they "
+                          f"must start at zero effect (a gate tanh(0), a zero value projection) so "
+                          f"attaching it to a pretrained model changes nothing at step 0.")
+
+
+def rule_gate(ctx: _Context) -> None:
+    kit = _inserting(ctx, trained=True)
+    if kit is None:
+        return
+    with_layers, without = kit.outputs()
+    if torch.equal(with_layers, without):
+        raise _Broken("after a training step its layers still have no effect on the output: the "
+                      "gate never opens (zero effect at init must come from a trainable gate or "
+                      "zero-initialised projection, not from layers that are not wired in).")
+
+
+def rule_owned_layers(ctx: _Context) -> None:
+    kit = _inserting(ctx)  # building it runs the Conditioner's ownership checks, naming the plugin
+    if kit is None:
+        return
+    unet = kit.model.unet
+    with torch.device("meta"):
+        alone = set(type(unet)(unet.shape).state_dict())
+    if set(unet.state_dict()) != alone:
+        extra = sorted(set(unet.state_dict()) - alone)
+        raise _Broken(f"the backbone gained tensors {extra[:3]} with the plugin; its layers must "
+                      f"be the encoder's own submodules, never the UNet's.")
+
+
+def rule_removal(ctx: _Context) -> None:
+    kit = _inserting(ctx)
+    if kit is None:
+        return
+    _, before = kit.outputs()
+    backbone = kit.backbone()
+    trained = _inserting(ctx, trained=True)
+    after = trained.backbone()
+    moved = [k for k, v in backbone.items() if not torch.equal(v, after[k])]
+    if moved:
+        raise _Broken(f"training the plugin alone changed backbone tensors {moved[:3]}; removing "
+                      f"it would not restore the backbone.")
+    _, without = trained.outputs()
+    if not torch.equal(before, without):
+        raise _Broken("after training the plugin, the output without its layers differs from the "
+                      "backbone's own: removing it does not restore the backbone exactly.")
+
+
+def rule_layers_save_load(ctx: _Context) -> None:
+    kit = _inserting(ctx, trained=True)
+    if kit is None:
+        return
+    name = ctx.case.name
+    want, _ = kit.outputs()
+    path = ctx.tmp / "plugin.safetensors"
+    enc = kit.model.conditioner.encoders[name]
+    ctx.run("saving the state_dict as safetensors", lambda: checkpoint.save(path, enc.state_dict()))
+    fresh = ctx.encoder(seed=1)
+    tensors, _ = checkpoint.load(path)
+    try:
+        checkpoint.load_into(fresh, tensors, f"plugin {name!r}", path)
+    except LdmError as err:
+        raise _Broken(str(err)) from None
+    kit.model.conditioner.encoders[name] = fresh.eval()
+    got, _ = kit.outputs()
+    if not torch.equal(got, want):
+        raise _Broken("after a safetensors round trip of its state_dict the model's output "
+                      "differs: its inserted layers' trained state (gates, projections) is not all "
+                      "in the encoder's state_dict (register the layers as submodules and keep "
+                      "fixed tensors as persistent buffers).")
+# -- rules of the residual injection: a plugin for a pretrained backbone -------------------------
+
+def _residual_model(ctx: _Context) -> Any:
+    """The kit's tiny model with the plugin alone, its UNet random (as a trained one, zero
+    layers included), so that an effect on the backbone's output shows; None for a plugin
+    without a residual output."""
+    enc = ctx.encoder()
+    if Injection.RESIDUAL not in ctx.run("output_specs()", enc.output_specs):
+        return None
+    reg = isolated_registry(_EncoderPlugin([ctx.case.encoder]))
+    torch.manual_seed(0)
+    model = ctx.run("building a model with it", lambda: build_model(
+        kit_config(ctx.case, {ctx.case.name: ctx.case.config}), registry=reg))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.unet.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        enc = model.conditioner.encoders[ctx.case.name]
+        enc.init_from_backbone(model.unet)  # as attaching to a pretrained run does
+    return model.eval()
+
+
+def _randomise(module: torch.nn.Module, seed: int) -> None:
+    """Every parameter random: a plugin as it is after training, with an effect to see."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def _residual_call(ctx: _Context, model: Any) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """(conditioning of the kit's batch, z_t, t) for one network call."""
+    batch = ctx.batch()
+    b = _batch_size(batch)
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(b, *model.latent_shape(), generator=g)
+    t = torch.randint(0, model.schedule.num_timesteps, (b,), generator=g)
+    values = model.conditioner.resolve(batch)
+    return ctx.run("the conditioner", lambda: model.conditioner(values, b)), z, t
+
+
+def _without_residuals(cond: Any) -> Any:
+    return replace(cond, residuals=None)
+
+
+@torch.no_grad()
+def rule_residual_zero_init(ctx: _Context) -> None:
+    """Attached, the plugin leaves the backbone's output unchanged bit for bit."""
+    model = _residual_model(ctx)
+    if model is None:
+        return
+    cond, z, t = _residual_call(ctx, model)
+    maps = ctx.run("the residual maps", lambda: cond.residuals.maps(UNetInput(z, t, cond.context,
+                                                                             cond.context_mask, cond.vector)))
+    largest = max(float(m.abs().max()) for m in maps.values())
+    if largest != 0.0 or not torch.equal(model.network(z, t, cond),
+                                         model.network(z, t, _without_residuals(cond))):
+        raise _Broken(f"its residual maps are not zero at initialisation (largest |value| "
+                      f"{largest:.3g}), so attaching it changes the pretrained model's output; "
+                      f"zero-initialise the last layer of every output (a 1x1 convolution, or a "
+                      f"gain) so that it starts at no effect.")
+
+
+def _backbone_state(model: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.unet.state_dict().items()}
+
+
+def rule_residual_ownership(ctx: _Context) -> None:
+    """What the plugin adds is its own: no backbone tensor is shared with it or added for it."""
+    model = _residual_model(ctx)
+    if model is None:
+        return
+    enc = model.conditioner.encoders[ctx.case.name]
+    backbone = {p.data_ptr() for p in model.unet.parameters()}
+    shared = [k for k, p in enc.named_parameters() if p.data_ptr() in backbone]
+    if shared:
+        raise _Broken(f"its parameters {shared[:3]} are the backbone's own tensors, so training "
+                      f"it trains the backbone; copy them (copy.deepcopy, or load_state_dict into "
+                      f"a module of its own) in init_from_backbone.")
+    bare = build_model(kit_config(ctx.case, {}), registry=isolated_registry())
+    want = {k: tuple(v.shape) for k, v in bare.unet.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in model.unet.state_dict().items()}
+    if got != want:
+        extra = sorted(set(got) ^ set(want)) or [k for k in got if got[k] != want[k]]
+        raise _Broken(f"enabling it changes the backbone's tensors ({extra[:3]}); a residual "
+                      f"plugin keeps what it adds in its own modules, saved with it.")
+
+
+def rule_residual_removal(ctx: _Context) -> None:
+    """Trained alone (``trainer.train_only=[plugins]``), the plugin leaves the backbone byte for
+    byte as it was, so removing it restores the pretrained model exactly."""
+    model = _residual_model(ctx)
+    if model is None:
+        return
+    enc = model.conditioner.encoders[ctx.case.name]
+    before = _backbone_state(model)
+    _randomise(enc, 3)
+    ctx.run("init_from_backbone()", lambda: enc.init_from_backbone(model.unet))
+    params = [p for p in enc.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    model.train()
+    for step in range(2):
+        opt.zero_grad(set_to_none=True)
+        ctx.run("the diffusion loss", lambda s=step: model.loss(
+            ctx.batch(), generator=torch.Generator().manual_seed(s))).backward()
+        opt.step()
+    model.eval()
+    moved = [k for k, v in model.unet.state_dict().items() if not torch.equal(v, before[k])]
+    if moved:
+        raise _Broken(f"attaching and training it alone changed the backbone's {moved[:3]}; a "
+                      f"residual plugin never writes into the backbone, so that removing it "
+                      f"gives back the pretrained model.")
+    bare = build_model(kit_config(ctx.case, {}), registry=isolated_registry()).eval()
+    bare.unet.load_state_dict(before)
+    cond, z, t = _residual_call(ctx, model)
+    with torch.no_grad():
+        null = model.conditioner.unconditional(z.shape[0])
+        if not torch.equal(model.network(z, t, null), bare.network(z, t, bare.conditioner({}, z.shape[0]))):
+            raise _Broken("its null does not give the backbone alone: the unconditional branch of "
+                          "guidance must be the model without the plugin (weight 0).")
+
+
+def rule_residual_save_load(ctx: _Context) -> None:
+    """Its file (``RUN/plugins/<name>.safetensors``) holds everything it adds: loaded into a
+    fresh model with the same backbone, it gives the same output."""
+    model = _residual_model(ctx)
+    if model is None:
+        return
+    name = ctx.case.name
+    _randomise(model.conditioner.encoders[name], 4)
+    path = ctx.tmp / f"{name}.safetensors"
+    ctx.run("saving its weights", lambda: checkpoint.save(path, plugin_tensors(model, name, None)))
+    torch.manual_seed(5)
+    fresh = build_model(kit_config(ctx.case, {name: ctx.case.config}),
+                        registry=isolated_registry(_EncoderPlugin([ctx.case.encoder]))).eval()
+    fresh.unet.load_state_dict(model.unet.state_dict())
+    try:
+        load_plugin_weights(fresh, name, path)
+    except LdmError as err:
+        raise _Broken(f"its saved weights do not load into a fresh model: {err}") from None
+    cond, z, t = _residual_call(ctx, model)
+    cond2, _, _ = _residual_call(ctx, fresh)
+    with torch.no_grad():
+        a, b = model.network(z, t, cond), fresh.network(z, t, cond2)
+    if not torch.equal(a, b):
+        raise _Broken(f"a fresh model with its saved weights differs by {float((a - b).abs().max()):.3g}: "
+                      f"state that shapes its maps is missing from state_dict() (register copies "
+                      f"and gains as modules and parameters).")
+
+
 RULES: dict[str, Callable[[_Context], None]] = {
     "declaration": rule_declaration,
     "output-spec": rule_output_spec,
@@ -623,6 +962,15 @@ RULES: dict[str, Callable[[_Context], None]] = {
     "gradients": rule_gradients,
     "train-sample": rule_train_sample,
     "registration": rule_registration,
+    "zero-effect": rule_zero_effect,
+    "gate": rule_gate,
+    "owned-layers": rule_owned_layers,
+    "removal": rule_removal,
+    "layers-save-load": rule_layers_save_load,
+    "residual-zero-init": rule_residual_zero_init,
+    "residual-ownership": rule_residual_ownership,
+    "residual-removal": rule_residual_removal,
+    "residual-save-load": rule_residual_save_load,
 }
 
 

@@ -22,3 +22,16 @@ def trained_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("trained") / "smoke"
     train(load(["experiment=smoke", f"run_dir={run}", "trainer.precision=fp32"]))
     return run
+
+
+@pytest.fixture(scope="session")
+def pretrained_text_run(tmp_path_factory):
+    """A smoke-size text-to-image run on the shapes scenes (3 steps, float32): the pretrained
+    backbone the gated_attention and decoupled_crossattn plugins are attached to."""
+    from ldmcore.config import load
+    from ldmcore.train import train
+
+    run = tmp_path_factory.mktemp("pretrained_text") / "run"
+    train(load(["experiment=smoke", "data=shapes", "data.channels=3", "trainer.precision=fp32",
+                "condition=[text]", f"run_dir={run}", "trainer.max_steps=3"]))
+    return run

@@ -2,7 +2,9 @@
 on purpose are caught with a message naming the rule they break.
 
 The broken plugins are one good encoder (which passes every rule, checked first) with one fault
-each, so each failure is known to come from that fault alone.
+each, so each failure is known to come from that fault alone; for the rules of plugins that
+insert layers into the transformer blocks, the ip_adapter plugin (which passes every rule, as a
+built-in) is the good one.
 """
 
 from __future__ import annotations
@@ -17,20 +19,27 @@ from pydantic import ConfigDict
 from torch import nn
 
 import ldm_class
+import ldm_controlnet
 import ldm_inpaint
+import ldm_ip_adapter
 import ldm_layout
 import ldm_lowres
 import ldm_segmap
+import ldm_t2i_adapter
 import ldm_text
 from ldm_class import ClassEncoder
+from ldm_controlnet.encoder import ControlNetEncoder
 from ldm_inpaint.encoder import InpaintEncoder
+from ldm_ip_adapter.encoder import IPAdapterEncoder
 from ldm_layout.encoder import LayoutEncoder
 from ldm_lowres.encoder import LowresEncoder
 from ldm_segmap.encoder import SegmapEncoder
+from ldm_t2i_adapter.encoder import T2IAdapterEncoder
 from ldm_text.encoder import TextEncoder
 from ldmcore.conditioning import ConditionEncoder, EncoderConfig, Injection, OutputSpec, Tokens
 from ldmcore.errors import ConfigError
 from ldmcore.hookspecs import hookimpl
+from ldmcore.nn.decoupled_attention import DecoupledKeyValue
 from ldmcore.testing import (RULES, ConformanceError, ConformanceTests, PluginCase, check_plugin,
                              check_rule, isolated_registry)
 
@@ -49,6 +58,14 @@ def label_maps(tmp: Path) -> list[str]:
     return [png(tmp / "map_a.png", a), png(tmp / "map_b.png", b)]
 
 
+def edge_maps(tmp: Path) -> list[str]:
+    a = np.zeros((16, 16), np.uint8)
+    a[4, 2:12] = 255
+    b = np.zeros((16, 16), np.uint8)
+    b[3:13, 8] = 255
+    return [png(tmp / "edges_a.png", a), png(tmp / "edges_b.png", b)]
+
+
 def low_images(tmp: Path) -> list[str]:
     rng = np.random.default_rng(0)
     return [png(tmp / f"low{i}.png", (rng.random((4, 4, 3)) * 255).astype(np.uint8)) for i in range(2)]
@@ -60,6 +77,16 @@ def holes(tmp: Path) -> list[str]:
     small[4:8, 4:8], big[2:14, 2:14] = 255, 255
     image = png(tmp / "photo.png", rgb)
     return [f"{image},{png(tmp / 'small.png', small)}", f"{image},{png(tmp / 'big.png', big)}"]
+
+
+def references(tmp: Path) -> list[str]:
+    """Two reference images; the second with a region (its left half)."""
+    rng = np.random.default_rng(2)
+    a, b = ((rng.random((16, 16, 3)) * 255).astype(np.uint8) for _ in range(2))
+    region = np.zeros((16, 16), np.uint8)
+    region[:, :8] = 255
+    return [png(tmp / "ref_a.png", a),
+            f'{{"image":"{png(tmp / "ref_b.png", b)}","region":"{png(tmp / "where.png", region)}"}}']
 
 
 # A new built-in plugin adds its case here; the test below fails for a built-in without one.
@@ -83,6 +110,15 @@ CASES = {
                        dataset="shapes", image_channels=3, plugin=ldm_text),
     "inpaint": PluginCase(InpaintEncoder, cli_values=holes, bad_cli_values=["only_one.png"],
                           dataset="shapes", image_channels=3, plugin=ldm_inpaint),
+    "controlnet": PluginCase(ControlNetEncoder, config={"condition": "segmap"}, cli_values=label_maps,
+                             bad_cli_values=["/no/such/map.png"], dataset="shapes",
+                             image_channels=3, plugin=ldm_controlnet),
+    "t2i_adapter": PluginCase(T2IAdapterEncoder, config={"condition": "edges", "num_res_blocks": 1},
+                              cli_values=edge_maps, bad_cli_values=["/no/such/edges.png"],
+                              dataset="shapes", image_channels=3, plugin=ldm_t2i_adapter),
+    "ip_adapter": PluginCase(IPAdapterEncoder, config={"embed_dim": 16}, cli_values=references,
+                             bad_cli_values=["/no/such/ref.png", '{"picture":"a.png"}', "3"], dataset="shapes",
+                             image_channels=3, plugin=ldm_ip_adapter),
 }
 
 
@@ -109,6 +145,15 @@ class TestClassAsTokensConformance(ConformanceTests):
 
     case = PluginCase(ClassEncoder, config={"num_classes": 10, "injection": "crossattn"},
                       cli_values=["9"], bad_cli_values=["nine"], plugin=ldm_class)
+
+
+class TestGatedLayoutConformance(ConformanceTests):
+    """The layout plugin's GLIGEN injection (gated self-attention in every block), rule by rule."""
+
+    case = PluginCase(LayoutEncoder, config={"embed_dim": 16, "num_freqs": 4, "injection": "gated",
+                                             "grounding_hidden": 32},
+                      cli_values=['[[0.1,0.1,0.5,0.5,"circle"]]', "[]"], dataset="shapes",
+                      image_channels=3, plugin=ldm_layout)
 
 
 def test_the_mixin_has_one_test_per_rule():
@@ -300,6 +345,56 @@ class Unregistered:
         pass
 
 
+# plugins that insert layers: the ip_adapter plugin with one fault each
+
+class OpenAtInit(IPAdapterEncoder):
+    """Its value projections start random: attached, it would move a pretrained model."""
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        for layer in self.adapters:
+            nn.init.normal_(layer.to_v.weight)
+
+
+class DeadLayer(DecoupledKeyValue):
+    def forward(self, q, tokens, mask=None, region=None):
+        return torch.zeros(*q.shape[:1], q.shape[2], self.heads * self.head_dim)
+
+
+class NeverOpens(IPAdapterEncoder):
+    """Layers that add zero whatever they learn: no gate at all."""
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        self.adapters = nn.ModuleList(DeadLayer(backbone.context_dim, b.heads, b.head_dim)
+                                      for b in backbone.transformer_blocks)
+
+
+class UnownedLayers(IPAdapterEncoder):
+    """Keeps its layers outside its modules: not saved, not trained, not removable."""
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        self.__dict__["loose"] = self._modules.pop("adapters")
+
+    def block_layers(self):
+        return {Injection.DECOUPLED_CROSSATTN: self.__dict__["loose"]}
+
+
+class UnsavedScale(IPAdapterEncoder):
+    """A random scale per layer that its state dict does not hold."""
+
+    def __init__(self, config, backbone):
+        super().__init__(config, backbone)
+        for layer in self.adapters:
+            layer.scale = float(torch.rand(()))
+
+
+def ip_case(cls: type) -> PluginCase:
+    return PluginCase(cls, config={"embed_dim": 16}, cli_values=references, dataset="shapes",
+                      image_channels=3)
+
+
 @pytest.mark.parametrize("case, rule, words", [
     (case_of(Loose), "declaration", "accepts unknown keys"),
     (case_of(TooWide), "output-spec", "context_dim=32"),
@@ -316,6 +411,10 @@ class Unregistered:
     (case_of(Exploding), "train-sample", "the diffusion loss is"),
     (case_of(Good, plugin=Unregistered()), "registration", "does not register"),
     (case_of(Good, dataset="shapes"), "forward", "batch_value() found no value"),
+    (ip_case(OpenAtInit), "zero-effect", "must start at zero effect"),
+    (ip_case(NeverOpens), "gate", "sends no gradient into its inserted layers"),
+    (ip_case(UnownedLayers), "owned-layers", "are not the encoder's own"),
+    (ip_case(UnsavedScale), "layers-save-load", "output differs"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_each_rule_catches_its_fault(case, rule, words):
     with pytest.raises(ConformanceError) as exc:

@@ -4,8 +4,8 @@ A plugin subclasses ``ConditionEncoder``. Its hooks are grouped by job, one modu
 ``user_input`` (a person's value -> ``parse``, ``collate``), ``batch_input`` (a data batch ->
 ``batch_value``), ``encoder`` (the network: ``output_specs``, ``forward``, ``null``) and
 ``sample_shaping`` (``base``, ``finish``). ``injection`` holds the doors to the UNet and the
-shapes that cross them, ``backbone`` what the backbone tells a plugin, ``conditioner`` the
-routing. Import the public names from here.
+shapes that cross them (``residual``: the maps added at the UNet's taps), ``backbone`` what the
+backbone tells a plugin, ``conditioner`` the routing. Import the public names from here.
 """
 
 from ldmcore.conditioning.backbone import BackboneSpec
@@ -13,7 +13,10 @@ from ldmcore.conditioning.conditioner import Conditioner
 from ldmcore.conditioning.encoder import ConditionEncoder, EncoderConfig
 from ldmcore.conditioning.injection import (ConditionOutput, Conditioning, Injection, OutputSpec,
                                             Tokens)
+from ldmcore.conditioning.residual import Residual, UNetInput
 from ldmcore.conditioning.user_input import read_value
+from ldmcore.nn.taps import ResidualTap
 
 __all__ = ["BackboneSpec", "ConditionEncoder", "ConditionOutput", "Conditioner", "Conditioning",
-           "EncoderConfig", "Injection", "OutputSpec", "Tokens", "read_value"]
+           "EncoderConfig", "Injection", "OutputSpec", "Residual", "ResidualTap", "Tokens",
+           "UNetInput", "read_value"]

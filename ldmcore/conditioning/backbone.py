@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 
 from ldmcore.errors import ConfigError
+from ldmcore.nn.inserted_layers import TransformerBlockShape
+from ldmcore.nn.taps import ResidualTap
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,16 @@ class BackboneSpec:
     encode: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, compare=False)
     root: Path | None = None  # folder that relative paths in plugin configs resolve against (a run's)
     trusted_paths: frozenset[str] = frozenset()  # paths the user gave on the command line
+    # where residual plugins may add feature maps, with each map's width and size (nn/taps.py)
+    residual_taps: tuple[ResidualTap, ...] = ()
+    # the UNet's transformer blocks in forward order (width, heads): a plugin that inserts layers
+    # into them (gated_attention, decoupled_crossattn) builds one per block, in this order
+    transformer_blocks: tuple[TransformerBlockShape, ...] = ()
+
+    def taps(self, adds_to: str) -> tuple[ResidualTap, ...]:
+        """The residual taps that add to ``adds_to``: "skip" (ControlNet's: every skip
+        connection and the middle block) or "encoder" (T2I-Adapter's: one per level)."""
+        return tuple(tap for tap in self.residual_taps if tap.adds_to == adds_to)
 
     def local_path(self, value: str | Path, key: str) -> Path:
         """A file or folder named in a plugin's config (``key`` is its config path).

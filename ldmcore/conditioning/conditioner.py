@@ -2,7 +2,8 @@
 
 It applies per-plugin dropout and joins outputs: cross-attention tokens along the sequence axis
 (with key-padding masks, so encoders may emit different token counts), concat maps along
-channels, vectors along features. The backbone's input channels, context width and vector width
+channels, vectors along features; residual outputs are kept per plugin and summed per tap in
+each UNet call (``residual.py``). The backbone's input channels, context width and vector width
 are derived from the encoders' specs here.
 """
 
@@ -15,9 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ldmcore.conditioning.block_layers import check_block_layers
 from ldmcore.conditioning.encoder import ConditionEncoder
 from ldmcore.conditioning.injection import ConditionOutput, Conditioning, Injection, Tokens
+from ldmcore.conditioning.residual import (Residual, Residuals, check_residual_output,
+                                           check_residual_spec)
 from ldmcore.errors import PluginError
+from ldmcore.nn.inserted_layers import DecoupledTokens, GatedTokens, InsertedLayers
 from ldmcore.randomness import BatchRandom, as_batch_random
 
 
@@ -60,6 +65,10 @@ class Conditioner(nn.Module):
                     f"{bb.latent_size[0]}, {bb.latent_size[1]}) at latent resolution.")
             if inj is Injection.VECTOR and len(spec.shape) != 1:
                 raise PluginError(f"plugin {name!r}: vector spec {spec.shape} must be (dim,).")
+            if inj is Injection.RESIDUAL:
+                check_residual_spec(name, spec.taps, bb.residual_taps)
+            if inj.inserts_layers:
+                check_block_layers(name, enc, inj, spec.shape, bb.transformer_blocks)
 
     # -- derived dimensions -------------------------------------------------------------------
     def _sum_dim(self, inj: Injection, axis: int) -> int:
@@ -108,6 +117,9 @@ class Conditioner(nn.Module):
                               f"declared {[i.value for i in specs]} in output_specs().")
         for inj, spec in specs.items():
             val = out[inj]
+            if inj is Injection.RESIDUAL:
+                check_residual_output(name, val, spec.taps, method)
+                continue
             tensor = val.values if isinstance(val, Tokens) else val
             if tuple(tensor.shape[1:]) != spec.shape:
                 raise PluginError(f"plugin {name!r} {method} returned {inj.value} of shape "
@@ -116,6 +128,12 @@ class Conditioner(nn.Module):
                 raise PluginError(f"plugin {name!r} {method} returned a token mask of shape "
                                   f"{tuple(val.mask.shape)} for tokens of shape "
                                   f"{tuple(tensor.shape)}; the mask must be (batch, tokens).")
+            region = val.region if isinstance(val, Tokens) else None
+            if region is not None and (inj is not Injection.DECOUPLED_CROSSATTN or region.dim() != 4
+                                       or region.shape[:2] != (tensor.shape[0], 1)):
+                raise PluginError(f"plugin {name!r} {method} returned a region of shape "
+                                  f"{tuple(region.shape)} for {inj.value}; only decoupled_crossattn "
+                                  f"tokens take one, shaped (batch, 1, H, W).")
 
     def forward(self, values: dict[str, Any], batch_size: int, *, drop: bool = False,
                 keep: set[str] | None = None,
@@ -179,6 +197,8 @@ class Conditioner(nn.Module):
     def route(self, outputs: dict[str, ConditionOutput]) -> Conditioning:
         """Join outputs by injection, in the (stable) order the encoders were enabled."""
         ctx, masks, concat, vector = [], [], [], []
+        residual: dict[str, Residual] = {}
+        gated, decoupled = [], []
         for name in self.encoders:
             for inj, val in outputs[name].items():
                 if inj is Injection.CROSSATTN:
@@ -186,13 +206,24 @@ class Conditioner(nn.Module):
                     masks.append(val.mask)
                 elif inj is Injection.CONCAT:
                     concat.append(val)
-                else:
+                elif inj is Injection.VECTOR:
                     vector.append(val)
+                elif inj is Injection.RESIDUAL:  # summed per tap in each UNet call
+                    residual[name] = val
+                elif inj is Injection.GATED_ATTENTION:
+                    layers = self.encoders[name].block_layers()[inj]
+                    gated.append(GatedTokens(layers, val.values, val.mask))
+                elif inj is Injection.DECOUPLED_CROSSATTN:
+                    layers = self.encoders[name].block_layers()[inj]
+                    decoupled.append(DecoupledTokens(layers, val.values, val.mask, val.region))
+        taps = {name: self.specs[name][Injection.RESIDUAL].taps for name in residual}
         return Conditioning(
             context=torch.cat(ctx, dim=1) if ctx else None,
             context_mask=torch.cat(masks, dim=1) if masks else None,
             concat=torch.cat(concat, dim=1) if concat else None,
             vector=torch.cat(vector, dim=1) if vector else None,
+            residuals=Residuals(residual, taps) if residual else None,
+            inserted=InsertedLayers(tuple(gated), tuple(decoupled)) if gated or decoupled else None,
         )
 
 
@@ -209,6 +240,8 @@ def _drawing(enc: ConditionEncoder, generator: BatchRandom | torch.Generator | N
 
 def _first_tensor(out: ConditionOutput) -> torch.Tensor:
     val = next(iter(out.values()))
+    if isinstance(val, Residual):
+        return val.weight
     return val.values if isinstance(val, Tokens) else val
 
 
@@ -217,11 +250,28 @@ def _where(cond: torch.Tensor, a: ConditionOutput, b: ConditionOutput) -> Condit
     result: ConditionOutput = {}
     for inj, bv in b.items():
         av = a[inj]
-        if isinstance(bv, Tokens):
+        if isinstance(bv, Residual):
+            result[inj] = av.where(cond, bv)
+        elif isinstance(bv, Tokens):
             c = cond.view(-1, 1, 1)
             result[inj] = Tokens(torch.where(c, av.values.to(bv.values.dtype), bv.values),
-                                 torch.where(cond.view(-1, 1), av.mask, bv.mask))
+                                 torch.where(cond.view(-1, 1), av.mask, bv.mask),
+                                 _where_region(cond, av.region, bv.region))
         else:
             c = cond.view(-1, *([1] * (bv.dim() - 1)))
             result[inj] = torch.where(c, av.to(bv.dtype), bv)
     return result
+
+
+def _where_region(cond: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None
+                  ) -> torch.Tensor | None:
+    """Per-sample select of two regions, None standing for everywhere (ones)."""
+    if a is None and b is None:
+        return None
+    like = a if a is not None else b
+    a = torch.ones_like(like) if a is None else a
+    b = torch.ones_like(like) if b is None else b
+    if a.shape != b.shape:  # regions at different resolutions: meet at the finer one
+        size = max(a.shape[-2:], b.shape[-2:])
+        a, b = (torch.nn.functional.interpolate(r.float(), size=size, mode="bilinear") for r in (a, b))
+    return torch.where(cond.view(-1, 1, 1, 1), a.to(b.dtype), b)

@@ -8,7 +8,9 @@ declared and documented in its own module:
 3. the network, here: ``name``, ``injections``, ``Config``, ``trainable``, ``output_specs``,
    ``forward``, ``null`` (and the provided ``random()``);
 4. shaping the sample, optionally: ``provides_base``, ``base``, ``finish``
-   (``sample_shaping.py``).
+   (``sample_shaping.py``);
+5. for ``gated_attention`` and ``decoupled_crossattn`` only: the layers it inserts into the
+   transformer blocks, ``block_layers`` (``block_layers.py``).
 
 Only job 3 has no default: ``output_specs``, ``forward`` and ``null`` are what every plugin
 writes; the other jobs' defaults fit a plugin whose value is a tensor stored under its name.
@@ -23,6 +25,7 @@ from torch import nn
 
 from ldmcore.conditioning.backbone import BackboneSpec
 from ldmcore.conditioning.batch_input import BatchInput
+from ldmcore.conditioning.block_layers import BlockLayers
 from ldmcore.conditioning.injection import ConditionOutput, Injection, OutputSpec
 from ldmcore.conditioning.sample_shaping import SampleShaping
 from ldmcore.conditioning.user_input import UserInput
@@ -37,7 +40,7 @@ class EncoderConfig(BaseModel):
     drop_prob: float = Field(0.1, ge=0.0, le=1.0, description="train-time probability of null")
 
 
-class ConditionEncoder(UserInput, BatchInput, SampleShaping, nn.Module):
+class ConditionEncoder(UserInput, BatchInput, SampleShaping, BlockLayers, nn.Module):
     """Base class of condition plugins. Subclasses set the class attributes and implement
     ``output_specs``, ``forward`` and ``null``; every other hook has a default."""
 
@@ -80,3 +83,10 @@ class ConditionEncoder(UserInput, BatchInput, SampleShaping, nn.Module):
         """The unconditional outputs for ``batch_size`` samples (same shapes as ``forward``):
         classifier-free guidance's null and the train-time dropout value."""
         raise NotImplementedError
+
+    def init_from_backbone(self, unet: nn.Module) -> None:
+        """Called with the backbone's UNet once the model is built, and again after a pretrained
+        backbone's weights are loaded into it (``model.init_from``, ``ldmcore.attach``). A plugin
+        that builds on the backbone's weights makes its part here and copies them (ControlNet:
+        a trainable copy of the encoder half); what it makes is its own, saved with it, and the
+        UNet itself must stay untouched. Default: nothing."""

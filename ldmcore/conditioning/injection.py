@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ldmcore.conditioning.residual import Residual, Residuals
+from ldmcore.nn.inserted_layers import InsertedLayers
+from ldmcore.nn.taps import ResidualTap
+
 
 class Injection(str, enum.Enum):
     """How a condition reaches the UNet."""
@@ -19,6 +23,18 @@ class Injection(str, enum.Enum):
     CROSSATTN = "crossattn"  # tokens used as keys/values of cross-attention
     CONCAT = "concat"  # channels concatenated to z_t at latent resolution
     VECTOR = "vector"  # a vector projected and added to the timestep embedding
+    RESIDUAL = "residual"  # feature maps added at the UNet's taps (ControlNet, T2I-Adapter)
+    # tokens read by the plugin's own gated self-attention layer after each transformer block's
+    # self-attention (GLIGEN); its layers start with the gate shut
+    GATED_ATTENTION = "gated_attention"
+    # tokens read by the plugin's own key/value projection beside each cross-attention (IP-Adapter)
+    DECOUPLED_CROSSATTN = "decoupled_crossattn"
+
+    @property
+    def inserts_layers(self) -> bool:
+        """Whether the plugin's own layers inside the transformer blocks read these tokens
+        (``ConditionEncoder.block_layers``), rather than the backbone's."""
+        return self in (Injection.GATED_ATTENTION, Injection.DECOUPLED_CROSSATTN)
 
 
 @dataclass(frozen=True)
@@ -26,26 +42,34 @@ class OutputSpec:
     """Shape of one output of an encoder, per sample (batch axis excluded).
 
     crossattn: ``(tokens, context_dim)``; concat: ``(channels, H, W)`` at latent resolution;
-    vector: ``(dim,)``.
+    vector: ``(dim,)``; residual: ``()``, with the backbone taps it feeds in ``taps``
+    (``BackboneSpec.residual_taps``, each map ``tap.shape``); gated_attention and
+    decoupled_crossattn: ``(tokens, width)``, any width (the plugin's own layers read them).
     """
 
     injection: Injection
     shape: tuple[int, ...]
+    taps: tuple[ResidualTap, ...] = ()
 
 
 @dataclass
 class Tokens:
-    """Cross-attention tokens with a key-padding mask (True = attend)."""
+    """Tokens with a key-padding mask (True = attend), for every token injection.
+
+    ``region`` (decoupled_crossattn only): (B, 1, H, W) weights in [0, 1] at any resolution,
+    resized to each block's; where the tokens act (regional prompts). None: everywhere.
+    """
 
     values: torch.Tensor  # (B, N, D)
     mask: torch.Tensor  # (B, N) bool
+    region: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.mask.dtype != torch.bool:
             self.mask = self.mask.bool()
 
 
-ConditionOutput = dict[Injection, "torch.Tensor | Tokens"]
+ConditionOutput = dict[Injection, "torch.Tensor | Tokens | Residual"]
 
 
 @dataclass
@@ -56,6 +80,9 @@ class Conditioning:
     context_mask: torch.Tensor | None = None  # (B, N) bool
     concat: torch.Tensor | None = None  # (B, C, h, w)
     vector: torch.Tensor | None = None  # (B, D)
+    residuals: Residuals | None = None  # maps for the UNet's taps (``residual.py``)
+    # gated_attention and decoupled_crossattn: plugins' layers in the transformer blocks, with tokens
+    inserted: InsertedLayers | None = None
 
     @staticmethod
     def cat(parts: list[Conditioning]) -> Conditioning:
@@ -65,4 +92,7 @@ class Conditioning:
             values = [getattr(p, field) for p in parts]
             return None if values[0] is None else torch.cat(values)
 
-        return Conditioning(*(join(f) for f in ("context", "context_mask", "concat", "vector")))
+        residuals = None if parts[0].residuals is None else Residuals.cat([p.residuals for p in parts])
+        inserted = None if parts[0].inserted is None else InsertedLayers.cat([p.inserted for p in parts])
+        return Conditioning(*(join(f) for f in ("context", "context_mask", "concat", "vector")),
+                            residuals=residuals, inserted=inserted)

@@ -53,9 +53,9 @@ def run_metrics(model: LatentDiffusion, dataset: str, has_data: bool,
                 registry: Registry | None = None) -> list[tuple[str, MetricSpec]]:
     """(condition, metric) of every registered metric that scores this model's samples of
     ``dataset``, in the order of the model's conditions."""
-    registry = registry or default_registry()
-    return [(name, m) for name in model.conditioner.encoders for m in registry.metrics_for(name)
-            if m.applies_to(dataset, has_data)]
+    registry = registry or default_registry()  # an instance of a plugin takes the plugin's metrics
+    return [(name, m) for name, enc in model.conditioner.encoders.items()
+            for m in registry.metrics_for(type(enc).name) if m.applies_to(dataset, has_data)]
 
 
 def condition_scores(metrics: list[tuple[str, MetricSpec]], images: torch.Tensor,

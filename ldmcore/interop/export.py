@@ -5,7 +5,8 @@ The single file uses the CompVis names (``model.diffusion_model.*``, ``first_sta
 as in SD 2.x) plus ``betas``/``alphas_cumprod``, and records ldmcore's exact shapes in metadata
 (``ldmcore.*``), so ``ldm import`` reads it back without SD's constants. The diffusers folder is
 what ``StableDiffusionPipeline.from_pretrained`` loads: ``unet/``, ``vae/``, ``text_encoder/``,
-``tokenizer/``, ``scheduler/`` (DDIM) and ``model_index.json``; a model in SD x4 upscaler's
+``tokenizer/``, ``scheduler/`` (DDIM) and ``model_index.json`` (with a ``controlnet/`` or
+``adapter/`` folder for a residual plugin: ``residual_export.py``); a model in SD x4 upscaler's
 layout (the ``lowres`` plugin with DDPM levels and a one-hot table) becomes a
 ``StableDiffusionUpscalePipeline`` folder with ``low_res_scheduler/``.
 """
@@ -27,6 +28,7 @@ from ldmcore.arguments import flag, key_values, positional
 from ldmcore.errors import ConfigError
 from ldmcore.interop import keymaps
 from ldmcore.interop.convert import TEXT, UNET, VAE
+from ldmcore.interop.residual_export import residual_parts, residual_plugins
 from ldmcore.runfolder import load_run
 
 DIFFUSERS_VERSION = "0.30.0"
@@ -41,10 +43,12 @@ def _refuse_base(model) -> None:
                           f"have no place for; only models trained with base=none export.")
 
 
-def _text_plugin(model) -> Any | None:
-    """The run's text plugin, if it can be exported (no projection); other plugins are refused."""
+def _text_plugin(model, beside: frozenset[str] = frozenset()) -> Any | None:
+    """The run's text plugin, if it can be exported (no projection); other plugins are refused,
+    except those ``beside`` (exported as folders of their own: a ControlNet, an adapter)."""
     encoders = dict(model.conditioner.encoders)
-    other = sorted(n for n in encoders if n not in ("text", "inpaint") and not (n == "lowres" and _is_upscaler(model)))
+    other = sorted(n for n in encoders if n not in ("text", "inpaint", *beside)
+                   and not (n == "lowres" and _is_upscaler(model)))
     if other:
         raise ConfigError(f"this model has the plugin(s) {', '.join(other)}, which neither SD single "
                           f"files nor diffusers' StableDiffusionPipeline can hold; only text-to-image "
@@ -177,7 +181,7 @@ def export_single_file(model, cfg, out: Path | str, *, overwrite: bool = False) 
 def export_diffusers(model, cfg, out: Path | str, *, overwrite: bool = False) -> Path:
     """Write a diffusers folder (StableDiffusionPipeline when there is a text plugin)."""
     _refuse_base(model)
-    text = _text_plugin(model)
+    text = _text_plugin(model, residual_plugins(model))
     u, ae = model.unet.shape, model.autoencoder.shape
     if u.context_dim is None and u.attention_levels:
         raise ConfigError("this UNet has attention without cross-attention tokens, which diffusers' "
@@ -229,22 +233,31 @@ def export_diffusers(model, cfg, out: Path | str, *, overwrite: bool = False) ->
     if d.schedule.value not in ("linear", "scaled_linear"):
         raise ConfigError(f"the {d.schedule.value} beta schedule has no DDIMScheduler equivalent "
                           f"in diffusers' SD pipelines; export a linear or scaled_linear model.")
+    residual, residual_pipeline = residual_parts(model, unet_cfg, DIFFUSERS_VERSION)
 
     def write(root: Path) -> None:
         for sub, conf, tensors in (
                 ("unet", unet_cfg, keymaps.to_diffusers_unet(_unet_state(model), u)),
-                ("vae", vae_cfg, keymaps.to_diffusers_autoencoder(model.autoencoder.state_dict(), ae))):
+                ("vae", vae_cfg, keymaps.to_diffusers_autoencoder(model.autoencoder.state_dict(), ae)),
+                *residual):
             (root / sub).mkdir()
             (root / sub / "config.json").write_text(json.dumps(conf, indent=1))
             checkpoint.save(root / sub / "diffusion_pytorch_model.safetensors", tensors, {"format": "pt"})
         (root / "scheduler").mkdir()
         (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched_cfg, indent=1))
         pipeline = "StableDiffusionInpaintPipeline" if "inpaint" in model.conditioner.encoders else "StableDiffusionPipeline"
+        if residual_pipeline is not None:  # a ControlNet or adapter pipeline
+            pipeline = residual_pipeline
         index = {"_class_name": pipeline, "_diffusers_version": DIFFUSERS_VERSION,
                  "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
                  "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
                  "feature_extractor": [None, None], "image_encoder": [None, None],
                  "requires_safety_checker": False}
+        if residual_pipeline is not None:  # its ControlNet or adapter, under the name it expects
+            folder, conf, _ = residual[0]
+            index[folder] = ["diffusers", conf["_class_name"]]
+            if folder == "adapter":  # not an argument of the adapter pipeline
+                index.pop("image_encoder")
         if _is_upscaler(model):
             for key in ("image_encoder", "requires_safety_checker"):  # not arguments of this pipeline
                 index.pop(key)

@@ -7,11 +7,17 @@ Parameter names follow CompVis/Stable Diffusion (``attn1``, ``attn2``, ``to_q``,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ldmcore.nn.norms import GroupNorm, LayerNorm
+
+if TYPE_CHECKING:
+    from ldmcore.nn.inserted_layers import InsertedLayers
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -48,17 +54,24 @@ class CrossAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Identity())
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` (B, L, Dq); ``context`` (B, N, Dc); ``mask`` (B, N) bool, True = attend."""
+                mask: torch.Tensor | None = None,
+                beside: Sequence[Callable[[torch.Tensor], torch.Tensor]] = ()) -> torch.Tensor:
+        """``x`` (B, L, Dq); ``context`` (B, N, Dc); ``mask`` (B, N) bool, True = attend.
+        ``beside``: further attention paths on the same queries (B, heads, L, d), each giving
+        (B, L, heads * d) that is added before the output projection (decoupled
+        cross-attention, as IP-Adapter)."""
         kv = x if context is None else context
         b = x.shape[0]
         h, d = self.heads, self.head_dim
-        q = self.to_q(x).view(b, -1, h, d)
+        q = self.to_q(x).view(b, -1, h, d).transpose(1, 2)
         k = self.to_k(kv).view(b, -1, h, d)
         v = self.to_v(kv).view(b, -1, h, d)
         attn_mask = None if mask is None or context is None else mask[:, None, None, :]
-        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask)
-        return self.to_out(out.transpose(1, 2).reshape(b, -1, h * d))
+        out = attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask)
+        out = out.transpose(1, 2).reshape(b, -1, h * d)
+        for path in beside:
+            out = out + path(q)
+        return self.to_out(out)
 
 
 class GEGLU(nn.Module):
@@ -106,10 +119,23 @@ class BasicTransformerBlock(nn.Module):
         self.norm2 = LayerNorm(dim)
         self.norm3 = LayerNorm(dim)
 
+    index: int = -1
+    """Its place in the UNet's forward order, set by the UNet; plugin layers are indexed by it."""
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None,
-                mask: torch.Tensor | None) -> torch.Tensor:
+                mask: torch.Tensor | None, inserted: InsertedLayers | None = None,
+                size: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """``inserted``: plugins' layers (gated after self-attention, decoupled beside
+        cross-attention) for features of spatial ``size``."""
         x = x + (self.attn1(self.norm1(x), context, mask) if self.cross_only else self.attn1(self.norm1(x)))
-        x = x + self.attn2(self.norm2(x), context, mask)
+        beside = ()
+        if inserted is not None:
+            if self.index < 0:
+                raise ValueError("plugin layers reach a transformer block by its number in a "
+                                 "UNet; this block was built outside one (set its index)")
+            x = inserted.after_self_attention(self.index, x)
+            beside = inserted.beside_cross_attention(self.index, size)
+        x = x + self.attn2(self.norm2(x), context, mask, beside)
         return x + self.ff(self.norm3(x))
 
 
@@ -138,7 +164,7 @@ class SpatialTransformer(nn.Module):
             BasicTransformerBlock(inner, heads, head_dim, context_dim, cross_only) for _ in range(depth))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, inserted: InsertedLayers | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
         residual = x
         x = self.norm(x)
@@ -147,7 +173,7 @@ class SpatialTransformer(nn.Module):
             # linears over those tokens (CPU convolution sends NHWC 1x1 convs to a slow path)
             x = F.linear(x.flatten(2).transpose(1, 2), self.proj_in.weight.flatten(1), self.proj_in.bias)
             for block in self.transformer_blocks:
-                x = block(x, context, mask)
+                x = block(x, context, mask, inserted, (h, w))
             x = F.linear(x, self.proj_out.weight.flatten(1), self.proj_out.bias)
             return x.transpose(1, 2).reshape(b, c, h, w) + residual
         if not self.use_linear:
@@ -156,7 +182,7 @@ class SpatialTransformer(nn.Module):
         if self.use_linear:
             x = self.proj_in(x)
         for block in self.transformer_blocks:
-            x = block(x, context, mask)
+            x = block(x, context, mask, inserted, (h, w))
         if self.use_linear:
             x = self.proj_out(x)
         x = x.transpose(1, 2).reshape(b, -1, h, w)

@@ -4,8 +4,10 @@ Parameter names match CompVis ``openaimodel.UNetModel`` (``time_embed``, ``label
 ``input_blocks.N``, ``middle_block``, ``output_blocks.N``, ``out``) so SD 1.x/2.x weights load by
 prefix. Conditions arrive already routed (``ldmcore.conditioning.Conditioning``): concat maps are
 joined to the input channels, tokens feed cross-attention (with a key-padding mask), and a vector
-is projected by ``label_emb`` and added to the timestep embedding. The UNet has no flag per
-condition: its widths are derived from the enabled plugins by whoever builds it.
+is projected by ``label_emb`` and added to the timestep embedding; residual maps are added at
+the encoder's taps (``taps.py``: the skip connections, the middle block, the end of each level).
+The UNet has no flag per condition: its widths are derived from the enabled plugins by whoever
+builds it.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ldmcore.nn.attention import SpatialTransformer, pointwise
+from ldmcore.nn.attention import BasicTransformerBlock, SpatialTransformer, pointwise
 from ldmcore.nn.embeddings import timestep_embedding
+from ldmcore.nn.inserted_layers import InsertedLayers, TransformerBlockShape
 from ldmcore.nn.norms import GroupNorm
+from ldmcore.nn.taps import MIDDLE, level_end_block
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,26 @@ class UNetShape:
     norm_groups: int = 32
     dropout: float = 0.0
 
+    def heads_at(self, ch: int) -> int:
+        return self.num_heads or max(1, ch // self.num_head_channels)
+
+    def transformer_blocks(self) -> tuple[TransformerBlockShape, ...]:
+        """Every transformer block in forward order (input blocks, middle, output blocks), with
+        its width and heads: what a plugin that inserts layers into the blocks is sized from.
+        The UNet numbers its blocks in this order (``BasicTransformerBlock.index``)."""
+        mc, nrb = self.model_channels, self.num_res_blocks
+        widths = [mc * mult for level, mult in enumerate(self.channel_mult)
+                  if level in self.attention_levels for _ in range(nrb)]
+        if self.middle_attention:
+            widths.append(mc * self.channel_mult[-1])
+        widths += [mc * mult for level, mult in reversed(list(enumerate(self.channel_mult)))
+                   if level in self.attention_levels for _ in range(nrb + 1)]
+        blocks = []
+        for ch in widths:
+            heads = self.heads_at(ch)
+            blocks += [TransformerBlockShape(heads * (ch // heads), heads, ch // heads)] * self.transformer_depth
+        return tuple(blocks)
+
 
 class TimestepBlock(nn.Module):
     """A module whose forward also takes the timestep embedding."""
@@ -56,12 +80,12 @@ class TimestepEmbedSequential(nn.Sequential):
     """Sequential that hands the embedding to ResBlocks and the context to transformers."""
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, inserted: InsertedLayers | None = None) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, TimestepBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context, mask)
+                x = layer(x, context, mask, inserted)
             else:
                 x = layer(x)
         return x
@@ -130,7 +154,7 @@ class UNetModel(nn.Module):
                 nn.Linear(s.vector_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
 
         def transformer(ch: int, level: int | None = None) -> SpatialTransformer:
-            heads = s.num_heads or max(1, ch // s.num_head_channels)
+            heads = s.heads_at(ch)
             return SpatialTransformer(ch, heads, ch // heads, s.context_dim, s.transformer_depth,
                                       groups, s.use_linear_in_transformer,
                                       cross_only=level in s.cross_only_levels)
@@ -171,11 +195,21 @@ class UNetModel(nn.Module):
                                  nn.Conv2d(ch, s.out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        # number the transformer blocks as transformer_blocks() lists them: plugin layers are
+        # indexed by these numbers
+        blocks = [m for m in self.modules() if isinstance(m, BasicTransformerBlock)]
+        assert len(blocks) == len(s.transformer_blocks()), "transformer_blocks() out of step"
+        for index, block in enumerate(blocks):
+            block.index = index
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
                 context_mask: torch.Tensor | None = None,
-                vector: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` is z_t already joined with concat conditions on channels; ``t`` (B,) timesteps."""
+                vector: torch.Tensor | None = None,
+                residuals: dict[str, torch.Tensor] | None = None,
+                inserted: InsertedLayers | None = None) -> torch.Tensor:
+        """``x`` is z_t already joined with concat conditions on channels; ``t`` (B,) timesteps;
+        ``residuals`` maps tap names (``ldmcore.nn.taps``) to feature maps added there;
+        ``inserted``: plugins' layers inside the transformer blocks, with their tokens."""
         s = self.shape
         if x.shape[1] != s.in_channels:
             raise ValueError(f"UNet expects {s.in_channels} input channels, got {x.shape[1]}")
@@ -195,12 +229,20 @@ class UNetModel(nn.Module):
         run = self._checkpointed if self.checkpointing and torch.is_grad_enabled() else _call
         skips = []
         h = x
-        for block in self.input_blocks:
-            h = run(block, h, emb, context, context_mask)
-            skips.append(h)
-        h = run(self.middle_block, h, emb, context, context_mask)
+        if residuals:
+            ends = {level_end_block(s, level): f"encoder.{level}" for level in range(len(s.channel_mult))}
+        for i, block in enumerate(self.input_blocks):
+            h = run(block, h, emb, context, context_mask, inserted)
+            if residuals:
+                h = _plus(h, residuals.get(ends.get(i, "")))  # flows on and into the skip
+                skips.append(_plus(h, residuals.get(f"skip.{i}")))  # the skip connection only
+            else:
+                skips.append(h)
+        h = run(self.middle_block, h, emb, context, context_mask, inserted)
+        if residuals:
+            h = _plus(h, residuals.get(MIDDLE))
         for block in self.output_blocks:
-            h = run(block, torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+            h = run(block, torch.cat([h, skips.pop()], dim=1), emb, context, context_mask, inserted)
         return self.out(h)
 
     # Gradient checkpointing (``execution.checkpointing``): keep only each block's input and
@@ -208,9 +250,13 @@ class UNetModel(nn.Module):
     checkpointing: bool = False
 
     @staticmethod
-    def _checkpointed(block: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+    def _checkpointed(block: nn.Module, *args: torch.Tensor | InsertedLayers | None) -> torch.Tensor:
         return checkpoint(block, *args, use_reentrant=False)
 
 
-def _call(block: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+def _plus(h: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    return h if residual is None else h + residual.to(h.dtype)
+
+
+def _call(block: nn.Module, *args: torch.Tensor | InsertedLayers | None) -> torch.Tensor:
     return block(*args)

@@ -1,16 +1,26 @@
-"""Boxes (x0, y0, x1, y1 in [0, 1]) with class labels, one cross-attention token per box.
+"""Boxes (x0, y0, x1, y1 in [0, 1]) with class labels, one token per box, in one of two ways.
 
-As GLIGEN's position net: each token is an MLP of [class embedding | Fourier features of the
-box coordinates], projected to the backbone's context width. Up to ``max_boxes`` boxes; empty
-slots are masked out of attention. A learned null token is always present and attended (so a
-sample with no boxes still has one key), and is the whole condition when the layout is dropped.
+``injection: crossattn`` (default): as GLIGEN's position net, each token is an MLP of [class
+embedding | Fourier features of the box coordinates], projected to the backbone's context
+width and appended to the cross-attention context. Up to ``max_boxes`` boxes; empty slots are
+masked out of attention. A learned null token is always present and attended (so a sample with
+no boxes still has one key), and is the whole condition when the layout is dropped.
+
+``injection: gated``: GLIGEN itself. The tokens (``ldmcore.nn.grounding``: the class embedding
+as the phrase, GLIGEN's box Fourier features, learned null features for empty slots) are read
+by a gated self-attention layer the plugin inserts after the self-attention of every transformer
+block (``ldmcore.nn.gated_attention``), gates shut at init. Attached to a pretrained model
+(``model.init_from``) the output is unchanged until training opens the gates, which
+cross-attention tokens cannot promise (softmax renormalises over the added keys). The dropped
+layout is every slot empty (null features).
+
 A value is a pair (boxes (N, 4), labels (N,)) per sample, N varying within a batch.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -20,6 +30,8 @@ from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutpu
                                   Injection, OutputSpec, Tokens)
 from ldmcore.errors import ConfigError
 from ldmcore.nn.embeddings import FourierFeatures
+from ldmcore.nn.gated_attention import gated_layers
+from ldmcore.nn.grounding import GroundingTokenizer
 
 
 class LayoutConfig(EncoderConfig):
@@ -31,26 +43,44 @@ class LayoutConfig(EncoderConfig):
     max_boxes: int = Field(4, ge=1)
     num_freqs: int = Field(8, ge=1)
     embed_dim: int = Field(128, ge=1)
+    injection: Literal["crossattn", "gated"] = Field(
+        "crossattn", description="crossattn: tokens appended to the context; gated: GLIGEN's "
+                                 "gated self-attention in every transformer block (output "
+                                 "unchanged at init when attached to a pretrained model)")
+    grounding_hidden: int = Field(512, ge=1, description="gated: width of the grounding "
+                                                         "tokenizer's MLP (GLIGEN: 512)")
 
 
 class LayoutEncoder(ConditionEncoder):
     name = "layout"
-    injections = (Injection.CROSSATTN,)
+    injections = (Injection.CROSSATTN, Injection.GATED_ATTENTION)
     Config = LayoutConfig
     list_value = True
 
     def __init__(self, config: LayoutConfig, backbone: BackboneSpec) -> None:
         super().__init__(config, backbone)
-        self.fourier = FourierFeatures(config.num_freqs)
+        self.gated = config.injection == "gated"
         self.class_embedding = nn.Embedding(config.num_classes, config.embed_dim)
         width = backbone.context_dim
+        if self.gated:
+            self.grounding = GroundingTokenizer(config.embed_dim, width, config.num_freqs,
+                                                config.grounding_hidden)
+            self.fusers = gated_layers(backbone.transformer_blocks, width)
+            return
+        self.fourier = FourierFeatures(config.num_freqs)
         self.mlp = nn.Sequential(nn.Linear(config.embed_dim + self.fourier.out_dim(4), 2 * width),
                                  nn.SiLU(), nn.Linear(2 * width, width))
         self.null_token = nn.Parameter(torch.randn(width) * 0.02)
 
     def output_specs(self) -> dict[Injection, OutputSpec]:
+        if self.gated:
+            return {Injection.GATED_ATTENTION: OutputSpec(
+                Injection.GATED_ATTENTION, (self.config.max_boxes, self.backbone.context_dim))}
         return {Injection.CROSSATTN: OutputSpec(Injection.CROSSATTN,
                                                 (1 + self.config.max_boxes, self.backbone.context_dim))}
+
+    def block_layers(self) -> dict[Injection, nn.ModuleList]:
+        return {Injection.GATED_ATTENTION: self.fusers} if self.gated else {}
 
     def batch_value(self, batch):
         if self.name in batch:
@@ -59,7 +89,7 @@ class LayoutEncoder(ConditionEncoder):
 
     def forward(self, value: list[tuple[torch.Tensor, torch.Tensor]]) -> ConditionOutput:
         b, m = len(value), self.config.max_boxes
-        device = self.null_token.device
+        device = self.class_embedding.weight.device
         boxes = torch.zeros(b, m, 4, device=device)
         labels = torch.zeros(b, m, dtype=torch.long, device=device)
         present = torch.zeros(b, m, dtype=torch.bool, device=device)
@@ -68,6 +98,8 @@ class LayoutEncoder(ConditionEncoder):
             self._check(bx, lb)
             n = min(len(bx), m)
             boxes[i, :n], labels[i, :n], present[i, :n] = bx[:n].to(device), lb[:n].to(device), True
+        if self.gated:
+            return self._grounding(boxes, labels, present)
         tokens = self.mlp(torch.cat([self.class_embedding(labels), self.fourier(boxes * 2 - 1)], dim=-1))
         tokens = torch.where(present[..., None], tokens, torch.zeros_like(tokens))
         null = self.null_token.view(1, 1, -1).expand(b, 1, -1).to(tokens.dtype)
@@ -83,8 +115,18 @@ class LayoutEncoder(ConditionEncoder):
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.config.num_classes):
             raise ConfigError(f"layout: label {int(labels.max())} is outside 0..{self.config.num_classes - 1}.")
 
+    def _grounding(self, boxes: torch.Tensor, labels: torch.Tensor, present: torch.Tensor) -> ConditionOutput:
+        """GLIGEN's tokens, every slot attended (empty ones carry the null features)."""
+        tokens = self.grounding(self.class_embedding(labels), boxes, present)
+        return {Injection.GATED_ATTENTION: Tokens(tokens, torch.ones_like(present))}
+
     def null(self, batch_size: int) -> ConditionOutput:
         m, width = self.config.max_boxes, self.backbone.context_dim
+        if self.gated:
+            device = self.class_embedding.weight.device
+            return self._grounding(torch.zeros(batch_size, m, 4, device=device),
+                                   torch.zeros(batch_size, m, dtype=torch.long, device=device),
+                                   torch.zeros(batch_size, m, dtype=torch.bool, device=device))
         values = torch.cat([self.null_token.view(1, 1, -1).expand(batch_size, 1, -1),
                             torch.zeros(batch_size, m, width, device=self.null_token.device)], dim=1)
         mask = torch.zeros(batch_size, 1 + m, dtype=torch.bool, device=self.null_token.device)

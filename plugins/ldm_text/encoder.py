@@ -28,6 +28,7 @@ from torch import nn
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
                                   Injection, OutputSpec, Tokens)
 from ldmcore.errors import ConfigError
+from ldmcore.nn.local_models import check_model_folder
 
 
 def default_model_dir() -> str:
@@ -65,15 +66,7 @@ def _load_pretrained(folder: Path) -> tuple[nn.Module, Any]:
 
     hf_logging.disable_progress_bar()
 
-    if not (folder / "config.json").is_file():
-        raise ConfigError(f"conditions.text.model={str(folder)!r} is not a transformers model "
-                          f"folder (no config.json there); name a local folder holding config.json, "
-                          f"the weights and the tokenizer files.")
-    if not any(folder.glob("*.safetensors")):
-        raise ConfigError(f"conditions.text.model={str(folder)!r} holds no .safetensors weights; "
-                          f"ldmcore loads weights only from safetensors files (a pickled "
-                          f"pytorch_model.bin can run code when loaded). Convert it once with "
-                          f"transformers: model.save_pretrained(folder, safe_serialization=True).")
+    check_model_folder(folder, "conditions.text.model", "the tokenizer files")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         model = AutoModel.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
