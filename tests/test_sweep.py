@@ -140,7 +140,7 @@ def test_a_signal_stops_the_whole_sweep_and_keeps_what_ran(tmp_path: Path, monke
     import signal
 
     from ldmcore import train as train_module
-    from reliability import run_cli
+    from tests.reliability import run_cli
 
     def interrupted_stage_1(*args, **kwargs):
         signal.raise_signal(signal.SIGTERM)
@@ -158,7 +158,7 @@ def test_a_signal_stops_the_whole_sweep_and_keeps_what_ran(tmp_path: Path, monke
 
 
 def test_sweep_eval_puts_each_runs_ldm_eval_figures_in_the_summary(tmp_path: Path) -> None:
-    from reliability import run_cli
+    from tests.reliability import run_cli
 
     folder = tmp_path / "sweep"
     out = run_cli("train", "-m", "experiment=smoke", "data=shapes", "data.channels=3",
