@@ -31,46 +31,57 @@ from ldmcore.hardware import autocast, choose
 from ldmcore.images import open_image, save_grid, save_png
 from ldmcore.model import LatentDiffusion
 from ldmcore.nn.execution import for_inference
+from ldmcore.progress import progress_bar, step_counter
 from ldmcore.registry import Registry
 from ldmcore.runfolder import RunFolder, check_output_folder, load_run, make_output_folder
 from ldmcore.sampling import sampling_plan
 from ldmcore.schema import Strict, format_validation_error
+from ldmcore.summary import startup_line
 
 
 MAX_IMAGES = 10_000  # one request's images, all held in memory before they are written
 
 
 class SampleRequest(Strict):
-    run: Path
+    run: Path = Field(description="the run folder to sample")
     n: int = Field(8, ge=1, le=MAX_IMAGES, description="samples per condition value")
-    sampler: str | None = None  # default: the run's sampler config
+    sampler: str | None = Field(None, description="default: the run's sampler config; NAME: that "
+                                "sampler with its own config (sampler/NAME.yaml)")
     steps: int | None = Field(None, ge=1)
     sigmas: SigmaKind | None = None
     spacing: Spacing | None = None
     rho: float | None = Field(None, gt=0)
     eta: float | None = Field(None, ge=0, le=1)
     s_noise: float | None = Field(None, ge=0)
-    options: dict[str, str] = Field(default_factory=dict)  # option.NAME=VALUE: other knobs
-    guidance: float | None = None
-    plugin_guidance: dict[str, float] = Field(default_factory=dict)  # guidance.NAME=SCALE
+    options: dict[str, str] = Field(default_factory=dict, description="other sampler knobs")
+    guidance: float | None = Field(None, description="default: the run's; 1 = no guidance")
+    plugin_guidance: dict[str, float] = Field(default_factory=dict, description="a scale per "
+                                              "plugin (compositional guidance)")
     guidance_rescale: float | None = Field(None, ge=0, le=1)
-    guidance_interval: tuple[float, float] | None = None
-    init: Path | None = None  # image-to-image / masked sampling from this PNG
-    strength: float | None = Field(None, ge=0, le=1)  # default 0.75 with init, 1 with a mask
-    mask: Path | None = None  # white = generate, black = keep the init image
-    seed: int = 0
-    out: Path | None = None  # default: RUN/samples/sample_<seed>
-    overwrite: bool = False  # write into a non-empty out= folder that ldm sample did not make
-    batch: int = Field(64, ge=1)
+    guidance_interval: tuple[float, float] | None = Field(None, description="guide only for "
+                                                          "sigmas in [lo,hi]")
+    init: Path | None = Field(None, description="image-to-image / masked sampling from this PNG")
+    strength: float | None = Field(None, ge=0, le=1, description="default 0.75 with init, 1 "
+                                   "with a mask")
+    mask: Path | None = Field(None, description="white = generate, black = keep the init image")
+    seed: int = Field(0, description="sample i starts from the noise of seed + i")
+    out: Path | None = Field(None, description="default: RUN/samples/sample_<seed>")
+    overwrite: bool = Field(False, description="write into a non-empty out= folder that ldm "
+                            "sample did not make")
+    batch: int = Field(64, ge=1, description="images per forward pass")
     precision: str = Field("auto", pattern="^(auto|bf16|fp32|fp16)$",
                            description="auto: bf16 where the hardware runs it natively, else fp32 "
                                        "(CPU) or fp16 (GPU); not inherited from training")
     threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description="auto: the cores other processes "
                                                                "leave free; N: exactly N")
-    ema: bool = True
-    cond: dict[str, str] = Field(default_factory=dict)
-    conditions: dict[str, str] = Field(default_factory=dict)  # conditions.NAME.KEY=VALUE: replace
-    # a value of the run's plugin config (a path given here is trusted, unlike the checkpoint's)
+    ema: bool = Field(True, description="sample with the EMA weights")
+    progress: bool = Field(True, description="a progress bar while sampling (never when the "
+                                             "output is not a terminal)")
+    cond: dict[str, str] = Field(default_factory=dict, description="a plugin's value; a list "
+                                 "such as [0,1,2] gives one grid row each")
+    conditions: dict[str, str] = Field(default_factory=dict, description="replace a value of "
+                                       "the run's plugin config (a path given here is trusted, "
+                                       "unlike the checkpoint's)")
 
 
 PREFIXED = {"cond.": "cond", "guidance.": "plugin_guidance", "option.": "options",
@@ -100,7 +111,7 @@ def parse_request(args: list[str]) -> SampleRequest:
     try:
         return SampleRequest.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, model=SampleRequest)) from None
+        raise ConfigError(format_validation_error(err, model=SampleRequest, write_value=str)) from None
 
 
 def condition_rows(model: LatentDiffusion, cond: dict[str, str]) -> list[dict[str, Any]]:
@@ -236,13 +247,15 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
     cfg, model, _ = load_run(req.run, registry, req.ema, req.conditions)
     ex = cfg.execution
     device = next(model.unet.parameters()).device
-    hardware = choose(req.precision, req.threads, device)
+    hardware = choose(req.precision, req.threads, device, announce=False)
     precision = hardware.precision
     bf16_weights = precision.name == "bf16" and ex.bf16_weights
     model.unet = for_inference(model.unet, bf16_weights=bf16_weights,
                                channels_last=ex.channels_last, compile=ex.compile)
     for_inference(model.autoencoder, bf16_weights=bf16_weights, channels_last=ex.channels_last)
     plan = request_plan(req, model, cfg, registry)
+    print(startup_line(hardware, model, registry), flush=True)
+    print(f"sampler: {plan.describe()}", flush=True)
     size, channels = cfg.data.image_size, cfg.data.channels
     init = None if req.init is None else load_image(req.init, size, channels)
     mask = None if req.mask is None else (load_image(req.mask, size, 1, "mask") + 1) / 2
@@ -256,6 +269,10 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
     plain: list[dict[str, Any]] = [row for row in rows for _ in range(req.n)]
     values = parse_values(encoders, plain)
     images = []
+    levels = plan.levels(model.schedule)
+    steps = len(levels) - 1 - (plan.first_step(levels) if init is not None else 0)
+    chunks = -(-len(values) // req.batch)
+    bar = progress_bar(chunks * steps, f"sampling {len(values)} images", req.progress)
     for start in range(0, len(values), req.batch):
         chunk = values[start:start + req.batch]
         batch = {k: encoders[k].collate([v[k] for v in chunk]) for k in encoders}
@@ -263,7 +280,9 @@ def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
                              for i in range(len(chunk))])
         with autocast("fp32" if bf16_weights else precision.name, device):  # bf16 weights: no casts
             images.append(model.sample(batch, len(chunk), plan, noise=noise, init=init, mask=mask,
-                                       generator=torch.Generator().manual_seed(req.seed + start)))
+                                       generator=torch.Generator().manual_seed(req.seed + start),
+                                       callback=step_counter(bar)))
+    bar.close()
     images_t = torch.cat(images)
     make_output_folder(out)
     records = []

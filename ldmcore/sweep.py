@@ -29,18 +29,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ldmcore.arguments import flag, key_values
-from ldmcore.config import conf_dir, from_composed, hydra_overrides, load, register_resolvers
+from pydantic import Field, ValidationError
+
+from ldmcore.arguments import key_values
+from ldmcore.config import (conf_dir, from_composed, hydra_overrides, load, register_resolvers,
+                            with_sampler_choice)
 from ldmcore.curves import final_figures, read_records
 from ldmcore.errors import ConfigError, Interrupted, LdmError
 from ldmcore.eval.record import record_eval
 from ldmcore.eval.tasks import evaluate_run
 from ldmcore.registry import Registry, default_registry
+from ldmcore.schema import Strict, format_validation_error
 from ldmcore.sweep_summary import SweepSummary, write_summary
 from ldmcore.train import train
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
-SWEEP_OPTIONS = {"sweep.eval", "sweep.eval_n"}
 JOBS = "jobs"  # SWEEP/jobs/N.json: one record per job, written by the job itself
 CHECKED_JOBS = 64  # the most job configs validated before any job starts
 
@@ -73,8 +76,10 @@ class TrainJob:
                                   "overrides": list(hydra.overrides.task)}
         register_resolvers()  # a launcher's worker process starts without them
         try:
+            given = [o.lstrip("+") for o in hydra.overrides.task]  # as the command line wrote them
             raw = OmegaConf.to_container(job_cfg, resolve=True, throw_on_missing=True)
-            cfg = from_composed({**raw, "run_dir": str(run_dir)})
+            raw = with_sampler_choice({**raw, "run_dir": str(run_dir)}, given)
+            cfg = from_composed(raw, overrides=given)
             train(cfg)
             if self.eval_n:
                 report = evaluate_run(run_dir, n=self.eval_n, out=run_dir)
@@ -95,8 +100,9 @@ class TrainJob:
 
 def split_sweep_options(args: list[str]) -> tuple[dict[str, str], list[str]]:
     """(the ``sweep.*`` options of ``ldm train -m``, the Hydra overrides)."""
-    mine = [a for a in args if a.partition("=")[0] in SWEEP_OPTIONS]
-    return key_values(mine, SWEEP_OPTIONS), [a for a in args if a not in mine]
+    mine = [a for a in args if a.partition("=")[0].startswith("sweep.")]
+    allowed = {f"sweep.{k}" for k in SweepOptions.model_fields}
+    return key_values(mine, allowed), [a for a in args if a not in mine]
 
 
 def run_sweep(args: list[str], registry: Registry | None = None) -> SweepSummary:
@@ -112,7 +118,8 @@ def run_sweep(args: list[str], registry: Registry | None = None) -> SweepSummary
         raise ConfigError("run_dir= names one run folder, but a sweep trains each job in its own: "
                           "hydra.sweep.dir/N (default runs/NAME_sweep/DATE_TIME/N). Drop run_dir "
                           "and set the sweep's folder with hydra.sweep.dir=PATH.")
-    task = TrainJob(eval_n=_eval_n(options))
+    chosen = sweep_options(options)
+    task = TrainJob(eval_n=chosen.eval_n if chosen.eval else 0)
     _check_jobs(overrides, registry, needs_held_out=task.eval_n > 0)
     ovr = hydra_overrides(overrides, registry)
     register_resolvers()
@@ -136,13 +143,22 @@ def run_sweep(args: list[str], registry: Registry | None = None) -> SweepSummary
     return write_summary(folder)
 
 
-def _eval_n(options: dict[str, str]) -> int:
-    evaluate = flag(options, "sweep.eval", False)
-    text = options.get("sweep.eval_n", "64")
-    if not text.isdigit() or int(text) < 1:
-        raise ConfigError(f"sweep.eval_n={text!r}: give the number of held-out conditions each "
-                          f"run is scored on, a whole number >= 1 (default 64).")
-    return int(text) if evaluate else 0
+class SweepOptions(Strict):
+    """The ``sweep.*`` options of ``ldm train -m`` (not Hydra overrides: they say what to do
+    with the runs, not how to train them)."""
+
+    eval: bool = Field(False, description="score each run with `ldm eval` on held-out "
+                                          "conditions; its figures join the summary")
+    eval_n: int = Field(64, ge=1, description="held-out conditions each run is scored on")
+
+
+def sweep_options(words: dict[str, str]) -> SweepOptions:
+    """``{"sweep.eval": "true"}`` as validated options; a bad value names its ``sweep.`` key."""
+    try:
+        return SweepOptions.model_validate({k.removeprefix("sweep."): v for k, v in words.items()})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, prefix="sweep.", model=SweepOptions,
+                                                  write_value=str)) from None
 
 
 def _check_jobs(overrides: list[str], registry: Registry, needs_held_out: bool) -> None:

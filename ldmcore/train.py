@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ldmcore import checkpoint
 from ldmcore.attach import attach_pretrained, save_plugin_weights, train_only_params
@@ -38,10 +37,12 @@ from ldmcore.model import LatentDiffusion, denoiser_params
 from ldmcore.nn.execution import for_training
 from ldmcore.parallel import DataParallel, local_part, make_parallel
 from ldmcore.plots import write_plots
+from ldmcore.progress import progress_bar
 from ldmcore.randomness import BatchRandom
 from ldmcore.registry import Registry, default_registry
 from ldmcore.runfolder import MetricsLog, RunFolder, run_metadata
 from ldmcore.stopping import StopSignals
+from ldmcore.summary import startup_line
 from ldmcore.train_autoencoder import train_autoencoder
 
 class EMA:
@@ -123,7 +124,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     torch.manual_seed(cfg.seed)
     cluster = connect()
     parallel = make_parallel(tc.strategy, cluster)
-    hardware = choose(tc.precision, tc.threads, cluster.device, announce=cluster.is_main)
+    hardware = choose(tc.precision, tc.threads, cluster.device, announce=False)  # in the summary
     run = RunFolder(cfg.run_dir)
     if cluster.is_main:
         run.check_claim(resume=cfg.resume, overwrite=cfg.overwrite)
@@ -199,26 +200,19 @@ def _fit(cfg: ExperimentConfig, registry: Registry, run: RunFolder, dataset: Any
     in_memory = is_deterministic(d.hflip, d.shift) and len(dataset) <= 100_000
     held = InMemoryBatches(dataset) if in_memory else None
 
-    # -- stage 1: on rank 0; the others wait and read its file ----------------------------------
-    if cfg.model.init_from is not None or cfg.autoencoder.kind == "pixels":
-        ae = build_autoencoder(cfg)  # weights come with the pretrained run; pixels have none
-    elif cfg.autoencoder.checkpoint is not None:
+    # -- the model, with a fresh first stage when stage 1 is still to train ---------------------
+    stage1 = (cfg.model.init_from is None and cfg.autoencoder.kind != "pixels"
+              and cfg.autoencoder.checkpoint is None)
+    if cfg.model.init_from is None and cfg.autoencoder.checkpoint is not None:
         ae = load_autoencoder(cfg, cfg.autoencoder.checkpoint)
-    else:
-        if cluster.is_main and not run.autoencoder.exists():
-            sampler = StepBatchSampler(len(dataset), cfg.autoencoder.train.batch_size, cfg.seed + 1)
-            train_autoencoder(cfg, build_autoencoder(cfg), _batches(dataset, held, sampler, d.num_workers),
-                              run, device, precision.name, threads, listener=loggers.record)
-        cluster.barrier()
-        ae = load_autoencoder(cfg, run.autoencoder)
-    # -- stage 2 --------------------------------------------------------------------------------
+    else:  # weights from the pretrained run, from stage 1 below, or none (pixels)
+        ae = build_autoencoder(cfg)
     model = build_model(cfg, ae, registry)
     attachment = attach_pretrained(model, cfg.model.init_from) if cfg.model.init_from else None
     model = model.to(device)
     # FSDP2 shards only contiguous parameters, so under fsdp the UNet keeps NCHW weights
     for_training(model.unet, channels_last=cfg.execution.channels_last and tc.strategy != "fsdp",
                  checkpointing=cfg.execution.checkpointing)
-    for_training(model.autoencoder, channels_last=cfg.execution.channels_last)
     if saved is not None:  # full weights go in before FSDP cuts them into shards
         checkpoint.load_model_state(model, saved[0], run.last)
     parallel.shard(model)
@@ -230,6 +224,17 @@ def _fit(cfg: ExperimentConfig, registry: Registry, run: RunFolder, dataset: Any
     step = 0
     if saved is not None:
         step = _restore_training(*saved, params, ema, opt, parallel)
+    if cluster.is_main:
+        print(startup_line(hardware, model, registry, params.values(), attachment), flush=True)
+    # -- stage 1 (the autoencoder): on rank 0; the others wait and read its file ----------------
+    if stage1:
+        if cluster.is_main and not run.autoencoder.exists():
+            sampler = StepBatchSampler(len(dataset), cfg.autoencoder.train.batch_size, cfg.seed + 1)
+            train_autoencoder(cfg, ae, _batches(dataset, held, sampler, d.num_workers), run, device,
+                              precision.name, threads, listener=loggers.record)
+        cluster.barrier()
+        load_autoencoder(cfg, run.autoencoder, into=ae)
+    for_training(model.autoencoder, channels_last=cfg.execution.channels_last)
     objective = parallel.wrap(LossModule(model))
 
     cache = None
@@ -243,8 +248,8 @@ def _fit(cfg: ExperimentConfig, registry: Registry, run: RunFolder, dataset: Any
     if log:
         log.write(stage="diffusion", world_size=cluster.world, per_device_batch=tc.batch_size,
                   grad_accum=tc.grad_accum, global_batch=global_batch)
-    bar = tqdm(total=tc.max_steps, initial=step, desc=f"diffusion (global batch {global_batch})",
-               disable=not (tc.progress and cluster.is_main), dynamic_ncols=True)
+    bar = progress_bar(tc.max_steps, f"diffusion (global batch {global_batch})",
+                       tc.progress and cluster.is_main, initial=step)
 
     def checkpoint_to(*paths: Path) -> dict[str, torch.Tensor]:
         """Gather the state once (every rank takes part) and write it to ``paths`` on rank 0."""

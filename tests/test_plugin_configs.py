@@ -90,10 +90,10 @@ def test_error_messages_list_plugin_options_too(shipped):
         [p.stem for p in (conf_dir() / "experiment").glob("*.yaml")] + ["digits_vec"])
     with pytest.raises(ConfigError) as exc:
         load(["experiment=digit_vec"], reg)
-    assert "did you mean 'digits_vec'?" in str(exc.value)
+    assert "did you mean `experiment=digits_vec`?" in str(exc.value)
     with pytest.raises(ConfigError) as exc:
         load(["condition=[vek]"], reg)
-    assert "'vec'" in str(exc.value)
+    assert "`condition=vec`" in str(exc.value)
 
 
 def test_a_plugin_cannot_shadow_a_host_config(tmp_path):

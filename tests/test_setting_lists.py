@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ldmcore.cli import EVAL_KEYS, _evaluate, main
+from ldmcore.cli import _evaluate, main
 from ldmcore.combinations import combinations, swept
 from ldmcore.config import load
 from ldmcore.errors import ConfigError
+from ldmcore.eval.request import parse_eval_request
 from ldmcore.eval.sweep import run_eval_sweep
 from ldmcore.sample import parse_request, run_sampling
 from ldmcore.sample_sweep import run_sample_sweep, sample_lists
@@ -82,13 +83,13 @@ def test_sample_lists_give_each_combination_and_a_contact_sheet(layout_run: Path
 def test_eval_lists_score_each_combination(layout_run: Path, tmp_path: Path) -> None:
     args = [f"run={layout_run}", "n=4", "steps=2", "precision=fp32", "threads=1", "guidance=1,4",
             f"out={tmp_path / 'ev'}"]
-    out, table = run_eval_sweep(args, EVAL_KEYS | {"out"}, _evaluate)
+    out, table = run_eval_sweep(args, _evaluate)
     lines = (out / "summary.csv").read_text().splitlines()
     assert lines[0].startswith("guidance,") and len(lines) == 3
     for g in ("1", "4"):
         report = json.loads((out / f"guidance={g}" / "eval.json").read_text())
-        alone, _ = _evaluate({"run": str(layout_run), "n": "4", "steps": "2", "precision": "fp32",
-                              "threads": "1", "guidance": g}, tmp_path)
+        alone, _ = _evaluate(parse_eval_request([f"run={layout_run}", "n=4", "steps=2", "precision=fp32",
+                                                 "threads=1", f"guidance={g}"]), tmp_path)
         assert report == alone
         assert "layout_mean_iou" in report and f"| {g} |" in table
     assert (out / "contact_sheet.png").is_file()

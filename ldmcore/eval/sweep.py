@@ -18,15 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ldmcore.arguments import key_values
 from ldmcore.combinations import combinations, swept
 from ldmcore.contact_sheet import save_contact_sheet
-from ldmcore.errors import ConfigError
+from ldmcore.eval.request import EvalRequest, parse_eval_request
 from ldmcore.runfolder import RunFolder, check_output_folder, make_output_folder
 from ldmcore.tables import markdown, write_csv
 
 SWEEPABLE = {"n", "steps", "seed", "average", "precision", "sampler", "guidance"}
-Evaluate = Callable[[dict[str, str], Path], tuple[dict[str, Any], Path]]
+Evaluate = Callable[[EvalRequest, Path], tuple[dict[str, Any], Path]]
 
 
 def eval_lists(args: list[str]) -> dict[str, list[str]]:
@@ -34,24 +33,22 @@ def eval_lists(args: list[str]) -> dict[str, list[str]]:
     return swept(args, SWEEPABLE)
 
 
-def run_eval_sweep(args: list[str], allowed: set[str], evaluate: Evaluate) -> tuple[Path, str]:
-    """Score every combination of the comma lists in ``args`` with ``evaluate(options,
-    folder)`` (``ldm eval``'s own, which writes its grid into ``folder``); returns the output
-    folder and its Markdown summary."""
+def run_eval_sweep(args: list[str], evaluate: Evaluate) -> tuple[Path, str]:
+    """Score every combination of the comma lists in ``args`` with ``evaluate(request,
+    folder)`` (``ldm eval``'s own, which writes its grid into ``folder``); ``out=DIR`` names the
+    output folder. Returns it and its Markdown summary."""
     lists = eval_lists(args)
-    combos = combinations([a for a in args if a.partition("=")[0] != "out"], lists)
-    options = [key_values(c.args, allowed) for c in combos]
-    if "run" not in options[0]:
-        raise ConfigError("ldm eval needs run=RUN_DIR.")
     given = dict(a.partition("=")[::2] for a in args)
-    out = Path(given.get("out") or RunFolder(options[0]["run"]).root / "eval_sweep")
+    combos = combinations([a for a in args if a.partition("=")[0] != "out"], lists)
+    requests = [parse_eval_request(c.args) for c in combos]
+    out = Path(given.get("out") or RunFolder(requests[0].run).root / "eval_sweep")
     check_output_folder(out, overwrite=False)
     make_output_folder(out)
     reports, tiles = [], []
-    for combo, opts in zip(combos, options):
+    for combo, req in zip(combos, requests):
         folder = out / combo.folder
         folder.mkdir(exist_ok=True)
-        report, _ = evaluate(opts, folder)
+        report, _ = evaluate(req, folder)
         (folder / "eval.json").write_text(json.dumps(report, indent=1))
         reports.append(report)
         if (folder / "eval_grid.png").is_file():
@@ -63,6 +60,6 @@ def run_eval_sweep(args: list[str], allowed: set[str], evaluate: Evaluate) -> tu
     head = [*lists, *figures]
     rows = [[*c.values.values(), *(r.get(k) for k in figures)] for c, r in zip(combos, reports)]
     write_csv(out / "summary.csv", head, rows)
-    table = "\n".join([f"# ldm eval of {options[0]['run']}", "", *markdown(head, rows)]) + "\n"
+    table = "\n".join([f"# ldm eval of {requests[0].run}", "", *markdown(head, rows)]) + "\n"
     (out / "summary.md").write_text(table)
     return out, table

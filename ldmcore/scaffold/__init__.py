@@ -15,10 +15,17 @@ from importlib.resources import files
 from pathlib import Path
 from string import Template
 
+from pydantic import Field
+
 from ldmcore.errors import ConfigError
 from ldmcore.registry import default_registry
+from ldmcore.schema import Strict
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class NewPluginOptions(Strict):
+    out: Path = Field(Path("."), description="the folder to write ldm-NAME/ in")
 
 
 def names(name: str) -> dict[str, str]:
