@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile $(EXAMPLE)/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test,serve]'
+	$(PIP) install -q -e '.[test,serve,tensorboard]'
 	$(PIP) install -q --no-deps k-diffusion==0.1.1.post1  # the parity tests' reference samplers
 	$(PIP) install -q --no-build-isolation -e $(EXAMPLE)
 	@$(MAKE) --no-print-directory chromium
