@@ -3,11 +3,15 @@
 ::
 
     ldm train experiment=NAME [hydra overrides ...]
+    ldm train -m experiment=NAME KEY=A,B ... [hydra/launcher=joblib sweep.eval=true]
     ldm sample run=RUN_DIR cond.NAME=VALUE [n=8 sampler=dpmpp_2m sigmas=karras steps=20
                guidance=3 guidance.NAME=5 eta=1 init=PNG strength=0.6 mask=PNG seed=0 out=DIR
                precision=auto|fp32|bf16|fp16 threads=auto|N overwrite=true
-               conditions.NAME.KEY=VALUE]
-    ldm eval run=RUN_DIR [samples=DIR | n=64 steps=50 seed=0 average=1 precision=auto threads=auto]
+               conditions.NAME.KEY=VALUE]   (comma lists, e.g. guidance=1,3,5 sampler=euler,ddim:
+               a grid per combination and a contact sheet)
+    ldm eval run=RUN_DIR [samples=DIR | n=64 steps=50 seed=0 average=1 precision=auto threads=auto
+             sampler=NAME guidance=G]   (comma lists, e.g. guidance=1,3,5: every combination)
+    ldm serve run=RUN_DIR [host=127.0.0.1 port=7860 precision=auto threads=auto max_images=16]
     ldm plugins [--json]
     ldm doctor [--json]
     ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]
@@ -26,11 +30,17 @@ import json
 import os
 import sys
 import textwrap
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from ldmcore.arguments import parse_options, positional  # noqa: E402
 from ldmcore.errors import ConfigError, LdmError, nearest  # noqa: E402
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ldmcore.eval.request import EvalRequest
 
 # a full disk, a quota, a file-size limit, a read-only disk: the machine's state, not a bug
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
@@ -41,8 +51,11 @@ HELP = {"-h", "--help"}  # after a command: its keys, types and defaults (ldmcor
 
 def cmd_train(args: list[str]) -> int:
     from ldmcore.config import load
+    from ldmcore.sweep import MULTIRUN_FLAGS
     from ldmcore.train import train
 
+    if any(a in MULTIRUN_FLAGS for a in args):
+        return _train_sweep([a for a in args if a not in MULTIRUN_FLAGS])
     cfg = load(args)
     run = train(cfg)
     print(f"trained: {run.root} (checkpoint {run.last}, samples in {run.samples}, "
@@ -50,42 +63,86 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
+def _train_sweep(args: list[str]) -> int:
+    """``ldm train -m``: one run per combination, through Hydra's sweeper and launcher."""
+    from ldmcore.sweep import run_sweep
+
+    summary = run_sweep(args)
+    print(summary.markdown.read_text() if summary.markdown else "", end="")
+    print(f"sweep: {summary.folder} ({len(summary.rows)} runs, {summary.failed} failed; "
+          f"summary.md, summary.csv)")
+    return 0 if summary.rows and not summary.failed else 1
+
+
 def cmd_sample(args: list[str]) -> int:
     from ldmcore.sample import parse_request, run_sampling
+    from ldmcore.sample_sweep import run_sample_sweep, sample_lists
 
+    if sample_lists(args):  # guidance=1,3,5 ...: a grid per combination and a contact sheet
+        out = run_sample_sweep(args)
+        print(f"samples: {out} (a folder per combination, contact_sheet.png, sweep.json)")
+        return 0
     out = run_sampling(parse_request(args))
     print(f"samples: {out} (grid.png, samples.json)")
     return 0
 
 
+def cmd_serve(args: list[str]) -> int:
+    """A local web page over a run: see ``ldmcore.serve``."""
+    try:
+        from ldmcore.serve.command import serve_command
+    except ImportError as exc:
+        if exc.name not in ("fastapi", "starlette", "uvicorn"):
+            raise
+        raise ConfigError(f"the web page needs FastAPI and uvicorn ({exc.name} is not installed): "
+                          f"pip install 'ldmcore[serve]'.") from None
+    return serve_command(args)
+
+
 def cmd_eval(args: list[str]) -> int:
     """Score a run with the metrics its condition plugins register: samples of held-out
     conditions when its dataset has a held-out split, else a folder of ``ldm sample`` output
-    (``samples=DIR``, default ``RUN_DIR/samples/final``); see ``ldmcore.eval.tasks``."""
+    (``samples=DIR``, default ``RUN_DIR/samples/final``); see ``ldmcore.eval.tasks``. Comma
+    lists (``guidance=1,3,5``) score every combination (``ldmcore.eval.sweep``)."""
+    from ldmcore.eval.record import record_eval
     from ldmcore.eval.request import parse_eval_request
-    from ldmcore.eval.tasks import evaluate_folder, evaluate_run
-    from ldmcore.registry import default_registry
-    from ldmcore.runfolder import run_config
+    from ldmcore.eval.sweep import eval_lists, run_eval_sweep
 
+    if eval_lists(args):
+        out, table = run_eval_sweep(args, _evaluate)
+        print(table, end="")
+        print(f"report: {out} (a folder per combination, contact_sheet.png, summary.md, summary.csv)")
+        return 0
     req = parse_eval_request(args)
     run = req.run
-    held_out = default_registry().dataset(run_config(run).data.name).held_out is not None
-    if req.samples is not None or not held_out:
-        folder = req.samples or run / "samples" / "final"
-        metrics, scored = evaluate_folder(run, folder), folder
-    else:
-        metrics = evaluate_run(run, n=req.n, steps=req.steps, seed=req.seed, out=run,
-                               average=req.average, precision=req.precision, threads=req.threads,
-                               sampler=req.sampler, progress=req.progress)
-        scored = run / "eval_grid.png"
+    metrics, scored = _evaluate(req, run)
     report = run / "eval.json"
     report.write_text(json.dumps(metrics, indent=1))
+    record_eval(run, metrics)  # metrics.jsonl (stage eval, the checkpoint's step) and plots/
     for key, value in metrics.items():
         shown = f"{value:.4f}" if isinstance(value, float) else (
             json.dumps(value) if isinstance(value, (dict, list)) else value)
         print(f"{key:32s} {shown}")
-    print(f"report: {report}; samples: {scored}")
+    print(f"report: {report}; samples: {scored}; plots: {run / 'plots'}")
     return 0
+
+
+def _evaluate(req: EvalRequest, out: Path) -> tuple[dict, Path]:
+    """One evaluation as ``req`` asks; a held-out grid is written into ``out``. Returns the
+    report and what was scored."""
+    from ldmcore.eval.tasks import evaluate_folder, evaluate_run
+    from ldmcore.registry import default_registry
+    from ldmcore.runfolder import run_config
+
+    run = req.run
+    held_out = default_registry().dataset(run_config(run).data.name).held_out is not None
+    if req.samples is not None or not held_out:
+        folder = req.samples or run / "samples" / "final"
+        return evaluate_folder(run, folder), folder
+    metrics = evaluate_run(run, n=req.n, steps=req.steps, seed=req.seed, out=out,
+                           average=req.average, precision=req.precision, threads=req.threads,
+                           sampler=req.sampler, progress=req.progress, guidance=req.guidance)
+    return metrics, out / "eval_grid.png"
 
 
 def cmd_plugins(args: list[str]) -> int:
@@ -176,7 +233,7 @@ def cmd_new_plugin(args: list[str]) -> int:
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "plugins": cmd_plugins,
             "import": cmd_import, "export": cmd_export, "new-plugin": cmd_new_plugin,
-            "doctor": cmd_doctor}
+            "doctor": cmd_doctor, "serve": cmd_serve}
 
 
 def _check_utf8(args: list[str]) -> None:

@@ -22,6 +22,7 @@ from ldmcore.diffusion.schedule import BetaSchedule, Prediction
 from ldmcore.errors import ConfigError, PluginError, nearest
 from ldmcore.hardware import choose_precision
 from ldmcore.inherit import inherit_base
+from ldmcore.loggers import LoggerSpec
 from ldmcore.registry import Registry, default_registry
 from ldmcore.sampling import SamplerConfig, sampling_plan, switched_to
 from ldmcore.schema import Strict, format_validation_error
@@ -170,6 +171,10 @@ class TrainerConfig(Strict):
                             "while training; N: exactly N (ldmcore/hardware/threads.py)")
     log_every: int = Field(50, ge=1, description="steps between metrics.jsonl records (loss, "
                            "lr, speed)")
+    loggers: tuple[str, ...] = Field(
+        (), description="registered loggers fed every metrics.jsonl record, the sample grids and "
+                        "the hyper-parameters: tensorboard (RUN_DIR/tensorboard), or a plugin's "
+                        "(hook register_loggers); metrics.jsonl is written either way")
     sample_every: int = Field(0, ge=0, description="steps between grids of EMA samples "
                               "(samples/step_N.png, conditioned on the first 16 data items, 8 per "
                               "row); 0: only the final grid")
@@ -304,10 +309,9 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
     from omegaconf.errors import MissingMandatoryValue
 
     sources = config_sources(registry)
-    groups = {p.name for _, folder in sources for p in folder.iterdir() if p.is_dir()}
     overrides = [_dataset_choice(o, registry) for o in overrides]
-    opened = [_settable(o, groups) for o in overrides]
-    OmegaConf.register_new_resolver("per_precision", per_precision, replace=True)
+    opened = [_settable(o, _groups(sources)) for o in overrides]
+    register_resolvers()
 
     def run(ovr: list[str]) -> dict[str, Any]:
         GlobalHydra.instance().clear()
@@ -317,11 +321,7 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
 
     try:
-        raw = run(opened)
-        chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "sampler"]
-        if chosen:  # the sampler's own config beats an experiment's sampler keys
-            raw["sampler"] = _explicit(switched_to(raw["sampler"], chosen[-1], registry),
-                                       overrides, "sampler")
+        raw = with_sampler_choice(run(opened), overrides, registry)
         plugin_keys = [o for o in overrides if o.startswith("conditions.") and "=" in o]
         if plugin_keys:
             enabled = run([o for o in opened if o[2:] not in plugin_keys]).get("conditions", {})
@@ -344,7 +344,46 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
         raise
     except Exception as exc:  # Hydra's override grammar and merge errors: all user errors here
         msg = " ".join(str(exc).split())
+        if "--multirun" in msg:  # Hydra's "Ambiguous value": a comma list outside a multirun
+            swept = [o for o in overrides if "," in o.partition("=")[2] and "[" not in o]
+            kept = [o for o in overrides if o.partition("=")[0].lstrip("+") != "run_dir"]
+            raise ConfigError(
+                f"{swept[0] if swept else 'a value'} is a list of values to sweep over; add -m "
+                f"(ldm train -m {' '.join(kept)}) to train one run per value, one folder each "
+                f"under a sweep folder (hydra.sweep.dir=PATH, not run_dir). To give a list as "
+                f"one value write KEY=[A,B]; a string with a comma, KEY='A,B'.") from None
         raise ConfigError(f"cannot compose the config from {overrides}: {msg}") from None
+
+
+def with_sampler_choice(raw: dict[str, Any], overrides: list[str],
+                        registry: Registry | None = None) -> dict[str, Any]:
+    """``raw`` with the sampler config that ``sampler=NAME`` in ``overrides`` chose: its own
+    config beats an experiment's sampler keys, and ``sampler.KEY=...`` overrides beat both."""
+    chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "sampler"]
+    if chosen:
+        raw["sampler"] = _explicit(switched_to(raw["sampler"], chosen[-1], registry),
+                                   overrides, "sampler")
+    return raw
+
+
+def hydra_overrides(overrides: list[str], registry: Registry | None = None) -> list[str]:
+    """The command line's overrides as Hydra itself must read them: ``data=NAME`` of a dataset
+    without a config file, ``KEY=VALUE`` as ``++KEY=VALUE``, the plugins' config folders on
+    ``hydra.searchpath``. ``compose`` and a multirun (``ldmcore.sweep``) both read these."""
+    sources = config_sources(registry)
+    opened = [_settable(_dataset_choice(o, registry), _groups(sources)) for o in overrides]
+    return _searchpath_override(opened, sources)
+
+
+def register_resolvers() -> None:
+    """The interpolations ldmcore's configs use (``${per_precision:...}``), in this process."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("per_precision", per_precision, replace=True)
+
+
+def _groups(sources: list[tuple[str, Path]]) -> set[str]:
+    return {p.name for _, folder in sources for p in folder.iterdir() if p.is_dir()}
 
 
 def _explicit(section: dict[str, Any], overrides: list[str], name: str) -> dict[str, Any]:
@@ -370,9 +409,10 @@ def _explicit(section: dict[str, Any], overrides: list[str], name: str) -> dict[
 
 def _settable(override: str, groups: set[str]) -> str:
     """``KEY=VALUE`` as ``++KEY=VALUE`` (set, or add when no YAML file mentions the key), except
-    group choices (``data=shapes``), Hydra's own keys and overrides already prefixed."""
+    group choices (``data=shapes``), Hydra's own keys and groups (``hydra/launcher=joblib``)
+    and overrides already prefixed."""
     key, sep, _ = override.partition("=")
-    if not sep or override.startswith(("+", "~")) or key in groups or key.startswith("hydra."):
+    if not sep or override.startswith(("+", "~")) or key in groups or key.startswith(("hydra.", "hydra/")):
         return override
     return f"++{override}"
 
@@ -436,7 +476,15 @@ def load(overrides: list[str], registry: Registry | None = None) -> ExperimentCo
     bad condition key fails before any work starts, and come back complete: every plugin key with its value (the
     YAML files hold only differences, but a run records everything it was built with).
     """
-    cfg = validate(compose(overrides, registry))
+    return from_composed(compose(overrides, registry), registry, overrides)
+
+
+def from_composed(raw: dict[str, Any], registry: Registry | None = None,
+                  overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Validate a composed, resolved config (``compose``'s, or a multirun job's) as ``load``
+    does: the schema, the base run's settings under ``model.init_from`` (the ``overrides`` the
+    command line gave win), every plugin section, the sampler, the dataset and the loggers."""
+    cfg = validate(raw)
     if cfg.model.init_from is not None:  # the base run's backbone, the command line's keys checked
         given = {o.lstrip("+~").split("=", 1)[0]: o for o in overrides if "=" in o}
         cfg = validate(inherit_base(cfg.model_dump(mode="json"), given))
@@ -448,7 +496,25 @@ def load(overrides: list[str], registry: Registry | None = None) -> ExperimentCo
         (registry or default_registry()).dataset(cfg.data.name)
     except ConfigError as err:
         raise ConfigError(f"config key 'data.name': {err}") from None
+    logger_specs(cfg, registry)
     return cfg
+
+
+def logger_specs(cfg: ExperimentConfig, registry: Registry | None = None) -> list[LoggerSpec]:
+    """The registered loggers ``trainer.loggers`` names, each checked to be able to run here."""
+    registry = registry or default_registry()
+    specs = []
+    for name in cfg.trainer.loggers:
+        try:
+            spec = registry.logger(name)
+        except ConfigError as err:
+            raise ConfigError(f"config key 'trainer.loggers': {err}") from None
+        why = spec.missing() if spec.missing else None
+        if why:
+            raise ConfigError(f"trainer.loggers names {name!r}, but {why}; or drop it from "
+                              f"trainer.loggers (metrics.jsonl and the plots are written anyway).")
+        specs.append(spec)
+    return specs
 
 
 INSTANCE_OF = "plugin"  # the key of a section that enables another instance of a plugin

@@ -29,6 +29,7 @@ USAGE = {
     "new-plugin": "ldm new-plugin NAME [KEY=VALUE ...]   (NAME: a lower-case identifier)",
     "plugins": "ldm plugins [--json]   (every registered plugin: injections, package, version, hooks)",
     "doctor": "ldm doctor [--json]   (this machine, versions, what precision and threads auto picks)",
+    "serve": "ldm serve run=RUN_DIR [KEY=VALUE ...]   (a local web page over the run)",
 }
 
 
@@ -159,6 +160,10 @@ def command_help(command: str, args: list[str]) -> str:
         from ldmcore.interop.options import ExportOptions
 
         body = options_help(ExportOptions)
+    elif command == "serve":
+        from ldmcore.serve.options import ServeOptions
+
+        body = options_help(ServeOptions)
     elif command == "new-plugin":
         from ldmcore.scaffold import NewPluginOptions
 

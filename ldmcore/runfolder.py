@@ -33,7 +33,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -326,16 +326,20 @@ def _remove_owned(folder: Path) -> None:
 
 
 class MetricsLog:
-    """Appends one JSON line per record, flushed at once (a killed run keeps its metrics)."""
+    """Appends one JSON line per record, flushed at once (a killed run keeps its metrics), and
+    hands each record to ``listener`` (the run's loggers, ``ldmcore.loggers.run_loggers``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, listener: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.path = path
         self.start = time.perf_counter()
+        self.listener = listener
 
     def write(self, **record: Any) -> None:
         record.setdefault("time_s", round(time.perf_counter() - self.start, 3))
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self.listener is not None:
+            self.listener(record)
 
 
 def plugin_versions(model: LatentDiffusion, registry: Registry) -> dict[str, dict[str, str]]:

@@ -15,6 +15,8 @@ sampling (``init=PNG strength=0.6``, ``mask=PNG``, white = generate).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,7 +29,7 @@ from ldmcore.conditioning import read_value
 from ldmcore.diffusion.plan import SamplingPlan
 from ldmcore.diffusion.sigmas import SigmaKind, Spacing
 from ldmcore.errors import ConfigError, LdmError, nearest
-from ldmcore.hardware import autocast, choose
+from ldmcore.hardware import HardwareChoice, autocast, choose
 from ldmcore.images import open_image, save_grid, save_png
 from ldmcore.model import LatentDiffusion
 from ldmcore.nn.execution import for_inference
@@ -239,62 +241,127 @@ def _finite(value: Any) -> bool:
     return True
 
 
-def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
-    """Sample as ``req`` asks. Every part of the request (conditions, images, output folder)
-    is checked before the model runs, and the output folder is made only when the images are."""
-    out = req.out or RunFolder(req.run).samples / f"sample_{req.seed}"
-    check_output_folder(out, req.overwrite)
-    cfg, model, _ = load_run(req.run, registry, req.ema, req.conditions)
+@dataclass
+class LoadedRun:
+    """A run's model made ready for sampling once (weights, precision, threads), so that many
+    requests can share it: ``ldm sample`` loads one per command, ``ldm serve`` one per server."""
+
+    run: Path
+    cfg: Any
+    model: LatentDiffusion
+    hardware: HardwareChoice
+    bf16_weights: bool
+    ema: bool
+    registry: Registry | None = None
+
+
+def load_for_sampling(run: Path, registry: Registry | None = None, ema: bool = True,
+                      conditions: dict[str, str] | None = None, precision: str = "auto",
+                      threads: int | str = "auto") -> LoadedRun:
+    """Load ``run`` (EMA weights by default), resolve precision and threads, prepare the
+    networks for inference, and print the start-up line."""
+    cfg, model, _ = load_run(run, registry, ema, conditions)
     ex = cfg.execution
     device = next(model.unet.parameters()).device
-    hardware = choose(req.precision, req.threads, device, announce=False)
-    precision = hardware.precision
-    bf16_weights = precision.name == "bf16" and ex.bf16_weights
+    hardware = choose(precision, threads, device, announce=False)
+    bf16_weights = hardware.precision.name == "bf16" and ex.bf16_weights
     model.unet = for_inference(model.unet, bf16_weights=bf16_weights,
                                channels_last=ex.channels_last, compile=ex.compile)
     for_inference(model.autoencoder, bf16_weights=bf16_weights, channels_last=ex.channels_last)
-    plan = request_plan(req, model, cfg, registry)
     print(startup_line(hardware, model, registry), flush=True)
-    print(f"sampler: {plan.describe()}", flush=True)
+    return LoadedRun(run, cfg, model, hardware, bf16_weights, ema, registry)
+
+
+@dataclass
+class PreparedRequest:
+    """A request checked against a loaded run: its plan, images and parsed values, one per
+    sample (``plain``: the values as decoded, what ``samples.json`` records)."""
+
+    plan: SamplingPlan
+    init: torch.Tensor | None
+    mask: torch.Tensor | None
+    plain: list[dict[str, Any]]
+    values: list[dict[str, Any]]
+
+
+def prepare_request(loaded: LoadedRun, req: SampleRequest) -> PreparedRequest:
+    """Check every part of ``req`` (plan, init and mask images, conditions) before the model
+    runs; each mistake is a ``ConfigError`` naming it."""
+    model, cfg = loaded.model, loaded.cfg
+    plan = request_plan(req, model, cfg, loaded.registry)
     size, channels = cfg.data.image_size, cfg.data.channels
     init = None if req.init is None else load_image(req.init, size, channels)
     mask = None if req.mask is None else (load_image(req.mask, size, 1, "mask") + 1) / 2
-
     rows = condition_rows(model, req.cond)
     if len(rows) * req.n > MAX_IMAGES:
         raise ConfigError(f"{len(rows)} condition rows x n={req.n} asks for {len(rows) * req.n} "
                           f"images; one request makes at most {MAX_IMAGES} (they are held in "
                           f"memory); lower n or split the list over several requests.")
-    encoders = model.conditioner.encoders
     plain: list[dict[str, Any]] = [row for row in rows for _ in range(req.n)]
-    values = parse_values(encoders, plain)
+    return PreparedRequest(plan, init, mask, plain, parse_values(model.conditioner.encoders, plain))
+
+
+def sampler_steps(loaded: LoadedRun, req: SampleRequest, prepared: PreparedRequest) -> int:
+    """Sampler steps a prepared request runs, over all its batches (what progress counts)."""
+    levels = prepared.plan.levels(loaded.model.schedule)
+    steps = len(levels) - 1 - (prepared.plan.first_step(levels) if prepared.init is not None else 0)
+    return -(-len(prepared.values) // req.batch) * steps
+
+
+def generate(loaded: LoadedRun, req: SampleRequest, prepared: PreparedRequest,
+             progress: Callable[[dict[str, Any]], None] | None = None) -> torch.Tensor:
+    """The images of a prepared request, in [-1, 1]: sample ``i`` starts from the noise of seed
+    ``seed + i``, in batches of ``req.batch``. ``progress`` is called after each sampler step
+    (``sampler_steps`` of them)."""
+    model, values, plan = loaded.model, prepared.values, prepared.plan
+    encoders = model.conditioner.encoders
+    device = next(model.unet.parameters()).device
+    precision = "fp32" if loaded.bf16_weights else loaded.hardware.precision.name  # bf16 weights: no casts
     images = []
-    levels = plan.levels(model.schedule)
-    steps = len(levels) - 1 - (plan.first_step(levels) if init is not None else 0)
-    chunks = -(-len(values) // req.batch)
-    bar = progress_bar(chunks * steps, f"sampling {len(values)} images", req.progress)
     for start in range(0, len(values), req.batch):
         chunk = values[start:start + req.batch]
         batch = {k: encoders[k].collate([v[k] for v in chunk]) for k in encoders}
         noise = torch.stack([torch.randn(model.latent_shape(), generator=torch.Generator().manual_seed(req.seed + start + i))
                              for i in range(len(chunk))])
-        with autocast("fp32" if bf16_weights else precision.name, device):  # bf16 weights: no casts
-            images.append(model.sample(batch, len(chunk), plan, noise=noise, init=init, mask=mask,
-                                       generator=torch.Generator().manual_seed(req.seed + start),
-                                       callback=step_counter(bar)))
-    bar.close()
-    images_t = torch.cat(images)
+        with autocast(precision, device):
+            images.append(model.sample(batch, len(chunk), plan, noise=noise, init=prepared.init,
+                                       mask=prepared.mask, callback=progress,
+                                       generator=torch.Generator().manual_seed(req.seed + start)))
+    return torch.cat(images)
+
+
+def write_samples(out: Path, req: SampleRequest, loaded: LoadedRun, prepared: PreparedRequest,
+                  images: torch.Tensor) -> list[dict[str, Any]]:
+    """Each image as ``0000.png``..., the grid (a row per condition row) and ``samples.json``
+    (plan, hardware, each file's seed and values); returns the files' records."""
     make_output_folder(out)
     records = []
-    for i, (image, row) in enumerate(zip(images_t, plain)):
+    for i, (image, row) in enumerate(zip(images, prepared.plain)):
         name = f"{i:04d}.png"
         save_png(image, out / name)
         records.append({"file": name, "seed": req.seed + i, "row": i // req.n,
                         "conditions": row})
-    save_grid(images_t, out / "grid.png", nrow=req.n)
+    save_grid(images, out / "grid.png", nrow=req.n)
+    plan = prepared.plan
     (out / "samples.json").write_text(json.dumps({
         "run": str(req.run), **plan.record(), "init": None if req.init is None else str(req.init),
         "strength": plan.strength if req.init is not None else None,
         "mask": None if req.mask is None else str(req.mask),
-        **hardware.record(), "ema": req.ema, "samples": records}, indent=1, allow_nan=False))
+        **loaded.hardware.record(), "ema": loaded.ema, "samples": records}, indent=1, allow_nan=False))
+    return records
+
+
+def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
+    """Sample as ``req`` asks. Every part of the request (conditions, images, output folder)
+    is checked before the model runs, and the output folder is made only when the images are."""
+    out = req.out or RunFolder(req.run).samples / f"sample_{req.seed}"
+    check_output_folder(out, req.overwrite)
+    loaded = load_for_sampling(req.run, registry, req.ema, req.conditions, req.precision, req.threads)
+    prepared = prepare_request(loaded, req)
+    print(f"sampler: {prepared.plan.describe()}", flush=True)
+    bar = progress_bar(sampler_steps(loaded, req, prepared),
+                       f"sampling {len(prepared.values)} images", req.progress)
+    images = generate(loaded, req, prepared, step_counter(bar))
+    bar.close()
+    write_samples(out, req, loaded, prepared, images)
     return out

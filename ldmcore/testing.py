@@ -17,6 +17,7 @@ failure message starts with it: ``plugin 'edges' breaks rule 'null': ...``.
 from __future__ import annotations
 
 import importlib.metadata as md
+import json
 import re
 import tempfile
 import traceback
@@ -33,9 +34,9 @@ from pydantic import ValidationError
 from ldmcore import checkpoint
 from ldmcore.attach import load_plugin_weights, plugin_tensors
 from ldmcore.build import backbone_spec, build_autoencoder, build_dataset, build_model, frozen_encoder
-from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, Conditioner,
-                                  Conditioning, EncoderConfig, Injection, Residual, Tokens, UNetInput,
-                                  read_value)
+from ldmcore.conditioning import (FILE_KINDS, BackboneSpec, ConditionEncoder, ConditionOutput,
+                                  Conditioner, Conditioning, EncoderConfig, Injection, Residual,
+                                  Tokens, UNetInput, Widget, WidgetKind, read_value)
 from ldmcore.config import load, validate
 from ldmcore.data.datasets import collate
 from ldmcore.diffusion.guidance import Guidance
@@ -516,6 +517,44 @@ def rule_parse(ctx: _Context) -> None:
         raise _Broken(f"parse({bad!r}) accepted a value the case lists as invalid.")
 
 
+def rule_widget(ctx: _Context) -> None:
+    enc = ctx.encoder()
+    widget = ctx.run("widget()", enc.widget)
+    if widget is None:
+        return  # the page shows a text field, read as the command line reads cond.<name>=
+    if not isinstance(widget, Widget) or not isinstance(widget.kind, WidgetKind):
+        raise _Broken(f"widget() returned {widget!r}; return a ldmcore.conditioning.Widget with a "
+                      f"WidgetKind, or None for a text field.")
+    kind = widget.kind
+    if kind in (WidgetKind.CHOICE, WidgetKind.BOXES, WidgetKind.LABEL_MAP) and not widget.choices:
+        raise _Broken(f"a {kind.value} widget needs its choices (the names a person picks from).")
+    needs_size = kind in (WidgetKind.LABEL_MAP, WidgetKind.IMAGE_MASK)
+    size = widget.size
+    if (needs_size and size is None) or (size is not None and (
+            len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size))):
+        raise _Broken(f"widget size={size!r}: give (height, width) in pixels"
+                      f"{' (a painted input needs one)' if needs_size else ''}.")
+    slots = {"{image}", "{mask}"} if kind is WidgetKind.IMAGE_MASK else {"{image}"}
+    if kind in FILE_KINDS and not all(slot in widget.value for slot in slots):
+        raise _Broken(f"widget value={widget.value!r} must hold {' and '.join(sorted(slots))}: the "
+                      f"paths of the files the page sends.")
+    texts = []  # what the page can send: every choice, a box of each class, the default text
+    if kind is WidgetKind.CHOICE:
+        texts = list(widget.choices)
+    elif kind is WidgetKind.BOXES:
+        texts = [json.dumps([[0.1, 0.2, 0.6, 0.7, name]]) for name in widget.choices]
+    elif kind is WidgetKind.TEXT and widget.default:
+        texts = [widget.default]
+    if kind is WidgetKind.CHOICE and widget.default and widget.default not in widget.choices:
+        raise _Broken(f"widget default={widget.default!r} is not one of its choices.")
+    for text in texts:
+        try:
+            enc.parse(read_value(text))
+        except Exception as exc:  # noqa: BLE001 - any failure is the rule's finding
+            raise _Broken(f"the page can send cond.{ctx.case.name}={text!r} (the widget offers it), "
+                          f"but parse refuses it: {type(exc).__name__}: {exc}") from None
+
+
 def rule_gradients(ctx: _Context) -> None:
     enc = ctx.encoder()
     enc.train()
@@ -959,6 +998,7 @@ RULES: dict[str, Callable[[_Context], None]] = {
     "base": rule_base,
     "save-load": rule_save_load,
     "parse": rule_parse,
+    "widget": rule_widget,
     "gradients": rule_gradients,
     "train-sample": rule_train_sample,
     "registration": rule_registration,

@@ -8,7 +8,7 @@ latents (LDM's ``scale_by_std``) and saved with the weights.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -28,9 +28,11 @@ from ldmcore.runfolder import MetricsLog, RunFolder
 
 def train_autoencoder(cfg: ExperimentConfig, ae: AutoencoderKL, batches: Iterator[dict[str, Any]],
                       run: RunFolder, device: torch.device, precision: str = "fp32",
-                      threads: ThreadGovernor | None = None) -> AutoencoderKL:
+                      threads: ThreadGovernor | None = None,
+                      listener: Callable[[dict[str, Any]], None] | None = None) -> AutoencoderKL:
     """Train ``ae`` in place (it comes back frozen) under ``precision`` (a resolved choice: fp32, bf16 or fp16); ``threads``
-    keeps the thread count at the free cores while it runs."""
+    keeps the thread count at the free cores while it runs; ``listener`` (the run's loggers)
+    gets every record ``metrics.jsonl`` does."""
     tc = cfg.autoencoder.train
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 only
     ae.to(device).train().requires_grad_(True)  # a model's own first stage comes frozen
@@ -39,7 +41,7 @@ def train_autoencoder(cfg: ExperimentConfig, ae: AutoencoderKL, batches: Iterato
     if tc.discriminator.enabled:
         disc = PatchDiscriminator(cfg.data.channels, tc.discriminator.channels).to(device)
         opt_d = torch.optim.AdamW(disc.parameters(), lr=tc.lr, betas=(0.5, 0.9))
-    log = MetricsLog(run.metrics)
+    log = MetricsLog(run.metrics, listener)
     bar = progress_bar(tc.steps, "autoencoder", cfg.trainer.progress)
     first: torch.Tensor | None = None
     t0 = time.perf_counter()

@@ -179,6 +179,6 @@ def test_plugins_table_lists_name_injection_package_version(capsys, monkeypatch)
     rows = [line.split() for line in out.splitlines()]
     assert rows[0] == ["name", "injection", "package", "version", "trainable", "hooks"]
     # ldmcore's own package implements its plugins' hooks (conditions, metrics) and those of the
-    # built-in samplers and datasets
+    # built-in samplers, datasets and loggers
     assert ["class", "vector,crossattn", "ldmcore", md.version("ldmcore"), "True",
-            "register_conditions,register_datasets,register_metrics,register_samplers"] in rows
+            "register_conditions,register_datasets,register_loggers,register_metrics,register_samplers"] in rows

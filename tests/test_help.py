@@ -15,6 +15,7 @@ from ldmcore.interop.options import ExportOptions, ImportOptions
 from ldmcore.registry import default_registry
 from ldmcore.sample import SampleRequest
 from ldmcore.scaffold import NewPluginOptions
+from ldmcore.serve.options import ServeOptions
 
 
 def help_of(capsys, *argv: str) -> str:
@@ -40,7 +41,7 @@ def test_every_subcommand_takes_help(capsys, command):
 
 @pytest.mark.parametrize("command, model", [
     ("eval", EvalRequest), ("import", ImportOptions), ("export", ExportOptions),
-    ("new-plugin", NewPluginOptions), ("sample", SampleRequest),
+    ("new-plugin", NewPluginOptions), ("sample", SampleRequest), ("serve", ServeOptions),
 ])
 def test_help_lists_each_key_with_its_type_and_default(capsys, command, model):
     text = help_of(capsys, command, "--help")

@@ -26,7 +26,9 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
                          "ldmcore.nn", "ldmcore.data", "ldmcore.diffusion", "ldmcore.eval.pixels",
                          "ldmcore.eval.shapes", "ldmcore.eval.digits", "ldmcore.eval.metric",
                          "ldmcore.hardware", "ldmcore.arguments", "ldmcore.stopping",
-                         "ldmcore.progress")),
+                         "ldmcore.curves", "ldmcore.plots", "ldmcore.loggers",
+                         "ldmcore.grid_sidecar", "ldmcore.combinations", "ldmcore.contact_sheet",
+                         "ldmcore.tables", "ldmcore.progress")),
     ("plugin contract", ("ldmcore.conditioning",)),
     ("guidance and plans", ("ldmcore.diffusion.guidance", "ldmcore.diffusion.plan")),
     ("model", ("ldmcore.model",)),
@@ -36,7 +38,9 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("runs", ("ldmcore.runfolder",)),
     ("commands", ("ldmcore.attach", "ldmcore.train", "ldmcore.train_autoencoder",
                   "ldmcore.sample", "ldmcore.eval", "ldmcore.interop", "ldmcore.testing",
-                  "ldmcore.scaffold", "ldmcore.doctor", "ldmcore.summary", "ldmcore.helptext", "ldmcore.docgen")),
+                  "ldmcore.scaffold", "ldmcore.doctor", "ldmcore.summary", "ldmcore.helptext",
+                  "ldmcore.docgen", "ldmcore.serve", "ldmcore.sweep", "ldmcore.sweep_summary",
+                  "ldmcore.sample_sweep")),
     ("command line", ("ldmcore.cli", "ldmcore.__init__")),
 ]
 

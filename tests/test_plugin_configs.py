@@ -188,7 +188,7 @@ def test_infos_list_the_hooks_each_package_implements(shipped):
     assert info.hooks == ("register_conditions", "register_config_dirs")
     assert set(info.hooks) <= set(hook_names())
     assert hook_names() == ["register_conditions", "register_config_dirs", "register_samplers",
-                            "register_metrics", "register_datasets"]
+                            "register_metrics", "register_datasets", "register_loggers"]
 
 
 def test_a_condition_missed_because_its_plugin_is_broken_says_why(monkeypatch):

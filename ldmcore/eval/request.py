@@ -22,6 +22,8 @@ class EvalRequest(Strict):
     sampler: str | None = Field(None, description="default: the run's sampler config; NAME: "
                                 "that sampler with its own config (conf/sampler/NAME.yaml)")
     steps: int | None = Field(None, ge=1, description="default: the sampler config's")
+    guidance: float | None = Field(None, description="classifier-free guidance scale; default: "
+                                   "the run's")
     seed: int = Field(0, description="noise of condition i: seed + i")
     average: int = Field(1, ge=1, description="also score the mean of K samples per condition "
                                               "(metrics that average, e.g. PSNR)")

@@ -72,13 +72,14 @@ def condition_scores(metrics: list[tuple[str, MetricSpec]], images: torch.Tensor
 def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int = 0,
                  out: Path | None = None, average: int = 1, precision: str = "auto",
                  threads: int | str = "auto", registry: Registry | None = None,
-                 sampler: str | None = None, progress: bool = True) -> dict[str, Any]:
+                 sampler: str | None = None, progress: bool = True,
+                 guidance: float | None = None) -> dict[str, Any]:
     """Sample ``n`` held-out conditions with the run's own plan (or ``sampler``, with its own
-    config, and ``steps``) and score them."""
+    config, ``steps`` and ``guidance``) and score them."""
     cfg, model, _ = load_run(run_dir, registry)
     hardware = choose(precision, threads, next(model.unet.parameters()).device, announce=False)
     mixed = hardware.precision
-    plan = sampling_plan(cfg.sampler, registry, where="", name=sampler, steps=steps)
+    plan = sampling_plan(cfg.sampler, registry, where="", name=sampler, steps=steps, guidance=guidance)
     print(startup_line(hardware, model, registry), flush=True)
     print(f"sampler: {plan.describe()}", flush=True)
     torch.manual_seed(seed)  # random holes of the inpaint plugin
