@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from ldmcore import cli, from_pretrained, registry
 from ldmcore.config import load
 from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan
 from ldmcore.errors import ConfigError
-from ldmcore.eval.tasks import evaluate_run
+from ldmcore.eval.tasks import evaluate_run, unmeasured
 from ldmcore.hookspecs import hookimpl
 from ldmcore.sampling import SamplerConfig, sampling_plan
 from ldmcore.testing import isolated_registry
@@ -197,3 +198,14 @@ def test_overrides_keep_the_runs_knobs_only_for_its_own_sampler():
         sampling_plan(own, name="eulr")
     with pytest.raises(ConfigError, match="sampler.s_noise=-1.*out of range"):
         sampling_plan(own, options={"s_noise": -1})
+
+
+def test_ldm_eval_names_the_conditions_no_metric_scores(capsys):
+    model = SimpleNamespace(conditioner=SimpleNamespace(encoders={"class": None, "palette": None}))
+    metric = SimpleNamespace()
+    assert unmeasured(model, [("class", metric)], "shapes") == ["palette"]
+    said = " ".join(capsys.readouterr().out.split())
+    assert "not measured: no registered metric scores condition palette on data 'shapes'" in said
+    assert "register_metrics" in said
+    assert unmeasured(model, [("class", metric), ("palette", metric)], "shapes") == []
+    assert capsys.readouterr().out == ""

@@ -60,6 +60,19 @@ def run_metrics(model: LatentDiffusion, dataset: str, has_data: bool,
             for m in registry.metrics_for(type(enc).name) if m.applies_to(dataset, has_data)]
 
 
+def unmeasured(model: LatentDiffusion, metrics: list[tuple[str, MetricSpec]], dataset: str) -> list[str]:
+    """The run's conditions no metric scores, said on stdout (and listed under ``unmeasured`` in
+    ``eval.json``): ``ldm eval`` never lets a report pass for a measurement of a plugin that
+    nothing measured."""
+    names = [name for name in model.conditioner.encoders if name not in {n for n, _ in metrics}]
+    if names:
+        print(f"not measured: no registered metric scores condition{'s' if len(names) > 1 else ''} "
+              f"{', '.join(names)} on data {dataset!r}; a plugin package registers one through the "
+              f"register_metrics hook (docs/hooks.md), and `ldm plugins` lists what each registers.",
+              flush=True)
+    return names
+
+
 def condition_scores(metrics: list[tuple[str, MetricSpec]], images: torch.Tensor,
                      values: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
     """Every metric's entries for ``images`` generated from condition ``values`` (and ``batch``)."""
@@ -101,6 +114,8 @@ def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int
     if out is not None:
         save_grid(images, out / "eval_grid.png", nrow=8)
     report: dict[str, Any] = {"samples": n, "data": cfg.data.name, "precision": mixed.name}
+    if names := unmeasured(model, metrics, cfg.data.name):
+        report["unmeasured"] = names
     report.update(condition_scores(metrics, images, values, batch))
     for name, metric in metrics:
         if metric.baseline is not None:
@@ -136,4 +151,7 @@ def evaluate_folder(run_dir: Path, folder: Path, registry: Registry | None = Non
     images = torch.stack([read_image(folder / r["file"], cfg.data.channels, "samples") for r in records])
     values = {k: enc.collate([enc.parse(r["conditions"][k]) for r in records])
               for k, enc in encoders.items()}
-    return condition_scores(metrics, images, values, {})
+    report = condition_scores(metrics, images, values, {})
+    if names := unmeasured(model, metrics, cfg.data.name):
+        report["unmeasured"] = names
+    return report
