@@ -179,11 +179,11 @@ def cmd_new_plugin(args: list[str]) -> int:
     from ldmcore.scaffold import write_plugin
 
     names = [a for a in args if "=" not in a]
-    opts = key_values([a for a in args if "=" in a], {"out"})
+    opts = key_values([a for a in args if "=" in a], {"out", "injection"})
     if len(names) != 1:
         raise ConfigError("ldm new-plugin takes one NAME (a lower-case identifier such as "
                           "demo_cond) and optionally out=DIR, the folder to write it in.")
-    root = write_plugin(names[0], Path(opts.get("out", ".")))
+    root = write_plugin(names[0], Path(opts.get("out", ".")), opts.get("injection", "vector"))
     print(f"wrote {root}: install it with `pip install -e {root}`, then run its tests with "
           f"`pytest {root}`; `ldm plugins` lists it once installed.")
     return 0

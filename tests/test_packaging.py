@@ -19,7 +19,7 @@ def test_wheel_contains_config_tree_and_plugins(tmp_path: Path) -> None:
     assert yaml_in_tree and yaml_in_tree <= names, sorted(yaml_in_tree - names)
     assert "ldm_class/__init__.py" in names and "ldm_class/encoder.py" in names
     templates = {f"ldmcore/scaffold/{p.relative_to(ROOT / 'ldmcore' / 'scaffold')}"
-                 for p in (ROOT / "ldmcore" / "scaffold" / "template").rglob("*.tmpl")}
+                 for p in (ROOT / "ldmcore" / "scaffold").rglob("*.tmpl")}
     assert templates and templates <= names, sorted(templates - names)  # ldm new-plugin needs them
     info = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     entry_points = zipfile.ZipFile(wheel).read(info).decode()
