@@ -7,7 +7,9 @@ meaningful. Two ways to get samples:
 * the run's dataset has a held-out split (``register_datasets(..., held_out=...)``, e.g. shapes
   scenes of another seed, the held-out strip of the photos): ``evaluate_run`` samples from its
   conditions with the run's own sampling plan and scores them beside the data items, plus each
-  metric's baseline (what it reads without a model);
+  metric's baseline (what it reads without a model) and, for a metric registered
+  ``against_null``, its scores of samples without that condition (``*_null``: the same noise,
+  the condition's guidance scale 0);
 * otherwise (e.g. digits) ``evaluate_folder`` scores a folder of ``ldm sample`` output, whose
   ``samples.json`` says which conditions each image was asked for.
 
@@ -20,6 +22,7 @@ model has learned, and shows how much of a gap is sampling rather than the model
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ import torch
 
 from ldmcore.build import build_dataset
 from ldmcore.data.datasets import collate
+from ldmcore.diffusion.plan import SamplingPlan
 from ldmcore.errors import ConfigError, DataError
 from ldmcore.eval.metric import MetricSpec
 from ldmcore.hardware import choose
@@ -77,11 +81,11 @@ def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int
     values = model.conditioner.resolve(batch)
     plan = model.sampling if steps is None else model.sampling.but(steps=steps)  # the run's own
 
-    def draw(k: int) -> torch.Tensor:
+    def draw(k: int, how: SamplingPlan = plan) -> torch.Tensor:
         """Samples of noise seed ``seed + k`` for every held-out condition."""
         noise = torch.randn((n, *model.latent_shape()), generator=torch.Generator().manual_seed(seed + k))
         with mixed.autocast():
-            return model.sample(values, n, plan, noise=noise,
+            return model.sample(values, n, how, noise=noise,
                                 generator=torch.Generator().manual_seed(seed + k)).float()
 
     images = draw(0)
@@ -93,6 +97,13 @@ def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int
     for name, metric in metrics:
         if metric.baseline is not None:
             report.update(metric.baseline(values[name], batch))
+    nulled: dict[str, torch.Tensor] = {}  # condition -> samples without it, drawn once
+    for name, metric in metrics:
+        if metric.against_null:
+            if name not in nulled:
+                without = replace(plan.guidance, per_plugin={**plan.guidance.per_plugin, name: 0.0})
+                nulled[name] = draw(0, plan.but(guidance=without))
+            report.update({f"{k}_null": v for k, v in metric.score(nulled[name], values[name], batch).items()})
     averaging = [(name, m) for name, m in metrics if m.averages]
     if average > 1 and averaging:
         mean = torch.stack([images, *(draw(k) for k in range(1, average))]).mean(0)
