@@ -36,46 +36,50 @@ test: setup
 	$(PY) -m pytest tests
 	cd $(EXAMPLE) && $(abspath $(PY)) -m pytest
 
-# run.py: the demo's phases; auto_choice.py: precision/threads=auto against the explicit choices
-# on the demo's step; perf.py: ldmcore vs diffusers on the same weights (UNet, 20-step sample,
-# VAE decode, training step; fp32, and bf16 where the CPU runs it natively; FLOP/s; memory)
+# Benchmarks run from the repository root as modules of the `benchmarks` package and write
+# benchmarks/results/<benchmark>/<variant>.{json,md}. run: the demo's phases; auto_choice:
+# precision/threads=auto against the explicit choices on the demo's step; perf: ldmcore vs
+# diffusers on the same weights (UNet, 20-step sample, VAE decode, training step; fp32, and bf16
+# where the CPU runs it natively; FLOP/s; memory); reliability: fuzzing and SIGKILL resumes
 bench: setup
-	$(PY) benchmarks/run.py
-	$(PY) benchmarks/auto_choice.py
-	nice $(PY) benchmarks/perf.py
-	$(PY) benchmarks/reliability.py
+	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.auto_choice
+	nice $(PY) -m benchmarks.perf
+	$(PY) -m benchmarks.reliability
 
+# smoke sizes, written as each benchmark's `quick` variant (the full figures are kept)
 bench-quick: setup
-	$(PY) benchmarks/run.py --quick
-	$(PY) benchmarks/auto_choice.py --reps 3
-	nice $(PY) benchmarks/perf.py --quick
-	$(PY) benchmarks/reliability.py --examples 100 --kills 4 --steps 16
+	$(PY) -m benchmarks.run --quick
+	$(PY) -m benchmarks.auto_choice --reps 3 --variant quick
+	nice $(PY) -m benchmarks.perf --quick
+	$(PY) -m benchmarks.reliability --examples 100 --kills 4 --steps 16 --variant quick
 
 # fuzz cases tried / handled cleanly per input, and 20 SIGKILLs resumed to identical weights
 bench-reliability: setup
-	$(PY) benchmarks/reliability.py
+	$(PY) -m benchmarks.reliability
 
 bench-perf: setup
-	nice $(PY) benchmarks/perf.py
+	nice $(PY) -m benchmarks.perf
 
-# fidelity against network evaluations for every sampler, on the demo run (make demo first)
 # every plugin experiment trained and scored, then the studies that use those runs (hours on 2 cores)
 bench-plugins: setup
-	$(PY) benchmarks/plugins.py
-	$(PY) benchmarks/samplers_tasks.py --run runs/bench/shapes_layout
-	$(PY) benchmarks/plugin_guidance.py --run runs/bench/shapes_multi --base 1.0 --high 3.0
-	$(PY) benchmarks/attach_plugin.py
-	$(PY) benchmarks/sr_headroom.py --run runs/bench/photos_sr4x
-	$(PY) benchmarks/inpaint_headroom.py --run runs/bench/photos_inpaint
+	$(PY) -m benchmarks.plugins
+	$(PY) -m benchmarks.samplers_tasks --run runs/bench/shapes_layout
+	$(PY) -m benchmarks.plugin_guidance --run runs/bench/shapes_multi --base 1.0 --high 3.0
+	$(PY) -m benchmarks.attach_plugin
+	$(PY) -m benchmarks.sr_headroom --run runs/bench/photos_sr4x
+	$(PY) -m benchmarks.inpaint_headroom --run runs/bench/photos_inpaint
 
 bench-fig6: setup  # pixels vs latents for the same training time (about 1 h: two runs at a time)
-	$(PY) benchmarks/latent_vs_pixel.py run digits 4 2 8 1 --budget 480 & \
-	$(PY) benchmarks/latent_vs_pixel.py run shapes 4 2 8 1 --budget 480 & wait
-	$(PY) benchmarks/latent_vs_pixel.py report
+	$(PY) -m benchmarks.latent_vs_pixel run digits 4 2 8 1 --budget 480 & \
+	$(PY) -m benchmarks.latent_vs_pixel run shapes 4 2 8 1 --budget 480 & wait
+	$(PY) -m benchmarks.latent_vs_pixel report
 
+# convergence orders on Gaussian data (seconds), then fidelity against network evaluations for
+# every sampler on the demo run (make demo first)
 bench-samplers: setup
-	$(PY) benchmarks/sampler_orders.py
-	$(PY) benchmarks/samplers.py --run runs/demo
+	$(PY) -m benchmarks.sampler_orders
+	$(PY) -m benchmarks.samplers --run runs/demo
 
 clean:
 	rm -rf runs .pytest_cache

@@ -9,22 +9,23 @@ measured at step 0, where the attachment changes no output, and after fine-tunin
 backbone tensor of the fine-tuned checkpoint (UNet, its EMA, the autoencoder; for the widened
 input convolution, the pretrained channels) is compared byte for byte with the base run's.
 
-    python benchmarks/attach_plugin.py [--base runs/bench/shapes_layout] [--plugin lowres] [--steps 400]
+    python -m benchmarks.attach_plugin [--base runs/bench/shapes_layout] [--plugin lowres] [--steps 400]
 
-Results: ``benchmarks/results/attach_plugin.json`` and ``.md``.
+Results: ``benchmarks/results/attach_plugin/<variant>.json`` and ``.md`` (variant ``full``
+unless named; the base run is made by ``python -m benchmarks.plugins shapes_layout``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from run import RESULTS, machine, timed_command  # noqa: E402
+import torch
 
-import torch  # noqa: E402
+from benchmarks.support.results import machine, markdown_table, write_result
+from benchmarks.support.runs import load_trained_run
+from benchmarks.support.timing import timed_command
 
 IN_CONV = "unet.input_blocks.0.0.weight"
 
@@ -78,10 +79,9 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("runs/bench"))
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides")
     parser.add_argument("--reuse", action="store_true", help="score runs already trained under --root")
+    parser.add_argument("--variant", default="full", help="results file stem (default full)")
     args = parser.parse_args()
-    from ldmcore.runfolder import load_run
-
-    cfg, _, _ = load_run(args.base)
+    cfg, _, _ = load_trained_run(args.base, "python -m benchmarks.plugins shapes_layout")
     plugins = [*cfg.conditions, args.plugin]
     key = METRIC[args.plugin]
     common = [f"experiment={cfg.name}", f"condition=[{','.join(plugins)}]",
@@ -101,18 +101,16 @@ def main() -> None:
     store = {"machine": machine(), "base": str(args.base), "plugin": args.plugin, "steps": args.steps,
              "metric": key, "eval_step0": before, "eval_after": after, "train": timing, **check,
              "command": " ".join(["ldm train", f"run_dir={tuned}", f"trainer.max_steps={args.steps}", *common])}
-    out = RESULTS / "attach_plugin.json"
-    out.write_text(json.dumps(store, indent=1))
-    rows = "".join(f"| {k} | {before[k]:.3f} | {after[k]:.3f} |\n" for k in after
-                   if isinstance(after[k], float) and k in before)
+    rows = [[k, f"{before[k]:.3f}", f"{after[k]:.3f}"] for k in after
+            if isinstance(after[k], float) and k in before]
+    table = markdown_table(["eval.json", "step 0 (attached, no output change)",
+                            "after fine-tuning the plugin only"], rows)
     md = (f"Base `{args.base}` ({', '.join(cfg.conditions)}); `{args.plugin}` attached and trained "
           f"alone for {args.steps} steps ({timing['wall_s']:.0f} s); its metric is `{key}`.\n\n"
-          f"| eval.json | step 0 (attached, no output change) | after fine-tuning the plugin only |\n"
-          f"|---|---|---|\n{rows}\n"
+          f"{table}\n\n"
           f"Backbone tensors compared byte for byte: {check['tensors_compared']}, differing: "
           f"{len(check['tensors_differing'])} ({', '.join(check['tensors_differing'][:4]) or 'none'}).\n")
-    out.with_suffix(".md").write_text(md)
-    print(md)
+    write_result("attach_plugin", args.variant, store, md)
 
 
 if __name__ == "__main__":

@@ -12,60 +12,33 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/auto_choice.py [--reps N] [--name auto_choice]
+    python -m benchmarks.auto_choice [--reps N] [--variant NAME]
 
-Writes ``benchmarks/results/NAME.json`` and ``NAME.md``, headed by the machine. The AVX2 figures
-in ``auto_choice-avx2-kernels.md`` were taken on an AMX machine with every kernel library capped
-at AVX2 (``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``).
+Writes ``benchmarks/results/auto_choice/<variant>.json`` and ``.md`` (variant ``full`` unless
+named), headed by the machine and its load. To measure what an AVX2-only CPU would do, cap every
+kernel library at AVX2 and name the variant::
+
+    export ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+    python -m benchmarks.auto_choice --variant avx2-kernels
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from timing import alternate  # noqa: E402
-
-from ldmcore.hardware import autocast, choose_precision, choose_threads, cpu_info, machine_line  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
-
-
-def demo_step(precision: str):
-    """A callable running one demo training step under ``precision`` (fp32 or bf16)."""
-    from ldmcore.build import build_model
-    from ldmcore.config import load
-    from ldmcore.nn.execution import for_training
-    from ldmcore.model import denoiser_params
-
-    cfg = load(["experiment=demo"])
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    for_training(model.unet, channels_last=cfg.execution.channels_last)
-    opt = torch.optim.AdamW(denoiser_params(model).values(), lr=1e-4)
-    bs = cfg.trainer.batch_size
-    z = torch.randn(bs, *model.latent_shape())
-    batch = {"class": torch.randint(0, 10, (bs,))}
-
-    def step() -> None:
-        with autocast(precision, torch.device("cpu")):
-            loss = model.loss(batch, z, generator=torch.Generator().manual_seed(0))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return step
+from benchmarks.support.demo_step import demo_training_step  # noqa: E402
+from benchmarks.support.results import load_average, write_result  # noqa: E402
+from benchmarks.support.timing import alternate  # noqa: E402
+from ldmcore.hardware import choose_precision, choose_threads, cpu_info, machine_line  # noqa: E402
 
 
 def precision_table(reps: int) -> dict:
@@ -74,7 +47,7 @@ def precision_table(reps: int) -> dict:
     torch.set_num_threads(threads.threads)
     auto = choose_precision("auto", "cpu")
     slow_bf16 = not cpu_info().native_bf16
-    steps = {"fp32": demo_step("fp32"), "bf16": demo_step("bf16")}
+    steps = {"fp32": demo_training_step("fp32"), "bf16": demo_training_step("bf16")}
     seconds = alternate(steps, 3 if slow_bf16 else reps)
     if slow_bf16:  # bf16 only 3 rounds; float32 gets its full count on its own
         seconds["fp32"] = alternate({"fp32": steps["fp32"]}, reps)["fp32"]
@@ -89,9 +62,9 @@ def _spinner() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
-def threads_table(reps: int, precision: str) -> dict:
-    default = torch.get_num_threads()
-    step = demo_step(precision)
+def threads_table(reps: int, precision: str, default: int) -> dict:
+    """``default``: torch's own thread count, read before anything in this process set it."""
+    step = demo_training_step(precision)
     out = {"precision": precision, "torch_default_threads": default}
     for load in ("one busy process beside", "nothing started beside"):
         spinner = _spinner() if load.startswith("one") else None
@@ -120,7 +93,7 @@ def threads_table(reps: int, precision: str) -> dict:
 def markdown(result: dict) -> str:
     p, t = result["precision"], result["threads"]
     lines = ["# precision=auto and threads=auto on the demo's training step", "",
-             f"machine: {result['machine']}; load before the run: {result['loadavg']}", "",
+             f"machine: {result['machine']}; before the run: {result['loadavg']}", "",
              f"| precision ({p['threads']} threads) | median s/step |", "|---|---|"]
     lines += [f"| {k}{' (auto)' if k == p['auto_picks'] else ''} | {v} |" for k, v in p["seconds"].items()]
     lines += ["", f"auto picks {p['auto_picks']} ({p['reason']}); auto / fastest explicit "
@@ -137,16 +110,13 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=10)
-    parser.add_argument("--name", default="auto_choice", help="results file stem")
+    parser.add_argument("--variant", default="full", help="results file stem (default full)")
     args = parser.parse_args()
-    result = {"machine": machine_line(), "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-              "precision": None, "threads": None}
+    result = {"machine": machine_line(), "loadavg": load_average(), "precision": None, "threads": None}
+    torch_default = torch.get_num_threads()  # precision_table sets what threads=auto picks
     result["precision"] = precision_table(args.reps)
-    result["threads"] = threads_table(args.reps, result["precision"]["auto_picks"])
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    result["threads"] = threads_table(args.reps, result["precision"]["auto_picks"], torch_default)
+    write_result("auto_choice", args.variant, result, markdown(result))
 
 
 if __name__ == "__main__":

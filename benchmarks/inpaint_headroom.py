@@ -12,16 +12,16 @@ measured, not assumed:
 * with ``--run``, a trained photos_inpaint model's own estimate of the mean: its denoised output
   from pure noise at the schedule's largest sigma, pasted back as samples are.
 
-    python benchmarks/inpaint_headroom.py [--n 64] [--run runs/bench/photos_inpaint]
+    python -m benchmarks.inpaint_headroom [--n 64] [--run runs/bench/photos_inpaint]
 
-Results: ``benchmarks/results/inpaint_headroom.json`` and ``.md``.
+Results: ``benchmarks/results/inpaint_headroom/<variant>.json`` and ``.md`` (variant ``full`` unless
+named; a run to read is made by ``python -m benchmarks.plugins photos_inpaint``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,8 +30,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from headroom import model_mean, write_table  # noqa: E402
+from benchmarks.support.headroom import model_mean, write_table  # noqa: E402
 
 
 def biharmonic(image: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
@@ -46,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64, help="held-out crops (ldm eval's n)")
     parser.add_argument("--run", type=Path, default=None, help="a trained photos_inpaint run to read too")
+    parser.add_argument("--variant", default="full", help="results file stem (default full)")
     args = parser.parse_args()
     from ldmcore.build import build_model
     from ldmcore.config import load
@@ -69,8 +69,8 @@ def main() -> None:
             args.run, {"inpaint": (image, hole)}, args.n)
     rows = {name: hole_psnr(x, image, hole) for name, x in fills.items()}
     run = "" if args.run is None else f" --run {args.run}"
-    write_table("inpaint_headroom", f"photos_inpaint: PSNR inside the hole on ldm eval's {args.n} held-out "
-                f"crops and holes (`python benchmarks/inpaint_headroom.py --n {args.n}{run}`).", "fill",
+    write_table("inpaint_headroom", args.variant, f"photos_inpaint: PSNR inside the hole on ldm eval's {args.n} held-out "
+                f"crops and holes (`python -m benchmarks.inpaint_headroom --n {args.n}{run}`).", "fill",
                 rows, bar, held_out_crops=args.n)
 
 if __name__ == "__main__":

@@ -20,10 +20,13 @@ measure (steps / steps per second of the segment), so start-up, checkpoints and 
 not counted. The autoencoders are trained first, once per dataset and f (their time is reported
 apart, as the paper treats them as pretrained).
 
-    python benchmarks/latent_vs_pixel.py run digits 1 2     # some (dataset, f) runs
-    python benchmarks/latent_vs_pixel.py report             # table + plot from what ran
+    python -m benchmarks.latent_vs_pixel run digits 1 2     # some (dataset, f) runs
+    python -m benchmarks.latent_vs_pixel report             # table + plots from what ran
 
-Results: ``benchmarks/results/latent_vs_pixel.{json,md,png}``; runs under ``runs/fig6``.
+Results in ``benchmarks/results/latent_vs_pixel/``: one ``<dataset>_f<f>.json`` per run, and
+from ``report`` the table (``full.md``, all runs in ``full.json``) and one plot per dataset
+(``<dataset>.png``, shown by docs/latent-vs-pixel.md). Runs go under ``runs/fig6``; ``--grids``
+keeps each evaluation's samples there as ``eval_<i>.png``.
 """
 
 from __future__ import annotations
@@ -38,15 +41,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from run import RESULTS, machine  # noqa: E402
-
-from ldmcore.eval.digits import _to_reader_space, split_digits, train_reader  # noqa: E402
-from ldmcore.eval.tasks import condition_scores, held_out_batch, run_metrics  # noqa: E402
-from ldmcore.images import save_grid  # noqa: E402
-from ldmcore.runfolder import load_run  # noqa: E402
-from ldmcore.sampling import sampling_plan  # noqa: E402
-from ldmcore.hardware import choose_precision  # noqa: E402
+from benchmarks.support.results import machine, results_dir
+from ldmcore.eval.digits import _to_reader_space, split_digits, train_reader
+from ldmcore.eval.tasks import condition_scores, held_out_batch, run_metrics
+from ldmcore.hardware import choose_precision
+from ldmcore.images import save_grid
+from ldmcore.runfolder import load_run
+from ldmcore.sampling import sampling_plan
 
 FACTORS = {1: "pixels", 2: "kl_f2", 4: "kl_f4", 8: "kl_f8"}
 DATASETS = {
@@ -55,7 +56,7 @@ DATASETS = {
 }
 FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 1.0)
 EVAL_STEPS = 20
-PART = "latent_vs_pixel_{}_f{}.json"
+PART = "{}_f{}.json"  # one (dataset, f) run's result, in the results folder
 
 
 def ldm(*args: str) -> None:
@@ -103,7 +104,7 @@ class Scorer:
         else:
             self.batch = held_out_batch(cfg, n)
 
-    def __call__(self, run: Path, grid: Path) -> dict[str, float]:
+    def __call__(self, run: Path, grid: Path | None) -> dict[str, float]:
         cfg, model, _ = load_run(run)
         if self.dataset == "digits":
             values = {"class": self.labels}
@@ -114,7 +115,8 @@ class Scorer:
             plan = sampling_plan(cfg.sampler, name="dpmpp_2m", steps=EVAL_STEPS)
             images = model.sample(values, self.n, plan, noise=noise,
                                   generator=torch.Generator().manual_seed(0)).float()
-        save_grid(images[:40], grid, nrow=10)
+        if grid is not None:
+            save_grid(images[:40], grid, nrow=10)
         if self.dataset == "shapes":
             return condition_scores(run_metrics(model, "shapes", True), images, values, self.batch)
         grey = ((images[:, 0].clamp(-1, 1) + 1) * 127.5).numpy()
@@ -136,7 +138,8 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca + cb - 2 * covmean))
 
 
-def train_and_score(root: Path, dataset: str, f: int, budget: float, reuse: dict[str, Path]) -> dict:
+def train_and_score(root: Path, dataset: str, f: int, budget: float, reuse: dict[str, Path],
+                    grids: bool = False) -> dict:
     spec = DATASETS[dataset]
     weights, ae_s = first_stage(root, dataset, f, reuse)
     run = root / f"{dataset}_f{f}"
@@ -163,14 +166,14 @@ def train_and_score(root: Path, dataset: str, f: int, budget: float, reuse: dict
         if scorer is None:
             scorer = Scorer(dataset, load_run(run)[0], spec["n"])
         t0 = time.perf_counter()
-        scores = scorer(run, RESULTS / "latent_vs_pixel" / f"{dataset}_f{f}_{i}.png")
+        scores = scorer(run, run / f"eval_{i}.png" if grids else None)
         points.append({"step": step, "train_s": round(seconds, 1), **scores,
                        "eval_s": round(time.perf_counter() - t0, 1)})
         print(f"{dataset} f={f}: step {step}, {seconds:.0f} s, {scores}", flush=True)
     return {"dataset": dataset, "f": f, "autoencoder": FACTORS[f], "budget_s": budget,
             "stage1_s": ae_s, "metric": spec["metric"], "points": points,
             "wall_s": round(time.perf_counter() - wall0, 1), "machine": machine(),
-            "command": f"python benchmarks/latent_vs_pixel.py run {dataset} {f} --budget {budget:g}"}
+            "command": f"python -m benchmarks.latent_vs_pixel run {dataset} {f} --budget {budget:g}"}
 
 
 def time_to_reach(points: list[dict], key: str, level: float, lower_is_better: bool = False
@@ -187,11 +190,12 @@ def time_to_reach(points: list[dict], key: str, level: float, lower_is_better: b
 
 
 def report() -> None:
-    parts = sorted(RESULTS.glob(PART.format("*", "*")))
+    folder = results_dir("latent_vs_pixel")
+    parts = sorted(folder.glob(PART.format("*", "*")))
     runs = [json.loads(p.read_text()) for p in parts]
-    (RESULTS / "latent_vs_pixel.json").write_text(json.dumps(runs, indent=1))
+    (folder / "full.json").write_text(json.dumps(runs, indent=1))
     lines = ["# Pixel vs latent space for the same training time (LDM Figure 6 in miniature)", "",
-             "Produced by `python benchmarks/latent_vs_pixel.py` (see its docstring). One thread per run; "
+             "Produced by `python -m benchmarks.latent_vs_pixel` (see its docstring). One thread per run; "
              "training seconds are the trainer's own (steps / rate).", ""]
     for dataset in DATASETS:
         rows = sorted((r for r in runs if r["dataset"] == dataset), key=lambda r: r["f"])
@@ -231,9 +235,9 @@ def report() -> None:
                         t = time_to_reach(r["points"], "fd_8x8", fd, lower_is_better=True)
                         lines.append(f"- f={r['f']}: " + ("not reached" if t is None else
                                      f"at or below it by {t:.0f} s ({t / total:.2f} of the pixel time)"))
-        lines += ["", f"![{dataset}](latent_vs_pixel_{dataset}.png)", ""]
-        plot(rows, key, RESULTS / f"latent_vs_pixel_{dataset}.png", dataset)
-    (RESULTS / "latent_vs_pixel.md").write_text("\n".join(lines) + "\n")
+        lines += ["", f"![{dataset}]({dataset}.png)", ""]
+        plot(rows, key, folder / f"{dataset}.png", dataset)
+    (folder / "full.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -280,16 +284,17 @@ def main() -> None:
     run.add_argument("--root", type=Path, default=Path("runs/fig6"))
     run.add_argument("--reuse-autoencoder", nargs="*", default=[], metavar="DATASET:F=PATH",
                      help="a trained first stage to use instead of training one")
+    run.add_argument("--grids", action="store_true",
+                     help="keep each evaluation's sample grid in its run folder (eval_<i>.png)")
     sub.add_parser("report", help="table and plot from the runs' result files")
     args = ap.parse_args()
     if args.command == "report":
         report()
         return
     reuse = {k: Path(v) for k, v in (item.split("=", 1) for item in args.reuse_autoencoder)}
-    (RESULTS / "latent_vs_pixel").mkdir(parents=True, exist_ok=True)
     for f in args.factors:
-        result = train_and_score(args.root, args.dataset, f, args.budget, reuse)
-        (RESULTS / PART.format(args.dataset, f)).write_text(json.dumps(result, indent=1))
+        result = train_and_score(args.root, args.dataset, f, args.budget, reuse, args.grids)
+        (results_dir("latent_vs_pixel") / PART.format(args.dataset, f)).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

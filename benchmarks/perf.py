@@ -1,6 +1,6 @@
 """ldmcore against diffusers on the same weights: UNet forward, 20-step sample, VAE decode, training.
 
-The anchor (``benchmarks/anchor.py``) is a 35.6M-parameter SD-1.x-layout UNet on 32x32x4
+The anchor (``benchmarks.support.anchor``) is a 35.6M-parameter SD-1.x-layout UNet on 32x32x4
 latents with 16 context tokens of width 384, built by diffusers and imported into ldmcore.
 Every task times the libraries alternating in this one process, ``reps`` rounds, and reports
 median seconds and the ratio diffusers / ldmcore (above 1: ldmcore is faster). Variants:
@@ -19,10 +19,11 @@ attention counted analytically, 4 * B * Lq * Lk * width per attention call, beca
 does not see the CPU flash kernel) is set against 2048x2048 matmul peaks measured in this run.
 Usage::
 
-    .venv/bin/python benchmarks/perf.py [--quick] [--threads N] [--reps N] [--only TASK,...]
-                                        [--precisions fp32,bf16]
+    python -m benchmarks.perf [--quick] [--threads N] [--reps N] [--only TASK,...]
+                              [--precisions fp32,bf16] [--variant NAME]
 
-Writes ``benchmarks/results/perf.json`` and ``perf.md`` (``perf-quick.*`` with ``--quick``).
+Writes ``benchmarks/results/perf/<variant>.json`` and ``.md`` (variant ``full``, or ``quick``
+with ``--quick``); a run of some tasks (``--only``) updates those tasks in the variant's files.
 """
 
 from __future__ import annotations
@@ -35,22 +36,18 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import anchor  # noqa: E402
-from timing import alternate, alternate_clocks, peak_rss_mib, ratios  # noqa: E402
-
+from benchmarks.support import anchor  # noqa: E402
+from benchmarks.support.demo_step import demo_batch_size, demo_training_step  # noqa: E402
+from benchmarks.support.results import load_average, result_paths, write_result  # noqa: E402
+from benchmarks.support.timing import alternate, alternate_clocks, peak_rss_mib, ratios  # noqa: E402
 from ldmcore.hardware import choose_precision, machine_line  # noqa: E402
 from ldmcore.nn.execution import Compiled, cast_weights, to_channels_last  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 BF16_TOLERANCE = 0.05  # bf16: max abs difference from float32 over the reference's max abs value
 TASKS = ("matmul", "unet_b1", "unet_b8", "sample", "vae_decode", "train_step", "demo_step", "flops",
          "memory")
@@ -220,37 +217,13 @@ def train_step(m: Models, batch: int, reps: int) -> dict:
 
 def demo_step(reps: int) -> dict:
     """The demo's own training step (``experiment=demo``, in what ``precision=auto`` picks),
-    channels_last on vs off: the same means applied to what ``make demo`` spends its time on."""
-    from ldmcore.build import build_model
-    from ldmcore.config import load
-    from ldmcore.nn.execution import for_training
-    from ldmcore.model import denoiser_params
-
-    cfg = load(["experiment=demo"])
-    runs = {}
-    for cl in (False, True):
-        torch.manual_seed(0)
-        model = build_model(cfg)
-        for_training(model.unet, channels_last=cl)
-        for_training(model.autoencoder, channels_last=cl)
-        runs[cl] = (model, torch.optim.AdamW(denoiser_params(model).values(), lr=0.0))
-    bs = cfg.trainer.batch_size
-    z = torch.randn(bs, *runs[False][0].latent_shape(), generator=torch.Generator().manual_seed(4))
-    batch = {"class": torch.randint(0, 10, (bs,), generator=torch.Generator().manual_seed(5))}
-
-    def step(cl: bool):
-        model, opt = runs[cl]
-
-        def run() -> None:
-            with autocast(choose_precision("auto").name == "bf16"):
-                loss = model.loss(batch, z, generator=torch.Generator().manual_seed(0))
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return run
-
-    s = alternate({"channels_last off": step(False), "channels_last on": step(True)}, reps)
-    return {"batch": bs, "precision": choose_precision("auto").name,
+    channels_last on vs off: the same means applied to what ``make demo`` spends its time on.
+    AdamW at lr 0 (the weights stay those of step 0) on one seeded batch."""
+    precision = choose_precision("auto").name
+    steps = {f"channels_last {'on' if cl else 'off'}": demo_training_step(
+        precision, channels_last=cl, lr=0.0, batch_seed=4) for cl in (False, True)}
+    s = alternate(steps, reps)
+    return {"batch": demo_batch_size(), "precision": precision,
             "seconds": {k: round(v, 4) for k, v in s.items()},
             "speedup": round(s["channels_last off"] / s["channels_last on"], 2)}
 
@@ -316,7 +289,7 @@ def memory(threads: int, tasks: tuple[str, ...] = ("unet_b8", "train_step")) -> 
                 continue
             if task == "train_step" and variant == "ldmcore bf16":
                 variant = "ldmcore bf16 autocast+cl"
-            cmd = [sys.executable, __file__, "--peak", task, variant, "--threads", str(threads)]
+            cmd = [sys.executable, "-m", __spec__.name, "--peak", task, variant, "--threads", str(threads)]
             res = subprocess.run(cmd, capture_output=True, text=True, check=True)
             out.setdefault(task, {})[variant] = json.loads(res.stdout.strip().splitlines()[-1])
     return out
@@ -411,7 +384,7 @@ def main() -> None:
     ap.add_argument("--precisions", default=",".join(PRECISIONS),
                     help="comma-separated subset of fp32,bf16 (default: fp32, and bf16 where the "
                          "CPU runs it natively)")
-    ap.add_argument("--name", default=None, help="results file stem (default perf, or perf-quick)")
+    ap.add_argument("--variant", default=None, help="results file stem (default full, or quick)")
     ap.add_argument("--peak", nargs=2, metavar=("TASK", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     PRECISIONS[:] = [p for p in args.precisions.split(",") if p in ("fp32", "bf16")] or ["fp32"]
@@ -424,9 +397,9 @@ def main() -> None:
         ap.error(f"unknown task(s) {sorted(only - set(TASKS))}; valid: {', '.join(TASKS)}")
     reps = args.reps or (2 if args.quick else 5)
     small = 1 if args.quick else 4  # sample batch (the UNet sees twice that, CFG)
-    result: dict = {"quick": args.quick, "command": " ".join(["benchmarks/perf.py", *sys.argv[1:]]),
+    result: dict = {"quick": args.quick, "command": " ".join(["python -m benchmarks.perf", *sys.argv[1:]]),
                     "machine": f"{machine_line()}; {args.threads} torch threads; precisions "
-                               f"{', '.join(PRECISIONS)}",
+                               f"{', '.join(PRECISIONS)}; {load_average()}",
                     "anchor": {"unet_block_out_channels": anchor.UNET_WIDTHS,
                                "vae_block_out_channels": anchor.VAE_WIDTHS, "latent": anchor.LATENT,
                                "context": [anchor.CONTEXT_TOKENS, anchor.CONTEXT_DIM]}}
@@ -447,9 +420,8 @@ def main() -> None:
         result["flops"] = {"unet_b8_gflop": round(unet_flops(m) / 1e9, 2)}
     if "memory" in only:
         result["memory"] = memory(args.threads, ("unet_b8",) if args.quick else ("unet_b8", "train_step"))
-    stem = args.name or ("perf-quick" if args.quick else "perf")
-    RESULTS.mkdir(exist_ok=True)
-    previous = RESULTS / f"{stem}.json"
+    variant = args.variant or ("quick" if args.quick else "full")
+    previous, _ = result_paths("perf", variant)
     if only != set(TASKS) and previous.exists():  # a subset run updates the earlier results
         merged = json.loads(previous.read_text())
         merged.update({k: v for k, v in result.items() if k in TASKS})
@@ -457,9 +429,7 @@ def main() -> None:
         result = merged
     if {"flops", "matmul", "unet_b8"} <= set(result):
         result["flops"] = flops_table(result["flops"]["unet_b8_gflop"], result["matmul"], result["unet_b8"])
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / f"{stem}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_result("perf", variant, result, markdown(result))
 
 
 if __name__ == "__main__":

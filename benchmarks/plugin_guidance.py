@@ -7,17 +7,16 @@ plugin at the base scale, then each plugin in turn raised to ``--high`` with the
 the base. Each setting is scored with every plugin's ``ldm eval`` metric; the table shows the
 change from the base row, and the check is that each raised plugin's own metric moves most.
 
-    python benchmarks/plugin_guidance.py --run runs/bench/shapes_multi [--base 1.5] [--high 5]
+    python -m benchmarks.plugin_guidance --run runs/bench/shapes_multi [--base 1.5] [--high 5]
 
-Results: ``benchmarks/results/plugin_guidance.json`` and ``.md``.
+Results: ``benchmarks/results/plugin_guidance/<variant>.json`` and ``.md`` (variant ``full``
+unless named; the run is made by ``python -m benchmarks.plugins shapes_multi``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -26,8 +25,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from run import RESULTS, machine  # noqa: E402
+from benchmarks.support.results import machine, markdown_table, write_result  # noqa: E402
+from benchmarks.support.runs import load_trained_run  # noqa: E402
 
 METRIC = {"text": "text_caption_match", "layout": "layout_mean_iou", "segmap": "segmap_miou"}
 
@@ -40,16 +39,16 @@ def main() -> None:
     parser.add_argument("--high", type=float, default=5.0, help="the raised plugin's scale")
     parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++(2M) steps")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--variant", default="full", help="results file stem (default full)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     from ldmcore.sampling import sampling_plan
     from ldmcore.eval.tasks import condition_scores, held_out_batch, run_metrics
-    from ldmcore.runfolder import load_run
     from ldmcore.hardware import choose_precision
 
-    cfg, model, _ = load_run(args.run)
+    cfg, model, _ = load_trained_run(args.run, "python -m benchmarks.plugins shapes_multi")
     plugins = [p for p in model.conditioner.encoders if p in METRIC]
     batch = held_out_batch(cfg, args.n)
     values = model.conditioner.resolve(batch)
@@ -73,26 +72,22 @@ def main() -> None:
         checks[p] = {"deltas": deltas, "own_moves_most": max(deltas, key=deltas.get) == p}
     store = {"machine": machine(), "run": str(args.run), "n": args.n, "base": args.base,
              "high": args.high, "steps": args.steps, "rows": rows, "checks": checks}
-    out = RESULTS / "plugin_guidance.json"
-    out.write_text(json.dumps(store, indent=1))
-    out.with_suffix(".md").write_text(markdown(store, plugins))
-    print(markdown(store, plugins))
+    write_result("plugin_guidance", args.variant, store, markdown(store, plugins))
 
 
 def markdown(store: dict, plugins: list[str]) -> str:
     lines = [f"Run `{store['run']}`, {store['n']} held-out conditions, DPM-Solver++(2M) "
              f"{store['steps']} Karras steps, every plugin at scale {store['base']} unless raised "
-             f"to {store['high']}.", "",
-             "| setting | " + " | ".join(METRIC[p] for p in plugins) + " |",
-             "|---|" + "---|" * len(plugins)]
+             f"to {store['high']}.", ""]
     base = store["rows"]["base"]
+    rows = []
     for label, row in store["rows"].items():
-        cells = []
+        cells = [label]
         for q in plugins:
             value, delta = row[METRIC[q]], row[METRIC[q]] - base[METRIC[q]]
             cells.append(f"{value:.3f}" if label == "base" else f"{value:.3f} ({delta:+.3f})")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines.append("")
+        rows.append(cells)
+    lines += [markdown_table(["setting", *(METRIC[p] for p in plugins)], rows), ""]
     for p, check in store["checks"].items():
         lines.append(f"- raising {p}: its own metric moves most: "
                      f"{'yes' if check['own_moves_most'] else 'no'}")

@@ -6,10 +6,12 @@ then trains its UNet and plugin with ``ldm train experiment=NAME`` and is scored
 on held-out conditions. The table reports the shared stage-1 time, each experiment's own time,
 their sum (the time to reproduce that experiment alone), the metric and its target.
 
-    python benchmarks/plugins.py                 # all experiments (about 1.5 h on 2 cores)
-    python benchmarks/plugins.py shapes_layout   # some of them
+    python -m benchmarks.plugins                  # all experiments (about 1.5 h on 2 cores)
+    python -m benchmarks.plugins shapes_layout    # some of them
 
-Results: ``benchmarks/results/plugins.json`` and ``plugins.md``; sample grids beside them.
+Results: ``benchmarks/results/plugins/<variant>.json`` and ``.md`` (variant ``full`` unless
+named), and each experiment's evaluation grid as ``<experiment>.png`` beside them (the grids
+docs/results.md shows; ``--no-grids`` leaves them as they are).
 """
 
 from __future__ import annotations
@@ -17,12 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from run import RESULTS, machine, timed_command  # noqa: E402
+from benchmarks.support.results import machine, markdown_table, result_paths
+from benchmarks.support.timing import timed_command
 
 # experiment -> (dataset, metric key in eval.json, how it passes, target in words)
 EXPERIMENTS = {
@@ -86,15 +87,14 @@ def experiment(name: str, weights: Path | None, root: Path, extra: list[str]) ->
 
 
 def table(rows: dict[str, dict]) -> str:
-    lines = ["| experiment | stage 1 (shared) s | own training s | total s | metric | value | target | met |",
-             "|---|---|---|---|---|---|---|---|"]
+    cells = []
     for name, row in rows.items():
         _, key, _, target = EXPERIMENTS[name]
-        value = row["eval"][key]
-        lines.append(f"| {name} | {row['stage1_s']:.0f} | {row['train']['wall_s']:.0f} | "
-                     f"{row['stage1_s'] + row['train']['wall_s']:.0f} | {key} | {value:.3f} | "
-                     f"{target} | {'yes' if row['met'] else 'no'} |")
-    lines.append("")
+        cells.append([name, f"{row['stage1_s']:.0f}", f"{row['train']['wall_s']:.0f}",
+                      f"{row['stage1_s'] + row['train']['wall_s']:.0f}", key,
+                      f"{row['eval'][key]:.3f}", target, "yes" if row["met"] else "no"])
+    lines = [markdown_table(["experiment", "stage 1 (shared) s", "own training s", "total s",
+                             "metric", "value", "target", "met"], cells), ""]
     lines.append("All metrics of each run (eval.json):")
     lines.append("")
     for name, row in rows.items():
@@ -111,13 +111,16 @@ def main() -> None:
     parser.add_argument("--reuse-stage1", action="store_true",
                         help="keep a first stage already trained under --root")
     parser.add_argument("--set", nargs="*", default=[], help="extra overrides for every experiment")
+    parser.add_argument("--variant", default="full", help="results file stem (default full)")
+    parser.add_argument("--no-grids", dest="grids", action="store_false",
+                        help="do not copy the evaluation grids into the results folder")
     args = parser.parse_args()
     names = args.names or list(EXPERIMENTS)
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
         parser.error(f"unknown experiment {unknown[0]!r}; choose from {', '.join(EXPERIMENTS)}")
     args.root.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "plugins.json"
+    out, table_path = result_paths("plugins", args.variant)
     stage1: dict[str, tuple[Path, float]] = {}
     for name in names:
         dataset = EXPERIMENTS[name][0]
@@ -133,9 +136,10 @@ def main() -> None:
         # re-read before writing: several invocations may run side by side
         rows: dict[str, dict] = json.loads(out.read_text())["experiments"] if out.exists() else {}
         rows[name] = row
-        shutil.copy(args.root / name / "eval_grid.png", RESULTS / f"plugins_{name}.png")
+        if args.grids:
+            shutil.copy(args.root / name / "eval_grid.png", out.parent / f"{name}.png")
         out.write_text(json.dumps({"machine": machine(), "experiments": rows}, indent=1))
-        (RESULTS / "plugins.md").write_text(table(rows))
+        table_path.write_text(table(rows))
         print(table({name: row}), flush=True)
 
 

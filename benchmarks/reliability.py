@@ -1,12 +1,14 @@
 """Reliability figures: fuzz cases tried / handled cleanly per input, and SIGKILL resumes.
 
-    python benchmarks/reliability.py [--examples 1000] [--kills 20] [--steps 50]
+    python -m benchmarks.reliability [--examples 1000] [--kills 20] [--steps 50] [--variant NAME]
 
-Fuzz: every target of tests/fuzz_targets.py fed ``--examples`` Hypothesis examples (random, not
-the derandomized few of ``make test``); a case is clean when it is accepted with finite numbers
-only, or refused with an ``LdmError``. Kills: a smoke run trained with ``--kills`` SIGKILLs
-(every other one mid-checkpoint-write) and resumed each time, compared tensor by tensor with the
-same run uninterrupted (float32). Writes benchmarks/results/reliability.json.
+Fuzz: every target of ``tests/fuzz_targets.py`` fed ``--examples`` Hypothesis examples (random,
+not the derandomized few of ``make test``); a case is clean when it is accepted with finite
+numbers only, or refused with an ``LdmError``. Kills: a smoke run trained with ``--kills``
+SIGKILLs (every other one mid-checkpoint-write) and resumed each time, compared tensor by tensor
+with the same run uninterrupted (float32). The fuzz targets and the kill harness are the tests'
+own (``tests.fuzz_targets``, ``tests.reliability``): this benchmark runs them at a size CI does
+not. Writes ``benchmarks/results/reliability/<variant>.json`` (variant ``full`` unless named).
 """
 
 from __future__ import annotations
@@ -15,25 +17,22 @@ import argparse
 import collections
 import json
 import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import fuzz_targets as fz  # noqa: E402
+from benchmarks.support.results import machine, result_paths  # noqa: E402
 from ldmcore import checkpoint  # noqa: E402
 from ldmcore.config import load  # noqa: E402
 from ldmcore.train import train  # noqa: E402
-from reliability import same_weights, temp_files, train_with_kills  # noqa: E402
-from run import machine  # noqa: E402
+from tests import fuzz_targets as fz  # noqa: E402
+from tests.reliability import same_weights, temp_files, train_with_kills  # noqa: E402
 
 
 def count(strategy, target, examples: int) -> dict:
@@ -92,29 +91,24 @@ def kills(n: int, steps: int, work: Path, run: Path) -> dict:
             "events": report.events}
 
 
-def cpu_model() -> str:
-    """The CPU's model name (what `lscpu` shows), else the architecture."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--examples", type=int, default=1000)
-    ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "reliability.json")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--examples", type=int, default=1000, help="Hypothesis examples per input")
+    ap.add_argument("--kills", type=int, default=20, help="SIGKILLs during one training run")
+    ap.add_argument("--steps", type=int, default=50, help="training steps of the killed run")
+    ap.add_argument("--variant", default="full", help="results file stem (default full)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="write the JSON here instead of the results folder")
     args = ap.parse_args()
+    out = args.out or result_paths("reliability", args.variant)[0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         run = work / "smoke"
         train(load(["experiment=smoke", f"run_dir={run}", "trainer.precision=fp32"]))
-        result = {"machine": {**machine(), "cpu_model": cpu_model()}, "examples": args.examples,
+        result = {"machine": machine(), "examples": args.examples,
                   "fuzz": fuzz(args.examples, work, run), "kill_resume": kills(args.kills, args.steps, work, run)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
     print(f"{'input':58s} {'tried':>6s} {'clean':>6s} {'accepted':>8s} {'refused':>7s}")
     for name, r in result["fuzz"].items():
         print(f"{name:58s} {r['tried']:6d} {r['clean']:6d} {r['accepted']:8d} {r['refused']:7d}")
@@ -124,7 +118,7 @@ def main() -> None:
     print(f"SIGKILL: {k['kills']} kills ({k['during_checkpoint_write']} during a checkpoint write), "
           f"{k['resumes']} resumes, final weights identical to the uninterrupted run: "
           f"{k['final_weights_identical']}, temp files left: {k['temp_files_left']}")
-    print(f"results: {args.out}")
+    print(f"results: {out}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 The exact denoiser of N(MU, COV) is closed form and each deterministic sampler is an affine
 map of its start, so the output mean and covariance are computed exactly from three runs.
 Prints a Markdown table: error = ||cov - cov*|| + ||mean - MU|| at 40, 80, 160, 320 Karras steps
-and the order log2(e(n) / e(2n)). ``tests/test_samplers.py`` asserts the same numbers.
+and the order log2(e(n) / e(2n)); docs/samplers.md shows it. ``tests/test_samplers.py`` asserts
+the same orders::
+
+    python -m benchmarks.sampler_orders
 """
 
 from __future__ import annotations

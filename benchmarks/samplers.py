@@ -27,10 +27,11 @@ plus the wall time per sample (sampling and decoding, batch = all samples, this 
 Heun spends two evaluations per step, so it runs the most steps that fit the budget. DDIM and
 DDPM run on *trailing* timesteps (Lin et al. 2023), so every sampler starts at the schedule's
 largest sigma and the ODE they integrate is the same one.
-Results accumulate in ``benchmarks/results/samplers.json`` (a rerun skips what is there, so a
-long run can be resumed) and the Markdown table is written beside it.
+Results accumulate in ``benchmarks/results/samplers/<variant>.json`` (variant ``full`` unless
+named; a rerun with the same settings skips what is there, so a long run can be resumed) and the
+Markdown table is written beside it.
 
-    python benchmarks/samplers.py --run /path/to/digits_run [--per-class 10] [--guidance 3]
+    python -m benchmarks.samplers --run runs/demo [--per-class 10] [--guidance 3]
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.support.results import load_average, result_paths  # noqa: E402
+from benchmarks.support.runs import load_trained_run  # noqa: E402
+from benchmarks.support.sampler_plans import BUDGETS, sampler_plans  # noqa: E402
 from ldmcore import checkpoint  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
-BUDGETS = (5, 10, 20, 50, 100)
 
 
 class Reader:
@@ -110,31 +111,6 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
                  - 2 * np.sqrt(np.clip(cross, 0, None)).sum())
 
 
-def sampler_plans(names: list[str] | None, spacing: str, guidance: float) -> dict[str, dict]:
-    """Each sampler's shipped config (noise levels and knobs) as a sampling plan at ``guidance``,
-    discrete ones at ``spacing``; and whether it is deterministic."""
-    from ldmcore.config import conf_dir, load
-    from ldmcore.sampling import sampling_plan
-
-    shipped = sorted(p.stem for p in (conf_dir() / "sampler").glob("*.yaml"))
-    out = {}
-    for name in names or shipped:
-        plan = sampling_plan(load([f"sampler={name}", f"sampler.spacing={spacing}"]).sampler,
-                             guidance=guidance)
-        out[name] = {"plan": plan, "deterministic": deterministic(plan.sampler, dict(plan.knobs))}
-    return out
-
-
-def deterministic(spec, knobs: dict) -> bool:
-    """Whether the sampler's output ignores its generator: two seeds on a toy problem."""
-    from ldmcore.diffusion.sigmas import karras_sigmas
-
-    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
-    runs = [spec(lambda z, sigma: 0.5 * z, x, karras_sigmas(3, 0.1, 10.0),
-                 generator=torch.Generator().manual_seed(seed), **knobs) for seed in (1, 2)]
-    return torch.equal(*runs)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=Path("runs/demo"), help="a trained digits run")
@@ -146,8 +122,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--spacing", default="trailing", help="timesteps of ddim/ddpm")
     parser.add_argument("--reference-steps", type=int, default=200)
-    parser.add_argument("--out", type=Path, default=RESULTS / "samplers.json")
+    parser.add_argument("--variant", default="full", help="results file stem (default full)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write the JSON here (and the table beside it) instead")
     args = parser.parse_args()
+    args.out = args.out or result_paths("samplers", args.variant)[0]
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -155,10 +134,9 @@ def main() -> None:
     from ldmcore.diffusion.samplers import SAMPLERS
     from ldmcore.diffusion.plan import SamplingPlan
     from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan
-    from ldmcore.runfolder import load_run
     from ldmcore.hardware import autocast, machine_line
 
-    _, model, _ = load_run(args.run)
+    _, model, _ = load_trained_run(args.run, "make demo")
     reader = Reader()
     n = 10 * args.per_class
     classes = torch.arange(10).repeat_interleave(args.per_class)
@@ -169,7 +147,8 @@ def main() -> None:
     store = json.loads(args.out.read_text()) if args.out.is_file() else {}
     if store.get("settings") != settings:
         store = {"settings": settings, "rows": {}}
-    store["machine"] = f"{machine_line()}; {torch.get_num_threads()} threads; {args.precision}"
+    store["machine"] = (f"{machine_line()}; {torch.get_num_threads()} threads; {args.precision}; "
+                        f"{load_average()}")
     store["floor_fd"] = reader.floor(n)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 

@@ -1,14 +1,15 @@
 """Task fidelity against network evaluations (NFE) for every sampler, on a trained shapes run.
 
-The digits table (``benchmarks/samplers.py``) reads class fidelity; this one scores a plugin
+The digits table (``benchmarks.samplers``) reads class fidelity; this one scores a plugin
 run on the shapes data with its own ``ldm eval`` metric (layout: mean IoU of requested boxes
 with the detected shapes; segmap: mIoU; text: caption match) on the same held-out conditions
 and the same per-sample noise, for every shipped sampler and each evaluation budget, plus the
 wall time per sample (sampling and decoding, this machine).
 
-    python benchmarks/samplers_tasks.py --run runs/bench/shapes_layout [--n 64] [--nfe 5 10 20 50 100]
+    python -m benchmarks.samplers_tasks --run runs/bench/shapes_layout [--n 64] [--nfe 5 10 20 50 100]
 
-Results: ``benchmarks/results/samplers_<run name>.json`` and ``.md``.
+Results: ``benchmarks/results/samplers_tasks/<run name>.json`` and ``.md`` (the run is made by
+``python -m benchmarks.plugins shapes_layout``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -25,9 +25,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from run import RESULTS, machine  # noqa: E402
-from samplers import BUDGETS, sampler_plans  # noqa: E402
+from benchmarks.support.results import machine, result_paths  # noqa: E402
+from benchmarks.support.runs import load_trained_run  # noqa: E402
+from benchmarks.support.sampler_plans import BUDGETS, sampler_plans  # noqa: E402
 
 
 def main() -> None:
@@ -43,14 +43,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from ldmcore.eval.tasks import condition_scores, held_out_batch, run_metrics
-    from ldmcore.runfolder import load_run
     from ldmcore.hardware import choose_precision
 
-    cfg, model, _ = load_run(args.run)
+    cfg, model, _ = load_trained_run(args.run, "python -m benchmarks.plugins shapes_layout")
     batch = held_out_batch(cfg, args.n)
     values = model.conditioner.resolve(batch)
     noise = torch.randn((args.n, *model.latent_shape()), generator=torch.Generator().manual_seed(0))
-    out = RESULTS / f"samplers_{args.run.name}.json"
+    out, table_path = result_paths("samplers_tasks", args.run.name)
     store = {"machine": machine(), "run": str(args.run), "n": args.n,
              "guidance": cfg.sampler.guidance, "rows": {}}
     for name, setup in sampler_plans(args.samplers, args.spacing, cfg.sampler.guidance).items():
@@ -67,7 +66,7 @@ def main() -> None:
             store["rows"][f"{name}@{budget}"] = row
             out.write_text(json.dumps(store, indent=1))
             print(row, flush=True)
-    out.with_suffix(".md").write_text(markdown(store))
+    table_path.write_text(markdown(store))
     print(markdown(store))
 
 

@@ -14,16 +14,16 @@ and scores them on its held-out crops, beside bicubic and the projected bicubic:
   pure noise at the schedule's largest sigma (the x0 that the first sampling step reads), through
   the plugins' ``finish`` as a sample would be.
 
-    python benchmarks/sr_headroom.py [--train 20000] [--held 256] [--run runs/bench/photos_sr4x]
+    python -m benchmarks.sr_headroom [--train 20000] [--held 256] [--run runs/bench/photos_sr4x]
 
-Results: ``benchmarks/results/sr_headroom.json`` and ``.md``.
+Results: ``benchmarks/results/sr_headroom/<variant>.json`` and ``.md`` (variant ``full`` unless
+named; a run to read is made by ``python -m benchmarks.plugins photos_sr4x``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,8 +32,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from headroom import model_mean, write_table  # noqa: E402
+from benchmarks.support.headroom import model_mean, write_table  # noqa: E402
 
 FACTOR = 4
 
@@ -100,6 +99,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=20000, help="training crops (the experiment's num_items)")
     parser.add_argument("--held", type=int, default=256, help="held-out crops")
     parser.add_argument("--run", type=Path, default=None, help="a trained photos_sr4x run to read too")
+    parser.add_argument("--variant", default="full", help="results file stem (default full)")
     args = parser.parse_args()
     from ldmcore.config import load
     from ldmcore.build import build_dataset
@@ -121,8 +121,8 @@ def main() -> None:
     if args.run is not None:
         rows[f"model's mean estimate (x0 at the largest sigma), {args.run.name}"] = psnr(
             model_mean(args.run, {"lowres": F.avg_pool2d(held, FACTOR)}, args.held), held)
-    write_table("sr_headroom", f"photos_sr4x crops: estimators fitted on {args.train} training crops, "
-                f"PSNR on {args.held} held-out crops (`python benchmarks/sr_headroom.py"
+    write_table("sr_headroom", args.variant, f"photos_sr4x crops: estimators fitted on {args.train} training crops, "
+                f"PSNR on {args.held} held-out crops (`python -m benchmarks.sr_headroom"
                 f"{'' if args.run is None else f' --run {args.run}'}`).", "estimator", rows, "bicubic",
                 train_crops=args.train, held_out_crops=args.held)
 

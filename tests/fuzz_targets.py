@@ -4,7 +4,7 @@ Each target takes one generated input and returns its verdict: ``"accepted"`` (v
 was accepted holds only finite numbers), ``"refused"`` (an ``LdmError``: the user is told what
 is wrong), or ``"escaped: ..."`` (any other exception, which a user would see as a traceback: a
 bug). ``tests/test_fuzz.py`` asserts that nothing escapes with a few examples per target;
-``benchmarks/reliability.py`` runs many and counts.
+``python -m benchmarks.reliability`` runs many and counts.
 """
 
 from __future__ import annotations

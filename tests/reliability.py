@@ -1,5 +1,5 @@
 """What the reliability tests (test_bad_input, test_faults, test_fuzz) and
-``benchmarks/reliability.py`` share: running a command and judging its outcome, photographing
+``python -m benchmarks.reliability`` share: running a command and judging its outcome, photographing
 a folder tree to prove a refused command changed nothing, and training with SIGKILLs.
 
 A command's outcome is *clean* when no exception escaped ``ldm``'s ``main`` (a traceback is a

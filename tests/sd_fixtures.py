@@ -3,7 +3,7 @@
 ``tiny`` keeps SD's layout and constants (4 UNet levels, attention on the first three, 2 ResBlocks
 per level, 32 GroupNorm groups, 8 heads in SD 1.x, 64-channel heads in SD 2.x, a CLIP text
 encoder with 64-channel heads) at reduced widths, so CI runs it in seconds; ``full`` is the real
-size (benchmarks only). Shared by tests/test_interop.py and benchmarks/sd_parity.py.
+size (benchmarks only). Shared by tests/test_interop.py and ``python -m benchmarks.sd_parity``.
 """
 
 from __future__ import annotations

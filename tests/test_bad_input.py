@@ -18,7 +18,7 @@ from ldmcore.errors import ConfigError
 from ldmcore.images import read_image, read_label_map
 from ldmcore.registry import default_registry
 from ldmcore.sample import parse_values
-from reliability import bomb_png, rewrite_checkpoint, run_cli, snapshot
+from tests.reliability import bomb_png, rewrite_checkpoint, run_cli, snapshot
 
 
 def refused(where: Path, *argv: str, words: tuple[str, ...] = (), ignore: tuple[str, ...] = ()) -> str:

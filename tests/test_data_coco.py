@@ -298,7 +298,7 @@ def test_config_takes_coco_paths_and_rejects_unknown_keys(coco: dict[str, Any]) 
 # -- end to end ---------------------------------------------------------------------------------
 
 def test_text_layout_segmap_model_trains_on_coco_and_samples(coco: dict[str, Any], tmp_path: Path) -> None:
-    from test_plugins import SMOKE
+    from tests.test_plugins import SMOKE
 
     from ldmcore.runfolder import load_run
     from ldmcore.sample import parse_request, run_sampling

@@ -4,7 +4,7 @@ is lost, a resumed run ends bit-identical to an uninterrupted one, and what went
 in one paragraph.
 
 Real processes, because only they can be killed; each costs seconds of imports, so the kill
-harness runs ``KILLS`` kills here and 20 in ``make bench`` (benchmarks/reliability.py).
+harness runs ``KILLS`` kills here and 20 in ``make bench`` (python -m benchmarks.reliability).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ldmcore import checkpoint
-from reliability import ldm_process, run_cli, same_weights, temp_files, train_with_kills, wait_for
+from tests.reliability import ldm_process, run_cli, same_weights, temp_files, train_with_kills, wait_for
 
 KILLS = 2
 

@@ -4,7 +4,7 @@ bytes and metadata. Whatever is generated must be accepted (with finite numbers 
 with an ``LdmError``; any other exception is a traceback a user would see.
 
 A few derandomized examples per target keep ``make test`` short and the same on every machine;
-``make bench`` (benchmarks/reliability.py) runs thousands and reports how many were clean.
+``make bench`` (python -m benchmarks.reliability) runs thousands and reports how many were clean.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fuzz_targets as fz
+from tests import fuzz_targets as fz
 from ldmcore import checkpoint
 
 FEW = settings(max_examples=25, derandomize=True, deadline=None, database=None,

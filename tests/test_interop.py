@@ -26,7 +26,7 @@ from ldmcore.errors import CheckpointError, ConfigError  # noqa: E402
 from ldmcore.interop.convert import import_pretrained  # noqa: E402
 from ldmcore.interop.export import export_run  # noqa: E402
 
-from sd_fixtures import build_pipeline  # noqa: E402
+from tests.sd_fixtures import build_pipeline  # noqa: E402
 
 TOL = 1e-4  # one network call on unit-scale inputs: float32 round-off of other kernels is ~1e-6
 # 10 guided sampling steps: float32 round-off (eps 1.2e-7) of different kernels grows through the
@@ -270,7 +270,7 @@ def test_x4_upscaler_layout_maps_onto_the_lowres_plugin(tmp_path):
     """SD x4: [z | low-res image noised by the DDPM low_res_scheduler], the noise level through a
     class-embedding table. Imported, the ``lowres`` plugin (ddpm levels, one-hot vector) and the
     text plugin feed the UNet, whose prediction matches diffusers' on the same inputs."""
-    from sd_fixtures import build_upscaler
+    from tests.sd_fixtures import build_upscaler
 
     pipe = build_upscaler()
     pipe.save_pretrained(str(tmp_path / "x4"), safe_serialization=True)

@@ -27,7 +27,7 @@ from ldmcore.diffusion.samplers import SAMPLERS
 from ldmcore.diffusion.schedule import NoiseSchedule, Prediction
 from ldmcore.diffusion.sigmas import SigmaPlan, distinct_levels
 
-from references import run_k_sampler
+from tests.references import run_k_sampler
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -25,7 +25,7 @@ from ldmcore.diffusion.samplers import SAMPLERS  # noqa: E402
 from ldmcore.diffusion.sigmas import SigmaPlan  # noqa: E402
 from ldmcore.interop.convert import import_pretrained  # noqa: E402
 
-from sd_fixtures import saved_pipeline  # noqa: E402
+from tests.sd_fixtures import saved_pipeline  # noqa: E402
 
 TOL = 1024 * torch.finfo(torch.float32).eps
 PROMPT = "a red circle"

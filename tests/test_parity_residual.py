@@ -30,7 +30,7 @@ from ldmcore.runfolder import load_run, run_config
 
 diffusers = pytest.importorskip("diffusers")
 
-from sd_fixtures import build_pipeline  # noqa: E402
+from tests.sd_fixtures import build_pipeline  # noqa: E402
 
 TOL = 1e-4  # one network call, relative to the reference's largest |value|
 SAMPLE_RTOL = 2e-4  # 10 guided steps (tests/test_interop.py says how it was measured)

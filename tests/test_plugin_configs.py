@@ -18,7 +18,7 @@ from ldmcore.hookspecs import hookimpl
 from ldmcore.registry import ALLOW_ENV, DISABLE_ENV, build_registry, hook_names
 from ldmcore.testing import isolated_registry
 
-from test_registry import FakeEntryPoint, VectorEncoder, with_entry_points
+from tests.test_registry import FakeEntryPoint, VectorEncoder, with_entry_points
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +103,7 @@ def test_a_plugin_cannot_shadow_a_host_config(tmp_path):
     with pytest.raises(PluginClash) as exc:
         load(["condition=[class]"], reg)
     assert "'condition/class.yaml'" in str(exc.value)
-    assert "'ldmcore'" in str(exc.value) and "'test_plugin_configs'" in str(exc.value)
+    assert "'ldmcore'" in str(exc.value) and f"'{__name__}'" in str(exc.value)
 
 
 def test_two_plugins_shipping_one_file_clash_naming_both(shipped, tmp_path):

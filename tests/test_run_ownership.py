@@ -16,8 +16,8 @@ from PIL import Image
 
 from ldmcore import checkpoint
 from ldmcore.runfolder import MARKER, SAMPLES_MARKER
-from reliability import rewrite_checkpoint, run_cli
-from test_bad_input import refused, sample
+from tests.reliability import rewrite_checkpoint, run_cli
+from tests.test_bad_input import refused, sample
 
 
 def stage2(run: Path, trained: Path, *extra: str) -> list[str]:

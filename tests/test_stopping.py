@@ -12,7 +12,7 @@ from ldmcore import train as train_module
 from ldmcore.errors import Interrupted
 from ldmcore.runfolder import MARKER
 from ldmcore.stopping import StopSignals
-from reliability import run_cli
+from tests.reliability import run_cli
 
 
 def test_the_first_signal_is_recorded_and_the_handler_restored_after():

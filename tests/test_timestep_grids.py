@@ -80,7 +80,7 @@ def test_every_sampler_runs_the_grids_that_repeat_a_level(name, spacing, offset,
 @pytest.fixture(scope="module")
 def sd_run(tmp_path_factory):
     from ldmcore.interop.convert import import_pretrained
-    from sd_fixtures import saved_pipeline
+    from tests.sd_fixtures import saved_pipeline
 
     root = tmp_path_factory.mktemp("sd1")
     saved_pipeline("sd1", root)

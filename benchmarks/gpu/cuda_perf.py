@@ -1,6 +1,6 @@
 """Prepared for a CUDA machine: ldmcore against diffusers on the same weights, on one GPU.
 
-The CPU benchmark (``benchmarks/perf.py``) measured on the GPU: the same anchor (a 35.6M-parameter
+The CPU benchmark (``benchmarks.perf``) measured on the GPU: the same anchor (a 35.6M-parameter
 SD-1.x-layout UNet and a half-width SD VAE, built by diffusers with seeded weights and imported
 through the interop key maps), the same tasks, each library's natural GPU settings:
 
@@ -13,9 +13,11 @@ Scaled-dot-product attention picks its fused CUDA kernel (flash / memory-efficie
 Timing alternates the variants call by call after warm-up (cuDNN autotuning on), each call
 bracketed by ``torch.cuda.synchronize()``; medians over ``--reps`` rounds. Peak memory is
 ``torch.cuda.max_memory_allocated`` of one call. A variant that raises is recorded with its
-error instead of stopping the run. Writes ``OUT/cuda_perf.json`` and ``OUT/cuda_perf.md``::
+error instead of stopping the run. Writes ``OUT/cuda_perf.json`` and ``OUT/cuda_perf.md``
+(``run_device.sh`` runs it; its recorded results go in ``benchmarks/results/cuda_perf/``,
+named after the GPU)::
 
-    python benchmarks/gpu/cuda_perf.py --out runs/cuda_perf [--reps 10]
+    python -m benchmarks.gpu.cuda_perf --out runs/cuda_perf [--reps 10]
 """
 
 from __future__ import annotations
@@ -32,12 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import anchor  # noqa: E402
-import timing  # noqa: E402
-
-from ldmcore.nn.execution import cast_weights, to_channels_last  # noqa: E402
+from benchmarks.support import anchor, timing
+from ldmcore.nn.execution import cast_weights, to_channels_last
 
 CL = torch.channels_last
 DEV = torch.device("cuda")
@@ -253,7 +251,7 @@ def main() -> int:
     global DEV
     DEV = torch.device(args.device)
     if DEV.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device: the CPU benchmark is benchmarks/perf.py", file=sys.stderr)
+        print("no CUDA device: the CPU benchmark is `python -m benchmarks.perf`", file=sys.stderr)
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one prepared device check (CUDA): the GPU side of issues 6 and 7.
+# The one prepared device check (CUDA): ldmcore against diffusers on one GPU (cuda_perf.py) and
+# the data-parallel parity runs on NCCL (torchrun_nccl.py).
 # Run from the repository root on the device machine, with the dependency wheels in .whl/
 # (diffusers, pydantic, hydra-core, omegaconf, antlr4, albumentations and ldmcore's own wheel;
 # the machine's image has torch, transformers, safetensors and pluggy). Results go to $OUT.
@@ -9,18 +10,20 @@
 #     typing-inspection hydra-core omegaconf albumentations albucore simsimd stringzilla
 #   pip wheel --no-deps antlr4-python3-runtime==4.9.3 -w .whl    # sdist only on PyPI
 #   pip wheel --no-deps --no-build-isolation . -w .whl             # ldmcore, plugins, conf
-# (pin the versions .venv has: `pip list`). torchrun_nccl.py runs from /tmp so that
-# `python -m ldmcore.cli` imports the installed wheel (with its conf/), not the source tree.
+# (pin the versions .venv has: `pip list`). Both benchmarks run from /tmp so that ldmcore and
+# `python -m ldmcore.cli` import the installed wheel (with its conf/), not the source tree; the
+# repository comes after the wheel on PYTHONPATH for the `benchmarks` package only.
 set -u
+REPO=$(pwd)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site:$REPO HF_HUB_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 PYTHONUNBUFFERED=1
 OUT=$(realpath -m "${OUT:-runs/device}")
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__)"
-timeout 300 python3 benchmarks/gpu/cuda_perf.py --out "$OUT" --reps 10
+(cd /tmp && timeout 300 python3 -m benchmarks.gpu.cuda_perf --out "$OUT" --reps 10)
 echo "cuda_perf exit $?"
-(cd /tmp && timeout 200 python3 "$OLDPWD/benchmarks/gpu/torchrun_nccl.py" --out /tmp/nccl)
+(cd /tmp && timeout 200 python3 -m benchmarks.gpu.torchrun_nccl --out /tmp/nccl)
 echo "torchrun_nccl exit $?"
 cp /tmp/nccl/report.json "$OUT/nccl_report.json" 2>/dev/null || true

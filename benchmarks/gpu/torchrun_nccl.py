@@ -2,7 +2,7 @@
 
 Not run by CI (which has no GPU). On a machine with CUDA::
 
-    .venv/bin/python benchmarks/gpu/torchrun_nccl.py [--out runs/nccl_parity]
+    python -m benchmarks.gpu.torchrun_nccl [--out runs/nccl_parity]
 
 It trains the ``smoke`` experiment for 4 steps, global batch 16, float32:
 

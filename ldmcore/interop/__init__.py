@@ -5,5 +5,5 @@
 ``convert``  import into an ldmcore run folder, export back to both layouts, ``from_pretrained``
 
 Numerical parity with diffusers on the same weights is what proves these maps (tests/test_interop.py,
-benchmarks/sd_parity.py).
+``python -m benchmarks.sd_parity``).
 """

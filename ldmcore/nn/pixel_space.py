@@ -5,7 +5,7 @@ place. It has the first-stage interface the backbone uses (``shape``, ``encode``
 ``latents``, ``images``, ``scale_factor``) and no weights: the "latent" is the image in [-1, 1]
 with the image's channels, the posterior is a point mass, and there is no stage 1 to train. The
 LDM paper's Figure 6 compares exactly this (LDM-1) with latent models at f = 2 ... 32;
-``benchmarks/latent_vs_pixel.py`` repeats that comparison in miniature.
+``python -m benchmarks.latent_vs_pixel`` repeats that comparison in miniature.
 """
 
 from __future__ import annotations

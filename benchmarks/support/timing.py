@@ -4,11 +4,16 @@ A loaded machine slows every variant alike when they alternate call by call, so 
 medians survives load that the absolute times do not. Peak memory is measured per variant in a
 fresh child process (``peak_rss_mib``): the resident-set high-water mark of one call above the
 resident set just before it, read from /proc after resetting the mark (Linux ``clear_refs``).
+A whole command (``timed_command``) is timed on the wall clock and on its CPU time, which
+leaves out the time it waited for a core that another process held.
 """
 
 from __future__ import annotations
 
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,3 +78,16 @@ def peak_rss_mib(fn: Callable[[], object]) -> float | None:
         return round((_status_kib("VmHWM") - before) / 1024, 1)
     except (OSError, RuntimeError):
         return None
+
+
+def timed_command(args: list[str]) -> dict[str, float]:
+    """Run ``ldm ARGS`` in a child process: its wall seconds, CPU seconds (user + system) and
+    the peak resident memory of the largest child so far (Linux reports no finer figure)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "ldmcore.cli", *args], check=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "peak_rss_mib": round(max(after.ru_maxrss, before.ru_maxrss) / 1024, 1)}

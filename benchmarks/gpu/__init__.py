@@ -1,0 +1,1 @@
+"""Benchmarks prepared for a CUDA machine (``run_device.sh`` runs them there)."""
