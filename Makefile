@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test bench bench-quick bench-perf bench-samplers bench-plugins bench-fig6 bench-reliability clean
+.PHONY: setup chromium demo test bench bench-quick bench-perf bench-samplers bench-plugins bench-fig6 bench-reliability clean
 
 setup: $(STAMP)
 
@@ -21,10 +21,22 @@ $(STAMP): pyproject.toml Makefile $(EXAMPLE)/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,serve,tensorboard]'
 	$(PIP) install -q --no-deps k-diffusion==0.1.1.post1  # the parity tests' reference samplers
 	$(PIP) install -q --no-build-isolation -e $(EXAMPLE)
+	@$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
+
+# ldm serve's browser tests drive Debian's chromium; as root it is installed here, elsewhere the
+# tests say how to install it and skip
+chromium:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q chromium chromium-driver >/dev/null || \
+	    (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null) || \
+	    echo "chromium could not be installed: the browser tests of ldm serve will be skipped"; \
+	  else echo "no chromium: the browser tests of ldm serve will be skipped (apt-get install chromium chromium-driver)"; fi; \
+	fi
 
 demo: setup
 	$(LDM) train experiment=demo overwrite=true

@@ -1,9 +1,16 @@
-"""Command-line words of the ``ldm`` commands: ``key=value`` options, positionals and booleans,
-each mistake a ``ConfigError`` that names the word and what is valid."""
+"""Command-line words of the ``ldm`` commands: ``key=value`` options (validated by a pydantic
+model) and positionals, each mistake a ``ConfigError`` that names the word and what is valid."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
 from ldmcore.errors import ConfigError, nearest
+from ldmcore.schema import format_validation_error
+
+Options = TypeVar("Options", bound=BaseModel)
 
 
 def key_values(args: list[str], allowed: set[str]) -> dict[str, str]:
@@ -18,17 +25,19 @@ def key_values(args: list[str], allowed: set[str]) -> dict[str, str]:
     return out
 
 
-def flag(opts: dict[str, str], key: str, default: bool) -> bool:
-    """Pop the boolean option ``key`` from ``opts`` (true/false, 1/0, yes/no)."""
-    value = opts.pop(key, str(default)).lower()
-    if value not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(f"{key}={value!r} is not a boolean; write {key}=true or {key}=false.")
-    return value in ("true", "1", "yes")
-
-
 def positional(args: list[str], names: tuple[str, ...], usage: str) -> tuple[list[str], list[str]]:
     """(the words without ``=``, which must be as many as ``names``; the ``key=value`` words)."""
     pos = [a for a in args if "=" not in a]
     if len(pos) != len(names):
         raise ConfigError(f"expected {' '.join(names)}, got {pos or 'nothing'}; usage: {usage}")
     return pos, [a for a in args if "=" in a]
+
+
+def parse_options(args: list[str], model: type[Options]) -> Options:
+    """``key=value`` words validated by ``model`` (a pydantic model: the options' types,
+    defaults and ``--help``); an unknown key or a bad value names the key."""
+    opts = key_values(args, set(model.model_fields))
+    try:
+        return model.model_validate(opts)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, model=model, write_value=str)) from None

@@ -53,6 +53,7 @@ class Attachment:
     vector_slices: dict[str, tuple[int, int]] = field(default_factory=dict)  # plugin -> label_emb columns
     new_label_emb: bool = False
     old_in_channels: int = 0
+    loaded: int = 0  # tensors copied (whole or into a widened slice) from the pretrained run
 
 
 def _slices(model: LatentDiffusion, inj: Injection, start: int) -> dict[str, tuple[int, int]]:
@@ -95,6 +96,7 @@ def attach_pretrained(model: LatentDiffusion, run_dir: Path) -> Attachment:
             problems.append(f"{key} is not in the new model")
             continue
         target = own[key]
+        att.loaded += 1
         if target.shape == value.shape:
             target.copy_(value)
         elif key == IN_CONV and target.shape[1] > value.shape[1]:

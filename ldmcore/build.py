@@ -172,9 +172,10 @@ def _check_groups(where: str, groups: int, widths: list[int]) -> None:
                           f"{bad}; choose norm_groups dividing every width {widths}.")
 
 
-def load_autoencoder(cfg: ExperimentConfig, path: Path) -> FirstStage:
-    """An autoencoder from a stage-1 checkpoint (``autoencoder.*`` tensors)."""
+def load_autoencoder(cfg: ExperimentConfig, path: Path, into: FirstStage | None = None) -> FirstStage:
+    """An autoencoder from a stage-1 checkpoint (``autoencoder.*`` tensors): loaded ``into``
+    the given one (a model's own first stage), else into a new one."""
     tensors, _ = checkpoint.load(path)
-    ae = build_autoencoder(cfg)
+    ae = into if into is not None else build_autoencoder(cfg)
     checkpoint.load_into(ae, checkpoint.strip_prefix("autoencoder.", tensors), "autoencoder", path)
     return ae

@@ -3,17 +3,22 @@
 ::
 
     ldm train experiment=NAME [hydra overrides ...]
+    ldm train -m experiment=NAME KEY=A,B ... [hydra/launcher=joblib sweep.eval=true]
     ldm sample run=RUN_DIR cond.NAME=VALUE [n=8 sampler=dpmpp_2m sigmas=karras steps=20
                guidance=3 guidance.NAME=5 eta=1 init=PNG strength=0.6 mask=PNG seed=0 out=DIR
                precision=auto|fp32|bf16|fp16 threads=auto|N overwrite=true
-               conditions.NAME.KEY=VALUE]
-    ldm eval run=RUN_DIR [samples=DIR | n=64 steps=50 seed=0 average=1 precision=auto threads=auto]
+               conditions.NAME.KEY=VALUE]   (comma lists, e.g. guidance=1,3,5 sampler=euler,ddim:
+               a grid per combination and a contact sheet)
+    ldm eval run=RUN_DIR [samples=DIR | n=64 steps=50 seed=0 average=1 precision=auto threads=auto
+             sampler=NAME guidance=G]   (comma lists, e.g. guidance=1,3,5: every combination)
+    ldm serve run=RUN_DIR [host=127.0.0.1 port=7860 precision=auto threads=auto max_images=16]
     ldm plugins [--json]
     ldm doctor [--json]
     ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]
     ldm import CONTROLNET_OR_ADAPTER_DIR OUT_DIR attach_to=RUN [condition=image name=N overwrite=true]
     ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]
     ldm new-plugin NAME [out=DIR]
+    ldm COMMAND --help                  each command's keys, with their types and defaults
 
 Errors a user can cause print one paragraph and exit with status 2; a traceback means a bug.
 """
@@ -25,23 +30,32 @@ import json
 import os
 import sys
 import textwrap
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from ldmcore.arguments import flag, key_values, positional  # noqa: E402
+from ldmcore.arguments import parse_options, positional  # noqa: E402
 from ldmcore.errors import ConfigError, LdmError, nearest  # noqa: E402
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ldmcore.eval.request import EvalRequest
 
 # a full disk, a quota, a file-size limit, a read-only disk: the machine's state, not a bug
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 USAGE = __doc__.split("::", 1)[1].split("Errors", 1)[0].rstrip() + "\n"
+HELP = {"-h", "--help"}  # after a command: its keys, types and defaults (ldmcore/helptext.py)
 
 
 def cmd_train(args: list[str]) -> int:
     from ldmcore.config import load
+    from ldmcore.sweep import MULTIRUN_FLAGS
     from ldmcore.train import train
 
+    if any(a in MULTIRUN_FLAGS for a in args):
+        return _train_sweep([a for a in args if a not in MULTIRUN_FLAGS])
     cfg = load(args)
     run = train(cfg)
     print(f"trained: {run.root} (checkpoint {run.last}, samples in {run.samples}, "
@@ -49,52 +63,86 @@ def cmd_train(args: list[str]) -> int:
     return 0
 
 
+def _train_sweep(args: list[str]) -> int:
+    """``ldm train -m``: one run per combination, through Hydra's sweeper and launcher."""
+    from ldmcore.sweep import run_sweep
+
+    summary = run_sweep(args)
+    print(summary.markdown.read_text() if summary.markdown else "", end="")
+    print(f"sweep: {summary.folder} ({len(summary.rows)} runs, {summary.failed} failed; "
+          f"summary.md, summary.csv)")
+    return 0 if summary.rows and not summary.failed else 1
+
+
 def cmd_sample(args: list[str]) -> int:
     from ldmcore.sample import parse_request, run_sampling
+    from ldmcore.sample_sweep import run_sample_sweep, sample_lists
 
+    if sample_lists(args):  # guidance=1,3,5 ...: a grid per combination and a contact sheet
+        out = run_sample_sweep(args)
+        print(f"samples: {out} (a folder per combination, contact_sheet.png, sweep.json)")
+        return 0
     out = run_sampling(parse_request(args))
     print(f"samples: {out} (grid.png, samples.json)")
     return 0
 
 
+def cmd_serve(args: list[str]) -> int:
+    """A local web page over a run: see ``ldmcore.serve``."""
+    try:
+        from ldmcore.serve.command import serve_command
+    except ImportError as exc:
+        if exc.name not in ("fastapi", "starlette", "uvicorn"):
+            raise
+        raise ConfigError(f"the web page needs FastAPI and uvicorn ({exc.name} is not installed): "
+                          f"pip install 'ldmcore[serve]'.") from None
+    return serve_command(args)
+
+
 def cmd_eval(args: list[str]) -> int:
     """Score a run with the metrics its condition plugins register: samples of held-out
     conditions when its dataset has a held-out split, else a folder of ``ldm sample`` output
-    (``samples=DIR``, default ``RUN_DIR/samples/final``); see ``ldmcore.eval.tasks``."""
-    from ldmcore.eval.tasks import evaluate_folder, evaluate_run
-    from ldmcore.registry import default_registry
-    from ldmcore.runfolder import run_config
+    (``samples=DIR``, default ``RUN_DIR/samples/final``); see ``ldmcore.eval.tasks``. Comma
+    lists (``guidance=1,3,5``) score every combination (``ldmcore.eval.sweep``)."""
+    from ldmcore.eval.record import record_eval
+    from ldmcore.eval.request import parse_eval_request
+    from ldmcore.eval.sweep import eval_lists, run_eval_sweep
 
-    opts = key_values(args, {"run", "samples", "n", "steps", "seed", "average", "precision", "threads"})
-    if "run" not in opts:
-        raise ConfigError("ldm eval needs run=RUN_DIR (and optionally samples=DIR, a folder of "
-                          "`ldm sample` output, default RUN_DIR/samples/final when the run's "
-                          "data has no held-out split; else n=64 steps=... seed=0 average=1).")
-    run = Path(opts["run"])
-    held_out = default_registry().dataset(run_config(run).data.name).held_out is not None
-    if "samples" in opts or not held_out:
-        folder = Path(opts.get("samples", run / "samples" / "final"))
-        metrics, scored = evaluate_folder(run, folder), folder
-    else:
-        try:
-            n, seed, average = int(opts.get("n", 64)), int(opts.get("seed", 0)), int(opts.get("average", 1))
-            steps = int(opts["steps"]) if "steps" in opts else None
-        except ValueError:
-            raise ConfigError("ldm eval: n, steps, seed and average must be integers.") from None
-        if n < 1 or average < 1:
-            raise ConfigError(f"ldm eval: n={n} and average={average} must be at least 1 (average=K "
-                              f"also scores the mean of K samples per condition).")
-        metrics = evaluate_run(run, n=n, steps=steps, seed=seed, out=run, average=average,
-                               precision=opts.get("precision", "auto"), threads=opts.get("threads", "auto"))
-        scored = run / "eval_grid.png"
+    if eval_lists(args):
+        out, table = run_eval_sweep(args, _evaluate)
+        print(table, end="")
+        print(f"report: {out} (a folder per combination, contact_sheet.png, summary.md, summary.csv)")
+        return 0
+    req = parse_eval_request(args)
+    run = req.run
+    metrics, scored = _evaluate(req, run)
     report = run / "eval.json"
     report.write_text(json.dumps(metrics, indent=1))
+    record_eval(run, metrics)  # metrics.jsonl (stage eval, the checkpoint's step) and plots/
     for key, value in metrics.items():
         shown = f"{value:.4f}" if isinstance(value, float) else (
             json.dumps(value) if isinstance(value, (dict, list)) else value)
         print(f"{key:32s} {shown}")
-    print(f"report: {report}; samples: {scored}")
+    print(f"report: {report}; samples: {scored}; plots: {run / 'plots'}")
     return 0
+
+
+def _evaluate(req: EvalRequest, out: Path) -> tuple[dict, Path]:
+    """One evaluation as ``req`` asks; a held-out grid is written into ``out``. Returns the
+    report and what was scored."""
+    from ldmcore.eval.tasks import evaluate_folder, evaluate_run
+    from ldmcore.registry import default_registry
+    from ldmcore.runfolder import run_config
+
+    run = req.run
+    held_out = default_registry().dataset(run_config(run).data.name).held_out is not None
+    if req.samples is not None or not held_out:
+        folder = req.samples or run / "samples" / "final"
+        return evaluate_folder(run, folder), folder
+    metrics = evaluate_run(run, n=req.n, steps=req.steps, seed=req.seed, out=out,
+                           average=req.average, precision=req.precision, threads=req.threads,
+                           sampler=req.sampler, progress=req.progress, guidance=req.guidance)
+    return metrics, out / "eval_grid.png"
 
 
 def cmd_plugins(args: list[str]) -> int:
@@ -135,33 +183,27 @@ def cmd_doctor(args: list[str]) -> int:
 
 def cmd_import(args: list[str]) -> int:
     from ldmcore.interop.convert import import_pretrained
+    from ldmcore.interop.options import ImportOptions
 
     usage = ("ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]"
              " | ldm import CONTROLNET_OR_ADAPTER_DIR OUT_DIR attach_to=RUN [condition=image name=N]")
     (source, out), rest = positional(args, ("SOURCE", "OUT_DIR"), usage)
-    opts = key_values(rest, {"tokenizer", "prediction", "image_size", "overwrite", "attach_to",
-                             "condition", "name"})
-    overwrite = flag(opts, "overwrite", False)
-    if "attach_to" in opts:
+    opts = parse_options(rest, ImportOptions)
+    if opts.attach_to is not None:
         from ldmcore.interop.residual_import import import_residual_plugin
 
-        run = import_residual_plugin(source, out, opts.pop("attach_to"), overwrite=overwrite,
-                                     **{k: v for k, v in opts.items() if k in ("condition", "name")})
+        named = {k: v for k, v in (("condition", opts.condition), ("name", opts.name)) if v is not None}
+        run = import_residual_plugin(source, out, opts.attach_to, overwrite=opts.overwrite, **named)
         print(f"imported: {run}, the run it was attached to with its plugin (config.yaml, "
               f"checkpoints/last.safetensors, plugins/); sample with ldm sample run={run} "
               f"cond.text=\"a prompt\" cond.<plugin>=HINT.png")
         return 0
-    misplaced = sorted({"condition", "name"} & set(opts))
+    misplaced = [k for k in ("condition", "name") if getattr(opts, k) is not None]
     if misplaced:
         raise ConfigError(f"{', '.join(misplaced)}= go with attach_to=RUN (importing a ControlNet or "
                           f"T2I-Adapter folder as a plugin of RUN).")
-    if opts.get("prediction") not in (None, "eps", "v"):
-        raise ConfigError(f"prediction={opts['prediction']!r}: write prediction=eps or prediction=v.")
-    if "image_size" in opts:
-        if not opts["image_size"].isdigit():
-            raise ConfigError(f"image_size={opts['image_size']!r} is not a whole number of pixels.")
-        opts["image_size"] = int(opts["image_size"])
-    run = import_pretrained(source, out, overwrite=overwrite, **opts)
+    run = import_pretrained(source, out, **opts.model_dump(exclude_none=True,
+                                                           exclude={"attach_to", "condition", "name"}))
     print(f"imported: {run} (config.yaml, checkpoints/last.safetensors, import.json); sample with "
           f"ldm sample run={run} cond.text=\"a prompt\"")
     return 0
@@ -176,14 +218,14 @@ def cmd_export(args: list[str]) -> int:
 
 
 def cmd_new_plugin(args: list[str]) -> int:
-    from ldmcore.scaffold import write_plugin
+    from ldmcore.scaffold import NewPluginOptions, write_plugin
 
     names = [a for a in args if "=" not in a]
-    opts = key_values([a for a in args if "=" in a], {"out", "injection"})
+    opts = parse_options([a for a in args if "=" in a], NewPluginOptions)
     if len(names) != 1:
         raise ConfigError("ldm new-plugin takes one NAME (a lower-case identifier such as "
                           "demo_cond) and optionally out=DIR, the folder to write it in.")
-    root = write_plugin(names[0], Path(opts.get("out", ".")), opts.get("injection", "vector"))
+    root = write_plugin(names[0], opts.out, opts.injection)
     print(f"wrote {root}: install it with `pip install -e {root}`, then run its tests with "
           f"`pytest {root}`; `ldm plugins` lists it once installed.")
     return 0
@@ -191,7 +233,7 @@ def cmd_new_plugin(args: list[str]) -> int:
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "plugins": cmd_plugins,
             "import": cmd_import, "export": cmd_export, "new-plugin": cmd_new_plugin,
-            "doctor": cmd_doctor}
+            "doctor": cmd_doctor, "serve": cmd_serve}
 
 
 def _check_utf8(args: list[str]) -> None:
@@ -228,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         _check_utf8(rest)
+        if HELP.intersection(rest):
+            from ldmcore.helptext import command_help
+
+            print(command_help(command, [a for a in rest if a not in HELP]), end="")
+            return 0
         return COMMANDS[command](rest)
     except LdmError as err:
         return _report(command, err)

@@ -10,7 +10,6 @@ nearest valid names.
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,14 +17,18 @@ import torch
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ldmcore.conditioning import EncoderConfig
+from ldmcore.conftree import conf_dir, config_sources, group_options
 from ldmcore.diffusion.schedule import BetaSchedule, Prediction
-from ldmcore.errors import ConfigError, PluginClash, PluginError, nearest
+from ldmcore.errors import ConfigError, PluginError, nearest
 from ldmcore.hardware import choose_precision
+from ldmcore.inherit import inherit_base
+from ldmcore.loggers import LoggerSpec
 from ldmcore.registry import Registry, default_registry
-from ldmcore.sampling import SamplerConfig, sampling_plan
+from ldmcore.sampling import SamplerConfig, sampling_plan, switched_to
 from ldmcore.schema import Strict, format_validation_error
 
-__all__ = ["SamplerConfig", "Strict", "format_validation_error"]  # re-exported for callers
+__all__ = ["SamplerConfig", "Strict", "conf_dir", "config_sources", "format_validation_error",
+           "group_options"]  # re-exported for callers
 
 
 class UNetConfig(Strict):
@@ -80,17 +83,20 @@ class ModelConfig(Strict):
 
 
 class DiscriminatorConfig(Strict):
-    enabled: bool = False
-    weight: float = Field(0.5, ge=0)
-    start_step: int = Field(0, ge=0)
-    channels: int = Field(32, ge=8)
+    enabled: bool = Field(False, description="add a PatchGAN hinge loss to stage 1 (LDM's "
+                          "autoencoders use one)")
+    weight: float = Field(0.5, ge=0, description="weight of the adversarial term")
+    start_step: int = Field(0, ge=0, description="stage-1 step from which it applies")
+    channels: int = Field(32, ge=8, description="width of the discriminator's first layer")
 
 
 class AutoencoderTrainConfig(Strict):
-    steps: int = Field(1000, ge=0)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    kl_weight: float = Field(1e-6, ge=0)
+    steps: int = Field(1000, ge=0, description="optimizer steps of stage 1 (0: keep the fresh "
+                       "autoencoder, for tests)")
+    batch_size: int = Field(64, ge=1, description="images per stage-1 step")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (betas 0.5, 0.9)")
+    kl_weight: float = Field(1e-6, ge=0, description="weight of the KL term against the per-pixel "
+                             "L1 reconstruction loss")
     discriminator: DiscriminatorConfig = DiscriminatorConfig()
 
 
@@ -137,31 +143,46 @@ class DataConfig(Strict):
 
 
 class TrainerConfig(Strict):
-    max_steps: int = Field(2000, ge=0)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
-    warmup_steps: int = Field(0, ge=0)
+    max_steps: int = Field(2000, ge=0, description="optimizer steps of stage 2 (the diffusion model)")
+    batch_size: int = Field(64, ge=1, description="images per step and process (the global batch "
+                            "is batch_size x processes x grad_accum)")
+    lr: float = Field(2e-4, gt=0, description="AdamW's peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW's decoupled weight decay")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="AdamW's moment decays")
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warm-up from 0 to lr")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="after warmup: hold lr, or decay it to 0 at max_steps along a "
                                 "half cosine (Loshchilov & Hutter 2017)")
-    grad_accum: int = Field(1, ge=1)
-    grad_clip: float | None = Field(1.0, gt=0)
-    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    grad_accum: int = Field(1, ge=1, description="micro-batches whose gradients add up to one step")
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient's global norm to "
+                                    "this; null: no clipping")
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="decay of the weights' moving "
+                             "average, which checkpoints keep and sampling uses (warmed up as "
+                             "min(decay, (1 + step) / (10 + step)))")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 where the hardware runs it natively (AMX/AVX-512-BF16 "
                             "CPUs, Ampere+ GPUs), else fp32 on CPU and fp16 on GPU "
                             "(ldmcore/hardware/precision.py)")
-    cache_latents: bool = True
+    cache_latents: bool = Field(True, description="encode the dataset once with the frozen "
+                                "autoencoder (deterministic data that fits in memory)")
     threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
         "auto", description="auto (or null): the cores no other process is using, re-checked "
                             "while training; N: exactly N (ldmcore/hardware/threads.py)")
-    log_every: int = Field(50, ge=1)
-    sample_every: int = Field(0, ge=0, description="0 = only at the end")
-    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(50, ge=1, description="steps between metrics.jsonl records (loss, "
+                           "lr, speed)")
+    loggers: tuple[str, ...] = Field(
+        (), description="registered loggers fed every metrics.jsonl record, the sample grids and "
+                        "the hyper-parameters: tensorboard (RUN_DIR/tensorboard), or a plugin's "
+                        "(hook register_loggers); metrics.jsonl is written either way")
+    sample_every: int = Field(0, ge=0, description="steps between grids of EMA samples "
+                              "(samples/step_N.png, conditioned on the first 16 data items, 8 per "
+                              "row); 0: only the final grid")
+    checkpoint_every: int = Field(500, ge=1, description="steps between writes of "
+                                  "last.safetensors (and a periodic step_N copy)")
     keep_checkpoints: int = Field(2, ge=0, description="periodic step_N files kept besides last")
-    progress: bool = True
+    progress: bool = Field(True, description="progress bars of both stages (never when the "
+                           "output is not a terminal)")
     stop_signals: tuple[Literal["SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP"], ...] = Field(
         ("SIGINT", "SIGTERM"), description="signals that finish the current step, write "
                                            "last.safetensors and stop the run (ldmcore/stopping.py)")
@@ -200,8 +221,13 @@ class ExperimentConfig(Strict):
     name: str = Field("run", description="the run's folder name under runs/: one path component")
     seed: int = 0
     run_dir: Path = Path("runs/run")
-    resume: bool = False
-    overwrite: bool = False
+    resume: bool | Literal["auto"] = Field(
+        False, description="true: continue from checkpoints/last.safetensors (stops, saying so, "
+                           "when there is none); auto: continue when there is one, else start "
+                           "afresh (for jobs a scheduler requeues)")
+    overwrite: bool = Field(False, description="replace the run in run_dir (only a folder "
+                                               "ldmcore made; a run that stopped before its "
+                                               "first checkpoint is replaced without it)")
     model: ModelConfig = ModelConfig()
     autoencoder: AutoencoderConfig = AutoencoderConfig()
     data: DataConfig = DataConfig()
@@ -227,38 +253,6 @@ class ExperimentConfig(Strict):
                              f"{nearest(unknown[0], self.conditions)} Enabled conditions: "
                              f"{', '.join(self.conditions) or 'none'}")
         return self
-
-
-def conf_dir() -> Path:
-    """The Hydra config tree shipped in the package."""
-    return Path(str(importlib.resources.files("ldmcore.conf")))
-
-
-def config_sources(registry: Registry | None = None) -> list[tuple[str, Path]]:
-    """(package, folder) of every config tree, the host's first: the order Hydra searches them.
-
-    Two trees that ship the same ``group/option.yaml`` are a clash naming both packages: which
-    one Hydra would pick would depend on install order, so neither is silently preferred.
-    """
-    registry = registry or default_registry()
-    sources = [("ldmcore", conf_dir())] + [(d.package, d.path) for d in registry.config_dirs]
-    seen: dict[str, str] = {}
-    for package, folder in sources:
-        for path in sorted(folder.glob("*/*.yaml")):
-            key = f"{path.parent.name}/{path.name}"
-            if key in seen and seen[key] != package:
-                raise PluginClash(f"two packages ship the config {key!r}: {seen[key]!r} and "
-                                  f"{package!r}. Rename one (a plugin's files are best named "
-                                  f"after its condition), or restrict loading with "
-                                  f"LDM_LOAD_PLUGINS.")
-            seen[key] = package
-    return sources
-
-
-def group_options(group: str, registry: Registry | None = None) -> list[str]:
-    """Every option of a config group, the host's and the plugins'."""
-    return sorted({p.stem for _, folder in config_sources(registry)
-                   for p in (folder / group).glob("*.yaml")})
 
 
 def _searchpath_override(overrides: list[str], sources: list[tuple[str, Path]]) -> list[str]:
@@ -315,10 +309,9 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
     from omegaconf.errors import MissingMandatoryValue
 
     sources = config_sources(registry)
-    groups = {p.name for _, folder in sources for p in folder.iterdir() if p.is_dir()}
     overrides = [_dataset_choice(o, registry) for o in overrides]
-    opened = [_settable(o, groups) for o in overrides]
-    OmegaConf.register_new_resolver("per_precision", per_precision, replace=True)
+    opened = [_settable(o, _groups(sources)) for o in overrides]
+    register_resolvers()
 
     def run(ovr: list[str]) -> dict[str, Any]:
         GlobalHydra.instance().clear()
@@ -328,11 +321,11 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]
 
     try:
-        raw = run(opened)
+        raw = with_sampler_choice(run(opened), overrides, registry)
         plugin_keys = [o for o in overrides if o.startswith("conditions.") and "=" in o]
         if plugin_keys:
             enabled = run([o for o in opened if o[2:] not in plugin_keys]).get("conditions", {})
-            _check_enabled(plugin_keys, enabled)
+            _check_enabled(plugin_keys, enabled, registry)
         return raw
     except MissingMandatoryValue as exc:
         key = exc.full_key
@@ -343,21 +336,83 @@ def compose(overrides: list[str], registry: Registry | None = None) -> dict[str,
         if not option:
             raise ConfigError(f"cannot compose the config from {overrides}: {exc}") from None
         options = group_options(group, registry)
-        raise ConfigError(f"unknown {group} '{option}': {nearest(option, options)} "
+        hint = nearest(option, options, write=lambda o: f"{group}={o}")
+        raise ConfigError(f"unknown {group} '{option}': {hint} "
                           f"Options for {group}=: {', '.join(options)}.{_broken_note(registry)}"
                           ) from None
     except ConfigError:
         raise
     except Exception as exc:  # Hydra's override grammar and merge errors: all user errors here
         msg = " ".join(str(exc).split())
+        if "--multirun" in msg:  # Hydra's "Ambiguous value": a comma list outside a multirun
+            swept = [o for o in overrides if "," in o.partition("=")[2] and "[" not in o]
+            kept = [o for o in overrides if o.partition("=")[0].lstrip("+") != "run_dir"]
+            raise ConfigError(
+                f"{swept[0] if swept else 'a value'} is a list of values to sweep over; add -m "
+                f"(ldm train -m {' '.join(kept)}) to train one run per value, one folder each "
+                f"under a sweep folder (hydra.sweep.dir=PATH, not run_dir). To give a list as "
+                f"one value write KEY=[A,B]; a string with a comma, KEY='A,B'.") from None
         raise ConfigError(f"cannot compose the config from {overrides}: {msg}") from None
+
+
+def with_sampler_choice(raw: dict[str, Any], overrides: list[str],
+                        registry: Registry | None = None) -> dict[str, Any]:
+    """``raw`` with the sampler config that ``sampler=NAME`` in ``overrides`` chose: its own
+    config beats an experiment's sampler keys, and ``sampler.KEY=...`` overrides beat both."""
+    chosen = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "sampler"]
+    if chosen:
+        raw["sampler"] = _explicit(switched_to(raw["sampler"], chosen[-1], registry),
+                                   overrides, "sampler")
+    return raw
+
+
+def hydra_overrides(overrides: list[str], registry: Registry | None = None) -> list[str]:
+    """The command line's overrides as Hydra itself must read them: ``data=NAME`` of a dataset
+    without a config file, ``KEY=VALUE`` as ``++KEY=VALUE``, the plugins' config folders on
+    ``hydra.searchpath``. ``compose`` and a multirun (``ldmcore.sweep``) both read these."""
+    sources = config_sources(registry)
+    opened = [_settable(_dataset_choice(o, registry), _groups(sources)) for o in overrides]
+    return _searchpath_override(opened, sources)
+
+
+def register_resolvers() -> None:
+    """The interpolations ldmcore's configs use (``${per_precision:...}``), in this process."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("per_precision", per_precision, replace=True)
+
+
+def _groups(sources: list[tuple[str, Path]]) -> set[str]:
+    return {p.name for _, folder in sources for p in folder.iterdir() if p.is_dir()}
+
+
+def _explicit(section: dict[str, Any], overrides: list[str], name: str) -> dict[str, Any]:
+    """``section`` (the config's ``name:`` section) with the command line's ``name.KEY=VALUE``
+    overrides set again, as Hydra reads their values: what the user wrote wins."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out = {**section}
+    for o in overrides:
+        if not o.lstrip("+").startswith(f"{name}.") or "=" not in o:
+            continue
+        parsed = parser.parse_overrides([o])[0]
+        *parents, last = parsed.key_or_group.split(".")[1:]
+        node = out
+        for key in parents:
+            child = dict(node.get(key) or {})
+            node[key] = child
+            node = child
+        node[last] = parsed.value()
+    return out
 
 
 def _settable(override: str, groups: set[str]) -> str:
     """``KEY=VALUE`` as ``++KEY=VALUE`` (set, or add when no YAML file mentions the key), except
-    group choices (``data=shapes``), Hydra's own keys and overrides already prefixed."""
+    group choices (``data=shapes``), Hydra's own keys and groups (``hydra/launcher=joblib``)
+    and overrides already prefixed."""
     key, sep, _ = override.partition("=")
-    if not sep or override.startswith(("+", "~")) or key in groups or key.startswith("hydra."):
+    if not sep or override.startswith(("+", "~")) or key in groups or key.startswith(("hydra.", "hydra/")):
         return override
     return f"++{override}"
 
@@ -370,15 +425,30 @@ def per_precision(precision: str, mixed: Any, fp32: Any) -> Any:
     return fp32 if choose_precision(str(precision), device).name == "fp32" else mixed
 
 
-def _check_enabled(plugin_keys: list[str], enabled: dict[str, Any]) -> None:
-    """A ``conditions.NAME.KEY=...`` override configures an enabled plugin; it never enables one."""
+def _check_enabled(plugin_keys: list[str], enabled: dict[str, Any],
+                   registry: Registry | None = None) -> None:
+    """A ``conditions.NAME.KEY=...`` override configures an enabled plugin; it never enables one.
+    The message's suggestions are whole overrides that work when pasted."""
+    registry = registry or default_registry()
     for override in plugin_keys:
-        name = override.split("=", 1)[0].split(".")[1]
-        if name not in enabled:
-            raise ConfigError(
-                f"{override}: the plugin {name!r} is not enabled in this config (enabled: "
-                f"{', '.join(enabled) or 'none'}); enable it with condition=[...,{name}], or "
-                f"write +{override} to enable it with this setting.")
+        key, _, value = override.partition("=")
+        name, _, rest = key.split(".", 1)[1].partition(".")
+        if name in enabled:
+            continue
+        if name not in registry.encoders:
+            hint = nearest(name, [*enabled, *registry.encoders],
+                           write=lambda n, rest=rest, value=value: f"conditions.{n}.{rest}={value}")
+            raise ConfigError(f"{override}: no plugin is named {name!r}: {hint} Enabled in this "
+                              f"config: {', '.join(enabled) or 'none'}; installed: "
+                              f"{', '.join(registry.encoders)}.")
+        ways = [f"`+{override}` (enables it with only this setting)"]
+        if name in group_options("condition", registry):
+            listed = [n for n in enabled if n in group_options("condition", registry)] + [name]
+            ways.insert(0, f"`condition=[{','.join(listed)}] {override}` (its config file, then "
+                           f"this setting)")
+        raise ConfigError(f"{override}: the plugin {name!r} is not enabled in this config "
+                          f"(enabled: {', '.join(enabled) or 'none'}); enable it with "
+                          f"{' or '.join(ways)}.")
 
 
 def _dataset_choice(override: str, registry: Registry | None) -> str:
@@ -401,11 +471,23 @@ def _broken_note(registry: Registry | None = None) -> str:
 def load(overrides: list[str], registry: Registry | None = None) -> ExperimentConfig:
     """Compose and validate: the one entry point the command line uses.
 
-    Plugin sections are validated here too (through the registry), so a bad condition key
-    fails before any work starts, and come back complete: every plugin key with its value (the
+    With ``model.init_from`` the base run's backbone settings replace the experiment's
+    (``ldmcore.inherit``). Plugin sections are validated here too (through the registry), so a
+    bad condition key fails before any work starts, and come back complete: every plugin key with its value (the
     YAML files hold only differences, but a run records everything it was built with).
     """
-    cfg = validate(compose(overrides, registry))
+    return from_composed(compose(overrides, registry), registry, overrides)
+
+
+def from_composed(raw: dict[str, Any], registry: Registry | None = None,
+                  overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Validate a composed, resolved config (``compose``'s, or a multirun job's) as ``load``
+    does: the schema, the base run's settings under ``model.init_from`` (the ``overrides`` the
+    command line gave win), every plugin section, the sampler, the dataset and the loggers."""
+    cfg = validate(raw)
+    if cfg.model.init_from is not None:  # the base run's backbone, the command line's keys checked
+        given = {o.lstrip("+~").split("=", 1)[0]: o for o in overrides if "=" in o}
+        cfg = validate(inherit_base(cfg.model_dump(mode="json"), given))
     sections = {name: instance_section(name, cls, conf)
                 for name, (cls, conf) in resolve_conditions(cfg, registry).items()}
     cfg = cfg.model_copy(update={"conditions": sections})
@@ -414,7 +496,25 @@ def load(overrides: list[str], registry: Registry | None = None) -> ExperimentCo
         (registry or default_registry()).dataset(cfg.data.name)
     except ConfigError as err:
         raise ConfigError(f"config key 'data.name': {err}") from None
+    logger_specs(cfg, registry)
     return cfg
+
+
+def logger_specs(cfg: ExperimentConfig, registry: Registry | None = None) -> list[LoggerSpec]:
+    """The registered loggers ``trainer.loggers`` names, each checked to be able to run here."""
+    registry = registry or default_registry()
+    specs = []
+    for name in cfg.trainer.loggers:
+        try:
+            spec = registry.logger(name)
+        except ConfigError as err:
+            raise ConfigError(f"config key 'trainer.loggers': {err}") from None
+        why = spec.missing() if spec.missing else None
+        if why:
+            raise ConfigError(f"trainer.loggers names {name!r}, but {why}; or drop it from "
+                              f"trainer.loggers (metrics.jsonl and the plots are written anyway).")
+        specs.append(spec)
+    return specs
 
 
 INSTANCE_OF = "plugin"  # the key of a section that enables another instance of a plugin

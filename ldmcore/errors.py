@@ -8,7 +8,12 @@ a Python traceback is reserved for bugs.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+# a value Hydra reads as this same string without quotes
+_BARE = re.compile(r"[A-Za-z_./][A-Za-z0-9_./-]*")
 
 
 class LdmError(Exception):
@@ -53,12 +58,33 @@ def first_few(items: list[str], shown: int) -> str:
     return ", ".join(items[:shown]) + more
 
 
-def nearest(name: str, valid: Iterable[str], n: int = 3) -> str:
-    """Return a phrase naming the valid choices closest to ``name`` (for error messages)."""
+def nearest(name: str, valid: Iterable[str], n: int = 3,
+            write: Callable[[str], str] | None = None) -> str:
+    """Return a phrase naming the valid choices closest to ``name`` (for error messages).
+    With ``write`` (choice -> the command-line words that use it), each close choice is shown
+    as those words in backticks, so the suggestion works when pasted."""
     valid = sorted(set(valid))
     close = difflib.get_close_matches(name, valid, n=n, cutoff=0.5)
     if close:
-        return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+        shown = [f"`{write(c)}`" if write else repr(c) for c in close]
+        return "did you mean " + " or ".join(shown) + "?"
     if not valid:
         return "there are no valid choices here."
     return f"valid choices: {first_few([repr(v) for v in valid], 12)}."
+
+
+def override_text(value: Any) -> str:
+    """``value`` as it is written after ``KEY=`` on the command line (Hydra's grammar): what a
+    suggestion prints so that it can be pasted back."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_text(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    if isinstance(value, str) and (not _BARE.fullmatch(text) or text.lower() in ("true", "false", "null")):
+        return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return text

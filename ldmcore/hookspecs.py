@@ -111,3 +111,24 @@ def register_datasets(register: Callable[..., None]) -> None:
     output. Registering a name another package registered is an error naming both. The result
     of the hook itself is ignored.
     """
+
+
+@hookspec
+def register_loggers(register: Callable[..., None]) -> None:
+    """Register experiment loggers, selectable as ``trainer.loggers=[NAME, ...]``.
+
+    When: with ``register_conditions``, when the registry loads the package (the built-in
+    ``tensorboard`` logger registers through this same hook, from
+    ``ldmcore.loggers.tensorboard``). Call ``register(name, open, *, missing=None)``.
+    ``open(run_dir, config)`` is called once per run when training starts, on the main process
+    only, with the run folder (a ``Path``) and the resolved config (a plain dict); it returns a
+    ``ldmcore.loggers.Logger``, whose methods then receive every ``metrics.jsonl`` record as
+    scalars (``diffusion/loss`` at its step), every sample grid as an image, the config as
+    hyper-parameters with the final figures at the end, and ``close()`` however the run ends.
+    ``missing()``, optional, returns None when the logger can run here, else a sentence saying
+    what to install: it is asked when the config is loaded, so a run that names the logger
+    stops with that sentence before anything is written. A logger whose method raises while a
+    run trains is dropped with a warning; the run goes on (``metrics.jsonl`` keeps everything).
+    A name another package also registers is a clash, an error naming both for the runs that
+    use it. The result of the hook itself is ignored.
+    """

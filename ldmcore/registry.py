@@ -2,7 +2,7 @@
 
 The registry knows nothing of training: it loads plugin packages, calls their hooks through the
 plugin manager, collects what they register (condition encoders, samplers, metrics, datasets,
-Hydra config folders), and lists what is installed (with versions, the hooks each package implements, and
+loggers, Hydra config folders), and lists what is installed (with versions, the hooks each package implements, and
 the plugins that failed to load, and why).
 
 A plugin cannot take the host down. Anything a package raises while it is imported or while its
@@ -14,8 +14,9 @@ register the same name are not an error until a run asks for that name: ``condit
 
 Each package's hooks are called through the plugin manager with pluggy's
 ``subset_hook_caller`` (the hook restricted to that one package), so what a package registers
-is known to be its own and a failure stays inside it. The built-in samplers and datasets
-register through the same hooks, from ``ldmcore.diffusion.samplers`` and ``ldmcore.data.builtin``,
+is known to be its own and a failure stays inside it. The built-in samplers, datasets and loggers
+register through the same hooks, from ``ldmcore.diffusion.samplers``, ``ldmcore.data.builtin``
+and ``ldmcore.loggers.tensorboard``,
 which are always loaded (they are part of the backbone, not optional packages).
 
 Environment: ``LDM_LOAD_PLUGINS=a,b`` loads only those entry points (an allow-list);
@@ -42,6 +43,8 @@ from ldmcore.diffusion import samplers as builtin_samplers
 from ldmcore.diffusion.samplers import SamplerSpec
 from ldmcore.errors import ConfigError, PluginClash, PluginError, nearest
 from ldmcore.eval.metric import MetricSpec
+from ldmcore.loggers import LoggerSpec
+from ldmcore.loggers import tensorboard as builtin_loggers
 
 ENTRY_POINT_GROUP = "ldmcore"
 ALLOW_ENV = "LDM_LOAD_PLUGINS"  # comma-separated entry-point names to load; unset = all
@@ -100,6 +103,7 @@ class Registry:
     hooks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # package -> hooks it implements
     metrics: list[MetricSpec] = field(default_factory=list)
     datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    loggers: dict[str, LoggerSpec] = field(default_factory=dict)
 
     def condition(self, name: str) -> type[ConditionEncoder]:
         """The encoder class registered as ``name``; unknown names get a teaching error."""
@@ -122,6 +126,10 @@ class Registry:
     def dataset(self, name: str) -> DatasetSpec:
         """The dataset registered as ``name``; unknown names list every registered dataset."""
         return self._named("dataset", self.datasets, name)
+
+    def logger(self, name: str) -> LoggerSpec:
+        """The logger registered as ``name``; unknown names list every registered logger."""
+        return self._named("logger", self.loggers, name)
 
     def metrics_for(self, condition: str) -> list[MetricSpec]:
         """The metrics registered for the condition plugin ``condition``, in registration order."""
@@ -175,6 +183,8 @@ class Registry:
             self._keep("sampler", spec.name, package, self.samplers, spec)
         for spec in found["datasets"]:
             self._keep("dataset", spec.name, package, self.datasets, spec)
+        for spec in found["loggers"]:
+            self._keep("logger", spec.name, package, self.loggers, spec)
         self.metrics += found["metrics"]
         self.config_dirs += found["config_dirs"]
         self.hooks[package] = tuple(sorted({*self.hooks.get(package, ()), *found["hooks"]}))
@@ -186,6 +196,8 @@ class Registry:
                   if not _same(self.samplers.get(s.name, s), s)]
         taken += [("dataset", d.name, self.datasets[d.name].package) for d in found["datasets"]
                   if not _same(self.datasets.get(d.name, d), d)]
+        taken += [("logger", g.name, self.loggers[g.name].package) for g in found["loggers"]
+                  if not _same(self.loggers.get(g.name, g), g)]
         if taken:
             kind, name, owner = taken[0]
             raise _clash(kind, name, [owner, package])
@@ -200,7 +212,7 @@ class Registry:
             return
         owner = table.get(name)
         if owner is not None and not _same(owner, value):
-            first = owner.package if isinstance(owner, (SamplerSpec, DatasetSpec)) else self.origins[name][0]
+            first = owner.package if isinstance(owner, (SamplerSpec, DatasetSpec, LoggerSpec)) else self.origins[name][0]
             self.clashes[key] = [first, package]
             del table[name]
             return
@@ -220,13 +232,14 @@ class Registry:
         """Call each hook of ``plugin`` through the plugin manager, restricted to ``plugin``."""
         others = [p for p in self.manager.get_plugins() if p is not plugin]
         found: dict[str, list[Any]] = {"conditions": [], "samplers": [], "config_dirs": [], "hooks": [],
-                                       "metrics": [], "datasets": []}
+                                       "metrics": [], "datasets": [], "loggers": []}
         callbacks: dict[str, Callable[..., None]] = {
             "register_conditions": _condition_callback(package, found["conditions"]),
             "register_samplers": _sampler_callback(package, found["samplers"]),
             "register_config_dirs": _config_dir_callback(package, found["config_dirs"]),
             "register_metrics": _metric_callback(package, found["metrics"]),
             "register_datasets": _dataset_callback(package, found["datasets"]),
+            "register_loggers": _logger_callback(package, found["loggers"]),
         }
         for hook in hook_names():
             caller = self.manager.subset_hook_caller(hook, remove_plugins=others)
@@ -246,6 +259,8 @@ def _clash(kind: str, name: str, packages: list[str]) -> PluginClash:
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, SamplerSpec):
         return a.fn is b.fn
+    if isinstance(a, LoggerSpec):
+        return a.open is b.open
     return (a.build is b.build) if isinstance(a, DatasetSpec) else a is b
 
 
@@ -311,12 +326,30 @@ def _dataset_callback(package: str, found: list[DatasetSpec]) -> Callable[..., N
         if not callable(build) or (held_out is not None and not callable(held_out)):
             raise PluginError(f"package {package!r} registered the dataset {name!r} with a "
                               f"build or held_out that is not callable.")
-        if any(d.name == name and d.build is not build for d in found):
-            raise PluginError(f"package {package!r} registers two datasets named {name!r}; "
-                              f"give each a distinct name.")
-        found.append(DatasetSpec(name, build, held_out, package))
+        _add_named("dataset", package, found, DatasetSpec(name, build, held_out, package))
 
     return register
+
+
+def _logger_callback(package: str, found: list[LoggerSpec]) -> Callable[..., None]:
+    def register(name: str, open: Any, *, missing: Any = None) -> None:
+        if not (isinstance(name, str) and name) or not callable(open) or (
+                missing is not None and not callable(missing)):
+            raise PluginError(f"package {package!r} registered the logger {name!r} without a "
+                              f"name, or with an open or missing that is not callable.")
+        _add_named("logger", package, found, LoggerSpec(name, open, missing, package))
+
+    return register
+
+
+def _add_named(kind: str, package: str, found: list[Any], spec: Any) -> None:
+    """Add ``spec`` to what ``package`` registers; the same thing twice is kept once, two
+    different things under one name are an error."""
+    if any(f.name == spec.name and not _same(f, spec) for f in found):
+        raise PluginError(f"package {package!r} registers two {kind}s named {spec.name!r}; "
+                          f"give each a distinct name.")
+    if not any(f.name == spec.name for f in found):
+        found.append(spec)
 
 
 def _check_encoder_class(cls: type, package: str) -> None:
@@ -337,6 +370,7 @@ def build_registry(load_entry_points: bool | None = None) -> Registry:
     reg = Registry(manager=pm)
     reg._add(builtin_samplers, "ldmcore", "", name="ldmcore:samplers")
     reg._add(builtin_datasets, "ldmcore", "", name="ldmcore:datasets")
+    reg._add(builtin_loggers, "ldmcore", "", name="ldmcore:loggers")
     if load_entry_points is None:
         load_entry_points = os.environ.get(DISABLE_ENV, "") not in ("1", "true", "yes")
     if not load_entry_points:

@@ -12,7 +12,9 @@
     RUN_DIR/.lock                        held (flock) by the process training in it; holds its PID
 
 ldmcore owns the folders it made and only those: ``overwrite=true`` replaces a folder that
-carries the marker and refuses any other; a second training process on a locked folder is
+carries the marker and refuses any other (a run of ours with no diffusion checkpoint yet, left
+by a start that failed or was killed, is replaced without it; ``resume=true`` there stops and
+says so, ``resume=auto`` starts afresh); a second training process on a locked folder is
 refused with the PID of the first; an error before a new run's first checkpoint removes the
 folder it made, and an error while replacing a run puts the old one back.
 
@@ -25,12 +27,13 @@ above this module and go through it.
 from __future__ import annotations
 
 import contextlib
+import enum
 import fcntl
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,6 +52,14 @@ MARKER = ".ldmcore-run"
 SAMPLES_MARKER = ".ldmcore-samples"  # in an ``ldm sample out=`` folder that ldm sample made
 LOCK = ".lock"
 REPLACED = ".replaced"  # suffix of a run moved aside by overwrite=true until the new one is safe
+
+
+class Start(enum.Enum):
+    """How a training command starts in its run folder (``RunFolder.check_claim``)."""
+
+    NEW = "new"            # the folder is empty or does not exist
+    CONTINUE = "continue"  # resume from checkpoints/last.safetensors
+    REPLACE = "replace"    # a run of ours is set aside and put back if the new one fails early
 
 
 class RunFolder:
@@ -86,30 +97,49 @@ class RunFolder:
     def marker(self) -> Path:
         return self.root / MARKER
 
-    def check_claim(self, *, resume: bool, overwrite: bool, what: str = "run_dir") -> None:
-        """Whether this command may write here, decided before anything is touched (``what``
-        names the argument that gave the folder)."""
-        if _is_nonempty_dir(self.root):
-            if not resume and not overwrite:
-                raise ConfigError(f"run folder {str(self.root)!r} already holds a run; pass "
-                                  f"resume=true to continue it, overwrite=true to start afresh, "
-                                  f"or name=OTHER for a new folder.")
-            if not self.marker.is_file():
-                raise ConfigError(f"{what} {str(self.root)!r} is not a run folder made by "
-                                  f"ldmcore (it has no {MARKER} marker) and holds "
-                                  f"{_contents(self.root)}; ldmcore neither resumes in nor "
-                                  f"replaces a folder it did not make. Choose another {what} "
-                                  f"(a run made by an older ldmcore: create the empty file "
-                                  f"{str(self.marker)!r} first).")
-        elif resume:
-            raise ConfigError(f"resume=true but {str(self.root)!r} holds no run to resume; drop "
-                              f"resume=true to start one.")
-        elif self.root.exists() and not self.root.is_dir():
-            raise ConfigError(f"run_dir {str(self.root)!r} is a file, not a folder; choose "
-                              f"another run_dir or name=OTHER.")
+    def check_claim(self, *, resume: bool | str, overwrite: bool, what: str = "run_dir") -> Start:
+        """How this command may start here, decided before anything is touched (``what`` names
+        the argument that gave the folder). ``resume`` is true, false or ``"auto"`` (continue
+        when there is a checkpoint, else start afresh; a finished stage 1 counts); a run of ours
+        that stopped before its first diffusion checkpoint has nothing to lose, so starting it
+        again replaces it unasked."""
+        if not _is_nonempty_dir(self.root):
+            if resume is True:
+                raise ConfigError(f"resume=true but {str(self.root)!r} holds no run to resume; "
+                                  f"drop resume=true to start one, or write `resume=auto` to "
+                                  f"continue a run when there is one and start it when not.")
+            if self.root.exists() and not self.root.is_dir():
+                raise ConfigError(f"{what} {str(self.root)!r} is a file, not a folder; choose "
+                                  f"another {what}" + (" or name=OTHER." if what == "run_dir" else "."))
+            return Start.NEW
+        if not self.marker.is_file():
+            raise ConfigError(f"{what} {str(self.root)!r} is not a run folder made by "
+                              f"ldmcore (it has no {MARKER} marker) and holds "
+                              f"{_contents(self.root)}; ldmcore neither resumes in nor "
+                              f"replaces a folder it did not make. Choose another {what} "
+                              f"(a run made by an older ldmcore: create the empty file "
+                              f"{str(self.marker)!r} first).")
+        holder = RunLock.holder(self.root)
+        if holder is not None:  # a run in progress: whatever else holds, it is not ours to take
+            raise _in_use(self.root, holder)
+        checkpointed = self.last.is_file()
+        resumable = checkpointed or self.autoencoder.is_file()  # a finished stage 1 is kept
+        if resume is True and not resumable:
+            raise ConfigError(f"resume=true but {str(self.root)!r} holds no checkpoint to "
+                              f"continue from (no {str(self.last)!r}: the run stopped before "
+                              f"its first one). Drop resume=true to start it again in the same "
+                              f"folder, or write `resume=auto` to continue when there is a "
+                              f"checkpoint and start afresh when there is none.")
+        if resume is True or (resume == "auto" and resumable):
+            return Start.CONTINUE
+        if overwrite or not checkpointed:
+            return Start.REPLACE
+        raise ConfigError(f"run folder {str(self.root)!r} already holds a run (checkpoint "
+                          f"{str(self.last)!r}); pass `resume=true` to continue it, "
+                          f"`overwrite=true` to start afresh, or name=OTHER for a new folder.")
 
     @contextlib.contextmanager
-    def claimed(self, config: dict[str, Any], *, resume: bool, overwrite: bool,
+    def claimed(self, config: dict[str, Any], *, resume: bool | str, overwrite: bool,
                 main: bool = True) -> Iterator[RunFolder]:
         """Make (or take over) the folder, hold its lock, and write ``config.yaml``.
 
@@ -121,7 +151,7 @@ class RunFolder:
         if not main:
             yield self
             return
-        self.check_claim(resume=resume, overwrite=overwrite)
+        start = self.check_claim(resume=resume, overwrite=overwrite)
         existed = _is_nonempty_dir(self.root)
         made = _first_missing(self.root)
         aside = self.root.with_name(f".{self.root.name}{REPLACED}")
@@ -129,7 +159,7 @@ class RunFolder:
         try:
             if existed:
                 lock = RunLock(self.root)
-                if overwrite and not resume:
+                if start is Start.REPLACE:
                     _remove_owned(aside)  # left by a process killed while replacing
                     os.replace(self.root, aside)
                     lock.release()
@@ -217,19 +247,37 @@ class RunLock:
             holder = self.handle.read().strip() or "unknown"
             self.handle.close()
             self.handle = None
-            raise LdmError(f"run folder {str(root)!r} is in use: process {holder} is training in "
-                           f"it (it holds {str(self.path)!r}). Two writers would interleave its "
-                           f"checkpoints and metrics; wait for that process to end or stop it, "
-                           f"or train in another run_dir.") from None
+            raise _in_use(root, holder) from None
         self.handle.seek(0)
         self.handle.truncate()
         self.handle.write(f"{os.getpid()}\n")
         self.handle.flush()
 
+    @staticmethod
+    def holder(root: Path) -> str | None:
+        """The PID written in ``root``'s lock while a process holds it, else None (the file is
+        probed, never created)."""
+        path = root / LOCK
+        if not path.is_file():
+            return None
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return handle.read().strip() or "unknown"
+        return None  # closing the handle dropped the probe's shared lock
+
     def release(self) -> None:
         if self.handle is not None:
             self.handle.close()  # closing the descriptor drops the flock
             self.handle = None
+
+
+def _in_use(root: Path, holder: str) -> LdmError:
+    return LdmError(f"run folder {str(root)!r} is in use: process {holder} is training in it (it "
+                    f"holds {str(root / LOCK)!r}). Two writers would interleave its checkpoints "
+                    f"and metrics; wait for that process to end or stop it, or train in another "
+                    f"run_dir.")
 
 
 def _is_nonempty_dir(path: Path) -> bool:
@@ -278,16 +326,20 @@ def _remove_owned(folder: Path) -> None:
 
 
 class MetricsLog:
-    """Appends one JSON line per record, flushed at once (a killed run keeps its metrics)."""
+    """Appends one JSON line per record, flushed at once (a killed run keeps its metrics), and
+    hands each record to ``listener`` (the run's loggers, ``ldmcore.loggers.run_loggers``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, listener: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.path = path
         self.start = time.perf_counter()
+        self.listener = listener
 
     def write(self, **record: Any) -> None:
         record.setdefault("time_s", round(time.perf_counter() - self.start, 3))
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self.listener is not None:
+            self.listener(record)
 
 
 def plugin_versions(model: LatentDiffusion, registry: Registry) -> dict[str, dict[str, str]]:

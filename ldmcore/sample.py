@@ -15,6 +15,8 @@ sampling (``init=PNG strength=0.6``, ``mask=PNG``, white = generate).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,50 +29,61 @@ from ldmcore.conditioning import read_value
 from ldmcore.diffusion.plan import SamplingPlan
 from ldmcore.diffusion.sigmas import SigmaKind, Spacing
 from ldmcore.errors import ConfigError, LdmError, nearest
-from ldmcore.hardware import autocast, choose
+from ldmcore.hardware import HardwareChoice, autocast, choose
 from ldmcore.images import open_image, save_grid, save_png
 from ldmcore.model import LatentDiffusion
 from ldmcore.nn.execution import for_inference
+from ldmcore.progress import progress_bar, step_counter
 from ldmcore.registry import Registry
 from ldmcore.runfolder import RunFolder, check_output_folder, load_run, make_output_folder
 from ldmcore.sampling import sampling_plan
 from ldmcore.schema import Strict, format_validation_error
+from ldmcore.summary import startup_line
 
 
 MAX_IMAGES = 10_000  # one request's images, all held in memory before they are written
 
 
 class SampleRequest(Strict):
-    run: Path
+    run: Path = Field(description="the run folder to sample")
     n: int = Field(8, ge=1, le=MAX_IMAGES, description="samples per condition value")
-    sampler: str | None = None  # default: the run's sampler config
+    sampler: str | None = Field(None, description="default: the run's sampler config; NAME: that "
+                                "sampler with its own config (sampler/NAME.yaml)")
     steps: int | None = Field(None, ge=1)
     sigmas: SigmaKind | None = None
     spacing: Spacing | None = None
     rho: float | None = Field(None, gt=0)
     eta: float | None = Field(None, ge=0, le=1)
     s_noise: float | None = Field(None, ge=0)
-    options: dict[str, str] = Field(default_factory=dict)  # option.NAME=VALUE: other knobs
-    guidance: float | None = None
-    plugin_guidance: dict[str, float] = Field(default_factory=dict)  # guidance.NAME=SCALE
+    options: dict[str, str] = Field(default_factory=dict, description="other sampler knobs")
+    guidance: float | None = Field(None, description="default: the run's; 1 = no guidance")
+    plugin_guidance: dict[str, float] = Field(default_factory=dict, description="a scale per "
+                                              "plugin (compositional guidance)")
     guidance_rescale: float | None = Field(None, ge=0, le=1)
-    guidance_interval: tuple[float, float] | None = None
-    init: Path | None = None  # image-to-image / masked sampling from this PNG
-    strength: float | None = Field(None, ge=0, le=1)  # default 0.75 with init, 1 with a mask
-    mask: Path | None = None  # white = generate, black = keep the init image
-    seed: int = 0
-    out: Path | None = None  # default: RUN/samples/sample_<seed>
-    overwrite: bool = False  # write into a non-empty out= folder that ldm sample did not make
-    batch: int = Field(64, ge=1)
+    guidance_interval: tuple[float, float] | None = Field(None, description="guide only for "
+                                                          "sigmas in [lo,hi]")
+    init: Path | None = Field(None, description="image-to-image / masked sampling from this PNG")
+    strength: float | None = Field(None, ge=0, le=1, description="default 0.75 with init, 1 "
+                                   "with a mask")
+    mask: Path | None = Field(None, description="white = generate, black = keep the init image")
+    seed: int = Field(0, description="sample i starts from the noise of seed + i")
+    out: Path | None = Field(None, description="default: RUN/samples/sample_<seed>")
+    overwrite: bool = Field(False, description="write into a non-empty out= folder that ldm "
+                            "sample did not make")
+    batch: int = Field(64, ge=1, description="images per forward pass")
     precision: str = Field("auto", pattern="^(auto|bf16|fp32|fp16)$",
                            description="auto: bf16 where the hardware runs it natively, else fp32 "
                                        "(CPU) or fp16 (GPU); not inherited from training")
     threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description="auto: the cores other processes "
                                                                "leave free; N: exactly N")
-    ema: bool = True
-    cond: dict[str, str] = Field(default_factory=dict)
-    conditions: dict[str, str] = Field(default_factory=dict)  # conditions.NAME.KEY=VALUE: replace
-    # a value of the run's plugin config (a path given here is trusted, unlike the checkpoint's)
+    ema: bool = Field(True, description="sample with the EMA weights")
+    progress: bool = Field(True, description="a progress bar while sampling (never when the "
+                                             "output is not a terminal)")
+    cond: dict[str, str] = Field(default_factory=dict, description="a plugin's value; a list "
+                                 "such as [0,1,2] gives one grid row each")
+    conditions: dict[str, str] = Field(default_factory=dict, description="replace a value of "
+                                       "the run's plugin config (a path given here is trusted, "
+                                       "unlike the checkpoint's)")
 
 
 PREFIXED = {"cond.": "cond", "guidance.": "plugin_guidance", "option.": "options",
@@ -100,7 +113,7 @@ def parse_request(args: list[str]) -> SampleRequest:
     try:
         return SampleRequest.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, model=SampleRequest)) from None
+        raise ConfigError(format_validation_error(err, model=SampleRequest, write_value=str)) from None
 
 
 def condition_rows(model: LatentDiffusion, cond: dict[str, str]) -> list[dict[str, Any]]:
@@ -228,54 +241,127 @@ def _finite(value: Any) -> bool:
     return True
 
 
-def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
-    """Sample as ``req`` asks. Every part of the request (conditions, images, output folder)
-    is checked before the model runs, and the output folder is made only when the images are."""
-    out = req.out or RunFolder(req.run).samples / f"sample_{req.seed}"
-    check_output_folder(out, req.overwrite)
-    cfg, model, _ = load_run(req.run, registry, req.ema, req.conditions)
+@dataclass
+class LoadedRun:
+    """A run's model made ready for sampling once (weights, precision, threads), so that many
+    requests can share it: ``ldm sample`` loads one per command, ``ldm serve`` one per server."""
+
+    run: Path
+    cfg: Any
+    model: LatentDiffusion
+    hardware: HardwareChoice
+    bf16_weights: bool
+    ema: bool
+    registry: Registry | None = None
+
+
+def load_for_sampling(run: Path, registry: Registry | None = None, ema: bool = True,
+                      conditions: dict[str, str] | None = None, precision: str = "auto",
+                      threads: int | str = "auto") -> LoadedRun:
+    """Load ``run`` (EMA weights by default), resolve precision and threads, prepare the
+    networks for inference, and print the start-up line."""
+    cfg, model, _ = load_run(run, registry, ema, conditions)
     ex = cfg.execution
     device = next(model.unet.parameters()).device
-    hardware = choose(req.precision, req.threads, device)
-    precision = hardware.precision
-    bf16_weights = precision.name == "bf16" and ex.bf16_weights
+    hardware = choose(precision, threads, device, announce=False)
+    bf16_weights = hardware.precision.name == "bf16" and ex.bf16_weights
     model.unet = for_inference(model.unet, bf16_weights=bf16_weights,
                                channels_last=ex.channels_last, compile=ex.compile)
     for_inference(model.autoencoder, bf16_weights=bf16_weights, channels_last=ex.channels_last)
-    plan = request_plan(req, model, cfg, registry)
+    print(startup_line(hardware, model, registry), flush=True)
+    return LoadedRun(run, cfg, model, hardware, bf16_weights, ema, registry)
+
+
+@dataclass
+class PreparedRequest:
+    """A request checked against a loaded run: its plan, images and parsed values, one per
+    sample (``plain``: the values as decoded, what ``samples.json`` records)."""
+
+    plan: SamplingPlan
+    init: torch.Tensor | None
+    mask: torch.Tensor | None
+    plain: list[dict[str, Any]]
+    values: list[dict[str, Any]]
+
+
+def prepare_request(loaded: LoadedRun, req: SampleRequest) -> PreparedRequest:
+    """Check every part of ``req`` (plan, init and mask images, conditions) before the model
+    runs; each mistake is a ``ConfigError`` naming it."""
+    model, cfg = loaded.model, loaded.cfg
+    plan = request_plan(req, model, cfg, loaded.registry)
     size, channels = cfg.data.image_size, cfg.data.channels
     init = None if req.init is None else load_image(req.init, size, channels)
     mask = None if req.mask is None else (load_image(req.mask, size, 1, "mask") + 1) / 2
-
     rows = condition_rows(model, req.cond)
     if len(rows) * req.n > MAX_IMAGES:
         raise ConfigError(f"{len(rows)} condition rows x n={req.n} asks for {len(rows) * req.n} "
                           f"images; one request makes at most {MAX_IMAGES} (they are held in "
                           f"memory); lower n or split the list over several requests.")
-    encoders = model.conditioner.encoders
     plain: list[dict[str, Any]] = [row for row in rows for _ in range(req.n)]
-    values = parse_values(encoders, plain)
+    return PreparedRequest(plan, init, mask, plain, parse_values(model.conditioner.encoders, plain))
+
+
+def sampler_steps(loaded: LoadedRun, req: SampleRequest, prepared: PreparedRequest) -> int:
+    """Sampler steps a prepared request runs, over all its batches (what progress counts)."""
+    levels = prepared.plan.levels(loaded.model.schedule)
+    steps = len(levels) - 1 - (prepared.plan.first_step(levels) if prepared.init is not None else 0)
+    return -(-len(prepared.values) // req.batch) * steps
+
+
+def generate(loaded: LoadedRun, req: SampleRequest, prepared: PreparedRequest,
+             progress: Callable[[dict[str, Any]], None] | None = None) -> torch.Tensor:
+    """The images of a prepared request, in [-1, 1]: sample ``i`` starts from the noise of seed
+    ``seed + i``, in batches of ``req.batch``. ``progress`` is called after each sampler step
+    (``sampler_steps`` of them)."""
+    model, values, plan = loaded.model, prepared.values, prepared.plan
+    encoders = model.conditioner.encoders
+    device = next(model.unet.parameters()).device
+    precision = "fp32" if loaded.bf16_weights else loaded.hardware.precision.name  # bf16 weights: no casts
     images = []
     for start in range(0, len(values), req.batch):
         chunk = values[start:start + req.batch]
         batch = {k: encoders[k].collate([v[k] for v in chunk]) for k in encoders}
         noise = torch.stack([torch.randn(model.latent_shape(), generator=torch.Generator().manual_seed(req.seed + start + i))
                              for i in range(len(chunk))])
-        with autocast("fp32" if bf16_weights else precision.name, device):  # bf16 weights: no casts
-            images.append(model.sample(batch, len(chunk), plan, noise=noise, init=init, mask=mask,
+        with autocast(precision, device):
+            images.append(model.sample(batch, len(chunk), plan, noise=noise, init=prepared.init,
+                                       mask=prepared.mask, callback=progress,
                                        generator=torch.Generator().manual_seed(req.seed + start)))
-    images_t = torch.cat(images)
+    return torch.cat(images)
+
+
+def write_samples(out: Path, req: SampleRequest, loaded: LoadedRun, prepared: PreparedRequest,
+                  images: torch.Tensor) -> list[dict[str, Any]]:
+    """Each image as ``0000.png``..., the grid (a row per condition row) and ``samples.json``
+    (plan, hardware, each file's seed and values); returns the files' records."""
     make_output_folder(out)
     records = []
-    for i, (image, row) in enumerate(zip(images_t, plain)):
+    for i, (image, row) in enumerate(zip(images, prepared.plain)):
         name = f"{i:04d}.png"
         save_png(image, out / name)
         records.append({"file": name, "seed": req.seed + i, "row": i // req.n,
                         "conditions": row})
-    save_grid(images_t, out / "grid.png", nrow=req.n)
+    save_grid(images, out / "grid.png", nrow=req.n)
+    plan = prepared.plan
     (out / "samples.json").write_text(json.dumps({
         "run": str(req.run), **plan.record(), "init": None if req.init is None else str(req.init),
         "strength": plan.strength if req.init is not None else None,
         "mask": None if req.mask is None else str(req.mask),
-        **hardware.record(), "ema": req.ema, "samples": records}, indent=1, allow_nan=False))
+        **loaded.hardware.record(), "ema": loaded.ema, "samples": records}, indent=1, allow_nan=False))
+    return records
+
+
+def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
+    """Sample as ``req`` asks. Every part of the request (conditions, images, output folder)
+    is checked before the model runs, and the output folder is made only when the images are."""
+    out = req.out or RunFolder(req.run).samples / f"sample_{req.seed}"
+    check_output_folder(out, req.overwrite)
+    loaded = load_for_sampling(req.run, registry, req.ema, req.conditions, req.precision, req.threads)
+    prepared = prepare_request(loaded, req)
+    print(f"sampler: {prepared.plan.describe()}", flush=True)
+    bar = progress_bar(sampler_steps(loaded, req, prepared),
+                       f"sampling {len(prepared.values)} images", req.progress)
+    images = generate(loaded, req, prepared, step_counter(bar))
+    bar.close()
+    write_samples(out, req, loaded, prepared, images)
     return out

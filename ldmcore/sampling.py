@@ -6,14 +6,22 @@ it samples). ``sampling_plan`` is the only place a sampler name is looked up and
 checked: the model a run builds carries the plan of its config (``LatentDiffusion.sampling``),
 ``ldm sample`` and ``ldm eval`` override parts of it, and a sampler registered by a third-party
 package is found the same way as a built-in one.
+
+Naming another sampler than the config's (``sampler=NAME``: ``ldm sample``, ``ldm eval``, ``ldm
+train``) takes that sampler's own config, ``sampler/NAME.yaml`` (the host's or a plugin's): its
+steps, noise levels and knobs replace the config's (``SAMPLER_KEYS``; pydantic defaults where
+the file is silent), anything else the file sets too (LCM's guidance of 1); the other keys
+(guidance, schedule-bound offset and end points) stay. Explicit overrides win over both.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from ldmcore.conftree import config_sources
 from ldmcore.diffusion.guidance import Guidance, RescaleSpace
 from ldmcore.diffusion.plan import SamplingPlan
 from ldmcore.diffusion.sigmas import SigmaKind, SigmaPlan, Spacing
@@ -72,18 +80,43 @@ class SamplerConfig(Strict):
                         self.guidance_interval, self.guidance_rescale_space)
 
 
+# what a sampler's own config replaces when a command switches to it
+SAMPLER_KEYS = ("steps", "sigmas", "spacing", "rho", "eta", "options")
+
+
+def sampler_file(name: str, registry: Registry | None = None) -> dict[str, Any]:
+    """The keys ``sampler/NAME.yaml`` sets (the host's tree first, then the plugins'); empty
+    when no tree ships one (a sampler registered without a config file)."""
+    for _, folder in config_sources(registry):
+        path = folder / "sampler" / f"{name}.yaml"
+        if path.is_file():
+            keys = yaml.safe_load(path.read_text()) or {}
+            return {k: v for k, v in keys.items() if k != "defaults"}
+    return {}
+
+
+def switched_to(section: dict[str, Any], name: str, registry: Registry | None = None) -> dict[str, Any]:
+    """A ``sampler:`` section (plain values) switched to sampler ``name``: its ``SAMPLER_KEYS``
+    from ``sampler/NAME.yaml`` (defaults where the file is silent), the rest kept."""
+    defaults = SamplerConfig().model_dump(mode="json")
+    return {**section, **{k: defaults[k] for k in SAMPLER_KEYS}, **sampler_file(name, registry),
+            "name": name}
+
+
 def sampling_plan(config: SamplerConfig, registry: Registry | None = None, *,
                   where: str = "sampler.", strength: float | None = None,
                   **overrides: Any) -> SamplingPlan:
     """The plan of ``config`` with ``overrides`` (``SamplerConfig`` fields; ``None`` = keep).
 
-    ``options`` and ``plugin_guidance`` are merged into the config's; the config's knobs
-    (``eta``, ``options``) apply only while its own sampler is used. ``where`` prefixes the key
-    names in error messages. ``strength`` is the image-to-image strength (default 1).
+    A ``name`` other than the config's switches to that sampler's own config first
+    (``switched_to``). ``options`` and ``plugin_guidance`` are merged into the base's. ``where``
+    prefixes the key names in error messages. ``strength`` is the image-to-image strength
+    (default 1).
     """
     changes = {k: v for k, v in overrides.items() if v is not None}
-    own_sampler = changes.get("name", config.name) == config.name
-    base = config.model_dump(exclude=None if own_sampler else {"eta", "options"})
+    base = config.model_dump(mode="json")
+    if changes.get("name", config.name) != config.name:
+        base = switched_to(base, changes["name"], registry)
     merged = {**base, **changes,
               "options": {**base.get("options", {}), **changes.get("options", {})},
               "plugin_guidance": {**base["plugin_guidance"], **changes.get("plugin_guidance", {})}}

@@ -51,7 +51,8 @@ class StopSignals:
         if not self.deferring:
             raise self.stopped("before the first diffusion step (in stage 1, the autoencoder, or "
                                "while setting up), which keeps no intermediate checkpoint; the "
-                               "run folder is kept and resume=true starts from there")
+                               "same command starts the run again, and resume=auto also keeps a "
+                               "finished stage 1")
 
     def stopped(self, what: str) -> Interrupted:
         """The error that ends the run, naming the signal and ``what`` was kept."""

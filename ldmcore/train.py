@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from tqdm import tqdm
 
 from ldmcore import checkpoint
 from ldmcore.attach import attach_pretrained, save_plugin_weights, train_only_params
 from ldmcore.build import build_autoencoder, build_dataset, build_model, check_shapes, load_autoencoder
-from ldmcore.config import ExperimentConfig, TrainerConfig
+from ldmcore.config import ExperimentConfig, TrainerConfig, logger_specs
+from ldmcore.curves import final_figures, read_records
 from ldmcore.data.batches import (InMemoryBatches, StepBatchSampler, loader_batches, memory_batches,
                                   step_generator)
 from ldmcore.distributed import connect
@@ -29,14 +30,19 @@ from ldmcore.data.datasets import collate
 from ldmcore.data.transforms import is_deterministic
 from ldmcore.errors import ConfigError, TrainingDiverged
 from ldmcore.hardware import PrecisionChoice, ThreadGovernor, autocast, choose
-from ldmcore.images import save_grid
+from ldmcore.grid_sidecar import write_sidecar
+from ldmcore.images import grid, save_grid, to_pil
+from ldmcore.loggers.run_loggers import RunLoggers
 from ldmcore.model import LatentDiffusion, denoiser_params
 from ldmcore.nn.execution import for_training
 from ldmcore.parallel import DataParallel, local_part, make_parallel
+from ldmcore.plots import write_plots
+from ldmcore.progress import progress_bar
 from ldmcore.randomness import BatchRandom
 from ldmcore.registry import Registry, default_registry
 from ldmcore.runfolder import MetricsLog, RunFolder, run_metadata
 from ldmcore.stopping import StopSignals
+from ldmcore.summary import startup_line
 from ldmcore.train_autoencoder import train_autoencoder
 
 class EMA:
@@ -118,7 +124,7 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     torch.manual_seed(cfg.seed)
     cluster = connect()
     parallel = make_parallel(tc.strategy, cluster)
-    hardware = choose(tc.precision, tc.threads, cluster.device, announce=cluster.is_main)
+    hardware = choose(tc.precision, tc.threads, cluster.device, announce=False)  # in the summary
     run = RunFolder(cfg.run_dir)
     if cluster.is_main:
         run.check_claim(resume=cfg.resume, overwrite=cfg.overwrite)
@@ -131,11 +137,27 @@ def train(cfg: ExperimentConfig, registry: Registry | None = None) -> RunFolder:
     if cfg.resume and run.last.exists():
         saved = checkpoint.load(run.last)
         checkpoint.require_training_state(*saved, run.last)
+    specs = logger_specs(cfg, registry) if cluster.is_main else []
     with run.claimed(cfg.model_dump(mode="json"), resume=cfg.resume, overwrite=cfg.overwrite,
                      main=cluster.is_main), StopSignals(tc.stop_signals) as stop:
         cluster.barrier()
-        _fit(cfg, registry, run, dataset, cluster, parallel, hardware, saved, stop)
+        loggers = RunLoggers(specs, run.root, cfg.model_dump(mode="json"))
+        try:
+            _fit(cfg, registry, run, dataset, cluster, parallel, hardware, saved, stop, loggers)
+            if cluster.is_main:
+                _close_the_record(run, cfg, loggers)
+        finally:
+            loggers.close()
     return run
+
+
+def _close_the_record(run: RunFolder, cfg: ExperimentConfig, loggers: RunLoggers) -> None:
+    """At the end of training: the hyper-parameters with the final figures to the loggers, and
+    the plots of ``metrics.jsonl`` into ``RUN_DIR/plots``."""
+    final = final_figures(read_records(run.metrics))
+    loggers.hyperparameters(cfg.model_dump(mode="json"),
+                            {k: float(v) for k, v in final.items() if k.startswith("loss")})
+    write_plots(run.root)
 
 
 def _check_sources(cfg: ExperimentConfig) -> None:
@@ -166,36 +188,31 @@ def _check_batch_fits(cfg: ExperimentConfig, items: int, world: int) -> None:
 
 def _fit(cfg: ExperimentConfig, registry: Registry, run: RunFolder, dataset: Any, cluster: Any,
          parallel: DataParallel, hardware: Any,
-         saved: tuple[dict[str, torch.Tensor], dict[str, Any]] | None, stop: StopSignals) -> None:
-    """Both stages in a claimed run folder (see ``train``)."""
+         saved: tuple[dict[str, torch.Tensor], dict[str, Any]] | None, stop: StopSignals,
+         loggers: RunLoggers) -> None:
+    """Both stages in a claimed run folder (see ``train``); every metrics record also goes to
+    the run's ``loggers``."""
     tc, d = cfg.trainer, cfg.data
     device = cluster.device
     precision, threads = hardware.precision, ThreadGovernor(hardware.threads)
     if cluster.is_main:
-        MetricsLog(run.metrics).write(stage="hardware", **hardware.record())
+        MetricsLog(run.metrics, loggers.record).write(stage="hardware", **hardware.record())
     in_memory = is_deterministic(d.hflip, d.shift) and len(dataset) <= 100_000
     held = InMemoryBatches(dataset) if in_memory else None
 
-    # -- stage 1: on rank 0; the others wait and read its file ----------------------------------
-    if cfg.model.init_from is not None or cfg.autoencoder.kind == "pixels":
-        ae = build_autoencoder(cfg)  # weights come with the pretrained run; pixels have none
-    elif cfg.autoencoder.checkpoint is not None:
+    # -- the model, with a fresh first stage when stage 1 is still to train ---------------------
+    stage1 = (cfg.model.init_from is None and cfg.autoencoder.kind != "pixels"
+              and cfg.autoencoder.checkpoint is None)
+    if cfg.model.init_from is None and cfg.autoencoder.checkpoint is not None:
         ae = load_autoencoder(cfg, cfg.autoencoder.checkpoint)
-    else:
-        if cluster.is_main and not run.autoencoder.exists():
-            sampler = StepBatchSampler(len(dataset), cfg.autoencoder.train.batch_size, cfg.seed + 1)
-            train_autoencoder(cfg, build_autoencoder(cfg), _batches(dataset, held, sampler, d.num_workers),
-                              run, device, precision.name, threads)
-        cluster.barrier()
-        ae = load_autoencoder(cfg, run.autoencoder)
-    # -- stage 2 --------------------------------------------------------------------------------
+    else:  # weights from the pretrained run, from stage 1 below, or none (pixels)
+        ae = build_autoencoder(cfg)
     model = build_model(cfg, ae, registry)
     attachment = attach_pretrained(model, cfg.model.init_from) if cfg.model.init_from else None
     model = model.to(device)
     # FSDP2 shards only contiguous parameters, so under fsdp the UNet keeps NCHW weights
     for_training(model.unet, channels_last=cfg.execution.channels_last and tc.strategy != "fsdp",
                  checkpointing=cfg.execution.checkpointing)
-    for_training(model.autoencoder, channels_last=cfg.execution.channels_last)
     if saved is not None:  # full weights go in before FSDP cuts them into shards
         checkpoint.load_model_state(model, saved[0], run.last)
     parallel.shard(model)
@@ -207,6 +224,17 @@ def _fit(cfg: ExperimentConfig, registry: Registry, run: RunFolder, dataset: Any
     step = 0
     if saved is not None:
         step = _restore_training(*saved, params, ema, opt, parallel)
+    if cluster.is_main:
+        print(startup_line(hardware, model, registry, params.values(), attachment), flush=True)
+    # -- stage 1 (the autoencoder): on rank 0; the others wait and read its file ----------------
+    if stage1:
+        if cluster.is_main and not run.autoencoder.exists():
+            sampler = StepBatchSampler(len(dataset), cfg.autoencoder.train.batch_size, cfg.seed + 1)
+            train_autoencoder(cfg, ae, _batches(dataset, held, sampler, d.num_workers), run, device,
+                              precision.name, threads, listener=loggers.record)
+        cluster.barrier()
+        load_autoencoder(cfg, run.autoencoder, into=ae)
+    for_training(model.autoencoder, channels_last=cfg.execution.channels_last)
     objective = parallel.wrap(LossModule(model))
 
     cache = None
@@ -215,13 +243,13 @@ def _fit(cfg: ExperimentConfig, registry: Registry, run: RunFolder, dataset: Any
     sampler = StepBatchSampler(len(dataset), tc.batch_size * cluster.world, cfg.seed,
                                step * tc.grad_accum, rank=cluster.rank, world=cluster.world)
     data = None if cache is not None else _batches(dataset, held, sampler, d.num_workers)
-    log = MetricsLog(run.metrics) if cluster.is_main else None
+    log = MetricsLog(run.metrics, loggers.record) if cluster.is_main else None
     global_batch = tc.batch_size * cluster.world * tc.grad_accum
     if log:
         log.write(stage="diffusion", world_size=cluster.world, per_device_batch=tc.batch_size,
                   grad_accum=tc.grad_accum, global_batch=global_batch)
-    bar = tqdm(total=tc.max_steps, initial=step, desc=f"diffusion (global batch {global_batch})",
-               disable=not (tc.progress and cluster.is_main), dynamic_ncols=True)
+    bar = progress_bar(tc.max_steps, f"diffusion (global batch {global_batch})",
+                       tc.progress and cluster.is_main, initial=step)
 
     def checkpoint_to(*paths: Path) -> dict[str, torch.Tensor]:
         """Gather the state once (every rank takes part) and write it to ``paths`` on rank 0."""
@@ -292,7 +320,7 @@ def _fit(cfg: ExperimentConfig, registry: Registry, run: RunFolder, dataset: Any
                 last_good = step
             if tc.sample_every and step % tc.sample_every == 0 and step < tc.max_steps:
                 _sample_grid_on(parallel, model, ema, held, dataset, cfg, precision,
-                                run.samples / f"step_{step}.png")
+                                run.samples / f"step_{step}.png", step, loggers)
             if _agreed(cluster, stop.received is not None) and step < tc.max_steps:
                 if last_good != step:
                     checkpoint_to(run.last)
@@ -305,7 +333,8 @@ def _fit(cfg: ExperimentConfig, registry: Registry, run: RunFolder, dataset: Any
     bar.close()
     if step == 0 or last_good != step:  # decided alike on every rank (not by a file rank 0 writes)
         checkpoint_to(run.last)
-    _sample_grid_on(parallel, model, ema, held, dataset, cfg, precision, run.samples / f"step_{step}.png")
+    _sample_grid_on(parallel, model, ema, held, dataset, cfg, precision, run.samples / f"step_{step}.png",
+                    step, loggers)
     cluster.barrier()
     return run
 
@@ -361,29 +390,39 @@ def _sample_latents(cache: tuple[torch.Tensor, torch.Tensor], idx: list[int], rn
 
 def _sample_grid_on(parallel: DataParallel, model: LatentDiffusion, ema: EMA,
                     held: InMemoryBatches | None, dataset: Any, cfg: ExperimentConfig,
-                    precision: PrecisionChoice, out: Path) -> None:
+                    precision: PrecisionChoice, out: Path, step: int, loggers: RunLoggers) -> None:
     """Rank 0 samples; under FSDP every rank runs the sharded UNet with it and rank 0 writes."""
     if parallel.collective_forward or parallel.cluster.is_main:
-        _sample_grid(model, ema, held, dataset, cfg, precision, out, write=parallel.cluster.is_main)
+        _sample_grid(model, ema, held, dataset, cfg, precision, out, step, loggers,
+                     write=parallel.cluster.is_main)
 
 
 def _sample_grid(model: LatentDiffusion, ema: EMA, held: InMemoryBatches | None, dataset: Any,
-                 cfg: ExperimentConfig, precision: PrecisionChoice, out: Path, n: int = 16,
-                 write: bool = True) -> None:
+                 cfg: ExperimentConfig, precision: PrecisionChoice, out: Path, step: int,
+                 loggers: RunLoggers, n: int = 16, write: bool = True, nrow: int = 8) -> None:
     """Sample with EMA weights, conditioned on the first ``n`` dataset items' conditions, in
-    the precision the run chose at start."""
+    the precision the run chose at start; sample ``i`` starts from the noise of seed
+    ``seed + i``, as ``ldm sample`` draws it. Writes the grid, its sidecar JSON (conditions and
+    seeds, ``ldmcore.grid_sidecar``) and hands the grid to the loggers."""
 
     batch = held.take(list(range(min(n, held.size)))) if held else collate([dataset[i] for i in range(n)])
+    count = len(batch["image"])
+    values = model.conditioner.resolve(batch)  # derived values (a random hole) drawn once
+    noise = torch.stack([torch.randn(model.latent_shape(), generator=torch.Generator().manual_seed(cfg.seed + i))
+                         for i in range(count)])
     live = {k: p.detach().clone() for k, p in denoiser_params(model).items()}
     _copy_into(model, ema.shadow)
     model.eval()
     with precision.autocast():
-        images = model.sample(batch, len(batch["image"]),  # the run's own plan (model.sampling)
+        images = model.sample(values, count, noise=noise,  # the run's own plan (model.sampling)
                               generator=torch.Generator().manual_seed(cfg.seed))
     _copy_into(model, live)
     model.train()
     if write:
-        save_grid(images, out, nrow=8)
+        save_grid(images, out, nrow=nrow)
+        write_sidecar(out, values, list(model.conditioner.encoders), count, nrow, cfg.seed, step=step,
+                      **model.sampling.record(), ema=True, precision=precision.name)
+        loggers.image(step, "samples", np.asarray(to_pil(grid(images, nrow)).convert("RGB")))
 
 
 def _copy_into(model: LatentDiffusion, values: dict[str, torch.Tensor]) -> None:

@@ -8,12 +8,11 @@ latents (LDM's ``scale_by_std``) and saved with the weights.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ldmcore import checkpoint
 from ldmcore.config import ExperimentConfig
@@ -23,27 +22,30 @@ from ldmcore.hardware.precision import autocast
 from ldmcore.hardware.threads import ThreadGovernor
 from ldmcore.nn.autoencoder import AutoencoderKL
 from ldmcore.nn.discriminator import PatchDiscriminator, hinge_d_loss
+from ldmcore.progress import progress_bar
 from ldmcore.runfolder import MetricsLog, RunFolder
 
 
 def train_autoencoder(cfg: ExperimentConfig, ae: AutoencoderKL, batches: Iterator[dict[str, Any]],
                       run: RunFolder, device: torch.device, precision: str = "fp32",
-                      threads: ThreadGovernor | None = None) -> AutoencoderKL:
-    """Train ``ae`` under ``precision`` (a resolved choice: fp32, bf16 or fp16); ``threads``
-    keeps the thread count at the free cores while it runs."""
+                      threads: ThreadGovernor | None = None,
+                      listener: Callable[[dict[str, Any]], None] | None = None) -> AutoencoderKL:
+    """Train ``ae`` in place (it comes back frozen) under ``precision`` (a resolved choice: fp32, bf16 or fp16); ``threads``
+    keeps the thread count at the free cores while it runs; ``listener`` (the run's loggers)
+    gets every record ``metrics.jsonl`` does."""
     tc = cfg.autoencoder.train
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 only
-    ae.to(device).train()
+    ae.to(device).train().requires_grad_(True)  # a model's own first stage comes frozen
     opt = torch.optim.AdamW(ae.parameters(), lr=tc.lr, betas=(0.5, 0.9), weight_decay=0.0)
     disc = None
     if tc.discriminator.enabled:
         disc = PatchDiscriminator(cfg.data.channels, tc.discriminator.channels).to(device)
         opt_d = torch.optim.AdamW(disc.parameters(), lr=tc.lr, betas=(0.5, 0.9))
-    log = MetricsLog(run.metrics)
-    bar = tqdm(range(tc.steps), desc="autoencoder", disable=not cfg.trainer.progress, dynamic_ncols=True)
+    log = MetricsLog(run.metrics, listener)
+    bar = progress_bar(tc.steps, "autoencoder", cfg.trainer.progress)
     first: torch.Tensor | None = None
     t0 = time.perf_counter()
-    for step in bar:
+    for step in range(tc.steps):
         x = next(batches)["image"].to(device)
         if first is None:
             first = x
@@ -72,6 +74,7 @@ def train_autoencoder(cfg: ExperimentConfig, ae: AutoencoderKL, batches: Iterato
             scaler.scale(d_loss).backward()
             scaler.step(opt_d)
         scaler.update()
+        bar.update(1)
         retuned = threads.tick() if threads is not None else None
         if retuned is not None:
             log.write(stage="hardware", step=step, threads=retuned)
@@ -79,7 +82,8 @@ def train_autoencoder(cfg: ExperimentConfig, ae: AutoencoderKL, batches: Iterato
             rate = (step + 1) / (time.perf_counter() - t0)
             bar.set_postfix(l1=f"{rec_loss.item():.4f}", kl=f"{kl.item():.3f}", it_s=f"{rate:.1f}")
             log.write(stage="autoencoder", step=step, l1=rec_loss.item(), kl=kl.item(), steps_per_s=rate)
-    ae.eval()
+    bar.close()
+    ae.eval().requires_grad_(False)  # stage 2 uses it frozen
     if first is None:
         first = next(batches)["image"].to(device)
     scale = ae.fit_scale_factor(first)

@@ -25,6 +25,49 @@ def trained_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def shapes_multi_run(tmp_path_factory):
+    """A few-step text + layout + segmap run on shapes scenes (16x16), trained once."""
+    from ldmcore.config import load
+    from ldmcore.train import train
+    from tests.test_plugins import SMOKE
+
+    run = tmp_path_factory.mktemp("shapes_multi") / "run"
+    train(load(["experiment=shapes_multi", f"run_dir={run}", *SMOKE]))
+    return run
+
+
+@pytest.fixture(scope="session")
+def photos_server(tmp_path_factory):
+    """``ldm serve`` over a few-step lowres + inpaint run on photo crops (the image inputs)."""
+    from ldmcore.config import load
+    from ldmcore.train import train
+    from tests.serve_helpers import serving
+    from tests.test_plugins import SMOKE
+
+    root = tmp_path_factory.mktemp("photos_server")
+    run = train(load(["experiment=photos_inpaint", "condition=[lowres,inpaint]",
+                      "conditions.inpaint.base=none", "model.diffusion.residual_scale=1",
+                      f"run_dir={root / 'trained'}", *SMOKE])).root
+    yield from serving(run, root)
+
+
+@pytest.fixture(scope="session")
+def class_server(trained_run, tmp_path_factory):
+    """``ldm serve`` over a copy of the class run, for the session (stopped with Ctrl-C)."""
+    from tests.serve_helpers import serving
+
+    yield from serving(trained_run, tmp_path_factory.mktemp("class_server"))
+
+
+@pytest.fixture(scope="session")
+def shapes_server(shapes_multi_run, tmp_path_factory):
+    """``ldm serve`` over a copy of the text + layout + segmap run, for the session."""
+    from tests.serve_helpers import serving
+
+    yield from serving(shapes_multi_run, tmp_path_factory.mktemp("shapes_server"))
+
+
+@pytest.fixture(scope="session")
 def pretrained_text_run(tmp_path_factory):
     """A smoke-size text-to-image run on the shapes scenes (3 steps, float32): the pretrained
     backbone the gated_attention and decoupled_crossattn plugins are attached to."""

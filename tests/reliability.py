@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 from ldmcore import checkpoint, cli
-from ldmcore.runfolder import MARKER
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -111,7 +110,7 @@ def train_with_kills(run: Path, overrides: list[str], kills: int, seed: int) -> 
     report = KillReport()
     metrics = run / "metrics.jsonl"
     for i in range(kills):
-        resume = ["resume=true"] if (run / MARKER).is_file() else []
+        resume = ["resume=auto"]  # a kill before the first checkpoint leaves nothing to resume
         proc = ldm_process("train", *overrides, *resume)
         if i % 2 == 0:
             hit = wait_for(lambda: bool(list((run / "checkpoints").glob(".*.tmp"))), proc)
@@ -129,7 +128,7 @@ def train_with_kills(run: Path, overrides: list[str], kills: int, seed: int) -> 
         torn = bool(temp_files(run))
         report.during_write += torn
         report.events.append(f"kill {i}: {'during a checkpoint write' if torn else 'between writes'}")
-    final = ldm_process("train", *overrides, "resume=true", stderr=subprocess.PIPE, text=True)
+    final = ldm_process("train", *overrides, "resume=auto", stderr=subprocess.PIPE, text=True)
     _, err = final.communicate(timeout=600)
     if final.returncode != 0:
         raise AssertionError(f"the final resume failed ({final.returncode}): {err}")

@@ -54,7 +54,7 @@ def assert_user_error(proc: subprocess.CompletedProcess, command: str, *words: s
 
 def test_unknown_key(tmp_path):
     assert_user_error(ldm("train", "trainer.max_stepz=1", cwd=tmp_path), "train",
-                      "'trainer.max_stepz'", "'max_steps'")
+                      "'trainer.max_stepz'", "`trainer.max_steps=1`")
 
 
 def test_wrong_type(tmp_path):
@@ -135,7 +135,7 @@ def test_usage(capsys, argv, code):
     (["sample", "runs/demo"], ["`runs/demo`", "key=value"]),
     (["sample", "run=x", "n=0"], ["'n'", "0"]),
     (["sample", "run=x", "sampler=ddim"], ["run='x'", "not a folder"]),
-    (["sample", "run=x", "stepz=3"], ["'stepz'", "'steps'"]),
+    (["sample", "run=x", "stepz=3"], ["'stepz'", "`steps=3`"]),
     (["train", "data=image_folder"], ["'data.path'"]),
 ])
 def test_user_errors_in_process(capsys, argv, words):
@@ -179,6 +179,6 @@ def test_plugins_table_lists_name_injection_package_version(capsys, monkeypatch)
     rows = [line.split() for line in out.splitlines()]
     assert rows[0] == ["name", "injection", "package", "version", "trainable", "hooks"]
     # ldmcore's own package implements its plugins' hooks (conditions, metrics) and those of the
-    # built-in samplers and datasets
+    # built-in samplers, datasets and loggers
     assert ["class", "vector,crossattn", "ldmcore", md.version("ldmcore"), "True",
-            "register_conditions,register_datasets,register_metrics,register_samplers"] in rows
+            "register_conditions,register_datasets,register_loggers,register_metrics,register_samplers"] in rows

@@ -68,6 +68,6 @@ def test_a_key_no_yaml_file_mentions_is_set_without_a_plus():
 
 def test_a_plugin_key_configures_an_enabled_plugin_and_never_enables_one():
     assert load(["condition=[class]", "conditions.class.num_classes=7"]).conditions["class"]["num_classes"] == 7
-    with pytest.raises(ConfigError, match=r"plugin 'segmap' is not enabled.*condition=\[\.\.\.,segmap\]"):
+    with pytest.raises(ConfigError, match=r"plugin 'segmap' is not enabled.*`condition=\[class,segmap\] conditions.segmap.channels=4`"):
         load(["condition=[class]", "conditions.segmap.channels=4"])
     assert "segmap" in load(["condition=[class]", "+conditions.segmap.channels=4"]).conditions

@@ -36,7 +36,8 @@ from ldm_lowres.encoder import LowresEncoder
 from ldm_segmap.encoder import SegmapEncoder
 from ldm_t2i_adapter.encoder import T2IAdapterEncoder
 from ldm_text.encoder import TextEncoder
-from ldmcore.conditioning import ConditionEncoder, EncoderConfig, Injection, OutputSpec, Tokens
+from ldmcore.conditioning import (ConditionEncoder, EncoderConfig, Injection, OutputSpec, Tokens,
+                                  Widget, WidgetKind)
 from ldmcore.errors import ConfigError
 from ldmcore.hookspecs import hookimpl
 from ldmcore.nn.decoupled_attention import DecoupledKeyValue
@@ -217,9 +218,21 @@ class NoNull(Good):
     null = ConditionEncoder.null
 
 
+class OffersTen(Good):
+    def widget(self):  # "10" is offered, but parse takes digits 0..9
+        return Widget(WidgetKind.CHOICE, choices=tuple(str(i) for i in range(11)))
+
+
+class PaintsAnywhere(Good):
+    def widget(self):  # a painted map needs the size of its canvas
+        return Widget(WidgetKind.LABEL_MAP, choices=("background", "thing"))
+
+
 @pytest.mark.parametrize("broken, rule, words", [
     (WrongShape, "forward", "(9,) per sample; its spec says (8,)"),
     (NoNull, "null", "null() is missing"),
+    (OffersTen, "widget", "the page can send cond.good='10'"),
+    (PaintsAnywhere, "widget", "a painted input needs one"),
 ])
 def test_a_deliberately_broken_plugin_is_caught_naming_the_rule(broken, rule, words):
     with pytest.raises(ConformanceError) as exc:

@@ -25,17 +25,22 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
                          "ldmcore.checkpoint", "ldmcore.distributed", "ldmcore.parallel",
                          "ldmcore.nn", "ldmcore.data", "ldmcore.diffusion", "ldmcore.eval.pixels",
                          "ldmcore.eval.shapes", "ldmcore.eval.digits", "ldmcore.eval.metric",
-                         "ldmcore.hardware", "ldmcore.arguments", "ldmcore.stopping")),
+                         "ldmcore.hardware", "ldmcore.arguments", "ldmcore.stopping",
+                         "ldmcore.curves", "ldmcore.plots", "ldmcore.loggers",
+                         "ldmcore.grid_sidecar", "ldmcore.combinations", "ldmcore.contact_sheet",
+                         "ldmcore.tables", "ldmcore.progress")),
     ("plugin contract", ("ldmcore.conditioning",)),
     ("guidance and plans", ("ldmcore.diffusion.guidance", "ldmcore.diffusion.plan")),
     ("model", ("ldmcore.model",)),
     ("registry", ("ldmcore.registry",)),  # above the model: the model never resolves plugin names
-    ("config", ("ldmcore.sampling", "ldmcore.config")),
+    ("config", ("ldmcore.conftree", "ldmcore.inherit", "ldmcore.sampling", "ldmcore.config")),
     ("build", ("ldmcore.build",)),
     ("runs", ("ldmcore.runfolder",)),
     ("commands", ("ldmcore.attach", "ldmcore.train", "ldmcore.train_autoencoder",
                   "ldmcore.sample", "ldmcore.eval", "ldmcore.interop", "ldmcore.testing",
-                  "ldmcore.scaffold", "ldmcore.doctor")),
+                  "ldmcore.scaffold", "ldmcore.doctor", "ldmcore.summary", "ldmcore.helptext",
+                  "ldmcore.docgen", "ldmcore.serve", "ldmcore.sweep", "ldmcore.sweep_summary",
+                  "ldmcore.sample_sweep")),
     ("command line", ("ldmcore.cli", "ldmcore.__init__")),
 ]
 
@@ -43,6 +48,7 @@ LAZY = {
     "ldmcore.__init__": "`import ldmcore` (the plugin contract) does not load the converters",
     "ldmcore.cli": "each command imports only what it runs: `ldm --help` and `ldm plugins` stay fast",
     "ldmcore.data.builtin": "registering the built-in datasets does not import albumentations and OpenCV",
+    "ldmcore.helptext": "`ldm COMMAND --help` imports only that command's models, not every command's",
 }
 
 

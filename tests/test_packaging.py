@@ -18,6 +18,9 @@ def test_wheel_contains_config_tree_and_plugins(tmp_path: Path) -> None:
     yaml_in_tree = {f"ldmcore/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*.yaml")}
     assert yaml_in_tree and yaml_in_tree <= names, sorted(yaml_in_tree - names)
     assert "ldm_class/__init__.py" in names and "ldm_class/encoder.py" in names
+    modules = {f"ldmcore/{p.relative_to(ROOT / 'ldmcore')}" for p in (ROOT / "ldmcore").rglob("*.py")
+               if "template" not in p.parts}
+    assert modules <= names, sorted(modules - names)  # a new subpackage must be listed in pyproject
     templates = {f"ldmcore/scaffold/{p.relative_to(ROOT / 'ldmcore' / 'scaffold')}"
                  for p in (ROOT / "ldmcore" / "scaffold").rglob("*.tmpl")}
     assert templates and templates <= names, sorted(templates - names)  # ldm new-plugin needs them

@@ -90,10 +90,10 @@ def test_error_messages_list_plugin_options_too(shipped):
         [p.stem for p in (conf_dir() / "experiment").glob("*.yaml")] + ["digits_vec"])
     with pytest.raises(ConfigError) as exc:
         load(["experiment=digit_vec"], reg)
-    assert "did you mean 'digits_vec'?" in str(exc.value)
+    assert "did you mean `experiment=digits_vec`?" in str(exc.value)
     with pytest.raises(ConfigError) as exc:
         load(["condition=[vek]"], reg)
-    assert "'vec'" in str(exc.value)
+    assert "`condition=vec`" in str(exc.value)
 
 
 def test_a_plugin_cannot_shadow_a_host_config(tmp_path):
@@ -188,7 +188,7 @@ def test_infos_list_the_hooks_each_package_implements(shipped):
     assert info.hooks == ("register_conditions", "register_config_dirs")
     assert set(info.hooks) <= set(hook_names())
     assert hook_names() == ["register_conditions", "register_config_dirs", "register_samplers",
-                            "register_metrics", "register_datasets"]
+                            "register_metrics", "register_datasets", "register_loggers"]
 
 
 def test_a_condition_missed_because_its_plugin_is_broken_says_why(monkeypatch):

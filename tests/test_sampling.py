@@ -107,7 +107,8 @@ def test_sampler_knobs_and_per_plugin_guidance_from_the_command_line(capsys, run
     assert code == 0, text
     meta = json.loads((tmp_path / "a" / "samples.json").read_text())
     assert meta["sampler"] == "dpmpp_2m_sde" and meta["sigmas"] == "karras"
-    assert meta["knobs"] == {"s_noise": 0.9}  # the run (ddim, eta=0) keeps its eta to itself
+    # the sampler's own config (sampler/dpmpp_2m_sde.yaml) gives eta=1; the run's ddim eta=0 stays its own
+    assert meta["knobs"] == {"s_noise": 0.9, "eta": 1.0}
     assert meta["plugin_guidance"] == {"class": 2.0} and meta["guidance_rescale"] == 0.5
     assert meta["guidance_interval"] == [0.1, 20.0] and meta["evaluations"] == 3
     # a stochastic sampler, yet the same request gives the same pixels

@@ -54,5 +54,5 @@ def test_a_signal_during_stage_1_keeps_the_run_folder_to_resume(tmp_path, monkey
     run = tmp_path / "run"
     out = run_cli("train", "experiment=smoke", f"run_dir={run}")
     assert out.escaped is None and out.code == 128 + signal.SIGTERM
-    assert "stopped by SIGTERM before the first diffusion step" in out.paragraph and "resume=true" in out.paragraph
+    assert "stopped by SIGTERM before the first diffusion step" in out.paragraph and "resume=auto" in out.paragraph
     assert (run / MARKER).is_file() and not (run / "checkpoints" / "last.safetensors").exists()

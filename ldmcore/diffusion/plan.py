@@ -58,6 +58,18 @@ class SamplingPlan:
         name; use ``ldmcore.sampling.sampling_plan`` to resolve names and check knobs)."""
         return replace(self, **changes)
 
+    def describe(self) -> str:
+        """One line saying how this plan samples (what ``ldm sample`` prints before it starts)."""
+        g = self.guidance
+        parts = [f"{self.sampler.name}, {self.steps} steps ({self.evaluations()} evaluations), "
+                 f"{self.sigmas.kind.value} noise levels"]
+        if self.knobs:
+            parts.append(" ".join(f"{k}={v}" for k, v in self.knobs.items()))
+        parts.append(f"guidance {g.scale:g}" + "".join(f", {k} {v:g}" for k, v in g.per_plugin.items()))
+        if self.strength < 1:
+            parts.append(f"strength {self.strength:g}")
+        return "; ".join(parts)
+
     def record(self) -> dict[str, Any]:
         """The plan as plain JSON values (what ``samples.json`` records)."""
         g = self.guidance

@@ -36,8 +36,11 @@ from ldmcore.eval.metric import MetricSpec
 from ldmcore.hardware import choose
 from ldmcore.images import read_image, save_grid
 from ldmcore.model import LatentDiffusion
+from ldmcore.progress import progress_bar, step_counter
 from ldmcore.registry import Registry, default_registry
 from ldmcore.runfolder import load_run
+from ldmcore.sampling import sampling_plan
+from ldmcore.summary import startup_line
 
 
 def held_out_batch(cfg: Any, n: int, registry: Registry | None = None) -> dict[str, Any]:
@@ -72,44 +75,55 @@ def condition_scores(metrics: list[tuple[str, MetricSpec]], images: torch.Tensor
 
 def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int = 0,
                  out: Path | None = None, average: int = 1, precision: str = "auto",
-                 threads: int | str = "auto", registry: Registry | None = None) -> dict[str, Any]:
-    """Sample ``n`` held-out conditions with the run's own plan and score them."""
+                 threads: int | str = "auto", registry: Registry | None = None,
+                 sampler: str | None = None, progress: bool = True,
+                 guidance: float | None = None) -> dict[str, Any]:
+    """Sample ``n`` held-out conditions with the run's own plan (or ``sampler``, with its own
+    config, ``steps`` and ``guidance``) and score them."""
     cfg, model, _ = load_run(run_dir, registry)
-    mixed = choose(precision, threads, next(model.unet.parameters()).device).precision
+    hardware = choose(precision, threads, next(model.unet.parameters()).device, announce=False)
+    mixed = hardware.precision
+    plan = sampling_plan(cfg.sampler, registry, where="", name=sampler, steps=steps, guidance=guidance)
+    print(startup_line(hardware, model, registry), flush=True)
+    print(f"sampler: {plan.describe()}", flush=True)
     torch.manual_seed(seed)  # random holes of the inpaint plugin
     batch = held_out_batch(cfg, n, registry)
     values = model.conditioner.resolve(batch)
-    plan = model.sampling if steps is None else model.sampling.but(steps=steps)  # the run's own
+    metrics = run_metrics(model, cfg.data.name, True, registry)
+    averaging = [(name, m) for name, m in metrics if m.averages]
+    draws = average if averaging else 1
+    against_null = list(dict.fromkeys(name for name, m in metrics if m.against_null))
+    bar = progress_bar((draws + len(against_null)) * plan.steps,
+                       f"eval ({n} conditions x {draws + len(against_null)} draws)", progress)
 
     def draw(k: int, how: SamplingPlan = plan) -> torch.Tensor:
         """Samples of noise seed ``seed + k`` for every held-out condition."""
         noise = torch.randn((n, *model.latent_shape()), generator=torch.Generator().manual_seed(seed + k))
         with mixed.autocast():
-            return model.sample(values, n, how, noise=noise,
+            return model.sample(values, n, how, noise=noise, callback=step_counter(bar),
                                 generator=torch.Generator().manual_seed(seed + k)).float()
 
     images = draw(0)
     if out is not None:
         save_grid(images, out / "eval_grid.png", nrow=8)
-    metrics = run_metrics(model, cfg.data.name, True, registry)
     report: dict[str, Any] = {"samples": n, "data": cfg.data.name, "precision": mixed.name}
     report.update(condition_scores(metrics, images, values, batch))
     for name, metric in metrics:
         if metric.baseline is not None:
             report.update(metric.baseline(values[name], batch))
     nulled: dict[str, torch.Tensor] = {}  # condition -> samples without it, drawn once
+    for name in against_null:
+        without = replace(plan.guidance, per_plugin={**plan.guidance.per_plugin, name: 0.0})
+        nulled[name] = draw(0, plan.but(guidance=without))
     for name, metric in metrics:
         if metric.against_null:
-            if name not in nulled:
-                without = replace(plan.guidance, per_plugin={**plan.guidance.per_plugin, name: 0.0})
-                nulled[name] = draw(0, plan.but(guidance=without))
             report.update({f"{k}_null": v for k, v in metric.score(nulled[name], values[name], batch).items()})
-    averaging = [(name, m) for name, m in metrics if m.averages]
-    if average > 1 and averaging:
+    if draws > 1:
         mean = torch.stack([images, *(draw(k) for k in range(1, average))]).mean(0)
         report["averaged_samples"] = average
         report.update({f"{k}_mean_of_samples": v for k, v in
                        condition_scores(averaging, mean, values, batch).items()})
+    bar.close()
     return report
 
 

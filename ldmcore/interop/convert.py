@@ -35,6 +35,7 @@ from ldmcore.interop.detect import (Architecture, apply_overrides, autoencoder_s
                                     unet_shape_from_compvis, unet_shape_from_diffusers)
 from ldmcore.nn.autoencoder import AutoencoderKL
 from ldmcore.nn.unet import UNetModel
+from ldmcore.progress import Stages
 from ldmcore.registry import default_registry
 from ldmcore.runfolder import RunFolder, load_run, run_metadata
 
@@ -372,25 +373,31 @@ def write_text_encoder(p: Pretrained, folder: Path) -> None:
 
 
 def import_pretrained(source: Path | str, out_dir: Path | str, *, overwrite: bool = False,
-                      **options: Any) -> Path:
+                      progress: bool = True, **options: Any) -> Path:
     """``ldm import``: write an ldmcore run folder for an SD file or a diffusers folder."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{str(out)!r} already exists and is not empty; choose a new OUT_DIR or "
                           f"pass overwrite=true.")
     RunFolder(out).check_claim(resume=False, overwrite=True, what="OUT_DIR")  # only a run folder
+    stages = Stages(4, f"import {Path(source).name}", progress)
+    stages.start("reading")
     p = read_pretrained(source, **options)
     cfg = validate({**experiment_config(p, out.name), "run_dir": str(out)})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        stages.start("text encoder")
         if p.arch.text is not None:
             write_text_encoder(p, tmp / TEXT_DIR)
+        stages.start("building and loading the model")
         model = _build_and_load(cfg, model_tensors(p), tmp, p.source)
+        stages.start("writing the run folder")
         _write_run(tmp, cfg, model, p)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
+        stages.close()
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

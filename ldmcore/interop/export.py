@@ -24,11 +24,13 @@ from typing import Any
 import torch
 
 from ldmcore import checkpoint
-from ldmcore.arguments import flag, key_values, positional
+from ldmcore.arguments import parse_options, positional
 from ldmcore.errors import ConfigError
 from ldmcore.interop import keymaps
 from ldmcore.interop.convert import TEXT, UNET, VAE
+from ldmcore.interop.options import ExportOptions
 from ldmcore.interop.residual_export import residual_parts, residual_plugins
+from ldmcore.progress import Stages
 from ldmcore.runfolder import load_run
 
 DIFFUSERS_VERSION = "0.30.0"
@@ -302,17 +304,21 @@ def _save_text(text, folder: Path) -> None:
 
 
 def export_run(run_dir: Path | str, out: Path | str, layout: str, *, ema: bool = True,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, progress: bool = True) -> Path:
     """``ldm export``: a run folder to ``layout`` = ``sd`` (single file) or ``diffusers``."""
+    stages = Stages(2, f"export {Path(run_dir).name}", progress)
+    stages.start("loading the run")
     cfg, model, _ = load_run(Path(run_dir), use_ema=ema)
+    stages.start(f"converting and writing ({layout})")
     if cfg.autoencoder.kind == "pixels":
         raise ConfigError(f"{str(run_dir)!r} is a pixel-space model (autoencoder.kind=pixels): it "
                           f"has no VAE, and both export layouts are latent diffusion pipelines "
                           f"with one. Export runs with autoencoder.kind=kl.")
-    if layout == "sd":
-        return export_single_file(model, cfg, out, overwrite=overwrite)
-    if layout == "diffusers":
-        return export_diffusers(model, cfg, out, overwrite=overwrite)
+    writers = {"sd": export_single_file, "diffusers": export_diffusers}
+    if layout in writers:
+        written = writers[layout](model, cfg, out, overwrite=overwrite)
+        stages.close()
+        return written
     raise ConfigError(f"unknown export layout {layout!r}: choose layout=sd (one .safetensors file) "
                       f"or layout=diffusers (a folder).")
 
@@ -322,7 +328,7 @@ def export_command(args: list[str]) -> tuple[Path, str]:
     written, its layout). The layout defaults to ``sd`` for an OUT ending in .safetensors."""
     usage = "ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]"
     (run, out), rest = positional(args, ("RUN_DIR", "OUT"), usage)
-    opts = key_values(rest, {"layout", "ema", "overwrite"})
-    layout = opts.pop("layout", "diffusers" if not out.endswith(".safetensors") else "sd")
-    path = export_run(run, out, layout, ema=flag(opts, "ema", True), overwrite=flag(opts, "overwrite", False))
-    return path, layout
+    opts = parse_options(rest, ExportOptions)
+    layout = opts.layout or ("sd" if out.endswith(".safetensors") else "diffusers")
+    return export_run(run, out, layout, ema=opts.ema, overwrite=opts.overwrite,
+                      progress=opts.progress), layout

@@ -20,8 +20,11 @@ from importlib.resources import files
 from pathlib import Path
 from string import Template
 
+from pydantic import Field
+
 from ldmcore.errors import ConfigError
 from ldmcore.registry import default_registry
+from ldmcore.schema import Strict
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -37,6 +40,12 @@ KINDS = {
     "decoupled_crossattn": "tokens read by a key/value projection of its own in every "
                            "cross-attention layer, added beside the text's (IP-Adapter)",
 }
+
+
+class NewPluginOptions(Strict):
+    out: Path = Field(Path("."), description="the folder to write ldm-NAME/ in")
+    injection: str = Field("vector", description="how the generated encoder feeds the backbone: "
+                                                 "one of " + ", ".join(KINDS))
 
 
 def names(name: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import nn
 
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
-                                  Injection, OutputSpec, Tokens)
+                                  Injection, OutputSpec, Tokens, Widget, WidgetKind)
 from ldmcore.errors import ConfigError
 
 
@@ -58,6 +58,10 @@ class ClassEncoder(ConditionEncoder):
 
     def null(self, batch_size: int) -> ConditionOutput:
         return self._emit(torch.full((batch_size,), self.config.num_classes, dtype=torch.long))
+
+    def widget(self) -> Widget:
+        return Widget(WidgetKind.CHOICE, label="class", help="the class label to sample",
+                      choices=tuple(str(c) for c in range(self.config.num_classes)), default="0")
 
     @classmethod
     def parse(cls, value: Any) -> torch.Tensor:

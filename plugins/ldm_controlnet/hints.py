@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ldmcore.conditioning import BackboneSpec, EncoderConfig
+from ldmcore.conditioning import BackboneSpec, EncoderConfig, Widget, WidgetKind
 from ldmcore.errors import ConfigError
 from ldmcore.images import read_image, read_label_map
 
@@ -90,6 +90,20 @@ class HintInput:
         if c.condition == "lowres":
             return F.avg_pool2d(value.float(), c.factor)
         return value
+
+    def widget(self) -> Widget:
+        """The page's input for the hint: a painted or uploaded class map, or an uploaded image."""
+        c, (h, w) = self.config, self.backbone.image_size
+        if c.condition == "segmap":
+            return Widget(WidgetKind.LABEL_MAP, label=f"{self.name}: class map",
+                          help="paint each region with its class, or upload a PNG of class indices",
+                          choices=tuple(f"class {i}" for i in range(c.num_classes)), size=(h, w))
+        if c.condition == "lowres":
+            return Widget(WidgetKind.IMAGE, label=f"{self.name}: low-resolution image",
+                          help=f"a PNG of {w // c.factor}x{h // c.factor} pixels",
+                          size=(h // c.factor, w // c.factor))
+        shown = "a PNG of white edges on black" if c.condition == "edges" else "the hint image"
+        return Widget(WidgetKind.IMAGE, label=f"{self.name}: {c.condition}", help=shown, size=(h, w))
 
     def parse(self, value: Any) -> torch.Tensor:
         """A PNG path: a class-index map (segmap), an edge map (white edges on black), a

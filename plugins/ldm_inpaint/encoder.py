@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
-                                  Injection, OutputSpec)
+                                  Injection, OutputSpec, Widget, WidgetKind)
 from ldmcore.errors import ConfigError, PluginError
 from ldmcore.hole_fill import blur_fill
 from ldmcore.images import read_image
@@ -117,6 +117,11 @@ class InpaintEncoder(ConditionEncoder):
 
     def collate(self, values: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.stack([v[0] for v in values]), torch.stack([v[1] for v in values])
+
+    def widget(self) -> Widget:
+        return Widget(WidgetKind.IMAGE_MASK, label="image and hole",
+                      help="upload an image, then paint the hole to fill in",
+                      size=self.backbone.image_size, value="{image},{mask}")
 
     @classmethod
     def parse(cls, value: Any) -> tuple[torch.Tensor, torch.Tensor]:

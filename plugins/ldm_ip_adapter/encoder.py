@@ -27,7 +27,7 @@ from torch import nn
 
 from ldm_ip_adapter.image_encoders import FrozenVisionModel, SmallImageEncoder
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
-                                  Injection, OutputSpec, Tokens)
+                                  Injection, OutputSpec, Tokens, Widget, WidgetKind)
 from ldmcore.errors import ConfigError
 from ldmcore.images import read_image
 from ldmcore.nn.decoupled_attention import decoupled_layers
@@ -127,6 +127,11 @@ class IPAdapterEncoder(ConditionEncoder):
         tokens = self.proj(torch.zeros(batch_size, weight.shape[1], device=weight.device))
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return {Injection.DECOUPLED_CROSSATTN: Tokens(tokens, mask)}
+
+    def widget(self) -> Widget:
+        """An uploaded reference image (any size: it is resized); a region is command-line only."""
+        return Widget(WidgetKind.IMAGE, label=f"{self.name}: image prompt",
+                      help="a reference image the samples take after")
 
     def parse(self, value: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A reference image path, or ``{"image": PATH, "region": PATH}`` (the region's grey

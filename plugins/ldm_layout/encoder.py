@@ -27,7 +27,7 @@ from pydantic import Field
 from torch import nn
 
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
-                                  Injection, OutputSpec, Tokens)
+                                  Injection, OutputSpec, Tokens, Widget, WidgetKind)
 from ldmcore.errors import ConfigError
 from ldmcore.nn.embeddings import FourierFeatures
 from ldmcore.nn.gated_attention import gated_layers
@@ -135,6 +135,11 @@ class LayoutEncoder(ConditionEncoder):
 
     def collate(self, values: list[Any]) -> list[Any]:
         return list(values)
+
+    def widget(self) -> Widget:
+        return Widget(WidgetKind.BOXES, label="layout",
+                      help=f"drag boxes on the image (at most {self.config.max_boxes}), a class each",
+                      choices=tuple(self.config.class_names), size=self.backbone.image_size)
 
     def parse(self, value: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """A list of boxes ``[[x0, y0, x1, y1, "circle"], [x0, y0, x1, y1, 2], ...]``: a label by

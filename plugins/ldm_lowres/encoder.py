@@ -45,7 +45,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
-                                  Injection, OutputSpec)
+                                  Injection, OutputSpec, Widget, WidgetKind)
 from ldmcore.errors import ConfigError, PluginError
 from ldmcore.images import read_image
 from ldmcore.nn.embeddings import timestep_embedding
@@ -185,6 +185,13 @@ class LowresEncoder(ConditionEncoder):
         device = self._device_probe.device
         return {Injection.CONCAT: torch.zeros(batch_size, c, h, w, device=device),
                 Injection.VECTOR: self._level(torch.full((batch_size,), -1.0, device=device))}
+
+    def widget(self) -> Widget:
+        h, w = self.backbone.image_size
+        f = self.config.factor
+        return Widget(WidgetKind.IMAGE, label="low-resolution image",
+                      help=f"a PNG of {w // f}x{h // f} pixels, upscaled {f}x",
+                      size=(h // f, w // f))
 
     @classmethod
     def parse(cls, value: Any) -> torch.Tensor:

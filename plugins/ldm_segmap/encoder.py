@@ -16,7 +16,7 @@ from pydantic import Field
 from torch import nn
 
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
-                                  Injection, OutputSpec)
+                                  Injection, OutputSpec, Widget, WidgetKind)
 from ldmcore.errors import ConfigError
 from ldmcore.images import read_label_map
 
@@ -25,6 +25,8 @@ class SegmapConfig(EncoderConfig):
     input_key: str = Field("mask", description="the data key of the class map when a batch has "
                                                "none under the plugin's name (sampling requests)")
     num_classes: int = Field(4, ge=2, description="classes in the map, background included")
+    class_names: tuple[str, ...] = Field((), description="a name per class index, for the page "
+                                         "of `ldm serve` (default: class 0, class 1, ...)")
     channels: int = Field(8, ge=1, description="feature maps concatenated to the latents")
     hidden: int = Field(32, ge=1)
 
@@ -64,6 +66,13 @@ class SegmapEncoder(ConditionEncoder):
     def null(self, batch_size: int) -> ConditionOutput:
         h, w = self.backbone.latent_size
         return {Injection.CONCAT: self.null_map.view(1, -1, 1, 1).expand(batch_size, -1, h, w)}
+
+    def widget(self) -> Widget:
+        n, names = self.config.num_classes, self.config.class_names
+        return Widget(WidgetKind.LABEL_MAP, label="semantic map",
+                      help="paint each region with its class, or upload a PNG of class indices",
+                      choices=names[:n] + tuple(f"class {i}" for i in range(len(names), n)),
+                      size=self.backbone.image_size)
 
     @classmethod
     def parse(cls, value: Any) -> torch.Tensor:

@@ -26,7 +26,7 @@ from pydantic import Field
 from torch import nn
 
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
-                                  Injection, OutputSpec, Tokens)
+                                  Injection, OutputSpec, Tokens, Widget, WidgetKind)
 from ldmcore.errors import ConfigError
 from ldmcore.nn.local_models import check_model_folder
 
@@ -135,6 +135,10 @@ class TextEncoder(ConditionEncoder):
     def output_specs(self) -> dict[Injection, OutputSpec]:
         return {Injection.CROSSATTN: OutputSpec(Injection.CROSSATTN,
                                                 (self.max_length, self.backbone.context_dim))}
+
+    def widget(self) -> Widget:
+        return Widget(WidgetKind.TEXT, label="prompt",
+                      help=f"a caption (at most {self.max_length} tokens are read)")
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask, padded to ``max_length`` (truncating longer prompts)."""

@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
-                                  Injection, OutputSpec)
+                                  Injection, OutputSpec, Widget, WidgetKind)
 from ldmcore.errors import PluginError
 
 
@@ -110,6 +110,11 @@ class EdgesEncoder(ConditionEncoder):
 
     def null(self, batch_size: int) -> ConditionOutput:
         return {Injection.CONCAT: self.null_map.expand(batch_size, -1, -1, -1)}
+
+    def widget(self) -> Widget:
+        return Widget(WidgetKind.IMAGE, label="edge map",
+                      help="a PNG of white edges on black (python -m ldm_edges PHOTO.png EDGES.png)",
+                      size=self.backbone.image_size)
 
     @classmethod
     def parse(cls, value: Any) -> torch.Tensor:

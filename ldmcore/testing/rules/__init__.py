@@ -13,7 +13,7 @@ from ldmcore.testing.rules.determinism import rule_base, rule_determinism, rule_
 from ldmcore.testing.rules.inserted import (rule_gate, rule_layers_save_load, rule_owned_layers,
                                             rule_removal, rule_zero_effect)
 from ldmcore.testing.rules.null import rule_dropout, rule_null
-from ldmcore.testing.rules.parse import rule_parse
+from ldmcore.testing.rules.user_input import rule_parse, rule_widget
 from ldmcore.testing.rules.residual import (rule_residual_ownership, rule_residual_removal,
                                             rule_residual_save_load, rule_residual_zero_init)
 from ldmcore.testing.rules.training import rule_gradients, rule_train_sample
@@ -29,6 +29,7 @@ RULES: dict[str, Callable[[Context], None]] = {
     "base": rule_base,
     "save-load": rule_save_load,
     "parse": rule_parse,
+    "widget": rule_widget,
     "gradients": rule_gradients,
     "train-sample": rule_train_sample,
     "registration": rule_registration,

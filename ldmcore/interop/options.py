@@ -1,0 +1,38 @@
+"""The options of ``ldm import`` and ``ldm export`` (their types, defaults and ``--help``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from ldmcore.schema import Strict
+
+
+class ImportOptions(Strict):
+    tokenizer: Path | None = Field(None, description="an SD file with a text encoder: a local "
+                                   "folder of CLIP tokenizer files (a diffusers folder has its own)")
+    prediction: Literal["eps", "v"] | None = Field(None, description="what the network predicts "
+                                                   "(default: the file's metadata or scheduler)")
+    image_size: int | None = Field(None, ge=8, description="the size it was trained at (default: "
+                                   "the metadata's, else 512 for eps and 768 for v)")
+    overwrite: bool = Field(False, description="replace OUT_DIR (only a run folder ldmcore made)")
+    attach_to: Path | None = Field(None, description="SOURCE is a ControlNet or T2I-Adapter: write "
+                                   "this run with it attached as a plugin")
+    condition: str | None = Field(None, description="with attach_to: what the hint is (default: "
+                                  "image, the picture the ControlNet was trained on)")
+    name: str | None = Field(None, description="with attach_to: the plugin's name in "
+                             "conditions.NAME (default: from the folder)")
+    progress: bool = Field(True, description="a progress bar of its stages (never when the "
+                                             "output is not a terminal)")
+
+
+class ExportOptions(Strict):
+    layout: Literal["sd", "diffusers"] | None = Field(
+        None, description="sd: one .safetensors file; diffusers: a folder (default: sd when OUT "
+                          "ends in .safetensors, else diffusers)")
+    ema: bool = Field(True, description="export the EMA weights (what the run samples with)")
+    overwrite: bool = Field(False, description="replace OUT")
+    progress: bool = Field(True, description="a progress bar of its stages (never when the "
+                                             "output is not a terminal)")
