@@ -14,9 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from ldmcore.data.shapes import COLOR_NAMES, COLORS, SHAPES
+from ldmcore.images import to_uint8
 
 MIN_AREA_FRACTION = 0.004  # components smaller than this share of the image are noise
 # The generator orders a caption by its boxes' exact centres; the reader sees pixel extents,
@@ -110,6 +112,12 @@ def caption_match(image: np.ndarray, caption: str) -> bool:
             return False
         start += len(run)
     return True
+
+
+def caption_match_rate(images: torch.Tensor, captions: list[str]) -> float:
+    """Share of ``images`` (B, C, H, W) in [-1, 1] whose shapes say their caption
+    (``caption_match``): the reading every shapes plugin's fidelity metric is built on."""
+    return float(np.mean([caption_match(p, c) for p, c in zip(to_uint8(images), captions)]))
 
 
 def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:

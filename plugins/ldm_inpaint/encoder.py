@@ -7,6 +7,9 @@ decoding, the known pixels are pasted back, so the known region is exactly uncha
 time a random hole is cut from ``batch["image"]``: a rectangle, or (a ``free_form`` share of the
 time) a free-form brush stroke, the thick random polyline of DeepFill v2 (Yu et al. 2019). The
 null is "everything is a hole": an all-ones mask and the encoding of an all-zero (grey) image.
+With ``centre_on`` naming a data key of an (H, W) map (the shapes' semantic ``mask``), each
+training and evaluation hole is centred on a random pixel where that map is nonzero, so every
+hole hides part of an object instead of often only background.
 
 ``base: blur_fill`` gives the model a base image (``ConditionEncoder.base``): the image with its
 hole filled smoothly from the border (``ldmcore.hole_fill.blur_fill``, the harmonic fill), encoded
@@ -42,6 +45,9 @@ class InpaintConfig(EncoderConfig):
     stroke_segments: int = Field(5, ge=1, description="free-form: line segments per stroke")
     stroke_width: tuple[float, float] = Field((0.08, 0.2), description="free-form: brush width range, "
                                                                         "of the image's shorter side")
+    centre_on: str | None = Field(None, description="data key of an (H, W) map: each hole is "
+                                  "centred on a random pixel where it is nonzero (shapes: mask, so "
+                                  "holes hide part of a shape); none: anywhere in the image")
     base: Literal["none", "blur_fill"] = Field("none", description="blur_fill: the model diffuses the "
                                                "residual from the hole filled smoothly from its border")
 
@@ -75,7 +81,21 @@ class InpaintEncoder(ConditionEncoder):
         if self.name in batch:
             return batch[self.name]
         image = batch[self.config.input_key]
-        return image, random_holes(image.shape[0], image.shape[-2:], self.config, self.random()).to(image.device)
+        where = None if self.config.centre_on is None else self._centre_map(batch, image)
+        return image, random_holes(image.shape[0], image.shape[-2:], self.config, self.random(),
+                                   where).to(image.device)
+
+    def _centre_map(self, batch: dict[str, Any], image: torch.Tensor) -> torch.Tensor:
+        key = self.config.centre_on
+        if key not in batch:
+            raise ConfigError(f"inpaint: centre_on={key!r} names no key of the data items (they "
+                              f"hold {', '.join(sorted(batch))}); name a per-pixel map such as the "
+                              f"shapes' 'mask', or set conditions.inpaint.centre_on=null.")
+        where = torch.as_tensor(batch[key])
+        if tuple(where.shape) != (image.shape[0], *image.shape[-2:]):
+            raise ConfigError(f"inpaint: centre_on={key!r} is of shape {tuple(where.shape)}; it must "
+                              f"be one (H, W) map per image, {(image.shape[0], *image.shape[-2:])}.")
+        return where.cpu() != 0
 
     def forward(self, value: tuple[torch.Tensor, torch.Tensor]) -> ConditionOutput:
         image, mask = self._checked(value)
@@ -135,21 +155,38 @@ class InpaintEncoder(ConditionEncoder):
         return image, mask
 
 
-def random_holes(n: int, size: tuple[int, int], config: InpaintConfig, rng: BatchRandom) -> torch.Tensor:
-    """(n, 1, H, W) masks: a ``free_form`` share brush strokes, the rest rectangles.
+def random_holes(n: int, size: tuple[int, int], config: InpaintConfig, rng: BatchRandom,
+                 where: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, 1, H, W) masks: a ``free_form`` share brush strokes, the rest rectangles; with
+    ``where`` ((n, H, W) bool), each centred on one of its true pixels (``random_points``).
 
     Every number comes from ``rng`` in a fixed order, so the holes of a training step depend only
     on its seed; with ``free_form=0`` no stroke is drawn and the draws are the rectangles' alone.
     """
-    boxes = random_rectangles(n, size, config, rng)
+    centres = None if where is None else random_points(where, rng)
+    boxes = random_rectangles(n, size, config, rng, centres)
     if config.free_form == 0:
         return boxes
-    strokes = random_strokes(n, size, config, rng)
+    strokes = random_strokes(n, size, config, rng, centres)
     return torch.where((rng.rand(n) < config.free_form).view(-1, 1, 1, 1), strokes, boxes)
 
 
-def random_rectangles(n: int, size: tuple[int, int], config: InpaintConfig, rng: BatchRandom) -> torch.Tensor:
-    """(n, 1, H, W) masks, each one random rectangle of side in [min_hole, max_hole] of the image.
+def random_points(where: torch.Tensor, rng: BatchRandom) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) pixel centres, one per (H, W) map of ``where`` (n, H, W) bool, uniform over its true
+    pixels (over the whole map where none is true); one uniform number per map from ``rng``."""
+    n, h, w = where.shape
+    flat = where.reshape(n, h * w)
+    flat = flat | ~flat.any(1, keepdim=True)
+    count = flat.sum(1)
+    k = (rng.rand(n) * count).floor().long().clamp(max=count - 1)
+    index = torch.searchsorted(flat.long().cumsum(1), k.view(n, 1), right=True).view(n)
+    return (index % w).float() + 0.5, (index // w).float() + 0.5
+
+
+def random_rectangles(n: int, size: tuple[int, int], config: InpaintConfig, rng: BatchRandom,
+                      centres: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """(n, 1, H, W) masks, each one random rectangle of side in [min_hole, max_hole] of the image,
+    centred on ``centres`` (x, y) where given (moved inside the image if it would leave it).
 
     Four uniform numbers per sample (height, width, top, left) from ``rng``.
     """
@@ -160,20 +197,28 @@ def random_rectangles(n: int, size: tuple[int, int], config: InpaintConfig, rng:
     ww = (w * (lo + (hi - lo) * u[1])).round().long().clamp(1, w)
     top = (u[2] * (h - hh + 1)).floor().long().clamp(max=h - hh)
     left = (u[3] * (w - ww + 1)).floor().long().clamp(max=w - ww)
+    if centres is not None:
+        x, y = centres
+        top = torch.minimum((y - hh / 2).round().long().clamp_min(0), h - hh)
+        left = torch.minimum((x - ww / 2).round().long().clamp_min(0), w - ww)
     ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
     inside = ((ys >= top.view(-1, 1, 1)) & (ys < (top + hh).view(-1, 1, 1))
               & (xs >= left.view(-1, 1, 1)) & (xs < (left + ww).view(-1, 1, 1)))
     return inside[:, None].float()
 
 
-def random_strokes(n: int, size: tuple[int, int], config: InpaintConfig, rng: BatchRandom) -> torch.Tensor:
+def random_strokes(n: int, size: tuple[int, int], config: InpaintConfig, rng: BatchRandom,
+                   centres: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """(n, 1, H, W) masks, each one brush stroke: a polyline of ``stroke_segments`` segments from a
-    uniform start, each of uniform direction and a length of 15-40% of the shorter side (ends kept
-    in the image), drawn with a round brush of width in ``stroke_width``. The pixels whose centres
-    lie within half a width of the polyline are the hole."""
+    uniform start (``centres`` where given), each of uniform direction and a length of 15-40% of
+    the shorter side (ends kept in the image), drawn with a round brush of width in
+    ``stroke_width``. The pixels whose centres lie within half a width of the polyline are the
+    hole."""
     h, w = size
     side = float(min(h, w))
     x, y = rng.rand(n) * w, rng.rand(n) * h
+    if centres is not None:
+        x, y = centres
     lo, hi = config.stroke_width
     radius = side * (lo + (hi - lo) * rng.rand(n)) / 2
     ys = (torch.arange(h, dtype=torch.float32) + 0.5).view(1, h, 1)

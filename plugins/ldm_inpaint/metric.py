@@ -1,5 +1,7 @@
 """The inpainting plugin's ``ldm eval`` metrics: PSNR inside the hole (beside a blur fill's, the
-converged harmonic fill of ``ldmcore.hole_fill``), and the largest error outside it."""
+converged harmonic fill of ``ldmcore.hole_fill``), the largest error outside it, and on shapes
+scenes whether the filled image still says the scene's caption (a hidden triangle's corner
+filled as a smudge does not)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ldmcore.eval.shapes import caption_match_rate
 from ldmcore.hole_fill import CONVERGED_SWEEPS, blur_fill
 
 
@@ -35,3 +38,16 @@ def blur_fill_baseline(value: tuple[torch.Tensor, torch.Tensor], batch: dict[str
     """What the metric reads without a model: the hole filled by the converged blur fill."""
     image, hole = value
     return {"blur_fill_hole_psnr": hole_psnr(blur_fill(image, hole, CONVERGED_SWEEPS), image, hole)}
+
+
+def caption_match(images: torch.Tensor, value: tuple[torch.Tensor, torch.Tensor],
+                  batch: dict[str, Any]) -> dict[str, float]:
+    """Share of filled shapes scenes whose shapes, read back from pixels, say the caption."""
+    return {"inpaint_caption_match": caption_match_rate(images, batch["caption"])}
+
+
+def blur_fill_caption_match(value: tuple[torch.Tensor, torch.Tensor], batch: dict[str, Any]) -> dict[str, float]:
+    """The same reading of the converged blur fill."""
+    image, hole = value
+    return {"blur_fill_caption_match": caption_match_rate(blur_fill(image, hole, CONVERGED_SWEEPS),
+                                                          batch["caption"])}

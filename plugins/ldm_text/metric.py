@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
-from ldmcore.eval.shapes import caption_match
-from ldmcore.images import to_uint8
+from ldmcore.eval.shapes import caption_match_rate as shapes_caption_match_rate
 
 
 def caption_match_rate(images: torch.Tensor, captions: list[str], batch: dict[str, Any]) -> dict[str, float]:
     """Fraction of samples whose shapes, read back from the image, say the caption."""
-    pixels = to_uint8(images)
-    return {"text_caption_match": float(np.mean([caption_match(p, c) for p, c in zip(pixels, captions)]))}
+    return {"text_caption_match": shapes_caption_match_rate(images, captions)}
