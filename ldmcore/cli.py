@@ -225,7 +225,7 @@ def cmd_new_plugin(args: list[str]) -> int:
     if len(names) != 1:
         raise ConfigError("ldm new-plugin takes one NAME (a lower-case identifier such as "
                           "demo_cond) and optionally out=DIR, the folder to write it in.")
-    root = write_plugin(names[0], opts.out)
+    root = write_plugin(names[0], opts.out, opts.injection)
     print(f"wrote {root}: install it with `pip install -e {root}`, then run its tests with "
           f"`pytest {root}`; `ldm plugins` lists it once installed.")
     return 0

@@ -81,7 +81,7 @@ def register_metrics(register: Callable[..., None]) -> None:
 
     When: with ``register_conditions``, when the registry loads the package. Call
     ``register(condition, score, *, name=None, baseline=None, datasets=None, averages=False,
-    reads_data=False)``. ``ldm eval`` runs every metric registered for each condition a run
+    reads_data=False, against_null=False)``. ``ldm eval`` runs every metric registered for each condition a run
     enables: ``score(images, value, batch) -> dict`` gets the generated images (B, C, H, W) in
     [-1, 1], the condition's resolved value for them, and the data items they were conditioned
     on (``batch``; empty when ``ldm eval`` scores a folder of ``ldm sample`` output), and returns
@@ -89,8 +89,11 @@ def register_metrics(register: Callable[..., None]) -> None:
     optional, returns what the metric reads without a model (e.g. bicubic upsampling).
     ``datasets`` names the datasets on which the metric means something (None: any);
     ``averages=True`` also reports it for the mean of K samples (``average=K``); a metric with
-    ``reads_data=True`` needs the data items, not only the condition value. The result of the
-    hook itself is ignored.
+    ``reads_data=True`` needs the data items, not only the condition value; with
+    ``against_null=True`` ``ldm eval`` also samples the same noise with this condition's guidance
+    scale at 0 (its null: the model without it, the other conditions guided as before) and
+    reports the metric's entries for those samples too, each key with ``_null`` appended. The
+    result of the hook itself is ignored.
     """
 
 

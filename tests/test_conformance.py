@@ -1,4 +1,4 @@
-"""The conformance kit (ldmcore/testing.py): every built-in plugin passes it, and plugins broken
+"""The conformance kit (ldmcore/testing/): every built-in plugin passes it, and plugins broken
 on purpose are caught with a message naming the rule they break.
 
 The broken plugins are one good encoder (which passes every rule, checked first) with one fault

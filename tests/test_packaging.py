@@ -22,7 +22,7 @@ def test_wheel_contains_config_tree_and_plugins(tmp_path: Path) -> None:
                if "template" not in p.parts}
     assert modules <= names, sorted(modules - names)  # a new subpackage must be listed in pyproject
     templates = {f"ldmcore/scaffold/{p.relative_to(ROOT / 'ldmcore' / 'scaffold')}"
-                 for p in (ROOT / "ldmcore" / "scaffold" / "template").rglob("*.tmpl")}
+                 for p in (ROOT / "ldmcore" / "scaffold").rglob("*.tmpl")}
     assert templates and templates <= names, sorted(templates - names)  # ldm new-plugin needs them
     info = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     entry_points = zipfile.ZipFile(wheel).read(info).decode()

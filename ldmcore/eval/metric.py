@@ -22,7 +22,8 @@ class MetricSpec:
 
     ``baseline(value, batch)`` is what the metric reads without a model; ``datasets`` where it
     means something (None: any); ``averages``: also reported for the mean of K samples;
-    ``reads_data``: it needs the data items, not only the condition value.
+    ``reads_data``: it needs the data items, not only the condition value; ``against_null``:
+    also reported for samples of the model without this condition (its null), as ``*_null``.
     """
 
     condition: str
@@ -32,6 +33,7 @@ class MetricSpec:
     datasets: tuple[str, ...] | None = None
     averages: bool = False
     reads_data: bool = False
+    against_null: bool = False
     package: str = ""
 
     def applies_to(self, dataset: str, has_data: bool) -> bool:

@@ -7,7 +7,9 @@ meaningful. Two ways to get samples:
 * the run's dataset has a held-out split (``register_datasets(..., held_out=...)``, e.g. shapes
   scenes of another seed, the held-out strip of the photos): ``evaluate_run`` samples from its
   conditions with the run's own sampling plan and scores them beside the data items, plus each
-  metric's baseline (what it reads without a model);
+  metric's baseline (what it reads without a model) and, for a metric registered
+  ``against_null``, its scores of samples without that condition (``*_null``: the same noise,
+  the condition's guidance scale 0);
 * otherwise (e.g. digits) ``evaluate_folder`` scores a folder of ``ldm sample`` output, whose
   ``samples.json`` says which conditions each image was asked for.
 
@@ -20,6 +22,7 @@ model has learned, and shows how much of a gap is sampling rather than the model
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ import torch
 
 from ldmcore.build import build_dataset
 from ldmcore.data.datasets import collate
+from ldmcore.diffusion.plan import SamplingPlan
 from ldmcore.errors import ConfigError, DataError
 from ldmcore.eval.metric import MetricSpec
 from ldmcore.hardware import choose
@@ -101,13 +105,15 @@ def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int
     metrics = run_metrics(model, cfg.data.name, True, registry)
     averaging = [(name, m) for name, m in metrics if m.averages]
     draws = average if averaging else 1
-    bar = progress_bar(draws * plan.steps, f"eval ({n} conditions x {draws} draws)", progress)
+    against_null = list(dict.fromkeys(name for name, m in metrics if m.against_null))
+    bar = progress_bar((draws + len(against_null)) * plan.steps,
+                       f"eval ({n} conditions x {draws + len(against_null)} draws)", progress)
 
-    def draw(k: int) -> torch.Tensor:
+    def draw(k: int, how: SamplingPlan = plan) -> torch.Tensor:
         """Samples of noise seed ``seed + k`` for every held-out condition."""
         noise = torch.randn((n, *model.latent_shape()), generator=torch.Generator().manual_seed(seed + k))
         with mixed.autocast():
-            return model.sample(values, n, plan, noise=noise, callback=step_counter(bar),
+            return model.sample(values, n, how, noise=noise, callback=step_counter(bar),
                                 generator=torch.Generator().manual_seed(seed + k)).float()
 
     images = draw(0)
@@ -120,6 +126,13 @@ def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int
     for name, metric in metrics:
         if metric.baseline is not None:
             report.update(metric.baseline(values[name], batch))
+    nulled: dict[str, torch.Tensor] = {}  # condition -> samples without it, drawn once
+    for name in against_null:
+        without = replace(plan.guidance, per_plugin={**plan.guidance.per_plugin, name: 0.0})
+        nulled[name] = draw(0, plan.but(guidance=without))
+    for name, metric in metrics:
+        if metric.against_null:
+            report.update({f"{k}_null": v for k, v in metric.score(nulled[name], values[name], batch).items()})
     if draws > 1:
         mean = torch.stack([images, *(draw(k) for k in range(1, average))]).mean(0)
         report["averaged_samples"] = average
