@@ -17,7 +17,7 @@
     ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]
     ldm import CONTROLNET_OR_ADAPTER_DIR OUT_DIR attach_to=RUN [condition=image name=N overwrite=true]
     ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]
-    ldm new-plugin NAME [out=DIR]
+    ldm new-plugin NAME [out=DIR injection=vector|concat|crossattn|residual|gated_attention|decoupled_crossattn]
     ldm COMMAND --help                  each command's keys, with their types and defaults
 
 Errors a user can cause print one paragraph and exit with status 2; a traceback means a bug.

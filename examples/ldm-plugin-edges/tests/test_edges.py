@@ -121,7 +121,7 @@ def test_config_errors_name_the_key():
         validate_condition("edges", EdgesEncoder.Config, {"high_threshold": 300})
     with pytest.raises(ConfigError, match="low_threshold=200"):
         validate_condition("edges", EdgesEncoder.Config, {"low_threshold": 200, "high_threshold": 100})
-    with pytest.raises(ConfigError, match="'channels'"):
+    with pytest.raises(ConfigError, match=r"'conditions.edges.chanels'.*\`conditions.edges.channels=2\`"):  # pasteable
         validate_condition("edges", EdgesEncoder.Config, {"chanels": 2})
 
 
