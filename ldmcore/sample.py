@@ -202,24 +202,33 @@ def parse_values(encoders: dict[str, Any], rows: list[dict[str, Any]]) -> list[d
     Whatever a plugin raises on a user's value is that value's error (named, exit 2), and a
     parsed value holding NaN or infinity is refused before it can give blank images."""
     parsed: dict[tuple[str, str], Any] = {}
+    out = []
     for row in rows:
+        values = {}
         for name, value in row.items():
             key = (name, json.dumps(value, sort_keys=True))
-            if key in parsed:
-                continue
-            try:
-                result = encoders[name].parse(value)
-            except LdmError:
-                raise
-            except Exception as exc:  # a value the plugin cannot read is the user's input error
-                raise ConfigError(f"cond.{name}={_shown(value)} cannot be read by the {name!r} "
-                                  f"plugin ({type(exc).__name__}: {exc}); see `ldm plugins` and "
-                                  f"the plugin's documentation for the values it takes.") from None
-            if not _finite(result):
-                raise ConfigError(f"cond.{name}={_shown(value)} holds NaN or infinity; give "
-                                  f"finite numbers.")
-            parsed[key] = result
-    return [{k: parsed[(k, json.dumps(v, sort_keys=True))] for k, v in row.items()} for row in rows]
+            if key not in parsed:
+                parsed[key] = _parse_one(encoders[name], name, value)
+            values[name] = parsed[key]
+        out.append(values)
+    return out
+
+
+def _parse_one(encoder: Any, name: str, value: Any) -> Any:
+    """One plain value through ``encoder.parse``; a failure or a non-finite result is the
+    user's input error, named."""
+    try:
+        result = encoder.parse(value)
+    except LdmError:
+        raise
+    except Exception as exc:  # a value the plugin cannot read is the user's input error
+        raise ConfigError(f"cond.{name}={_shown(value)} cannot be read by the {name!r} "
+                          f"plugin ({type(exc).__name__}: {exc}); see `ldm plugins` and "
+                          f"the plugin's documentation for the values it takes.") from None
+    if not _finite(result):
+        raise ConfigError(f"cond.{name}={_shown(value)} holds NaN or infinity; give "
+                          f"finite numbers.")
+    return result
 
 
 def _shown(value: Any) -> str:
