@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.support.results import machine, markdown_table, write_result
+from benchmarks.support.shapes_holes import eval_holes
 
 
 def main() -> None:
@@ -31,18 +32,13 @@ def main() -> None:
     from ldm_inpaint.metric import hole_psnr
     from ldm_lowres.encoder import consistent
     from ldm_lowres.metric import upsampled
-    from ldmcore.build import build_model, load_autoencoder
+    from ldmcore.build import load_autoencoder
     from ldmcore.config import load
     from ldmcore.eval.pixels import psnr
     from ldmcore.eval.shapes import caption_match_rate
-    from ldmcore.eval.tasks import held_out_batch
     from ldmcore.hole_fill import CONVERGED_SWEEPS, blur_fill
 
-    cfg = load(["experiment=shapes_inpaint"])
-    encoder = build_model(cfg).conditioner.encoders["inpaint"]
-    torch.manual_seed(0)  # then the scenes and holes ldm eval draws (its seed 0)
-    batch = held_out_batch(cfg, args.n)
-    image, hole = encoder.batch_value(batch)
+    batch, image, hole = eval_holes(args.n)
     ae = load_autoencoder(load(["experiment=shapes_layout"]), args.autoencoder).eval()
     with torch.no_grad():
         rebuilt = ae.images(ae.latents(image, torch.Generator().manual_seed(0))).clamp(-1, 1)
