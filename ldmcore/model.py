@@ -19,6 +19,7 @@ from ldmcore.conditioning import Conditioner, Conditioning, UNetInput
 from ldmcore.diffusion.denoisers import DiscreteDenoiser
 from ldmcore.diffusion.guidance import Guidance, GuidedDenoiser, guide
 from ldmcore.diffusion.img2img import LatentBlend, noised
+from ldmcore.diffusion.loss import denoising_loss
 from ldmcore.diffusion.plan import SamplingPlan
 from ldmcore.diffusion.residual import ResidualSpace
 from ldmcore.diffusion.schedule import NoiseSchedule, Prediction
@@ -89,7 +90,9 @@ class LatentDiffusion(nn.Module):
 
     def loss(self, batch: dict[str, Any], latents: torch.Tensor | None = None,
              generator: BatchRandom | torch.Generator | None = None) -> torch.Tensor:
-        """L_LDM = E ||target - net(z_t, t, tau(y))||^2 with per-plugin condition dropout.
+        """L_LDM = E ||target - net(z_t, t, tau(y))||^2 with per-plugin condition dropout,
+        each element weighted as the enabled plugins say (``Conditioner.loss_weight``; uniform
+        unless one does) and each sample by Min-SNR-gamma when ``snr_gamma`` is set.
 
         ``latents`` may be given (precomputed); otherwise ``batch["image"]`` is encoded.
         ``generator`` may be a ``BatchRandom`` so that sharded batches draw global randomness.
@@ -108,11 +111,12 @@ class LatentDiffusion(nn.Module):
         zt = self.schedule.add_noise(z0, noise, t)
         cond = self.conditioner(values, b, drop=True, generator=rng)
         out = self.network(zt, t, cond)
-        target = self.schedule.target(self.prediction, z0, noise, t).float()
-        if self.snr_gamma is None:
-            return F.mse_loss(out.float(), target)
-        per_sample = (out.float() - target).pow(2).flatten(1).mean(1)
-        return (self.schedule.min_snr_weight(t, self.prediction, self.snr_gamma) * per_sample).mean()
+        target = self.schedule.target(self.prediction, z0, noise, t)
+        snr_weight = None
+        if self.snr_gamma is not None:
+            snr_weight = self.schedule.min_snr_weight(t, self.prediction, self.snr_gamma)
+        return denoising_loss(out, target, self.conditioner.loss_weight(values, tuple(z0.shape)),
+                              snr_weight)
 
     def diffusion_space(self, values: dict[str, Any]) -> ResidualSpace:
         """Where the diffusion runs for condition ``values``: the latents, or the scaled residual

@@ -141,6 +141,13 @@ class TestLowresWithBaseConformance(ConformanceTests):
                       dataset="shapes", image_channels=3, plugin=ldm_lowres)
 
 
+class TestInpaintWeighingTheHoleConformance(ConformanceTests):
+    """The inpaint plugin weighing the known region less in the loss, rule by rule."""
+
+    case = PluginCase(InpaintEncoder, config={"base": "blur_fill", "known_weight": 0.1}, cli_values=holes,
+                      dataset="shapes", image_channels=3, plugin=ldm_inpaint)
+
+
 class TestClassAsTokensConformance(ConformanceTests):
     """The class plugin's other injection (one cross-attention token), rule by rule."""
 
@@ -350,6 +357,13 @@ class WrongBase(Good):
         return torch.zeros(len(value), self.backbone.latent_channels, *self.backbone.image_size)
 
 
+class NegativeWeight(Good):
+    """Weighs the loss with -1 everywhere: training would climb the error."""
+
+    def loss_weight(self, value):
+        return -torch.ones(len(value), 1, *self.backbone.latent_size)
+
+
 class Unregistered:
     """A plugin module whose hook registers nothing."""
 
@@ -416,6 +430,7 @@ def ip_case(cls: type) -> PluginCase:
     (case_of(BatchNormed), "determinism", "alone than in a batch"),
     (case_of(UnsavedNull), "save-load", "missing from state_dict()"),
     (case_of(WrongBase), "base", "it must be a finite tensor"),
+    (case_of(NegativeWeight), "loss-weight", "a negative or non-finite weight"),
     (case_of(ParseRaisesValueError), "parse", "raised ValueError"),
     (case_of(Good, cli_values=[]), "parse", "no cli_values"),
     (case_of(Good, bad_cli_values=["4"]), "parse", "accepted a value"),

@@ -3,7 +3,7 @@
 A plugin subclasses ``ConditionEncoder``. Its hooks are grouped by job, one module each:
 ``user_input`` (a person's value -> ``parse``, ``collate``; the page's input -> ``widget``),
 ``batch_input`` (a data batch -> ``batch_value``), ``encoder`` (the network: ``output_specs``,
-``forward``, ``null``) and ``sample_shaping`` (``base``, ``finish``). ``injection`` holds the
+``forward``, ``null``) and ``sample_shaping`` (``base``, ``loss_weight``, ``finish``). ``injection`` holds the
 doors to the UNet and the shapes that cross them (``residual``: the maps added at the UNet's
 taps), ``backbone`` what the backbone tells a plugin, ``conditioner`` the routing. Import the
 public names from here.

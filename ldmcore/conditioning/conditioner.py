@@ -21,6 +21,7 @@ from ldmcore.conditioning.encoder import ConditionEncoder
 from ldmcore.conditioning.injection import ConditionOutput, Conditioning, Injection, Tokens
 from ldmcore.conditioning.residual import (Residual, Residuals, check_residual_output,
                                            check_residual_spec)
+from ldmcore.conditioning.sample_shaping import loss_weight_problem
 from ldmcore.errors import PluginError
 from ldmcore.nn.inserted_layers import DecoupledTokens, GatedTokens, InsertedLayers
 from ldmcore.randomness import BatchRandom, as_batch_random
@@ -183,6 +184,20 @@ class Conditioner(nn.Module):
         if self.base_plugin is None:
             return None
         return self.encoders[self.base_plugin].base(values[self.base_plugin]).float()
+
+    @torch.no_grad()
+    def loss_weight(self, values: dict[str, Any], shape: tuple[int, ...]) -> torch.Tensor | None:
+        """The product of the enabled plugins' per-element loss weights (``loss_weight``) for
+        ``values`` (resolved) and a diffusion target of ``shape``, or None when none gives one."""
+        weight = None
+        for name, enc in self.encoders.items():
+            mine = enc.loss_weight(values[name])
+            if mine is None:
+                continue
+            if problem := loss_weight_problem(mine, shape):
+                raise PluginError(f"plugin {name!r}: {problem}")
+            weight = mine.float() if weight is None else weight * mine.float()
+        return weight
 
     def finish(self, images: torch.Tensor, values: dict[str, Any]) -> torch.Tensor:
         """Let every plugin post-process decoded samples, in enabling order."""

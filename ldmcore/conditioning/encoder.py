@@ -7,7 +7,7 @@ declared and documented in its own module:
 2. finding its value in a batch of data: ``batch_value`` (``batch_input.py``);
 3. the network, here: ``name``, ``injections``, ``Config``, ``trainable``, ``output_specs``,
    ``forward``, ``null`` (and the provided ``random()``);
-4. shaping the sample, optionally: ``provides_base``, ``base``, ``finish``
+4. shaping the sample, optionally: ``provides_base``, ``base``, ``loss_weight``, ``finish``
    (``sample_shaping.py``);
 5. for ``gated_attention`` and ``decoupled_crossattn`` only: the layers it inserts into the
    transformer blocks, ``block_layers`` (``block_layers.py``).

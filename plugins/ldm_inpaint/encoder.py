@@ -15,7 +15,8 @@ hole hides part of an object instead of often only background.
 hole filled smoothly from the border (``ldmcore.hole_fill.blur_fill``, the harmonic fill), encoded
 by the frozen first stage. The model then diffuses the scaled residual from it (set
 ``model.diffusion.residual_scale``), which is zero outside the hole, and learns only the texture
-and structure the smooth fill misses.
+and structure the smooth fill misses. ``known_weight`` below 1 weighs the known region's
+elements less in the training loss (``loss_weight``), so that the loss is mostly about the hole.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class InpaintConfig(EncoderConfig):
                                   "holes hide part of a shape); none: anywhere in the image")
     base: Literal["none", "blur_fill"] = Field("none", description="blur_fill: the model diffuses the "
                                                "residual from the hole filled smoothly from its border")
+    known_weight: float = Field(1.0, ge=0.0, le=1.0, description="weight of the known region's "
+                                "elements in the training loss, the hole's being 1 (1: uniform)")
 
     @model_validator(mode="after")
     def _ordered_ranges(self) -> InpaintConfig:
@@ -116,6 +119,17 @@ class InpaintEncoder(ConditionEncoder):
     def base(self, value: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """The image with its hole blur-filled from the border, in the first stage's latents."""
         return self.backbone.encode(blur_fill(*self._checked(value)))
+
+    def loss_weight(self, value: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor | None:
+        """1 on the hole (at latent size: a cell with any hole is a hole), ``known_weight``
+        elsewhere; None when that is 1. With ``base: blur_fill`` the target outside the hole is
+        the noise alone (the residual is zero there), which the network learns early; weighing
+        it less spends the loss on the hole."""
+        if self.config.known_weight == 1.0:
+            return None
+        _, mask = self._checked(value)
+        hole = F.adaptive_max_pool2d(mask, self.backbone.latent_size)
+        return self.config.known_weight + (1.0 - self.config.known_weight) * hole
 
     def finish(self, images: torch.Tensor, value: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Paste the known pixels back: outside the hole the result is the input, exactly."""

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from ldmcore.testing.context import Context
 from ldmcore.testing.rules.declarations import (rule_declaration, rule_forward, rule_key_padding_mask,
                                                 rule_output_spec, rule_registration)
-from ldmcore.testing.rules.determinism import rule_base, rule_determinism, rule_save_load
+from ldmcore.testing.rules.determinism import (rule_base, rule_determinism, rule_loss_weight,
+                                                rule_save_load)
 from ldmcore.testing.rules.inserted import (rule_gate, rule_layers_save_load, rule_owned_layers,
                                             rule_removal, rule_zero_effect)
 from ldmcore.testing.rules.null import rule_dropout, rule_null
@@ -27,6 +28,7 @@ RULES: dict[str, Callable[[Context], None]] = {
     "dropout": rule_dropout,
     "determinism": rule_determinism,
     "base": rule_base,
+    "loss-weight": rule_loss_weight,
     "save-load": rule_save_load,
     "parse": rule_parse,
     "widget": rule_widget,

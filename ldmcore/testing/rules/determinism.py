@@ -1,11 +1,12 @@
 """Rules of repeatable outputs: the same value encodes the same (alone or in a batch), a base
-is the same twice, and a safetensors round trip keeps every output."""
+and a loss weight are the same twice, and a safetensors round trip keeps every output."""
 
 from __future__ import annotations
 
 import torch
 
 from ldmcore import checkpoint
+from ldmcore.conditioning.sample_shaping import loss_weight_problem
 from ldmcore.errors import LdmError
 from ldmcore.testing.case import Broken
 from ldmcore.testing.context import Context
@@ -49,6 +50,24 @@ def rule_base(ctx: Context) -> None:
     if not torch.equal(base, enc.base(value)):
         raise Broken("two base() calls on the same value differ; the model adds back the base it "
                       "subtracted, so it must be deterministic.")
+
+
+def rule_loss_weight(ctx: Context) -> None:
+    """A plugin that weighs the training loss gives finite, non-negative weights at the diffusion
+    space's size, the same twice."""
+    enc = ctx.encoder()
+    enc.eval()
+    value = ctx.value(enc)
+    weight = ctx.run("loss_weight()", lambda: enc.loss_weight(value))
+    if weight is None:
+        return
+    bb = enc.backbone
+    if problem := loss_weight_problem(weight, (batch_size_of(ctx.batch()), bb.latent_channels,
+                                               *bb.latent_size)):
+        raise Broken(problem)
+    if not torch.equal(weight, enc.loss_weight(value)):
+        raise Broken("two loss_weight() calls on the same value differ; weights are read from the "
+                      "value, which the Conditioner draws once per step.")
 
 
 def rule_save_load(ctx: Context) -> None:
