@@ -13,6 +13,10 @@ that restore the hole from the true scene but leave out the shapes with too litt
   (a few pixels of colour at a hole's edge rarely tell a circle from a square): a bracket of
   how much the near-hidden shapes cost.
 
+Each oracle is read for its caption match and for its PSNR inside the hole, the two metrics of
+``ldm eval``: a restoration that gets every shape with a visible pixel exactly right still loses
+the wholly hidden ones.
+
 A shape's pixels are those near its colour (the reader's test) whose centres lie in its box
 (one pixel of margin for the resized edge): shapes never overlap, so no pixel is counted twice.
 
@@ -58,6 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256, help="held-out scenes (ldm eval's n)")
     args = parser.parse_args()
+    from ldm_inpaint.metric import hole_psnr
     from ldmcore.eval.shapes import caption_match_rate
     from ldmcore.hole_fill import CONVERGED_SWEEPS, blur_fill
 
@@ -74,9 +79,9 @@ def main() -> None:
                     float(np.mean(least <= t)) for t in THRESHOLDS}
     hidden_share["a shape with any pixel hidden"] = float(np.mean(least < 1.0))
 
-    rows = {"harmonic fill (the bar)": caption_match_rate(blur_fill(image, hole, CONVERGED_SWEEPS),
-                                                          batch["caption"]),
-            "the true scenes (the reader's own rate)": caption_match_rate(image, batch["caption"])}
+    fill = blur_fill(image, hole, CONVERGED_SWEEPS)
+    rows = {"harmonic fill (the bar)": (caption_match_rate(fill, batch["caption"]), hole_psnr(fill, image, hole)),
+            "the true scenes (the reader's own rate)": (caption_match_rate(image, batch["caption"]), None)}
     for t in THRESHOLDS:
         oracle = image.clone()
         for i in range(args.n):
@@ -85,17 +90,19 @@ def main() -> None:
                     oracle[i][:, torch.from_numpy(p & inside[i])] = -1.0
         name = "oracle: shapes with any visible pixel restored" if t == 0 else \
             f"oracle: shapes with more than {t:.0%} visible restored"
-        rows[name] = caption_match_rate(oracle, batch["caption"])
+        rows[name] = (caption_match_rate(oracle, batch["caption"]), hole_psnr(oracle, image, hole))
 
     hole_share = float(inside.mean())
     title = (f"shapes_inpaint's caption ceiling on {args.n} held-out scenes and ldm eval's holes "
              f"(`python -m benchmarks.inpaint_ceiling --n {args.n}`); holes cover {hole_share:.1%} "
              f"of the pixels.")
     body = (markdown_table(["scenes with ...", "share"], [[k, f"{v:.3f}"] for k, v in hidden_share.items()])
-            + "\n\n" + markdown_table(["restoration", "caption match"], [[k, f"{v:.3f}"] for k, v in rows.items()]))
+            + "\n\n" + markdown_table(["restoration", "caption match", "hole PSNR dB"],
+                                      [[k, f"{c:.3f}", "-" if p is None else f"{p:.2f}"] for k, (c, p) in rows.items()]))
     write_result("inpaint_ceiling", "full", {"machine": machine(), "held_out_scenes": args.n,
                                              "hole_pixel_share": hole_share, "scenes": hidden_share,
-                                             "caption_match": rows}, f"{title}\n\n{body}")
+                                             "caption_match": {k: c for k, (c, _) in rows.items()},
+                                             "hole_psnr_db": {k: p for k, (_, p) in rows.items()}}, f"{title}\n\n{body}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from ldm_segmap.encoder import SegmapConfig, SegmapEncoder
 from ldmcore.conditioning import BackboneSpec, Conditioner, Injection, Tokens
 from ldmcore.config import load
 from ldmcore.errors import ConfigError
+from ldmcore.hole_fill import blur_fill
 from ldmcore.runfolder import load_run
 from ldmcore.sample import parse_request, run_sampling
 from ldmcore.train import train
@@ -202,6 +203,9 @@ def test_inpaint_condition_and_paste_back_keep_the_known_region_exact() -> None:
     holes = enc.batch_value({"image": image.repeat(8, 1, 1, 1)})[1]
     area = holes.mean((1, 2, 3))
     assert ((area >= 0.25 ** 2 - 0.02) & (area <= 0.6 ** 2 + 0.05)).all()
+    filled = InpaintEncoder(InpaintConfig(shows="filled"), SPEC)((image, mask))[Injection.CONCAT]
+    assert torch.allclose(filled[:, :4], SPEC.encode(blur_fill(image, mask)))  # the base it diffuses around
+    assert torch.equal(filled[:, 4:], out[:, 4:])
 
 
 def test_plugins_route_together_with_derived_widths() -> None:

@@ -15,7 +15,9 @@ hole hides part of an object instead of often only background.
 hole filled smoothly from the border (``ldmcore.hole_fill.blur_fill``, the harmonic fill), encoded
 by the frozen first stage. The model then diffuses the scaled residual from it (set
 ``model.diffusion.residual_scale``), which is zero outside the hole, and learns only the texture
-and structure the smooth fill misses. ``known_weight`` below 1 weighs the known region's
+and structure the smooth fill misses. ``shows: filled`` hands the network that fill in place of
+the masked image (the known pixels are the same; the hole holds the base instead of zeros), so it
+need not work out the fill it diffuses around. ``known_weight`` below 1 weighs the known region's
 elements less in the training loss (``loss_weight``), so that the loss is mostly about the hole.
 """
 
@@ -51,6 +53,9 @@ class InpaintConfig(EncoderConfig):
                                   "holes hide part of a shape); none: anywhere in the image")
     base: Literal["none", "blur_fill"] = Field("none", description="blur_fill: the model diffuses the "
                                                "residual from the hole filled smoothly from its border")
+    shows: Literal["masked", "filled"] = Field("masked", description="what the network sees of the "
+                                               "image: masked (the hole zeroed, as SD) or filled (the "
+                                               "hole blur-filled: the base it diffuses around)")
     known_weight: float = Field(1.0, ge=0.0, le=1.0, description="weight of the known region's "
                                 "elements in the training loss, the hole's being 1 (1: uniform)")
 
@@ -102,7 +107,8 @@ class InpaintEncoder(ConditionEncoder):
 
     def forward(self, value: tuple[torch.Tensor, torch.Tensor]) -> ConditionOutput:
         image, mask = self._checked(value)
-        latents = self.backbone.encode(image * (1 - mask))
+        shown = blur_fill(image, mask) if self.config.shows == "filled" else image * (1 - mask)
+        latents = self.backbone.encode(shown)
         small = F.adaptive_max_pool2d(mask, self.backbone.latent_size)  # a cell with any hole is a hole
         return {Injection.CONCAT: torch.cat([latents, small.to(latents)], dim=1)}
 
