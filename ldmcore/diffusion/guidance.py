@@ -111,6 +111,11 @@ class Guidance:
         reference.append(1.0 - sum(reference))
         return keeps, weights, reference
 
+    def dropped(self, plugins: list[str]) -> set[str]:
+        """The plugins given scale 0 of their own: they drop out of every branch, the plain
+        conditional one outside the interval included."""
+        return {p for p in plugins if self.per_plugin.get(p) == 0.0}
+
     def active(self, sigma: torch.Tensor) -> torch.Tensor:
         """Per-sample: is guidance applied at this sigma?"""
         if self.interval is None:
@@ -192,7 +197,11 @@ def guide(denoiser: Callable[..., torch.Tensor], conditioner: Conditioner,
     """``D(x, sigma)`` for ``n`` samples of condition ``values``, guided as ``guidance`` asks:
     each branch (all conditions, one plugin alone, none) is encoded once, here, and every step
     runs them all in one batch through ``denoiser(x, sigma, cond=...)``."""
-    keeps, weights, reference = guidance.branches(list(conditioner.encoders))
+    plugins = list(conditioner.encoders)
+    keeps, weights, reference = guidance.branches(plugins)
     conds = [conditioner(values, n, keep=None if k is None else set(k)) for k in keeps]
-    plain = conds[keeps.index(None)] if None in keeps else conditioner(values, n)
+    if dropped := guidance.dropped(plugins):
+        plain = conditioner(values, n, keep=set(plugins) - dropped)
+    else:
+        plain = conds[keeps.index(None)] if None in keeps else conditioner(values, n)
     return GuidedDenoiser(denoiser, conds, weights, reference, guidance, plain)
