@@ -18,12 +18,15 @@ class ImportOptions(Strict):
     image_size: int | None = Field(None, ge=8, description="the size it was trained at (default: "
                                    "the metadata's, else 512 for eps and 768 for v)")
     overwrite: bool = Field(False, description="replace OUT_DIR (only a run folder ldmcore made)")
-    attach_to: Path | None = Field(None, description="SOURCE is a ControlNet or T2I-Adapter: write "
-                                   "this run with it attached as a plugin")
+    attach_to: Path | None = Field(None, description="SOURCE is a ControlNet, T2I-Adapter or "
+                                   "IP-Adapter: write this run with it attached as a plugin")
     condition: str | None = Field(None, description="with attach_to: what the hint is (default: "
                                   "image, the picture the ControlNet was trained on)")
     name: str | None = Field(None, description="with attach_to: the plugin's name in "
                              "conditions.NAME (default: from the folder)")
+    image_encoder: Path | None = Field(None, description="with attach_to and an IP-Adapter file: "
+                                       "the local transformers folder of the CLIP vision model it "
+                                       "reads (the file does not hold it)")
     progress: bool = Field(True, description="a progress bar of its stages (never when the "
                                              "output is not a terminal)")
 
