@@ -50,8 +50,9 @@ def write_tokenizer(folder: Path, pad: str) -> Path:
 
 
 def build_pipeline(family: str, size: str = "tiny", seed: int = 0, prediction: str = "epsilon",
-                   in_channels: int = 4):
-    """A diffusers StableDiffusionPipeline (DDIM) with random weights, in float32."""
+                   in_channels: int = 4, attention_type: str = "default"):
+    """A diffusers StableDiffusionPipeline (DDIM) with random weights, in float32
+    (``attention_type="gated"``: GLIGEN's UNet, with its gated layers and position net)."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -62,7 +63,7 @@ def build_pipeline(family: str, size: str = "tiny", seed: int = 0, prediction: s
     unet = UNet2DConditionModel(
         sample_size=sample, in_channels=in_channels, out_channels=4, block_out_channels=widths,
         layers_per_block=2, cross_attention_dim=text_width, attention_head_dim=heads,
-        use_linear_projection=sd2, norm_num_groups=32,
+        use_linear_projection=sd2, norm_num_groups=32, attention_type=attention_type,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
     vae = AutoencoderKL(block_out_channels=vae_widths, layers_per_block=2, latent_channels=4,

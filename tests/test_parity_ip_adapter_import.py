@@ -139,3 +139,24 @@ def test_an_ip_adapter_without_its_image_encoder_or_pickled_is_refused(setup, tm
     err = " ".join(capsys.readouterr().err.split())
     assert "pickled" in err and ".safetensors" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@torch.no_grad()
+def test_export_writes_the_original_file_and_image_encoder_that_diffusers_loads(setup, tmp_path):
+    """``ldm export layout=diffusers``: the pipeline folder holds ``ip_adapter/ip-adapter.safetensors``
+    (the imported file's tensors, exactly) and ``image_encoder/``; diffusers loads both with
+    ``load_ip_adapter`` and computes what the reference computes."""
+    pipe, reference, _, out = setup
+    assert main(["export", str(out), str(tmp_path / "exported"), "layout=diffusers", "progress=false"]) == 0
+    written, _ = checkpoint.load(tmp_path / "exported" / "ip_adapter" / "ip-adapter.safetensors")
+    original, _ = checkpoint.load(out.parent / "ip-adapter_test.safetensors")
+    assert set(written) == set(original) and all(torch.equal(written[k], original[k]) for k in original)
+    back = diffusers.StableDiffusionPipeline.from_pretrained(str(tmp_path / "exported"))
+    back.load_ip_adapter(str(tmp_path / "exported"), subfolder="ip_adapter", weight_name="ip-adapter.safetensors")
+    assert back.image_encoder is not None
+    g = torch.Generator().manual_seed(6)
+    x, t, ctx = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([500]), torch.randn(1, 77, 64, generator=g)
+    embeds = [torch.randn(1, 1, EMBED, generator=g)]
+    want = reference.unet(x, t, encoder_hidden_states=ctx, added_cond_kwargs={"image_embeds": embeds}).sample
+    got = back.unet(x, t, encoder_hidden_states=ctx, added_cond_kwargs={"image_embeds": embeds}).sample
+    assert float((got - want).abs().max()) <= TOL * float(want.abs().max())

@@ -86,3 +86,18 @@ def ip_adapter_original_keymap(shape: UNetShape) -> dict[str, str]:
         for name in ("to_k", "to_v"):
             out[f"adapters.{i}.{name}.weight"] = f"ip_adapter.{2 * rank + 1}.{name}_ip.weight"
     return out
+
+
+def gligen_to_diffusers(state: dict[str, torch.Tensor], shape: UNetShape) -> dict[str, torch.Tensor]:
+    """The gated layout plugin's layers and tokenizer in a diffusers GLIGEN UNet's names (its
+    class-embedding table has no place there: GLIGEN embeds phrases with the text encoder)."""
+    paths = transformer_block_paths(shape)
+    out = {}
+    for k, v in state.items():
+        head, _, rest = k.partition(".")
+        if head == "fusers":
+            i, _, inside = rest.partition(".")
+            out[f"{paths[int(i)]}.fuser.{inside}"] = v
+        elif head == "grounding":
+            out[f"position_net.{rest}"] = v
+    return out

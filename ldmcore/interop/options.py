@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ldmcore.schema import Strict
 
@@ -17,6 +17,9 @@ class ImportOptions(Strict):
                                                    "(default: the file's metadata or scheduler)")
     image_size: int | None = Field(None, ge=8, description="the size it was trained at (default: "
                                    "the metadata's, else 512 for eps and 768 for v)")
+    phrases: tuple[str, ...] | None = Field(None, description="a GLIGEN pipeline: the phrases its "
+                                            "boxes will carry, comma-separated ('a cat,a dog'), "
+                                            "the layout plugin's classes")
     overwrite: bool = Field(False, description="replace OUT_DIR (only a run folder ldmcore made)")
     attach_to: Path | None = Field(None, description="SOURCE is a ControlNet, T2I-Adapter or "
                                    "IP-Adapter: write this run with it attached as a plugin")
@@ -29,6 +32,13 @@ class ImportOptions(Strict):
                                        "reads (the file does not hold it)")
     progress: bool = Field(True, description="a progress bar of its stages (never when the "
                                              "output is not a terminal)")
+
+    @field_validator("phrases", mode="before")
+    @classmethod
+    def _comma_separated(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(p.strip() for p in v.split(",") if p.strip())
+        return v
 
 
 class ExportOptions(Strict):

@@ -1,0 +1,131 @@
+"""``ldm import GLIGEN_DIR OUT phrases=...`` against diffusers' ``StableDiffusionGLIGENPipeline``, in
+float32 on random weights.
+
+A tiny Stable Diffusion 1.x with GLIGEN's gated UNet (tests/sd_fixtures.py, ``attention_type=
+"gated"``; the gates and null features, zero at init, drawn at random so every path counts) is
+saved as a GLIGEN pipeline folder and imported: the run has the ``layout`` plugin with
+``injection: gated``, one class per phrase. diffusers embeds the phrases itself (its text
+encoder's pooled output) and is compared on the UNet output for one call and on a 10-step DDIM
+sample at guidance 7.5 (``gligen_scheduled_sampling_beta=1``: the gated layers act at every step,
+as the layout plugin's do). Then ``ldm export`` writes the run back as a GLIGEN pipeline, which
+diffusers loads and samples with the same result.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ldmcore.cli import main
+from ldmcore.runfolder import load_run
+
+diffusers = pytest.importorskip("diffusers")
+
+from tests.sd_fixtures import build_pipeline  # noqa: E402
+from tests.test_parity_adapters import randomize_zero_inits  # noqa: E402
+
+TOL = 1e-4
+SAMPLE_RTOL = 2e-4
+PROMPT = "a red circle"
+PHRASES = ("a red circle", "a blue square")
+BOXES = [[0.1, 0.2, 0.5, 0.6], [0.55, 0.5, 0.95, 0.9]]
+
+
+def gligen_pipeline(folder):
+    from diffusers import StableDiffusionGLIGENPipeline
+
+    pipe = build_pipeline("sd1", attention_type="gated")
+    randomize_zero_inits(pipe.unet)
+    gligen = StableDiffusionGLIGENPipeline(**{k: v for k, v in pipe.components.items()
+                                              if k != "image_encoder"}, requires_safety_checker=False)
+    gligen.set_progress_bar_config(disable=True)
+    gligen.save_pretrained(str(folder), safe_serialization=True)
+    return gligen
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gligen")
+    pipe = gligen_pipeline(root / "gligen")
+    assert main(["import", str(root / "gligen"), str(root / "run"), f"phrases={','.join(PHRASES)}",
+                 "progress=false"]) == 0
+    return pipe, root
+
+
+def layout_value():
+    return [(torch.tensor(BOXES), torch.tensor([0, 1]))]
+
+
+def phrase_embeddings(pipe) -> torch.Tensor:
+    """GLIGEN's (1, 30, width) phrase features, as the pipeline makes them."""
+    ids = pipe.tokenizer(list(PHRASES), padding=True, return_tensors="pt")
+    out = torch.zeros(1, 30, pipe.unet.config.cross_attention_dim)
+    out[0, :len(PHRASES)] = pipe.text_encoder(**ids).pooler_output
+    return out
+
+
+@torch.no_grad()
+def test_the_imported_gated_layout_computes_what_the_gligen_unet_computes(imported):
+    pipe, root = imported
+    _, model, _ = load_run(root / "run")
+    layout = model.conditioner.encoders["layout"]
+    assert layout.config.injection == "gated" and layout.config.class_names == PHRASES
+    g = torch.Generator().manual_seed(1)
+    x, t = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([700])
+    values = {"text": [PROMPT], "layout": layout_value()}
+    cond = model.conditioner(values, 1)
+    boxes, masks = torch.zeros(1, 30, 4), torch.zeros(1, 30)
+    boxes[0, :2], masks[0, :2] = torch.tensor(BOXES), 1
+    want = pipe.unet(x, t, encoder_hidden_states=cond.context, cross_attention_kwargs={"gligen": {
+        "boxes": boxes, "masks": masks, "positive_embeddings": phrase_embeddings(pipe)}}).sample
+    got = model.network(x, t, cond)
+    null = model.network(x, t, model.conditioner(values, 1, keep={"text"}))
+    assert float((got - want).abs().max()) <= TOL * float(want.abs().max())
+    assert float((null - want).abs().max()) > 100 * TOL * float(want.abs().max())  # the boxes count
+
+
+def guided_sample(model, noise):
+    seen = {}
+    plan = model.sampling.but(steps=10)
+    model.sample({"text": [PROMPT], "layout": layout_value()}, 1, plan, noise=noise.clone(),
+                 callback=lambda info: seen.update(x=info["x"]))
+    last = float(plan.sigmas.sigmas(model.schedule, 10)[-1])
+    return seen["x"] / (1 + last ** 2) ** 0.5
+
+
+def pipeline_sample(pipe, noise):
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    return pipe(PROMPT, gligen_phrases=list(PHRASES), gligen_boxes=BOXES, num_inference_steps=10,
+                guidance_scale=7.5, gligen_scheduled_sampling_beta=1.0, latents=noise.clone(),
+                output_type="latent").images
+
+
+@torch.no_grad()
+def test_a_guided_sample_matches_the_gligen_pipeline_and_survives_export(imported):
+    from diffusers import StableDiffusionGLIGENPipeline
+
+    pipe, root = imported
+    _, model, _ = load_run(root / "run")
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    want = pipeline_sample(pipe, noise)
+    got = guided_sample(model, noise)
+    assert float((got - want).abs().max()) <= SAMPLE_RTOL * float(want.abs().max())
+
+    assert main(["export", str(root / "run"), str(root / "exported"), "layout=diffusers",
+                 "progress=false"]) == 0
+    index = json.loads((root / "exported" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionGLIGENPipeline"
+    back = StableDiffusionGLIGENPipeline.from_pretrained(str(root / "exported"))
+    back.set_progress_bar_config(disable=True)
+    again = pipeline_sample(back, noise)
+    assert float((again - want).abs().max()) <= TOL * float(want.abs().max())
+
+
+def test_a_gligen_pipeline_without_phrases_is_refused_naming_the_option(imported, capsys):
+    _, root = imported
+    assert main(["import", str(root / "gligen"), str(root / "no_phrases")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "GLIGEN pipeline" in err and "phrases='a cat,a dog'" in err
+    assert not (root / "no_phrases").exists()
