@@ -45,10 +45,10 @@ def sd(tmp_path_factory):
     return pipe, import_pretrained(root / "diffusers", root / "run")
 
 
-def attached(run: Path, plugin: str):
+def attached(run: Path, plugin: str, **options):
     """The imported run with ``plugin`` (reading an image hint) attached, as model.init_from does."""
     cfg = run_config(run)
-    cfg = cfg.model_copy(update={"conditions": {**cfg.conditions, plugin: {"condition": "image"}}})
+    cfg = cfg.model_copy(update={"conditions": {**cfg.conditions, plugin: {"condition": "image", **options}}})
     model = build_model(cfg, root=run).eval()
     attach_pretrained(model, run)
     return model
@@ -140,6 +140,40 @@ def test_controlnet_guided_ddim_sample_matches(sd, controlnet):
     last = float(plan.sigmas.sigmas(model.schedule, 10)[-1])
     assert (plan.sampler.name, plan.guidance.scale) == ("ddim", 7.5)
     assert max_err(seen["x"] / (1 + last ** 2) ** 0.5, latents) <= SAMPLE_RTOL * scale(latents)
+
+
+@torch.no_grad()
+def test_guess_mode_and_a_step_window_match_the_controlnet_pipeline(sd, controlnet):
+    """``guess_mode=true control_guidance_start=0.2 control_guidance_end=0.7`` against diffusers'
+    StableDiffusionControlNetPipeline with the same options: 10 DDIM steps at guidance 7.5, the
+    ControlNet in the conditional branch only, its maps scaled by logspace(-1, 0) over the taps,
+    acting at steps 2..6 only."""
+    pipe, run = sd
+    ref, same_weights = controlnet
+    model = attached(run, "controlnet", guess_mode=True, control_guidance_start=0.2,
+                     control_guidance_end=0.7)
+    enc = model.conditioner.encoders["controlnet"]
+    enc.load_state_dict(same_weights.conditioner.encoders["controlnet"].state_dict())
+    image = hint_image(8)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(12))
+    reference = diffusers.StableDiffusionControlNetPipeline(
+        **{k: v for k, v in pipe.components.items() if k != "image_encoder"}, controlnet=ref,
+        requires_safety_checker=False)
+    reference.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    reference.set_progress_bar_config(disable=True)
+    kwargs = {"num_inference_steps": 10, "guidance_scale": 7.5, "output_type": "latent", "height": 64,
+              "width": 64, "guess_mode": True}
+    want = reference(PROMPT, (image + 1) / 2, latents=noise.clone(), control_guidance_start=0.2,
+                     control_guidance_end=0.7, **kwargs).images
+    everywhere = reference(PROMPT, (image + 1) / 2, latents=noise.clone(), **kwargs).images
+    seen = {}
+    plan = model.sampling.but(steps=10)
+    model.sample({"text": [PROMPT], "controlnet": image}, 1, plan, noise=noise.clone(),
+                 callback=lambda info: seen.update(x=info["x"]))
+    last = float(plan.sigmas.sigmas(model.schedule, 10)[-1])
+    got = seen["x"] / (1 + last ** 2) ** 0.5
+    assert max_err(got, want) <= SAMPLE_RTOL * scale(want)
+    assert max_err(everywhere, want) > 100 * SAMPLE_RTOL * scale(want)  # the window counted
 
 
 @torch.no_grad()

@@ -37,6 +37,8 @@ class UNetInput:
 
 
 ResidualNetwork = Callable[[dict[str, torch.Tensor], UNetInput], dict[str, torch.Tensor]]
+StepWindow = tuple[float, float]  # (start, end): the fraction of sampling steps a plugin acts in
+EVERY_STEP: StepWindow = (0.0, 1.0)
 
 
 @dataclass
@@ -46,6 +48,9 @@ class Residual:
     features: dict[str, torch.Tensor]  # batch first; without ``network``: tap name -> map
     weight: torch.Tensor  # (B,): each sample's maps are multiplied by it
     network: ResidualNetwork | None = None
+    # where in a sampling run the maps are added (``ldmcore.diffusion.step_windows``); give the
+    # same window in ``forward`` and ``null``
+    steps: StepWindow = EVERY_STEP
 
     def maps(self, unet_input: UNetInput | None, taps: Sequence[ResidualTap] = ()) -> dict[str, torch.Tensor]:
         """Tap name -> map for this UNet call, weighted per sample. A network runs only on the
@@ -91,13 +96,13 @@ class Residual:
             return torch.where(cond.view(-1, *([1] * (b.dim() - 1))), a.to(b.dtype), b)
 
         return Residual({k: pick(v, other.features[k]) for k, v in self.features.items()},
-                        pick(self.weight, other.weight), other.network)
+                        pick(self.weight, other.weight), other.network, other.steps)
 
     @staticmethod
     def cat(parts: Sequence[Residual]) -> Residual:
         """Several batches of one plugin's output joined along the batch axis."""
         return Residual({k: torch.cat([p.features[k] for p in parts]) for k in parts[0].features},
-                        torch.cat([p.weight for p in parts]), parts[0].network)
+                        torch.cat([p.weight for p in parts]), parts[0].network, parts[0].steps)
 
 
 @dataclass
