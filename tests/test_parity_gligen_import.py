@@ -6,14 +6,15 @@ A tiny Stable Diffusion 1.x with GLIGEN's gated UNet (tests/sd_fixtures.py, ``at
 saved as a GLIGEN pipeline folder and imported: the run has the ``layout`` plugin with
 ``injection: gated``, one class per phrase. diffusers embeds the phrases itself (its text
 encoder's pooled output) and is compared on the UNet output for one call and on a 10-step DDIM
-sample at guidance 7.5 (``gligen_scheduled_sampling_beta=1``: the gated layers act at every step,
-as the layout plugin's do). Then ``ldm export`` writes the run back as a GLIGEN pipeline, which
+sample at guidance 7.5 (the pipeline's scheduled sampling, the gated layers in the first 30% of
+the steps, is the imported layout's ``scheduled_sampling_beta``). Then ``ldm export`` writes the run back as a GLIGEN pipeline, which
 diffusers loads and samples with the same result.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -38,6 +39,10 @@ def gligen_pipeline(folder):
 
     pipe = build_pipeline("sd1", attention_type="gated")
     randomize_zero_inits(pipe.unet)
+    with torch.no_grad():  # gated layers that steer as much as a trained GLIGEN's do
+        for name, p in pipe.unet.named_parameters():
+            if ".fuser." in name and name.endswith(("attn.to_out.0.weight", "ff.net.2.weight")):
+                p.mul_(4)
     gligen = StableDiffusionGLIGENPipeline(**{k: v for k, v in pipe.components.items()
                                               if k != "image_encoder"}, requires_safety_checker=False)
     gligen.set_progress_bar_config(disable=True)
@@ -81,9 +86,9 @@ def test_the_imported_gated_layout_computes_what_the_gligen_unet_computes(import
     want = pipe.unet(x, t, encoder_hidden_states=cond.context, cross_attention_kwargs={"gligen": {
         "boxes": boxes, "masks": masks, "positive_embeddings": phrase_embeddings(pipe)}}).sample
     got = model.network(x, t, cond)
-    null = model.network(x, t, model.conditioner(values, 1, keep={"text"}))
+    left_out = model.network(x, t, replace(cond, inserted=None))  # no gated layers
     assert float((got - want).abs().max()) <= TOL * float(want.abs().max())
-    assert float((null - want).abs().max()) > 100 * TOL * float(want.abs().max())  # the boxes count
+    assert float((left_out - want).abs().max()) > 100 * TOL * float(want.abs().max())
 
 
 def guided_sample(model, noise):
@@ -95,11 +100,10 @@ def guided_sample(model, noise):
     return seen["x"] / (1 + last ** 2) ** 0.5
 
 
-def pipeline_sample(pipe, noise):
+def pipeline_sample(pipe, noise, **options):
     pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
     return pipe(PROMPT, gligen_phrases=list(PHRASES), gligen_boxes=BOXES, num_inference_steps=10,
-                guidance_scale=7.5, gligen_scheduled_sampling_beta=1.0, latents=noise.clone(),
-                output_type="latent").images
+                guidance_scale=7.5, latents=noise.clone(), output_type="latent", **options).images
 
 
 @torch.no_grad()
@@ -109,9 +113,13 @@ def test_a_guided_sample_matches_the_gligen_pipeline_and_survives_export(importe
     pipe, root = imported
     _, model, _ = load_run(root / "run")
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
-    want = pipeline_sample(pipe, noise)
+    want = pipeline_sample(pipe, noise)  # the gated layers in the first 30% of the steps
     got = guided_sample(model, noise)
+    assert model.conditioner.encoders["layout"].config.scheduled_sampling_beta == 0.3
     assert float((got - want).abs().max()) <= SAMPLE_RTOL * float(want.abs().max())
+    every_step = pipeline_sample(pipe, noise, gligen_scheduled_sampling_beta=1.0)
+    # the window counted: the gated layers in the last 7 steps, which refine, move it 2%
+    assert float((every_step - want).abs().max()) > 10 * SAMPLE_RTOL * float(want.abs().max())
 
     assert main(["export", str(root / "run"), str(root / "exported"), "layout=diffusers",
                  "progress=false"]) == 0

@@ -48,3 +48,23 @@ def test_a_window_that_ends_before_it_starts_is_refused_naming_both_keys():
     with pytest.raises(ConfigError, match="control_guidance_start=0.8 must be below control_guidance_end=0.3"):
         control_model("conditions.controlnet.control_guidance_start=0.8",
                       "conditions.controlnet.control_guidance_end=0.3")
+
+
+def test_gligens_scheduled_sampling_keeps_the_gated_layers_to_the_first_steps():
+    """``scheduled_sampling_beta=0.3`` of 10 steps: the gated layout's layers act in steps 0..2
+    (diffusers' GLIGEN pipeline: ``int(beta * N)`` steps), in both guidance branches."""
+    cfg = load([*SHAPES, "condition=[class,layout]", "conditions.layout.injection=gated",
+                "conditions.layout.scheduled_sampling_beta=0.3", "sampler.guidance=3", "sampler.steps=10"])
+    model = randomised(build_model(cfg))
+    acted = []
+    network = model.network
+
+    def recording(zt, t, cond):
+        acted.append(cond.inserted is not None and len(cond.inserted.gated) == 1)
+        return network(zt, t, cond)
+
+    model.network = recording
+    value = [(torch.tensor([[0.1, 0.1, 0.6, 0.5]]), torch.tensor([1]))]
+    model.sample({"class": torch.tensor([0]), "layout": value}, 1,
+                 noise=torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(0)))
+    assert acted == [i < int(0.3 * 10) for i in range(10)]

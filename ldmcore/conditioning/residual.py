@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ldmcore.errors import PluginError
+from ldmcore.nn.inserted_layers import EVERY_STEP, StepWindow
 from ldmcore.nn.taps import ResidualTap
 
 
@@ -37,8 +38,6 @@ class UNetInput:
 
 
 ResidualNetwork = Callable[[dict[str, torch.Tensor], UNetInput], dict[str, torch.Tensor]]
-StepWindow = tuple[float, float]  # (start, end): the fraction of sampling steps a plugin acts in
-EVERY_STEP: StepWindow = (0.0, 1.0)
 
 
 @dataclass

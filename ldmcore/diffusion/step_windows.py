@@ -1,14 +1,16 @@
-"""Residual plugins that act over part of the sampling steps (diffusers' ``control_guidance_start``
-/ ``control_guidance_end``).
+"""Plugins whose layers act over part of the sampling steps: diffusers' ControlNet
+``control_guidance_start`` / ``control_guidance_end``, GLIGEN's scheduled sampling.
 
-A ``Residual`` declares its window as fractions of the sampling run, ``steps=(start, end)``: at
-step ``i`` of ``N`` its maps are added when ``start <= i / N`` and ``(i + 1) / N <= end``, the
-rule of diffusers' ControlNet pipelines (so ``(0.2, 0.8)`` of 10 steps acts at steps 2..7). A
-denoiser call at noise level ``sigma`` belongs to the step that starts at the last level at or
-above it: step ``i`` evaluates at ``sigma_i`` and, for samplers with a midpoint, between
-``sigma_i`` and ``sigma_{i+1}``. Image-to-image counts only the steps it runs, as diffusers does.
-Outside its window a plugin's maps are left out of the UNet call altogether: the backbone alone,
-as its null. Training ignores windows (there are no sampling steps).
+A residual output (``Residual.steps``) or the tokens of a plugin with inserted layers
+(``Tokens.steps``, gated_attention and decoupled_crossattn) declare a window as fractions of the
+sampling run, ``(start, end)``: at step ``i`` of ``N`` the plugin acts when ``start <= i / N`` and
+``(i + 1) / N <= end``, the rule of diffusers' ControlNet pipelines (``(0.2, 0.8)`` of 10 steps
+acts at steps 2..7; GLIGEN's ``gligen_scheduled_sampling_beta`` is ``(0, beta)``: the first
+``int(beta N)`` steps). A denoiser call at noise level ``sigma`` belongs to the step that starts at
+the last level at or above it: step ``i`` evaluates at ``sigma_i`` and, for samplers with a
+midpoint, between ``sigma_i`` and ``sigma_{i+1}``. Image-to-image counts only the steps it runs,
+as diffusers does. Outside its window a plugin's maps or layers are left out of the UNet call
+altogether. Training ignores windows (there are no sampling steps).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any
 import torch
 
 from ldmcore.conditioning import Conditioning
-from ldmcore.conditioning.residual import EVERY_STEP, Residuals, StepWindow
+from ldmcore.conditioning.residual import Residuals
+from ldmcore.nn.inserted_layers import EVERY_STEP, InsertedLayers, StepWindow
 
 
 def acts_at(window: StepWindow, step: int, steps: int) -> bool:
@@ -29,14 +32,20 @@ def acts_at(window: StepWindow, step: int, steps: int) -> bool:
     return not (step / steps < start or (step + 1) / steps > end)
 
 
+def _windowed(cond: Conditioning) -> bool:
+    res = [] if cond.residuals is None else cond.residuals.parts.values()
+    ins = [] if cond.inserted is None else (*cond.inserted.gated, *cond.inserted.decoupled)
+    return any(p.steps != EVERY_STEP for p in (*res, *ins))
+
+
 class StepWindows:
     """``denoiser(x, sigma, cond=...)`` that, at each step of a sampling run over the noise
-    ``levels``, leaves out the residual plugins whose window excludes that step."""
+    ``levels``, leaves out the plugins whose window excludes that step."""
 
     def __init__(self, denoiser: Callable[..., torch.Tensor], levels: torch.Tensor) -> None:
         self.denoiser = denoiser
         self.starts = [float(s) for s in levels[:-1]]  # the level each step starts at
-        self._without: dict[tuple[int, frozenset[str]], Conditioning] = {}
+        self._at: dict[tuple, Conditioning] = {}
 
     def __getattr__(self, name: str) -> Any:  # the wrapped denoiser's prediction, schedule, ...
         return getattr(self.__dict__["denoiser"], name)
@@ -47,20 +56,22 @@ class StepWindows:
         return max(0, sum(1 for start in self.starts if start >= s) - 1)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, *, cond: Conditioning) -> torch.Tensor:
-        parts = {} if cond.residuals is None else cond.residuals.parts
-        windows = {name: p.steps for name, p in parts.items() if p.steps != EVERY_STEP}
-        if not windows:
+        if not _windowed(cond):
             return self.denoiser(x, sigma, cond=cond)
-        i = self.step(sigma)
-        off = frozenset(n for n, w in windows.items() if not acts_at(w, i, len(self.starts)))
-        return self.denoiser(x, sigma, cond=self.without(cond, off) if off else cond)
+        return self.denoiser(x, sigma, cond=self.at_step(cond, self.step(sigma)))
 
-    def without(self, cond: Conditioning, off: frozenset[str]) -> Conditioning:
-        """``cond`` without the residual plugins ``off`` (made once per conditioning and set)."""
-        key = (id(cond), off)
-        if key not in self._without:
-            res = cond.residuals
-            kept = {n: p for n, p in res.parts.items() if n not in off}
-            self._without[key] = replace(cond, residuals=Residuals(kept, res.taps) if kept else None)
-        return self._without[key]
+    def at_step(self, cond: Conditioning, step: int) -> Conditioning:
+        """``cond`` with only the plugins that act at ``step`` (made once per set that acts)."""
+        def on(window: StepWindow) -> bool:
+            return acts_at(window, step, len(self.starts))
 
+        res = {} if cond.residuals is None else {n: p for n, p in cond.residuals.parts.items() if on(p.steps)}
+        ins = cond.inserted or InsertedLayers()
+        gated = tuple(g for g in ins.gated if on(g.steps))
+        decoupled = tuple(d for d in ins.decoupled if on(d.steps))
+        key = (id(cond), tuple(res), tuple(map(id, gated)), tuple(map(id, decoupled)))
+        if key not in self._at:
+            self._at[key] = replace(
+                cond, residuals=Residuals(res, cond.residuals.taps) if res else None,
+                inserted=InsertedLayers(gated, decoupled) if gated or decoupled else None)
+        return self._at[key]

@@ -26,6 +26,7 @@ from ldmcore.interop.block_layers import gligen_from_diffusers
 from ldmcore.nn.unet import UNetShape
 
 GLIGEN_MAX_OBJECTS = 30  # StableDiffusionGLIGENPipeline pads every layout to 30 boxes
+GLIGEN_SCHEDULED_SAMPLING = 0.3  # the pipeline's gligen_scheduled_sampling_beta default
 GATED_PARTS = (".fuser.", "position_net.")
 
 
@@ -46,7 +47,8 @@ def layout_section(layers: dict[str, torch.Tensor], phrases: tuple[str, ...]) ->
     position = layers["grounding.null_position_feature"].shape[0]
     return {"injection": "gated", "embed_dim": first.shape[1] - position, "num_freqs": position // 8,
             "grounding_hidden": first.shape[0], "max_boxes": GLIGEN_MAX_OBJECTS,
-            "num_classes": len(phrases), "class_names": list(phrases), "drop_prob": 0.0}
+            "num_classes": len(phrases), "class_names": list(phrases), "drop_prob": 0.0,
+            "scheduled_sampling_beta": GLIGEN_SCHEDULED_SAMPLING}
 
 
 def phrase_table(text_model, tokenizer, phrases: tuple[str, ...]) -> torch.Tensor:

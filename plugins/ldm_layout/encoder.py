@@ -12,7 +12,9 @@ by a gated self-attention layer the plugin inserts after the self-attention of e
 block (``ldmcore.nn.gated_attention``), gates shut at init. Attached to a pretrained model
 (``model.init_from``) the output is unchanged until training opens the gates, which
 cross-attention tokens cannot promise (softmax renormalises over the added keys). The dropped
-layout is every slot empty (null features).
+layout is every slot empty (null features). ``scheduled_sampling_beta`` < 1 switches the gated
+layers off after that fraction of the sampling steps (GLIGEN's scheduled sampling: the boxes
+place things early, the backbone alone refines them).
 
 A value is a pair (boxes (N, 4), labels (N,)) per sample, N varying within a batch.
 """
@@ -49,6 +51,10 @@ class LayoutConfig(EncoderConfig):
                                  "unchanged at init when attached to a pretrained model)")
     grounding_hidden: int = Field(512, ge=1, description="gated: width of the grounding "
                                                          "tokenizer's MLP (GLIGEN: 512)")
+    scheduled_sampling_beta: float = Field(
+        1.0, gt=0.0, le=1.0, description="gated: the fraction of sampling steps, from the first, in "
+                                         "which the gated layers act (GLIGEN's scheduled sampling; "
+                                         "its pipeline uses 0.3); 1: every step")
 
 
 class LayoutEncoder(ConditionEncoder):
@@ -118,7 +124,8 @@ class LayoutEncoder(ConditionEncoder):
     def _grounding(self, boxes: torch.Tensor, labels: torch.Tensor, present: torch.Tensor) -> ConditionOutput:
         """GLIGEN's tokens, every slot attended (empty ones carry the null features)."""
         tokens = self.grounding(self.class_embedding(labels), boxes, present)
-        return {Injection.GATED_ATTENTION: Tokens(tokens, torch.ones_like(present))}
+        window = (0.0, self.config.scheduled_sampling_beta)
+        return {Injection.GATED_ATTENTION: Tokens(tokens, torch.ones_like(present), steps=window)}
 
     def null(self, batch_size: int) -> ConditionOutput:
         m, width = self.config.max_boxes, self.backbone.context_dim
