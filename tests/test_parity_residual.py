@@ -142,16 +142,18 @@ def test_controlnet_guided_ddim_sample_matches(sd, controlnet):
     assert max_err(seen["x"] / (1 + last ** 2) ** 0.5, latents) <= SAMPLE_RTOL * scale(latents)
 
 
+@pytest.mark.parametrize("guess_mode", [True, False], ids=["guess_mode", "both_branches"])
 @torch.no_grad()
-def test_guess_mode_and_a_step_window_match_the_controlnet_pipeline(sd, controlnet):
-    """``guess_mode=true control_guidance_start=0.2 control_guidance_end=0.7`` against diffusers'
-    StableDiffusionControlNetPipeline with the same options: 10 DDIM steps at guidance 7.5, the
-    ControlNet in the conditional branch only, its maps scaled by logspace(-1, 0) over the taps,
-    acting at steps 2..6 only."""
+def test_controlnet_options_match_the_controlnet_pipeline(sd, controlnet, guess_mode):
+    """diffusers' StableDiffusionControlNetPipeline with ``control_guidance_start=0.2``,
+    ``control_guidance_end=0.7``, 10 DDIM steps at guidance 7.5, against the plugin with the same
+    options: in guess mode the ControlNet feeds the conditional branch only, its maps scaled by
+    logspace(-1, 0) over the taps; outside it (``guided=false`` here) it feeds both branches.
+    Either way it acts at steps 2..6 only."""
     pipe, run = sd
     ref, same_weights = controlnet
-    model = attached(run, "controlnet", guess_mode=True, control_guidance_start=0.2,
-                     control_guidance_end=0.7)
+    model = attached(run, "controlnet", guess_mode=guess_mode, guided=guess_mode,
+                     control_guidance_start=0.2, control_guidance_end=0.7)
     enc = model.conditioner.encoders["controlnet"]
     enc.load_state_dict(same_weights.conditioner.encoders["controlnet"].state_dict())
     image = hint_image(8)
@@ -162,10 +164,12 @@ def test_guess_mode_and_a_step_window_match_the_controlnet_pipeline(sd, controln
     reference.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
     reference.set_progress_bar_config(disable=True)
     kwargs = {"num_inference_steps": 10, "guidance_scale": 7.5, "output_type": "latent", "height": 64,
-              "width": 64, "guess_mode": True}
+              "width": 64, "guess_mode": guess_mode}
     want = reference(PROMPT, (image + 1) / 2, latents=noise.clone(), control_guidance_start=0.2,
                      control_guidance_end=0.7, **kwargs).images
     everywhere = reference(PROMPT, (image + 1) / 2, latents=noise.clone(), **kwargs).images
+    other_mode = reference(PROMPT, (image + 1) / 2, latents=noise.clone(), control_guidance_start=0.2,
+                           control_guidance_end=0.7, **{**kwargs, "guess_mode": not guess_mode}).images
     seen = {}
     plan = model.sampling.but(steps=10)
     model.sample({"text": [PROMPT], "controlnet": image}, 1, plan, noise=noise.clone(),
@@ -174,6 +178,7 @@ def test_guess_mode_and_a_step_window_match_the_controlnet_pipeline(sd, controln
     got = seen["x"] / (1 + last ** 2) ** 0.5
     assert max_err(got, want) <= SAMPLE_RTOL * scale(want)
     assert max_err(everywhere, want) > 100 * SAMPLE_RTOL * scale(want)  # the window counted
+    assert max_err(other_mode, want) > 10 * SAMPLE_RTOL * scale(want)  # and the mode (2% here)
 
 
 @torch.no_grad()

@@ -21,8 +21,9 @@ conditioning scale (diffusers' ``controlnet_conditioning_scale``) is ``scale``.
 
 ``guess_mode`` and ``control_guidance_start`` / ``control_guidance_end`` are diffusers' options
 of the same names. Under classifier-free guidance the ControlNet feeds the conditional branch
-only, with or without guess mode (its null is the backbone alone); guess mode adds the per-tap
-scales, ``logspace(-1, 0)`` from the shallowest skip to the middle block.
+only (its null is the backbone alone), as in diffusers' guess mode, which adds the per-tap
+scales, ``logspace(-1, 0)`` from the shallowest skip to the middle block; ``guided=false`` gives
+the hint to every branch instead, as diffusers' pipelines do outside guess mode.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class ControlNetConfig(HintConfig):
                              "logspace(-1, 0) over the taps, the shallowest by 0.1, the middle "
                              "by 1 (the ControlNet recognises the hint's content with less help "
                              "from the prompt)")
+    guided: bool = Field(True, description="false: the ControlNet also steers guidance's "
+                         "unconditional branch (every branch gets the hint), as diffusers' "
+                         "ControlNet pipelines do outside guess mode; true: the conditional "
+                         "branch only, the unconditional is the backbone alone")
     control_guidance_start: float = Field(0.0, ge=0.0, le=1.0, description="the fraction of "
                                           "sampling steps done before the ControlNet acts")
     control_guidance_end: float = Field(1.0, ge=0.0, le=1.0, description="the fraction of "
@@ -177,6 +182,10 @@ class ControlNetEncoder(HintInput, ConditionEncoder):
                            dtype=out.weight.dtype)
         weight = torch.zeros(batch_size, device=out.weight.device)
         return {Injection.RESIDUAL: Residual({"hint": hint}, weight, self.control, self.steps)}
+
+    @property
+    def guided(self) -> bool:
+        return self.config.guided
 
     @property
     def steps(self) -> tuple[float, float]:
