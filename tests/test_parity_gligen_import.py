@@ -137,3 +137,12 @@ def test_a_gligen_pipeline_without_phrases_is_refused_naming_the_option(imported
     err = " ".join(capsys.readouterr().err.split())
     assert "GLIGEN pipeline" in err and "phrases='a cat,a dog'" in err
     assert not (root / "no_phrases").exists()
+
+
+def test_a_phrase_not_given_at_import_is_refused_naming_the_known_ones(imported, capsys):
+    _, root = imported
+    assert main(["sample", f"run={root / 'run'}", "cond.text=a cat", "n=1", "steps=2",
+                 'cond.layout=[[0.1,0.2,0.5,0.8,"a horse"]]', f"out={root / 'horse'}"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "'a horse' is not a class of this model" in err and "'a red circle', 'a blue square'" in err
+    assert "phrases=" in err and not (root / "horse").exists()

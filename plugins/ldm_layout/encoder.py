@@ -160,6 +160,11 @@ class LayoutEncoder(ConditionEncoder):
             for item in value:
                 *coords, label = item
                 boxes.append([float(c) for c in coords])
+                if isinstance(label, str) and label not in names:
+                    raise ConfigError(f"cond.{self.name}: {label!r} is not a class of this model; "
+                                      f"its classes are {', '.join(repr(n) for n in names)} (or "
+                                      f"their indices 0..{len(names) - 1}). An imported GLIGEN "
+                                      f"knows the phrases given to ldm import (phrases=...).")
                 labels.append(names.index(label) if isinstance(label, str) else int(label))
             boxes_t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         # RuntimeError: a box of other than 4 coordinates (the reshape)
