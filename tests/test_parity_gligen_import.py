@@ -146,3 +146,16 @@ def test_a_phrase_not_given_at_import_is_refused_naming_the_known_ones(imported,
     err = " ".join(capsys.readouterr().err.split())
     assert "'a horse' is not a class of this model" in err and "'a red circle', 'a blue square'" in err
     assert "phrases=" in err and not (root / "horse").exists()
+
+
+def test_a_layout_whose_table_was_trained_is_not_exported_as_gligen(imported, tmp_path):
+    from ldmcore.errors import ConfigError
+    from ldmcore.interop.export import export_diffusers
+
+    _, root = imported
+    cfg, model, _ = load_run(root / "run")
+    with torch.no_grad():
+        model.conditioner.encoders["layout"].class_embedding.weight.mul_(1.01)  # moved by training
+    with pytest.raises(ConfigError, match="learned class table"):
+        export_diffusers(model, cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
