@@ -28,7 +28,7 @@ from ldmcore.attach import attach_pretrained, save_plugin_weights
 from ldmcore.build import build_model
 from ldmcore.config import INSTANCE_OF
 from ldmcore.errors import CheckpointError, ConfigError
-from ldmcore.interop.convert import TEXT_DIR, _load_tensors, _refuse_pickle
+from ldmcore.interop.convert import PICKLES, TEXT_DIR
 from ldmcore.interop.foreign_plugin import ForeignPlugin
 from ldmcore.interop.ip_adapter_import import is_ip_adapter_file, read_ip_adapter
 from ldmcore.interop.residual_import import read_residual
@@ -37,8 +37,15 @@ from ldmcore.runfolder import RunFolder, run_config, run_metadata
 
 def read_foreign_plugin(source: Path, **options: Any) -> ForeignPlugin:
     """The reader SOURCE calls for: an IP-Adapter file, or a ControlNet / T2I-Adapter."""
-    _refuse_pickle(source)
-    if source.is_file() and is_ip_adapter_file(_load_tensors(source)[0]):
+    if source.suffix in PICKLES:
+        raise CheckpointError(
+            f"{str(source)!r} is a pickled PyTorch file; ldmcore reads only .safetensors "
+            f"(unpickling can run arbitrary code). Convert it once in a trusted environment: "
+            f"sd = torch.load(path, weights_only=True), then for an IP-Adapter (a dict of "
+            f"'image_proj' and 'ip_adapter') safetensors.torch.save_file({{f'{{part}}.{{k}}': v "
+            f"for part in sd for k, v in sd[part].items()}}, 'ip-adapter.safetensors'), for a "
+            f"ControlNet safetensors.torch.save_file(sd.get('state_dict', sd), 'control.safetensors').")
+    if source.is_file() and is_ip_adapter_file(checkpoint.keys(source)):
         return read_ip_adapter(source, **options)
     return read_residual(source, **options)
 

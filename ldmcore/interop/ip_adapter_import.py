@@ -12,6 +12,7 @@ the Plus, Full-Face and FaceID variants (a Resampler, per-patch tokens, LoRA lay
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -26,8 +27,9 @@ IMAGE_ENCODER_DIR = "image_encoder"  # where the run keeps the image encoder's f
 PARTS = ("image_proj.", "ip_adapter.")
 
 
-def is_ip_adapter_file(tensors: dict[str, torch.Tensor]) -> bool:
-    return any(k.startswith(PARTS[1]) for k in tensors)
+def is_ip_adapter_file(names: Iterable[str]) -> bool:
+    """Do these tensor names hold IP-Adapter's key/value layers (``ip_adapter.<n>.*``)?"""
+    return any(k.startswith(PARTS[1]) for k in names)
 
 
 def read_ip_adapter(source: Path, *, image_encoder: Path | None = None, condition: str | None = None
