@@ -215,8 +215,8 @@ def read_diffusers(folder: Path, *, prediction: str | None = None, image_size: i
     unet_state = _weights(folder / "unet", "diffusion_pytorch_model", source)
     gated = ucfg.get("attention_type") == "gated"
     if not gated and phrases:
-        raise ConfigError(f"phrases= name a GLIGEN pipeline's phrases; {source!r} is not one (its "
-                          f"UNet has no gated attention).")
+        raise ConfigError(f"phrases= name the phrases a GLIGEN pipeline's boxes are offered with; "
+                          f"{source!r} is not one (its UNet has no gated attention).")
     text_folder = tokenizer = None
     if (folder / "text_encoder").is_dir():
         if not (folder / "tokenizer").is_dir():
@@ -224,8 +224,8 @@ def read_diffusers(folder: Path, *, prediction: str | None = None, image_size: i
         text_folder, tokenizer = folder / "text_encoder", folder / "tokenizer"
     plugins = {}
     if gated:
-        unet_state, section, layout = gligen_plugin(unet_state, unet_shape, phrases, text_folder,
-                                                    tokenizer, source)
+        unet_state, section, layout = gligen_plugin(unet_state, unet_shape, phrases,
+                                                    TEXT_DIR if text_folder else None, source)
         plugins["layout"] = (section, layout)
     unet = keymaps.from_diffusers_unet(unet_state, unet_shape, source)
     if arch.is_upscaler:

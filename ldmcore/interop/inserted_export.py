@@ -1,10 +1,10 @@
 """The plugins with layers inside the transformer blocks, exported beside a diffusers pipeline.
 
 * A ``layout`` with ``injection: gated`` makes the folder a ``StableDiffusionGLIGENPipeline``:
-  its gated layers and tokenizer go into the UNet (``attention_type="gated"``), its class names
-  become the phrases the pipeline embeds. That is exact only where the class-embedding table *is*
-  the text encoder's embedding of the class names (an imported GLIGEN, ``gligen_import.py``) and
-  the layout has GLIGEN's 30 slots; a learned table or other slot count is refused, naming why.
+  its gated layers and tokenizer go into the UNet (``attention_type="gated"``). That is exact only
+  where the layout embeds its labels as the pipeline does, with the run's text encoder
+  (``phrase_model``, as an imported GLIGEN: ``gligen_import.py``), and has GLIGEN's 30 slots; a
+  class table, another phrase model or another slot count is refused, naming why.
 * An ``ip_adapter`` reading a transformers vision model is written in IP-Adapter's original
   single-file layout (``ip_adapter/ip-adapter.safetensors``, what ``pipe.load_ip_adapter`` reads),
   with its vision model as the pipeline's ``image_encoder/``.
@@ -21,7 +21,7 @@ import torch
 from ldmcore import checkpoint
 from ldmcore.errors import ConfigError
 from ldmcore.interop.block_layers import gligen_to_diffusers
-from ldmcore.interop.gligen_import import GLIGEN_MAX_OBJECTS, phrase_table
+from ldmcore.interop.gligen_import import GLIGEN_MAX_OBJECTS
 from ldmcore.interop.ip_adapter_import import ip_adapter_original_tensors
 
 IP_ADAPTER_FILE = ("ip_adapter", "ip-adapter.safetensors")  # subfolder, weight_name for load_ip_adapter
@@ -58,18 +58,24 @@ def gligen_unet(model, text) -> dict[str, torch.Tensor]:
                           f"always attends {GLIGEN_MAX_OBJECTS} box slots, so this layout would "
                           f"sample differently there. Only a layout of {GLIGEN_MAX_OBJECTS} slots "
                           f"(an imported GLIGEN) exports.")
-    table = enc.class_embedding.weight.detach().float()
-    phrases = tuple(enc.config.class_names)
-    theirs = phrase_table(text.transformer, text.tokenizer, phrases) if len(phrases) == len(table) else None
-    if theirs is None or theirs.shape != table.shape or not torch.allclose(
-            theirs.to(table.device), table, rtol=1e-4, atol=1e-5 * float(theirs.abs().max())):
-        raise ConfigError(f"the gated layout {name!r} grounds its boxes on a learned class table, "
-                          f"not on the text encoder's embedding of its class names "
-                          f"{list(phrases)}; the GLIGEN pipeline embeds phrases with its text "
-                          f"encoder and has no place for the table. Share the plugin as "
-                          f"plugins/{name}.safetensors instead.")
-    state = {k: v.detach() for k, v in enc.state_dict().items() if k != "class_embedding.weight"}
+    if "phrases" not in enc.__dict__ or not _same_phrases(enc.phrases, text):
+        raise ConfigError(f"the gated layout {name!r} does not embed its labels with the run's text "
+                          f"encoder (conditions.{name}.phrase_model); the GLIGEN pipeline embeds "
+                          f"every phrase with its text encoder and has no place for a class table "
+                          f"or another model. Share the plugin as plugins/{name}.safetensors instead.")
+    state = {k: v.detach() for k, v in enc.state_dict().items()}
     return gligen_to_diffusers(state, model.unet.shape)
+
+
+def _same_phrases(phrases, text) -> bool:
+    """Does the layout's phrase model embed as the text plugin's encoder does (pooled output)?"""
+    probes = ["a", "a red circle"]
+    device = next(text.transformer.parameters()).device
+    with torch.no_grad():
+        theirs = torch.cat([text.transformer(**text.tokenizer([p], return_tensors="pt").to(device)).pooler_output
+                            for p in probes]).float().cpu()
+    ours = phrases(probes)
+    return ours.shape == theirs.shape and bool(torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5))
 
 
 def write_ip_adapter(model, root: Path) -> dict[str, Any]:

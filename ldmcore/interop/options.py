@@ -17,9 +17,9 @@ class ImportOptions(Strict):
                                                    "(default: the file's metadata or scheduler)")
     image_size: int | None = Field(None, ge=8, description="the size it was trained at (default: "
                                    "the metadata's, else 512 for eps and 768 for v)")
-    phrases: tuple[str, ...] | None = Field(None, description="a GLIGEN pipeline: the phrases its "
-                                            "boxes will carry, comma-separated ('a cat,a dog'), "
-                                            "the layout plugin's classes")
+    phrases: tuple[str, ...] | None = Field(None, description="a GLIGEN pipeline: phrases for the "
+                                            "layout's boxes that ldm serve offers, comma-separated "
+                                            "('a cat,a dog'); cond.layout takes any phrase")
     overwrite: bool = Field(False, description="replace OUT_DIR (only a run folder ldmcore made)")
     attach_to: Path | None = Field(None, description="SOURCE is a ControlNet, T2I-Adapter or "
                                    "IP-Adapter: write this run with it attached as a plugin")
