@@ -33,11 +33,12 @@ def positional(args: list[str], names: tuple[str, ...], usage: str) -> tuple[lis
     return pos, [a for a in args if "=" in a]
 
 
-def parse_options(args: list[str], model: type[Options]) -> Options:
+def parse_options(args: list[str], model: type[Options], **parsed: object) -> Options:
     """``key=value`` words validated by ``model`` (a pydantic model: the options' types,
-    defaults and ``--help``); an unknown key or a bad value names the key."""
-    opts = key_values(args, set(model.model_fields))
+    defaults and ``--help``), with fields the caller ``parsed`` itself; an unknown key or a bad
+    value names the key."""
+    opts = key_values(args, set(model.model_fields) - set(parsed))
     try:
-        return model.model_validate(opts)
+        return model.model_validate({**opts, **parsed})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, model=model, write_value=str)) from None

@@ -141,7 +141,8 @@ def _evaluate(req: EvalRequest, out: Path) -> tuple[dict, Path]:
         return evaluate_folder(run, folder), folder
     metrics = evaluate_run(run, n=req.n, steps=req.steps, seed=req.seed, out=out,
                            average=req.average, precision=req.precision, threads=req.threads,
-                           sampler=req.sampler, progress=req.progress, guidance=req.guidance)
+                           sampler=req.sampler, progress=req.progress, guidance=req.guidance,
+                           plugin_guidance=req.plugin_guidance)
     return metrics, out / "eval_grid.png"
 
 

@@ -196,6 +196,16 @@ def test_guidance_interval_runs_the_plain_conditional_model_outside_it() -> None
         torch.testing.assert_close(out[i], ref[i], rtol=0, atol=1e-12)
 
 
+def test_a_plugin_at_scale_0_stays_out_of_the_plain_branch_outside_the_interval() -> None:
+    """Scale 0 drops a plugin from every branch: outside the interval the model runs the
+    conditional branch of the other plugins alone, not of all of them."""
+    cond, values, x, _, net, _ = setup()
+    model = guide(net, cond, values, 5, Guidance(4.0, {"b": 0.0}, interval=(0.5, 2.0)))
+    outside = torch.full((5,), 3.0, dtype=torch.float64)
+    torch.testing.assert_close(model(x, outside), net(x, outside, cond=branch(cond, values, 5, {"a"})),
+                               rtol=0, atol=0)
+
+
 def test_rescale_matches_the_unguided_std_per_sample() -> None:
     """Lin et al. 2023, Algorithm 2: phi = 1 gives the reference's std, phi mixes linearly."""
     g = torch.Generator().manual_seed(4)

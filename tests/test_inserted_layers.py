@@ -195,3 +195,34 @@ def test_every_pretrained_backbone_kind_together_is_the_backbone_at_init():
     assert torch.equal(model.network(z, t, cond), model.network(z, t, replace(cond, inserted=None, residuals=None)))
     images = model.sample(values, 2, model.sampling.but(steps=2), generator=g)
     assert images.shape == (2, 3, 16, 16) and bool(images.isfinite().all())
+
+
+def test_gated_layer_position_features_break_permutation_equivariance():
+    """Without position features a gated layer treats its visual tokens as a set: permuting the
+    pixels permutes the output the same way (attention and feed-forward are per token). With
+    them it knows where each token lies, so the same permutation no longer commutes; with the
+    gates shut both return the input exactly."""
+    from ldmcore.nn.gated_attention import GatedSelfAttention
+
+    torch.manual_seed(0)
+    x, tokens = torch.randn(2, 12, 16), torch.randn(2, 3, 8)
+    perm = torch.randperm(12)
+    for freqs in (0, 4):
+        layer = GatedSelfAttention(16, 8, heads=2, head_dim=8, position_freqs=freqs).eval()
+        assert torch.equal(layer(x, tokens, None, (3, 4)), x)  # gates shut
+        with torch.no_grad():
+            layer.alpha_attn.fill_(1.0), layer.alpha_dense.fill_(1.0)
+        moved = layer(x[:, perm], tokens, None, (3, 4))
+        change = (moved - layer(x, tokens, None, (3, 4))[:, perm]).abs().max() / x.abs().max()
+        if freqs:
+            assert change > 1e-2
+        else:
+            assert change < 1e-5  # float32 sums in another order
+
+
+def test_gated_layer_with_positions_needs_the_map_size():
+    from ldmcore.nn.gated_attention import GatedSelfAttention
+
+    layer = GatedSelfAttention(16, 8, heads=2, head_dim=8, position_freqs=2)
+    with pytest.raises(ValueError, match=r"\(h, w\) of its 12 tokens"):
+        layer(torch.randn(1, 12, 16), torch.randn(1, 3, 8), None, (4, 4))

@@ -124,3 +124,28 @@ def test_ldm_eval_reports_it_beside_the_model_without_the_image_prompt(tmp_path)
     noise = torch.randn((4, *model.latent_shape()), generator=torch.Generator().manual_seed(0))
     images = model.sample(values, 4, without, noise=noise, generator=torch.Generator().manual_seed(0))
     assert reference_agreement(images, values["ip_adapter"], batch) == {k: report[f"{k}_null"] for k in keys}
+
+
+def test_ldm_eval_takes_a_scale_per_condition(tmp_path, capsys):
+    """``guidance.text=0`` scores the image prompt without its caption: the samples are those
+    of the plan with the text's scale 0 (it drops out of every branch), and the ``*_null``
+    entries those with both scales 0 (unconditional). An unknown condition is a usage error."""
+    run = train(load([*SMOKE, f"run_dir={tmp_path / 'run'}"]))
+    assert cli.main(["eval", f"run={run.root}", "n=4", "steps=2", "precision=fp32", "guidance.text=0"]) == 0
+    report = json.loads((run.root / "eval.json").read_text())
+    assert report["plugin_guidance"] == {"text": 0.0}
+
+    cfg, model, _ = load_run(run.root)
+    batch = held_out_batch(cfg, 4)
+    values = model.conditioner.resolve(batch)
+    plan = model.sampling.but(steps=2)
+    keys = ("ip_adapter_shape_agreement", "ip_adapter_placement_agreement")
+    for suffix, scales in (("", {"text": 0.0}), ("_null", {"text": 0.0, "ip_adapter": 0.0})):
+        how = plan.but(guidance=replace(plan.guidance, per_plugin=scales))
+        noise = torch.randn((4, *model.latent_shape()), generator=torch.Generator().manual_seed(0))
+        images = model.sample(values, 4, how, noise=noise, generator=torch.Generator().manual_seed(0))
+        assert reference_agreement(images, values["ip_adapter"], batch) == {k: report[f"{k}{suffix}"] for k in keys}
+
+    assert cli.main(["eval", f"run={run.root}", "n=4", "guidance.txt=0"]) == 2
+    err = capsys.readouterr().err
+    assert "guidance.txt names no condition of this run" in err and "text" in err

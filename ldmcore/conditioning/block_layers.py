@@ -29,9 +29,9 @@ class BlockLayers:
         """For each of ``gated_attention`` / ``decoupled_crossattn`` this instance feeds, its
         layers, one per transformer block: ``ldmcore.nn.gated_attention.gated_layers`` and
         ``ldmcore.nn.decoupled_attention.decoupled_layers`` build them from the backbone's
-        blocks. A gated layer is called ``layer(x, tokens, mask) -> x`` after the block's
-        self-attention and must return ``x`` exactly while its gate is shut (at init); it has
-        ``dim`` = the block's width. A decoupled layer is called ``layer(q, tokens, mask,
+        blocks. A gated layer is called ``layer(x, tokens, mask, size) -> x`` after the block's
+        self-attention (``size`` the (h, w) of its feature map) and must return ``x`` exactly
+        while its gate is shut (at init); it has ``dim`` = the block's width. A decoupled layer is called ``layer(q, tokens, mask,
         region) -> (B, L, width)`` with the cross-attention's queries, added to that attention's
         output, and must add exactly zero at init; it has the block's ``heads`` and ``head_dim``."""
         return {}

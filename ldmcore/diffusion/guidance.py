@@ -111,6 +111,11 @@ class Guidance:
         reference.append(1.0 - sum(reference))
         return keeps, weights, reference
 
+    def dropped(self, plugins: list[str]) -> set[str]:
+        """The plugins given scale 0 of their own: they drop out of every branch, the plain
+        conditional one outside the interval included."""
+        return {p for p in plugins if self.per_plugin.get(p) == 0.0}
+
     def active(self, sigma: torch.Tensor) -> torch.Tensor:
         """Per-sample: is guidance applied at this sigma?"""
         if self.interval is None:
@@ -199,7 +204,11 @@ def guide(denoiser: Callable[..., torch.Tensor], conditioner: Conditioner,
         raise ConfigError(f"guidance.{scaled[0]}: the {scaled[0]!r} condition is not guided (it is "
                           f"given to every guidance branch, conditions.{scaled[0]}.guided=false), "
                           f"so it has no guidance scale; drop guidance.{scaled[0]} or guide it.")
-    keeps, weights, reference = guidance.branches([p for p in conditioner.encoders if p not in unguided])
+    plugins = [p for p in conditioner.encoders if p not in unguided]
+    keeps, weights, reference = guidance.branches(plugins)
     conds = [conditioner(values, n, keep=None if k is None else set(k) | unguided) for k in keeps]
-    plain = conds[keeps.index(None)] if None in keeps else conditioner(values, n)
+    if dropped := guidance.dropped(plugins):
+        plain = conditioner(values, n, keep=set(conditioner.encoders) - dropped)
+    else:
+        plain = conds[keeps.index(None)] if None in keeps else conditioner(values, n)
     return GuidedDenoiser(denoiser, conds, weights, reference, guidance, plain)

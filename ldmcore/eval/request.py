@@ -24,6 +24,10 @@ class EvalRequest(Strict):
     steps: int | None = Field(None, ge=1, description="default: the sampler config's")
     guidance: float | None = Field(None, description="classifier-free guidance scale; default: "
                                    "the run's")
+    plugin_guidance: dict[str, float] = Field(
+        default_factory=dict, description="guidance.NAME=SCALE: a scale per condition, merged "
+        "into the run's (0 drops that condition from every branch: e.g. guidance.text=0 scores "
+        "an image prompt without its caption)")
     seed: int = Field(0, description="noise of condition i: seed + i")
     average: int = Field(1, ge=1, description="also score the mean of K samples per condition "
                                               "(metrics that average, e.g. PSNR)")
@@ -36,10 +40,17 @@ class EvalRequest(Strict):
                                              "output is not a terminal)")
 
 
+PLUGIN_GUIDANCE = "guidance."  # guidance.NAME=SCALE, as ``ldm sample`` writes it
+
+
 def parse_eval_request(args: list[str]) -> EvalRequest:
-    """``key=value`` words into a validated request; each mistake names the key."""
-    if "run" not in key_values(args, set(EvalRequest.model_fields)):  # unknown words first
+    """``key=value`` words (``guidance.NAME=SCALE`` per condition) into a validated request;
+    each mistake names the key."""
+    per_plugin = {a.partition("=")[0][len(PLUGIN_GUIDANCE):]: a.partition("=")[2]
+                  for a in args if a.startswith(PLUGIN_GUIDANCE)}
+    args = [a for a in args if not a.startswith(PLUGIN_GUIDANCE)]
+    if "run" not in key_values(args, set(EvalRequest.model_fields) - {"plugin_guidance"}):  # unknown words first
         raise ConfigError("ldm eval needs run=RUN_DIR (and optionally samples=DIR, a folder of "
                           "`ldm sample` output, default RUN_DIR/samples/final when the run's "
                           "data has no held-out split; else n=64 steps=... seed=0 average=1).")
-    return parse_options(args, EvalRequest)
+    return parse_options(args, EvalRequest, plugin_guidance=per_plugin)

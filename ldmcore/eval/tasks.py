@@ -31,7 +31,7 @@ import torch
 from ldmcore.build import build_dataset
 from ldmcore.data.datasets import collate
 from ldmcore.diffusion.plan import SamplingPlan
-from ldmcore.errors import ConfigError, DataError
+from ldmcore.errors import ConfigError, DataError, nearest
 from ldmcore.eval.metric import MetricSpec
 from ldmcore.hardware import choose
 from ldmcore.images import read_image, save_grid
@@ -90,13 +90,19 @@ def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int
                  out: Path | None = None, average: int = 1, precision: str = "auto",
                  threads: int | str = "auto", registry: Registry | None = None,
                  sampler: str | None = None, progress: bool = True,
-                 guidance: float | None = None) -> dict[str, Any]:
+                 guidance: float | None = None, plugin_guidance: dict[str, float] | None = None
+                 ) -> dict[str, Any]:
     """Sample ``n`` held-out conditions with the run's own plan (or ``sampler``, with its own
-    config, ``steps`` and ``guidance``) and score them."""
+    config, ``steps``, ``guidance`` and per-condition ``plugin_guidance``) and score them."""
     cfg, model, _ = load_run(run_dir, registry)
+    if unknown := [k for k in plugin_guidance or {} if k not in model.conditioner.encoders]:
+        raise ConfigError(f"guidance.{unknown[0]} names no condition of this run: "
+                          f"{nearest(unknown[0], model.conditioner.encoders)} This run's conditions: "
+                          f"{', '.join(model.conditioner.encoders)}.")
     hardware = choose(precision, threads, next(model.unet.parameters()).device, announce=False)
     mixed = hardware.precision
-    plan = sampling_plan(cfg.sampler, registry, where="", name=sampler, steps=steps, guidance=guidance)
+    plan = sampling_plan(cfg.sampler, registry, where="", name=sampler, steps=steps, guidance=guidance,
+                         plugin_guidance=plugin_guidance or None)
     print(startup_line(hardware, model, registry), flush=True)
     print(f"sampler: {plan.describe()}", flush=True)
     torch.manual_seed(seed)  # random holes of the inpaint plugin
@@ -120,6 +126,8 @@ def evaluate_run(run_dir: Path, n: int = 64, steps: int | None = None, seed: int
     if out is not None:
         save_grid(images, out / "eval_grid.png", nrow=8)
     report: dict[str, Any] = {"samples": n, "data": cfg.data.name, "precision": mixed.name}
+    if plugin_guidance:
+        report["plugin_guidance"] = dict(plan.guidance.per_plugin)
     if names := unmeasured(model, metrics, cfg.data.name):
         report["unmeasured"] = names
     report.update(condition_scores(metrics, images, values, batch))

@@ -58,6 +58,10 @@ def gligen_unet(model, text) -> dict[str, torch.Tensor]:
                           f"always attends {GLIGEN_MAX_OBJECTS} box slots, so this layout would "
                           f"sample differently there. Only a layout of {GLIGEN_MAX_OBJECTS} slots "
                           f"(an imported GLIGEN) exports.")
+    if enc.config.position_freqs:
+        raise ConfigError(f"conditions.{name}.position_freqs={enc.config.position_freqs}: its gated "
+                          f"layers read where each visual token lies, which GLIGEN's layers do not; "
+                          f"only a layout with position_freqs=0 exports as a GLIGEN pipeline.")
     if "phrases" not in enc.__dict__ or not _same_phrases(enc.phrases, text):
         raise ConfigError(f"the gated layout {name!r} does not embed its labels with the run's text "
                           f"encoder (conditions.{name}.phrase_model); the GLIGEN pipeline embeds "

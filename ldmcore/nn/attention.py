@@ -133,7 +133,7 @@ class BasicTransformerBlock(nn.Module):
             if self.index < 0:
                 raise ValueError("plugin layers reach a transformer block by its number in a "
                                  "UNet; this block was built outside one (set its index)")
-            x = inserted.after_self_attention(self.index, x)
+            x = inserted.after_self_attention(self.index, x, size)
             beside = inserted.beside_cross_attention(self.index, size)
         x = x + self.attn2(self.norm2(x), context, mask, beside)
         return x + self.ff(self.norm3(x))

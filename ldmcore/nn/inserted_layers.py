@@ -37,7 +37,8 @@ class TransformerBlockShape:
 @dataclass
 class GatedTokens:
     """One plugin's grounding tokens and its gated layers, one per transformer block, each
-    called ``layer(x, tokens, mask) -> x`` right after the block's self-attention."""
+    called ``layer(x, tokens, mask, size) -> x`` right after the block's self-attention, ``size``
+    the (h, w) of the block's feature map."""
 
     layers: Sequence[nn.Module]
     tokens: torch.Tensor  # (B, N, D), D the plugin's own token width
@@ -65,10 +66,11 @@ class InsertedLayers:
     gated: tuple[GatedTokens, ...] = ()
     decoupled: tuple[DecoupledTokens, ...] = ()
 
-    def after_self_attention(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """Block ``index``'s features after its self-attention, through each gated layer."""
+    def after_self_attention(self, index: int, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Block ``index``'s features (a (h, w) = ``size`` map) after its self-attention, through
+        each gated layer."""
         for g in self.gated:
-            x = g.layers[index](x, g.tokens, g.mask)
+            x = g.layers[index](x, g.tokens, g.mask, size)
         return x
 
     def beside_cross_attention(self, index: int, size: tuple[int, int]

@@ -56,6 +56,10 @@ class LayoutConfig(EncoderConfig):
                                  "unchanged at init when attached to a pretrained model)")
     grounding_hidden: int = Field(512, ge=1, description="gated: width of the grounding "
                                                          "tokenizer's MLP (GLIGEN: 512)")
+    position_freqs: int = Field(0, ge=0, description="gated: Fourier frequencies of each visual "
+                                "token's place added to what the gated layers' attention reads "
+                                "(0 = GLIGEN as published; use it when the backbone's features "
+                                "say little about where a token lies, e.g. small latents)")
     phrase_model: str | None = Field(
         None, description="a local transformers text model folder (CLIP): each box's label is a "
                           "phrase embedded with it (its pooled output, as GLIGEN embeds phrases), "
@@ -86,7 +90,7 @@ class LayoutEncoder(ConditionEncoder):
         if self.gated:
             self.grounding = GroundingTokenizer(self.label_dim, width, config.num_freqs,
                                                 config.grounding_hidden)
-            self.fusers = gated_layers(backbone.transformer_blocks, width)
+            self.fusers = gated_layers(backbone.transformer_blocks, width, config.position_freqs)
             return
         self.fourier = FourierFeatures(config.num_freqs)
         self.mlp = nn.Sequential(nn.Linear(self.label_dim + self.fourier.out_dim(4), 2 * width),
