@@ -209,6 +209,44 @@ def test_t2i_adapter_features_and_the_unet_given_them_match(sd):
     assert max_err(got, want) <= TOL * scale(want)
 
 
+@torch.no_grad()
+def test_an_unguided_t2i_adapter_matches_the_adapter_pipeline(sd):
+    """``guided=false``: the adapter's features in both guidance branches, as
+    StableDiffusionAdapterPipeline adds them; 10 DDIM steps at guidance 7.5, scale 0.05 (the
+    random adapter's features tamed to a trained one's magnitude)."""
+    pipe, run = sd
+    torch.manual_seed(5)
+    ref = diffusers.T2IAdapter(in_channels=3, channels=list(pipe.unet.config.block_out_channels),
+                               num_res_blocks=2, downscale_factor=8, adapter_type="full_adapter").eval()
+    model = attached(run, "t2i_adapter", guided=False, scale=0.05)
+    checkpoint.load_into(model.conditioner.encoders["t2i_adapter"],
+                         t2i_adapter_from_diffusers(ref.state_dict(), "diffusers T2IAdapter"), "t2i_adapter", "test")
+    image = hint_image(9)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(13))
+    reference = diffusers.StableDiffusionAdapterPipeline(
+        **{k: v for k, v in pipe.components.items() if k != "image_encoder"}, adapter=ref,
+        requires_safety_checker=False)
+    reference.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    reference.set_progress_bar_config(disable=True)
+    want = reference(PROMPT, (image + 1) / 2, num_inference_steps=10, guidance_scale=7.5, height=64,
+                     width=64, adapter_conditioning_scale=0.05, latents=noise.clone(),
+                     output_type="latent").images
+    seen = {}
+    plan = model.sampling.but(steps=10)
+    model.sample({"text": [PROMPT], "t2i_adapter": image}, 1, plan, noise=noise.clone(),
+                 callback=lambda info: seen.update(x=info["x"]))
+    last = float(plan.sigmas.sigmas(model.schedule, 10)[-1])
+    got = seen["x"] / (1 + last ** 2) ** 0.5
+    guided = attached(run, "t2i_adapter", scale=0.05)
+    guided.conditioner.encoders["t2i_adapter"].load_state_dict(model.conditioner.encoders["t2i_adapter"].state_dict())
+    seen_guided = {}
+    guided.sample({"text": [PROMPT], "t2i_adapter": image}, 1, plan, noise=noise.clone(),
+                  callback=lambda info: seen_guided.update(x=info["x"]))
+    assert max_err(got, want) <= SAMPLE_RTOL * scale(want)
+    # guided (the default: the unconditional branch without the adapter), it differs
+    assert max_err(seen_guided["x"] / (1 + last ** 2) ** 0.5, want) > 100 * SAMPLE_RTOL * scale(want)
+
+
 def test_ldm_import_attaches_a_diffusers_controlnet_and_export_writes_it_back(sd, controlnet, tmp_path):
     """``ldm import CONTROLNET_DIR OUT attach_to=RUN``: the run with the ControlNet gives the same
     output as the model tested above; ``ldm export`` writes a ControlNet pipeline folder whose

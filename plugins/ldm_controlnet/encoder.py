@@ -56,10 +56,6 @@ class ControlNetConfig(HintConfig):
                              "logspace(-1, 0) over the taps, the shallowest by 0.1, the middle "
                              "by 1 (the ControlNet recognises the hint's content with less help "
                              "from the prompt)")
-    guided: bool = Field(True, description="false: the ControlNet also steers guidance's "
-                         "unconditional branch (every branch gets the hint), as diffusers' "
-                         "ControlNet pipelines do outside guess mode; true: the conditional "
-                         "branch only, the unconditional is the backbone alone")
     control_guidance_start: float = Field(0.0, ge=0.0, le=1.0, description="the fraction of "
                                           "sampling steps done before the ControlNet acts")
     control_guidance_end: float = Field(1.0, ge=0.0, le=1.0, description="the fraction of "
@@ -182,10 +178,6 @@ class ControlNetEncoder(HintInput, ConditionEncoder):
                            dtype=out.weight.dtype)
         weight = torch.zeros(batch_size, device=out.weight.device)
         return {Injection.RESIDUAL: Residual({"hint": hint}, weight, self.control, self.steps)}
-
-    @property
-    def guided(self) -> bool:
-        return self.config.guided
 
     @property
     def steps(self) -> tuple[float, float]:
