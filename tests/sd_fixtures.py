@@ -177,3 +177,26 @@ def _calibrate_upscaler(unet, context_dim: int) -> None:
                class_labels=torch.tensor([20, 300])).sample.std()
     unet.conv_out.weight.div_(std)
     unet.conv_out.bias.div_(std)
+
+
+def final_latents(model, values: dict, noise: torch.Tensor, steps: int = 10) -> torch.Tensor:
+    """An ldmcore model's sample of ``values`` from ``noise`` with its own sampler settings:
+    the latents after the last step, before decoding (what a diffusers pipeline returns with
+    ``output_type="latent"``)."""
+    seen = {}
+    plan = model.sampling.but(steps=steps)
+    model.sample(values, 1, plan, noise=noise.clone(), callback=lambda info: seen.update(x=info["x"]))
+    last = float(plan.sigmas.sigmas(model.schedule, steps)[-1])
+    return seen["x"] / (1 + last ** 2) ** 0.5
+
+
+def pipeline_like(cls, pipe, **parts):
+    """A diffusers pipeline of class ``cls`` over ``pipe``'s parts plus ``parts`` (a ControlNet,
+    an adapter), sampling with DDIM on ``pipe``'s schedule."""
+    from diffusers import DDIMScheduler
+
+    out = cls(**{k: v for k, v in pipe.components.items() if k != "image_encoder"}, **parts,
+              requires_safety_checker=False)
+    out.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    out.set_progress_bar_config(disable=True)
+    return out

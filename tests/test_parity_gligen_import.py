@@ -24,7 +24,7 @@ from ldmcore.runfolder import load_run
 
 diffusers = pytest.importorskip("diffusers")
 
-from tests.sd_fixtures import build_pipeline  # noqa: E402
+from tests.sd_fixtures import build_pipeline, final_latents  # noqa: E402
 from tests.test_parity_adapters import randomize_zero_inits  # noqa: E402
 
 TOL = 1e-4
@@ -92,15 +92,6 @@ def test_the_imported_gated_layout_computes_what_the_gligen_unet_computes(import
     assert float((left_out - want).abs().max()) > 100 * TOL * float(want.abs().max())
 
 
-def guided_sample(model, noise):
-    seen = {}
-    plan = model.sampling.but(steps=10)
-    model.sample({"text": [PROMPT], "layout": layout_value()}, 1, plan, noise=noise.clone(),
-                 callback=lambda info: seen.update(x=info["x"]))
-    last = float(plan.sigmas.sigmas(model.schedule, 10)[-1])
-    return seen["x"] / (1 + last ** 2) ** 0.5
-
-
 def pipeline_sample(pipe, noise, **options):
     pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
     return pipe(PROMPT, gligen_phrases=list(PHRASES), gligen_boxes=BOXES, num_inference_steps=10,
@@ -115,7 +106,7 @@ def test_a_guided_sample_matches_the_gligen_pipeline_and_survives_export(importe
     _, model, _ = load_run(root / "run")
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
     want = pipeline_sample(pipe, noise)  # the gated layers in the first 30% of the steps
-    got = guided_sample(model, noise)
+    got = final_latents(model, {"text": [PROMPT], "layout": layout_value()}, noise)
     assert model.conditioner.encoders["layout"].config.scheduled_sampling_beta == 0.3
     assert float((got - want).abs().max()) <= SAMPLE_RTOL * float(want.abs().max())
     every_step = pipeline_sample(pipe, noise, gligen_scheduled_sampling_beta=1.0)

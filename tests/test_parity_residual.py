@@ -30,7 +30,7 @@ from ldmcore.runfolder import load_run, run_config
 
 diffusers = pytest.importorskip("diffusers")
 
-from tests.sd_fixtures import build_pipeline  # noqa: E402
+from tests.sd_fixtures import build_pipeline, final_latents, pipeline_like  # noqa: E402
 
 TOL = 1e-4  # one network call, relative to the reference's largest |value|
 SAMPLE_RTOL = 2e-4  # 10 guided steps (tests/test_interop.py says how it was measured)
@@ -133,13 +133,9 @@ def test_controlnet_guided_ddim_sample_matches(sd, controlnet):
                          mid_block_additional_residual=mid).sample
         uncond = pipe.unet(latents, t, encoder_hidden_states=empty).sample
         latents = scheduler.step(uncond + 7.5 * (cond - uncond), t, latents).prev_sample
-    seen = {}
-    plan = model.sampling.but(steps=10)
-    model.sample({"text": [PROMPT], "controlnet": image}, 1, plan, noise=noise.clone(),
-                 callback=lambda info: seen.update(x=info["x"]))
-    last = float(plan.sigmas.sigmas(model.schedule, 10)[-1])
-    assert (plan.sampler.name, plan.guidance.scale) == ("ddim", 7.5)
-    assert max_err(seen["x"] / (1 + last ** 2) ** 0.5, latents) <= SAMPLE_RTOL * scale(latents)
+    assert (model.sampling.sampler.name, model.sampling.guidance.scale) == ("ddim", 7.5)
+    got = final_latents(model, {"text": [PROMPT], "controlnet": image}, noise)
+    assert max_err(got, latents) <= SAMPLE_RTOL * scale(latents)
 
 
 @pytest.mark.parametrize("guess_mode", [True, False], ids=["guess_mode", "both_branches"])
@@ -158,11 +154,7 @@ def test_controlnet_options_match_the_controlnet_pipeline(sd, controlnet, guess_
     enc.load_state_dict(same_weights.conditioner.encoders["controlnet"].state_dict())
     image = hint_image(8)
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(12))
-    reference = diffusers.StableDiffusionControlNetPipeline(
-        **{k: v for k, v in pipe.components.items() if k != "image_encoder"}, controlnet=ref,
-        requires_safety_checker=False)
-    reference.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
-    reference.set_progress_bar_config(disable=True)
+    reference = pipeline_like(diffusers.StableDiffusionControlNetPipeline, pipe, controlnet=ref)
     kwargs = {"num_inference_steps": 10, "guidance_scale": 7.5, "output_type": "latent", "height": 64,
               "width": 64, "guess_mode": guess_mode}
     want = reference(PROMPT, (image + 1) / 2, latents=noise.clone(), control_guidance_start=0.2,
@@ -170,12 +162,7 @@ def test_controlnet_options_match_the_controlnet_pipeline(sd, controlnet, guess_
     everywhere = reference(PROMPT, (image + 1) / 2, latents=noise.clone(), **kwargs).images
     other_mode = reference(PROMPT, (image + 1) / 2, latents=noise.clone(), control_guidance_start=0.2,
                            control_guidance_end=0.7, **{**kwargs, "guess_mode": not guess_mode}).images
-    seen = {}
-    plan = model.sampling.but(steps=10)
-    model.sample({"text": [PROMPT], "controlnet": image}, 1, plan, noise=noise.clone(),
-                 callback=lambda info: seen.update(x=info["x"]))
-    last = float(plan.sigmas.sigmas(model.schedule, 10)[-1])
-    got = seen["x"] / (1 + last ** 2) ** 0.5
+    got = final_latents(model, {"text": [PROMPT], "controlnet": image}, noise)
     assert max_err(got, want) <= SAMPLE_RTOL * scale(want)
     assert max_err(everywhere, want) > 100 * SAMPLE_RTOL * scale(want)  # the window counted
     assert max_err(other_mode, want) > 10 * SAMPLE_RTOL * scale(want)  # and the mode (2% here)
@@ -223,28 +210,17 @@ def test_an_unguided_t2i_adapter_matches_the_adapter_pipeline(sd):
                          t2i_adapter_from_diffusers(ref.state_dict(), "diffusers T2IAdapter"), "t2i_adapter", "test")
     image = hint_image(9)
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(13))
-    reference = diffusers.StableDiffusionAdapterPipeline(
-        **{k: v for k, v in pipe.components.items() if k != "image_encoder"}, adapter=ref,
-        requires_safety_checker=False)
-    reference.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
-    reference.set_progress_bar_config(disable=True)
+    reference = pipeline_like(diffusers.StableDiffusionAdapterPipeline, pipe, adapter=ref)
     want = reference(PROMPT, (image + 1) / 2, num_inference_steps=10, guidance_scale=7.5, height=64,
                      width=64, adapter_conditioning_scale=0.05, latents=noise.clone(),
                      output_type="latent").images
-    seen = {}
-    plan = model.sampling.but(steps=10)
-    model.sample({"text": [PROMPT], "t2i_adapter": image}, 1, plan, noise=noise.clone(),
-                 callback=lambda info: seen.update(x=info["x"]))
-    last = float(plan.sigmas.sigmas(model.schedule, 10)[-1])
-    got = seen["x"] / (1 + last ** 2) ** 0.5
+    values = {"text": [PROMPT], "t2i_adapter": image}
+    got = final_latents(model, values, noise)
     guided = attached(run, "t2i_adapter", scale=0.05)
     guided.conditioner.encoders["t2i_adapter"].load_state_dict(model.conditioner.encoders["t2i_adapter"].state_dict())
-    seen_guided = {}
-    guided.sample({"text": [PROMPT], "t2i_adapter": image}, 1, plan, noise=noise.clone(),
-                  callback=lambda info: seen_guided.update(x=info["x"]))
     assert max_err(got, want) <= SAMPLE_RTOL * scale(want)
     # guided (the default: the unconditional branch without the adapter), it differs
-    assert max_err(seen_guided["x"] / (1 + last ** 2) ** 0.5, want) > 100 * SAMPLE_RTOL * scale(want)
+    assert max_err(final_latents(guided, values, noise), want) > 100 * SAMPLE_RTOL * scale(want)
 
 
 def test_ldm_import_attaches_a_diffusers_controlnet_and_export_writes_it_back(sd, controlnet, tmp_path):
