@@ -3,10 +3,11 @@ a run (an imported Stable Diffusion run, or any run whose UNet they fit).
 
 What SOURCE is decides the plugin: a diffusers ControlNet or T2I-Adapter folder, or an original
 ControlNet file (``residual_import.py``), or an original IP-Adapter file (``ip_adapter_import.py``).
-Each reader returns a ``ForeignPlugin`` (``foreign_plugin.py``); what follows is the same for all: the new run is ``RUN``
-with the plugin enabled (``conditions.<name>``), attached as ``model.init_from=RUN`` attaches it
-(the backbone is ``RUN``'s, byte for byte; ``plugins/<name>.safetensors`` carries all the plugin
-adds), written to a temporary folder and moved into place only once complete. Folders the run
+Each reader returns a ``ForeignPlugin`` (``foreign_plugin.py``); what follows is the same for
+all: the new run is ``RUN`` with the plugin enabled (``conditions.<name>``), attached as
+``model.init_from=RUN`` attaches it (the backbone is ``RUN``'s, byte for byte;
+``plugins/<name>.safetensors`` carries all the plugin adds), written to a temporary folder and
+moved into place only once complete. Folders the run
 reads (the text encoder of ``RUN``, an image encoder) are copied in, since a run follows paths
 only inside its own folder.
 """

@@ -20,9 +20,8 @@ import torch
 
 from ldmcore import checkpoint
 from ldmcore.errors import ConfigError
-from ldmcore.interop.block_layers import gligen_to_diffusers
+from ldmcore.interop.block_layers import gligen_to_diffusers, ip_adapter_original_keymap
 from ldmcore.interop.gligen_import import GLIGEN_MAX_OBJECTS
-from ldmcore.interop.ip_adapter_import import ip_adapter_original_tensors
 
 IP_ADAPTER_FILE = ("ip_adapter", "ip-adapter.safetensors")  # subfolder, weight_name for load_ip_adapter
 
@@ -96,9 +95,21 @@ def write_ip_adapter(model, root: Path) -> dict[str, Any]:
                           f"exports.")
     folder, weight_name = IP_ADAPTER_FILE
     (root / folder).mkdir()
-    checkpoint.save(root / folder / weight_name, ip_adapter_original_tensors(enc, model.unet.shape))
+    checkpoint.save(root / folder / weight_name, _original_layout(enc, model.unet.shape))
     vision = enc.vision.model
     vision.save_pretrained(str(root / "image_encoder"), safe_serialization=True)
     if (enc.vision.folder / "preprocessor_config.json").is_file():
         shutil.copy2(enc.vision.folder / "preprocessor_config.json", root / "image_encoder")
     return {"image_encoder": ["transformers", type(vision).__name__]}
+
+
+def _original_layout(enc, shape) -> dict[str, torch.Tensor]:
+    """The ``ip_adapter`` plugin's tensors in IP-Adapter's original single-file names."""
+    kmap = ip_adapter_original_keymap(shape)
+    state = enc.state_dict()
+    extra = sorted(k for k in state if k not in kmap)
+    if extra:
+        raise ConfigError(f"this ip_adapter plugin has layers IP-Adapter's file has no place for "
+                          f"({', '.join(extra[:3])}: a small trainable image encoder); only an "
+                          f"ip_adapter reading a transformers vision model (model=PATH) exports.")
+    return {kmap[k]: v.detach().contiguous() for k, v in state.items()}

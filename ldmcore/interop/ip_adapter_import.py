@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from ldmcore.errors import CheckpointError, ConfigError
-from ldmcore.interop.foreign_plugin import ForeignPlugin
 from ldmcore.interop.block_layers import ip_adapter_original_keymap
 from ldmcore.interop.convert import _load_tensors
+from ldmcore.interop.foreign_plugin import ForeignPlugin
 from ldmcore.interop.keymaps import rename
 
 IMAGE_ENCODER_DIR = "image_encoder"  # where the run keeps the image encoder's folder
@@ -77,14 +77,3 @@ def read_ip_adapter(source: Path, *, image_encoder: Path | None = None, conditio
 
     return ForeignPlugin("ip_adapter", section, plugin_tensors, {IMAGE_ENCODER_DIR: folder})
 
-
-def ip_adapter_original_tensors(enc, shape) -> dict[str, torch.Tensor]:
-    """The ``ip_adapter`` plugin's tensors in IP-Adapter's original single-file names."""
-    kmap = ip_adapter_original_keymap(shape)
-    state = enc.state_dict()
-    extra = sorted(k for k in state if k not in kmap)
-    if extra:
-        raise ConfigError(f"this ip_adapter plugin has layers IP-Adapter's file has no place for "
-                          f"({', '.join(extra[:3])}: a small trainable image encoder); only an "
-                          f"ip_adapter reading a transformers vision model (model=PATH) exports.")
-    return {kmap[k]: v.detach().contiguous() for k, v in state.items()}
