@@ -132,6 +132,16 @@ def metadata(path: Path | str) -> dict[str, Any]:
     return meta
 
 
+def keys(path: Path | str) -> list[str]:
+    """A checkpoint's tensor names, without reading the tensors."""
+    path = _safetensors_file(path)
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return list(fh.keys())
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _unreadable(path, exc) from None
+
+
 def _safetensors_file(path: Path | str) -> Path:
     """``path``, if it is a file that is not a pickle by its name."""
     path = Path(path)

@@ -15,7 +15,7 @@
     ldm plugins [--json]
     ldm doctor [--json]
     ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]
-    ldm import CONTROLNET_OR_ADAPTER_DIR OUT_DIR attach_to=RUN [condition=image name=N overwrite=true]
+    ldm import PLUGIN_SOURCE OUT_DIR attach_to=RUN [condition=image name=N image_encoder=DIR overwrite=true]
     ldm export RUN_DIR OUT [layout=sd|diffusers ema=true overwrite=true]
     ldm new-plugin NAME [out=DIR injection=vector|concat|crossattn|residual|gated_attention|decoupled_crossattn]
     ldm COMMAND --help                  each command's keys, with their types and defaults
@@ -187,24 +187,26 @@ def cmd_import(args: list[str]) -> int:
     from ldmcore.interop.options import ImportOptions
 
     usage = ("ldm import SOURCE OUT_DIR [tokenizer=DIR prediction=eps|v image_size=N overwrite=true]"
-             " | ldm import CONTROLNET_OR_ADAPTER_DIR OUT_DIR attach_to=RUN [condition=image name=N]")
+             " | ldm import PLUGIN_SOURCE OUT_DIR attach_to=RUN [condition=image name=N "
+             "image_encoder=DIR]")
     (source, out), rest = positional(args, ("SOURCE", "OUT_DIR"), usage)
     opts = parse_options(rest, ImportOptions)
+    attached = ("condition", "name", "image_encoder")
     if opts.attach_to is not None:
-        from ldmcore.interop.residual_import import import_residual_plugin
+        from ldmcore.interop.attach_import import import_attached
 
-        named = {k: v for k, v in (("condition", opts.condition), ("name", opts.name)) if v is not None}
-        run = import_residual_plugin(source, out, opts.attach_to, overwrite=opts.overwrite, **named)
+        named = {k: getattr(opts, k) for k in attached if getattr(opts, k) is not None}
+        run = import_attached(source, out, opts.attach_to, overwrite=opts.overwrite, **named)
         print(f"imported: {run}, the run it was attached to with its plugin (config.yaml, "
               f"checkpoints/last.safetensors, plugins/); sample with ldm sample run={run} "
-              f"cond.text=\"a prompt\" cond.<plugin>=HINT.png")
+              f"cond.text=\"a prompt\" cond.<plugin>=HINT_OR_REFERENCE.png")
         return 0
-    misplaced = [k for k in ("condition", "name") if getattr(opts, k) is not None]
+    misplaced = [k for k in attached if getattr(opts, k) is not None]
     if misplaced:
-        raise ConfigError(f"{', '.join(misplaced)}= go with attach_to=RUN (importing a ControlNet or "
-                          f"T2I-Adapter folder as a plugin of RUN).")
+        raise ConfigError(f"{', '.join(misplaced)}= go with attach_to=RUN (importing a ControlNet, "
+                          f"T2I-Adapter or IP-Adapter as a plugin of RUN).")
     run = import_pretrained(source, out, **opts.model_dump(exclude_none=True,
-                                                           exclude={"attach_to", "condition", "name"}))
+                                                           exclude={"attach_to", *attached}))
     print(f"imported: {run} (config.yaml, checkpoints/last.safetensors, import.json); sample with "
           f"ldm sample run={run} cond.text=\"a prompt\"")
     return 0

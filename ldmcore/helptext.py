@@ -24,7 +24,7 @@ USAGE = {
     "train": "ldm train [experiment=NAME] [GROUP=OPTION ...] [KEY=VALUE ...]   (Hydra overrides)",
     "sample": "ldm sample run=RUN_DIR cond.NAME=VALUE [KEY=VALUE ...]",
     "eval": "ldm eval run=RUN_DIR [KEY=VALUE ...]",
-    "import": "ldm import SOURCE OUT_DIR [KEY=VALUE ...]   (an SD .safetensors file or a diffusers folder)",
+    "import": "ldm import SOURCE OUT_DIR [KEY=VALUE ...]   (an SD .safetensors file or a diffusers folder; with attach_to=RUN a ControlNet, T2I-Adapter or IP-Adapter)",
     "export": "ldm export RUN_DIR OUT [KEY=VALUE ...]",
     "new-plugin": "ldm new-plugin NAME [KEY=VALUE ...]   (NAME: a lower-case identifier)",
     "plugins": "ldm plugins [--json]   (every registered plugin: injections, package, version, hooks)",

@@ -23,6 +23,7 @@ from ldmcore.diffusion.loss import denoising_loss
 from ldmcore.diffusion.plan import SamplingPlan
 from ldmcore.diffusion.residual import ResidualSpace
 from ldmcore.diffusion.schedule import NoiseSchedule, Prediction
+from ldmcore.diffusion.step_windows import StepWindows
 from ldmcore.errors import ConfigError
 from ldmcore.nn.pixel_space import FirstStage
 from ldmcore.nn.unet import UNetModel, UNetShape
@@ -131,10 +132,12 @@ class LatentDiffusion(nn.Module):
         """The UNet as a sigma-space denoiser ``D(x, sigma, cond=Conditioning)``."""
         return DiscreteDenoiser(self.network, self.schedule, self.prediction)
 
-    def guided_denoiser(self, values: dict[str, Any], n: int, guidance: Guidance
-                        ) -> GuidedDenoiser:
-        """``D(x, sigma)`` for ``n`` samples of condition ``values``, guided as asked."""
-        return guide(self.denoiser(), self.conditioner, values, n, guidance)
+    def guided_denoiser(self, values: dict[str, Any], n: int, guidance: Guidance,
+                        levels: torch.Tensor | None = None) -> GuidedDenoiser:
+        """``D(x, sigma)`` for ``n`` samples of condition ``values``, guided as asked; with the
+        run's noise ``levels``, residual plugins act only in their step windows."""
+        denoiser = self.denoiser() if levels is None else StepWindows(self.denoiser(), levels)
+        return guide(denoiser, self.conditioner, values, n, guidance)
 
     @torch.inference_mode()
     def sample(self, values: dict[str, Any], n: int, plan: SamplingPlan | None = None, *,
@@ -158,7 +161,6 @@ class LatentDiffusion(nn.Module):
         noise = noise.to(device)
         values = self.conditioner.resolve(values)
         space = self.diffusion_space(values)
-        model: Callable[..., torch.Tensor] = self.guided_denoiser(values, n, plan.guidance)
         if init is None:
             if mask is not None:
                 raise ConfigError("a mask needs an init image: the mask says which parts of "
@@ -174,8 +176,9 @@ class LatentDiffusion(nn.Module):
             if len(levels) == 1:
                 return self.autoencoder.images(space.out(known)).clamp(-1, 1)
             x = noised(known.double(), float(levels[0]), noise.double())
-            if mask is not None:
-                model = LatentBlend(model, known, self.latent_mask(mask).to(device))
+        model: Callable[..., torch.Tensor] = self.guided_denoiser(values, n, plan.guidance, levels)
+        if mask is not None:
+            model = LatentBlend(model, known, self.latent_mask(mask).to(device))
         z0 = plan.sampler(model, x, levels, generator=generator, callback=callback, **plan.knobs)
         if isinstance(model, LatentBlend):
             z0 = model.paste(z0)

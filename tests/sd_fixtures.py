@@ -50,8 +50,9 @@ def write_tokenizer(folder: Path, pad: str) -> Path:
 
 
 def build_pipeline(family: str, size: str = "tiny", seed: int = 0, prediction: str = "epsilon",
-                   in_channels: int = 4):
-    """A diffusers StableDiffusionPipeline (DDIM) with random weights, in float32."""
+                   in_channels: int = 4, attention_type: str = "default"):
+    """A diffusers StableDiffusionPipeline (DDIM) with random weights, in float32
+    (``attention_type="gated"``: GLIGEN's UNet, with its gated layers and position net)."""
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -62,7 +63,7 @@ def build_pipeline(family: str, size: str = "tiny", seed: int = 0, prediction: s
     unet = UNet2DConditionModel(
         sample_size=sample, in_channels=in_channels, out_channels=4, block_out_channels=widths,
         layers_per_block=2, cross_attention_dim=text_width, attention_head_dim=heads,
-        use_linear_projection=sd2, norm_num_groups=32,
+        use_linear_projection=sd2, norm_num_groups=32, attention_type=attention_type,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
     vae = AutoencoderKL(block_out_channels=vae_widths, layers_per_block=2, latent_channels=4,
@@ -176,3 +177,26 @@ def _calibrate_upscaler(unet, context_dim: int) -> None:
                class_labels=torch.tensor([20, 300])).sample.std()
     unet.conv_out.weight.div_(std)
     unet.conv_out.bias.div_(std)
+
+
+def final_latents(model, values: dict, noise: torch.Tensor, steps: int = 10) -> torch.Tensor:
+    """An ldmcore model's sample of ``values`` from ``noise`` with its own sampler settings:
+    the latents after the last step, before decoding (what a diffusers pipeline returns with
+    ``output_type="latent"``)."""
+    seen = {}
+    plan = model.sampling.but(steps=steps)
+    model.sample(values, 1, plan, noise=noise.clone(), callback=lambda info: seen.update(x=info["x"]))
+    last = float(plan.sigmas.sigmas(model.schedule, steps)[-1])
+    return seen["x"] / (1 + last ** 2) ** 0.5
+
+
+def pipeline_like(cls, pipe, **parts):
+    """A diffusers pipeline of class ``cls`` over ``pipe``'s parts plus ``parts`` (a ControlNet,
+    an adapter), sampling with DDIM on ``pipe``'s schedule."""
+    from diffusers import DDIMScheduler
+
+    out = cls(**{k: v for k, v in pipe.components.items() if k != "image_encoder"}, **parts,
+              requires_safety_checker=False)
+    out.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    out.set_progress_bar_config(disable=True)
+    return out

@@ -30,7 +30,8 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
                          "ldmcore.grid_sidecar", "ldmcore.combinations", "ldmcore.contact_sheet",
                          "ldmcore.tables", "ldmcore.progress")),
     ("plugin contract", ("ldmcore.conditioning",)),
-    ("guidance and plans", ("ldmcore.diffusion.guidance", "ldmcore.diffusion.plan")),
+    ("guidance and plans", ("ldmcore.diffusion.guidance", "ldmcore.diffusion.plan",
+                            "ldmcore.diffusion.step_windows")),
     ("model", ("ldmcore.model",)),
     ("registry", ("ldmcore.registry",)),  # above the model: the model never resolves plugin names
     ("config", ("ldmcore.conftree", "ldmcore.inherit", "ldmcore.sampling", "ldmcore.config")),

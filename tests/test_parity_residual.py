@@ -30,7 +30,7 @@ from ldmcore.runfolder import load_run, run_config
 
 diffusers = pytest.importorskip("diffusers")
 
-from tests.sd_fixtures import build_pipeline  # noqa: E402
+from tests.sd_fixtures import build_pipeline, final_latents, pipeline_like  # noqa: E402
 
 TOL = 1e-4  # one network call, relative to the reference's largest |value|
 SAMPLE_RTOL = 2e-4  # 10 guided steps (tests/test_interop.py says how it was measured)
@@ -45,10 +45,10 @@ def sd(tmp_path_factory):
     return pipe, import_pretrained(root / "diffusers", root / "run")
 
 
-def attached(run: Path, plugin: str):
+def attached(run: Path, plugin: str, **options):
     """The imported run with ``plugin`` (reading an image hint) attached, as model.init_from does."""
     cfg = run_config(run)
-    cfg = cfg.model_copy(update={"conditions": {**cfg.conditions, plugin: {"condition": "image"}}})
+    cfg = cfg.model_copy(update={"conditions": {**cfg.conditions, plugin: {"condition": "image", **options}}})
     model = build_model(cfg, root=run).eval()
     attach_pretrained(model, run)
     return model
@@ -133,13 +133,39 @@ def test_controlnet_guided_ddim_sample_matches(sd, controlnet):
                          mid_block_additional_residual=mid).sample
         uncond = pipe.unet(latents, t, encoder_hidden_states=empty).sample
         latents = scheduler.step(uncond + 7.5 * (cond - uncond), t, latents).prev_sample
-    seen = {}
-    plan = model.sampling.but(steps=10)
-    model.sample({"text": [PROMPT], "controlnet": image}, 1, plan, noise=noise.clone(),
-                 callback=lambda info: seen.update(x=info["x"]))
-    last = float(plan.sigmas.sigmas(model.schedule, 10)[-1])
-    assert (plan.sampler.name, plan.guidance.scale) == ("ddim", 7.5)
-    assert max_err(seen["x"] / (1 + last ** 2) ** 0.5, latents) <= SAMPLE_RTOL * scale(latents)
+    assert (model.sampling.sampler.name, model.sampling.guidance.scale) == ("ddim", 7.5)
+    got = final_latents(model, {"text": [PROMPT], "controlnet": image}, noise)
+    assert max_err(got, latents) <= SAMPLE_RTOL * scale(latents)
+
+
+@pytest.mark.parametrize("guess_mode", [True, False], ids=["guess_mode", "both_branches"])
+@torch.no_grad()
+def test_controlnet_options_match_the_controlnet_pipeline(sd, controlnet, guess_mode):
+    """diffusers' StableDiffusionControlNetPipeline with ``control_guidance_start=0.2``,
+    ``control_guidance_end=0.7``, 10 DDIM steps at guidance 7.5, against the plugin with the same
+    options: in guess mode the ControlNet feeds the conditional branch only, its maps scaled by
+    logspace(-1, 0) over the taps; outside it (``guided=false`` here) it feeds both branches.
+    Either way it acts at steps 2..6 only."""
+    pipe, run = sd
+    ref, same_weights = controlnet
+    model = attached(run, "controlnet", guess_mode=guess_mode, guided=guess_mode,
+                     control_guidance_start=0.2, control_guidance_end=0.7)
+    enc = model.conditioner.encoders["controlnet"]
+    enc.load_state_dict(same_weights.conditioner.encoders["controlnet"].state_dict())
+    image = hint_image(8)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(12))
+    reference = pipeline_like(diffusers.StableDiffusionControlNetPipeline, pipe, controlnet=ref)
+    kwargs = {"num_inference_steps": 10, "guidance_scale": 7.5, "output_type": "latent", "height": 64,
+              "width": 64, "guess_mode": guess_mode}
+    want = reference(PROMPT, (image + 1) / 2, latents=noise.clone(), control_guidance_start=0.2,
+                     control_guidance_end=0.7, **kwargs).images
+    everywhere = reference(PROMPT, (image + 1) / 2, latents=noise.clone(), **kwargs).images
+    other_mode = reference(PROMPT, (image + 1) / 2, latents=noise.clone(), control_guidance_start=0.2,
+                           control_guidance_end=0.7, **{**kwargs, "guess_mode": not guess_mode}).images
+    got = final_latents(model, {"text": [PROMPT], "controlnet": image}, noise)
+    assert max_err(got, want) <= SAMPLE_RTOL * scale(want)
+    assert max_err(everywhere, want) > 100 * SAMPLE_RTOL * scale(want)  # the window counted
+    assert max_err(other_mode, want) > 10 * SAMPLE_RTOL * scale(want)  # and the mode (2% here)
 
 
 @torch.no_grad()
@@ -168,6 +194,33 @@ def test_t2i_adapter_features_and_the_unet_given_them_match(sd):
     got = model.unet(x, t, ctx, residuals={f"encoder.{i}": f for i, f in enumerate(small)})
     assert max_err(want, pipe.unet(x, t, encoder_hidden_states=ctx).sample) > 1e-2  # it steers
     assert max_err(got, want) <= TOL * scale(want)
+
+
+@torch.no_grad()
+def test_an_unguided_t2i_adapter_matches_the_adapter_pipeline(sd):
+    """``guided=false``: the adapter's features in both guidance branches, as
+    StableDiffusionAdapterPipeline adds them; 10 DDIM steps at guidance 7.5, scale 0.05 (the
+    random adapter's features tamed to a trained one's magnitude)."""
+    pipe, run = sd
+    torch.manual_seed(5)
+    ref = diffusers.T2IAdapter(in_channels=3, channels=list(pipe.unet.config.block_out_channels),
+                               num_res_blocks=2, downscale_factor=8, adapter_type="full_adapter").eval()
+    model = attached(run, "t2i_adapter", guided=False, scale=0.05)
+    checkpoint.load_into(model.conditioner.encoders["t2i_adapter"],
+                         t2i_adapter_from_diffusers(ref.state_dict(), "diffusers T2IAdapter"), "t2i_adapter", "test")
+    image = hint_image(9)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(13))
+    reference = pipeline_like(diffusers.StableDiffusionAdapterPipeline, pipe, adapter=ref)
+    want = reference(PROMPT, (image + 1) / 2, num_inference_steps=10, guidance_scale=7.5, height=64,
+                     width=64, adapter_conditioning_scale=0.05, latents=noise.clone(),
+                     output_type="latent").images
+    values = {"text": [PROMPT], "t2i_adapter": image}
+    got = final_latents(model, values, noise)
+    guided = attached(run, "t2i_adapter", scale=0.05)
+    guided.conditioner.encoders["t2i_adapter"].load_state_dict(model.conditioner.encoders["t2i_adapter"].state_dict())
+    assert max_err(got, want) <= SAMPLE_RTOL * scale(want)
+    # guided (the default: the unconditional branch without the adapter), it differs
+    assert max_err(final_latents(guided, values, noise), want) > 100 * SAMPLE_RTOL * scale(want)
 
 
 def test_ldm_import_attaches_a_diffusers_controlnet_and_export_writes_it_back(sd, controlnet, tmp_path):

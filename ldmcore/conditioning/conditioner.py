@@ -23,7 +23,7 @@ from ldmcore.conditioning.residual import (Residual, Residuals, check_residual_o
                                            check_residual_spec)
 from ldmcore.conditioning.sample_shaping import loss_weight_problem
 from ldmcore.errors import PluginError
-from ldmcore.nn.inserted_layers import DecoupledTokens, GatedTokens, InsertedLayers
+from ldmcore.nn.inserted_layers import EVERY_STEP, DecoupledTokens, GatedTokens, InsertedLayers
 from ldmcore.randomness import BatchRandom, as_batch_random
 
 
@@ -217,6 +217,11 @@ class Conditioner(nn.Module):
         for name in self.encoders:
             for inj, val in outputs[name].items():
                 if inj is Injection.CROSSATTN:
+                    if val.steps != EVERY_STEP:
+                        raise PluginError(f"plugin {name!r} gave its cross-attention tokens a step "
+                                          f"window {val.steps}; windows apply to residual, "
+                                          f"gated_attention and decoupled_crossattn outputs, "
+                                          f"whose layers sampling can leave out.")
                     ctx.append(val.values)
                     masks.append(val.mask)
                 elif inj is Injection.CONCAT:
@@ -227,10 +232,10 @@ class Conditioner(nn.Module):
                     residual[name] = val
                 elif inj is Injection.GATED_ATTENTION:
                     layers = self.encoders[name].block_layers()[inj]
-                    gated.append(GatedTokens(layers, val.values, val.mask))
+                    gated.append(GatedTokens(layers, val.values, val.mask, val.steps))
                 elif inj is Injection.DECOUPLED_CROSSATTN:
                     layers = self.encoders[name].block_layers()[inj]
-                    decoupled.append(DecoupledTokens(layers, val.values, val.mask, val.region))
+                    decoupled.append(DecoupledTokens(layers, val.values, val.mask, val.region, val.steps))
         taps = {name: self.specs[name][Injection.RESIDUAL].taps for name in residual}
         return Conditioning(
             context=torch.cat(ctx, dim=1) if ctx else None,

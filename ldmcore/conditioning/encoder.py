@@ -84,6 +84,14 @@ class ConditionEncoder(UserInput, BatchInput, SampleShaping, BlockLayers, nn.Mod
         classifier-free guidance's null and the train-time dropout value."""
         raise NotImplementedError
 
+    @property
+    def guided(self) -> bool:
+        """True: classifier-free guidance contrasts this condition with its null (the default).
+        False: every guidance branch gets it, the unconditional one included, so it steers
+        without being amplified by the guidance scale and takes no scale of its own (as
+        diffusers' ControlNet pipelines treat a ControlNet outside guess mode)."""
+        return True
+
     def init_from_backbone(self, unet: nn.Module) -> None:
         """Called with the backbone's UNet once the model is built, and again after a pretrained
         backbone's weights are loaded into it (``model.init_from``, ``ldmcore.attach``). A plugin

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ldmcore.conditioning.residual import Residual, Residuals
-from ldmcore.nn.inserted_layers import InsertedLayers
+from ldmcore.nn.inserted_layers import EVERY_STEP, InsertedLayers, StepWindow
 from ldmcore.nn.taps import ResidualTap
 
 
@@ -58,11 +58,16 @@ class Tokens:
 
     ``region`` (decoupled_crossattn only): (B, 1, H, W) weights in [0, 1] at any resolution,
     resized to each block's; where the tokens act (regional prompts). None: everywhere.
+
+    ``steps`` (gated_attention and decoupled_crossattn only): the fractions ``(start, end)`` of a
+    sampling run in which the plugin's layers act (``ldmcore.diffusion.step_windows``; GLIGEN's
+    scheduled sampling is ``(0, beta)``); the same in ``forward`` and ``null``.
     """
 
     values: torch.Tensor  # (B, N, D)
     mask: torch.Tensor  # (B, N) bool
     region: torch.Tensor | None = None
+    steps: StepWindow = EVERY_STEP
 
     def __post_init__(self) -> None:
         if self.mask.dtype != torch.bool:

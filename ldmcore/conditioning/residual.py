@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ldmcore.errors import PluginError
+from ldmcore.nn.inserted_layers import EVERY_STEP, StepWindow
 from ldmcore.nn.taps import ResidualTap
 
 
@@ -46,6 +47,9 @@ class Residual:
     features: dict[str, torch.Tensor]  # batch first; without ``network``: tap name -> map
     weight: torch.Tensor  # (B,): each sample's maps are multiplied by it
     network: ResidualNetwork | None = None
+    # where in a sampling run the maps are added (``ldmcore.diffusion.step_windows``); give the
+    # same window in ``forward`` and ``null``
+    steps: StepWindow = EVERY_STEP
 
     def maps(self, unet_input: UNetInput | None, taps: Sequence[ResidualTap] = ()) -> dict[str, torch.Tensor]:
         """Tap name -> map for this UNet call, weighted per sample. A network runs only on the
@@ -91,13 +95,13 @@ class Residual:
             return torch.where(cond.view(-1, *([1] * (b.dim() - 1))), a.to(b.dtype), b)
 
         return Residual({k: pick(v, other.features[k]) for k, v in self.features.items()},
-                        pick(self.weight, other.weight), other.network)
+                        pick(self.weight, other.weight), other.network, other.steps)
 
     @staticmethod
     def cat(parts: Sequence[Residual]) -> Residual:
         """Several batches of one plugin's output joined along the batch axis."""
         return Residual({k: torch.cat([p.features[k] for p in parts]) for k in parts[0].features},
-                        torch.cat([p.weight for p in parts]), parts[0].network)
+                        torch.cat([p.weight for p in parts]), parts[0].network, parts[0].steps)
 
 
 @dataclass

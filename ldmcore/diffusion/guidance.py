@@ -196,12 +196,19 @@ def guide(denoiser: Callable[..., torch.Tensor], conditioner: Conditioner,
           values: dict[str, Any], n: int, guidance: Guidance) -> GuidedDenoiser:
     """``D(x, sigma)`` for ``n`` samples of condition ``values``, guided as ``guidance`` asks:
     each branch (all conditions, one plugin alone, none) is encoded once, here, and every step
-    runs them all in one batch through ``denoiser(x, sigma, cond=...)``."""
-    plugins = list(conditioner.encoders)
+    runs them all in one batch through ``denoiser(x, sigma, cond=...)``. Conditions whose encoder
+    is not ``guided`` are kept in every branch."""
+    unguided = {name for name, enc in conditioner.encoders.items() if not enc.guided}
+    scaled = sorted(unguided & set(guidance.per_plugin))
+    if scaled:
+        raise ConfigError(f"guidance.{scaled[0]}: the {scaled[0]!r} condition is not guided (it is "
+                          f"given to every guidance branch, conditions.{scaled[0]}.guided=false), "
+                          f"so it has no guidance scale; drop guidance.{scaled[0]} or guide it.")
+    plugins = [p for p in conditioner.encoders if p not in unguided]
     keeps, weights, reference = guidance.branches(plugins)
-    conds = [conditioner(values, n, keep=None if k is None else set(k)) for k in keeps]
+    conds = [conditioner(values, n, keep=None if k is None else set(k) | unguided) for k in keeps]
     if dropped := guidance.dropped(plugins):
-        plain = conditioner(values, n, keep=set(plugins) - dropped)
+        plain = conditioner(values, n, keep=set(conditioner.encoders) - dropped)
     else:
         plain = conds[keeps.index(None)] if None in keeps else conditioner(values, n)
     return GuidedDenoiser(denoiser, conds, weights, reference, guidance, plain)

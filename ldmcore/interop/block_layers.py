@@ -8,6 +8,12 @@ processors (``<block>.attn2.processor.to_k_ip.0.weight``) with the image project
 plugin's ``fusers.<i>.*`` and ``grounding.*``, the ip_adapter plugin's ``adapters.<i>.to_k``/``to_v``
 and ``proj.*``, where ``<i>`` is the block's number in forward order. Names inside a layer are
 the same on both sides; only the block paths are mapped.
+
+IP-Adapter's original single file (``ip-adapter_sd15.safetensors``) numbers the key/value pairs
+by the attention processor: ``ip_adapter.<n>.to_k_ip.weight`` where ``n`` is the index of the
+block's ``attn2`` among all of diffusers' ``unet.attn_processors`` (down blocks, up blocks, then
+the middle block, ``attn1`` and ``attn2`` of each transformer block in turn: 1, 3, 5, ...), and
+keeps the projection as ``image_proj.proj.*`` / ``image_proj.norm.*``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from ldmcore.nn.attention import BasicTransformerBlock
 from ldmcore.nn.unet import UNetModel, UNetShape
 
 IP_PROJECTION = "encoder_hid_proj.image_projection_layers.0."
+PROCESSOR_ORDER = ("down_blocks", "up_blocks", "mid_block")  # diffusers' attn_processors order
 
 
 def transformer_block_paths(shape: UNetShape) -> list[str]:
@@ -60,3 +67,37 @@ def ip_adapter_from_diffusers(state: dict[str, torch.Tensor], shape: UNetShape) 
     tensors.update({"proj." + k[len(IP_PROJECTION):]: v for k, v in state.items()
                     if k.startswith(IP_PROJECTION)})
     return tensors
+
+
+def _processor_rank(path: str) -> tuple:
+    """Where diffusers' ``attn_processors`` lists the block at ``path``: by part, then index."""
+    part, *rest = path.split(".")
+    return (PROCESSOR_ORDER.index(part), *(int(p) for p in rest if p.isdigit()))
+
+
+def ip_adapter_original_keymap(shape: UNetShape) -> dict[str, str]:
+    """ip_adapter plugin key -> key of IP-Adapter's original single file, for a UNet of ``shape``
+    (the image projection and every block's key/value projection; not the image encoder)."""
+    paths = transformer_block_paths(shape)
+    order = sorted(range(len(paths)), key=lambda i: _processor_rank(paths[i]))
+    out = {f"proj.{ours}.{kind}": f"image_proj.{theirs}.{kind}"
+           for ours, theirs in (("image_embeds", "proj"), ("norm", "norm")) for kind in ("weight", "bias")}
+    for rank, i in enumerate(order):
+        for name in ("to_k", "to_v"):
+            out[f"adapters.{i}.{name}.weight"] = f"ip_adapter.{2 * rank + 1}.{name}_ip.weight"
+    return out
+
+
+def gligen_to_diffusers(state: dict[str, torch.Tensor], shape: UNetShape) -> dict[str, torch.Tensor]:
+    """The gated layout plugin's layers and tokenizer in a diffusers GLIGEN UNet's names (its
+    class-embedding table has no place there: GLIGEN embeds phrases with the text encoder)."""
+    paths = transformer_block_paths(shape)
+    out = {}
+    for k, v in state.items():
+        head, _, rest = k.partition(".")
+        if head == "fusers":
+            i, _, inside = rest.partition(".")
+            out[f"{paths[int(i)]}.fuser.{inside}"] = v
+        elif head == "grounding":
+            out[f"position_net.{rest}"] = v
+    return out

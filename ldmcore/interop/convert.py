@@ -33,6 +33,7 @@ from ldmcore.interop.detect import (Architecture, apply_overrides, autoencoder_s
                                     autoencoder_shape_from_diffusers, clip_config_from_hf,
                                     schedule_from_betas, schedule_from_diffusers,
                                     unet_shape_from_compvis, unet_shape_from_diffusers)
+from ldmcore.interop.gligen_import import gligen_plugin
 from ldmcore.nn.autoencoder import AutoencoderKL
 from ldmcore.nn.unet import UNetModel
 from ldmcore.progress import Stages
@@ -66,6 +67,9 @@ class Pretrained:
     text_state: dict[str, torch.Tensor] | None = None  # CLIPTextModel state dict
     text_folder: Path | None = None  # a complete transformers folder (diffusers' text_encoder/)
     tokenizer: Path | None = None
+    # plugins the source holds beside the backbone (GLIGEN's gated layout): name -> (config
+    # section, tensors in the plugin's names)
+    plugins: dict[str, tuple[dict[str, Any], dict[str, torch.Tensor]]] = field(default_factory=dict)
 
 
 def _refuse_pickle(path: Path) -> None:
@@ -192,8 +196,8 @@ def _weights(folder: Path, stem: str, source: str) -> dict[str, torch.Tensor]:
     return _load_tensors(path)[0]
 
 
-def read_diffusers(folder: Path, *, prediction: str | None = None, image_size: int | None = None
-                   ) -> Pretrained:
+def read_diffusers(folder: Path, *, prediction: str | None = None, image_size: int | None = None,
+                   phrases: tuple[str, ...] | None = None) -> Pretrained:
     source = str(folder)
     ucfg = _json(folder / "unet" / "config.json", source)
     vcfg = _json(folder / "vae" / "config.json", source)
@@ -208,25 +212,35 @@ def read_diffusers(folder: Path, *, prediction: str | None = None, image_size: i
         arch.prediction = prediction
     factor = ae_shape.downsample_factor
     arch.image_size = image_size or int(ucfg.get("sample_size", 64)) * factor
-    unet = keymaps.from_diffusers_unet(_weights(folder / "unet", "diffusion_pytorch_model", source),
-                                       unet_shape, source)
+    unet_state = _weights(folder / "unet", "diffusion_pytorch_model", source)
+    gated = ucfg.get("attention_type") == "gated"
+    if not gated and phrases:
+        raise ConfigError(f"phrases= name the phrases a GLIGEN pipeline's boxes are offered with; "
+                          f"{source!r} is not one (its UNet has no gated attention).")
+    text_folder = tokenizer = None
+    if (folder / "text_encoder").is_dir():
+        if not (folder / "tokenizer").is_dir():
+            raise CheckpointError(f"{source!r} has text_encoder/ but no tokenizer/.")
+        text_folder, tokenizer = folder / "text_encoder", folder / "tokenizer"
+    plugins = {}
+    if gated:
+        unet_state, section, layout = gligen_plugin(unet_state, unet_shape, phrases,
+                                                    TEXT_DIR if text_folder else None, source)
+        plugins["layout"] = (section, layout)
+    unet = keymaps.from_diffusers_unet(unet_state, unet_shape, source)
     if arch.is_upscaler:
         arch.lowres = _upscaler_levels(folder, source)
     autoencoder = keymaps.from_diffusers_autoencoder(
         _weights(folder / "vae", "diffusion_pytorch_model", source), ae_shape, source)
     _check_against(lambda: UNetModel(unet_shape), unet, "unet", source)
     _check_against(lambda: AutoencoderKL(ae_shape), autoencoder, "vae", source)
-    text_folder = tokenizer = None
-    if (folder / "text_encoder").is_dir():
+    if text_folder is not None:
         tcfg = _json(folder / "text_encoder" / "config.json", source)
         _weights(folder / "text_encoder", "model", source)  # refuse pickles, require safetensors
-        if not (folder / "tokenizer").is_dir():
-            raise CheckpointError(f"{source!r} has text_encoder/ but no tokenizer/.")
-        text_folder, tokenizer = folder / "text_encoder", folder / "tokenizer"
         arch.text = tcfg
         arch.family = {"quick_gelu": "sd1", "gelu": "sd2"}.get(tcfg.get("hidden_act"), "custom")
     return Pretrained(arch=arch, source=source, unet=unet, autoencoder=autoencoder,
-                      text_folder=text_folder, tokenizer=tokenizer)
+                      text_folder=text_folder, tokenizer=tokenizer, plugins=plugins)
 
 
 def _upscaler_levels(folder: Path, source: str) -> dict[str, Any]:
@@ -257,6 +271,9 @@ def read_pretrained(source: Path | str, **options: Any) -> Pretrained:
                                   f"inside); give a diffusers folder or an SD .safetensors file.")
         options.pop("tokenizer", None)
         return read_diffusers(path, **options)
+    if options.pop("phrases", None):
+        raise ConfigError(f"phrases= name a GLIGEN pipeline's phrases; {str(path)!r} is a single "
+                          f"file (GLIGEN imports from its diffusers folder).")
     if not path.is_file():
         raise CheckpointError(f"{str(path)!r} does not exist; give an SD .safetensors file or a "
                               f"diffusers folder.")
@@ -292,6 +309,7 @@ def experiment_config(p: Pretrained, name: str = "imported") -> dict[str, Any]:
             + (" (SD inpainting: masked-image latents + mask)" if extra == 5 else "")
             + ". Those concat channels belong to the `inpaint` plugin, which this installation "
               "does not provide yet; `ldm plugins` lists what is installed.")
+    conditions.update({name: section for name, (section, _) in p.plugins.items()})
     if u.vector_dim and "lowres" not in conditions:
         raise CheckpointError(f"{p.source!r}: its UNet takes a {u.vector_dim}-d vector condition "
                               f"(label_emb); no installed plugin is known to produce it.")
@@ -342,6 +360,8 @@ def model_tensors(p: Pretrained) -> dict[str, torch.Tensor]:
     out.update(checkpoint.with_prefix("autoencoder.", p.autoencoder))
     out["autoencoder.scale_factor"] = torch.tensor(float(p.arch.scale_factor))
     out.update(checkpoint.with_prefix("ema.unet.", p.ema))
+    for name, (_, tensors) in p.plugins.items():
+        out.update(checkpoint.with_prefix(f"conditioner.encoders.{name}.", tensors))
     return out
 
 

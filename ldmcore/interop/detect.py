@@ -172,7 +172,7 @@ _UNSUPPORTED_UNET = {
     "resnet_time_scale_shift": ("default",), "time_embedding_type": ("positional",),
     "flip_sin_to_cos": (True,), "freq_shift": (0,), "act_fn": ("silu",), "center_input_sample": (False,),
     "class_embeddings_concat": (False,), "conv_in_kernel": (3,), "conv_out_kernel": (3,),
-    "attention_type": ("default",), "mid_block_only_cross_attention": (None, False),
+    "attention_type": ("default", "gated"),  # gated: GLIGEN's layers, the layout plugin's "mid_block_only_cross_attention": (None, False),
     "resnet_skip_time_act": (False,), "resnet_out_scale_factor": (1.0, 1), "norm_eps": (1e-5,),
     "timestep_post_act": (None,), "time_embedding_act_fn": (None,), "time_embedding_dim": (None,),
     "cross_attention_norm": (None,), "downsample_padding": (1,), "mid_block_scale_factor": (1, 1.0),

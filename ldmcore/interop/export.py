@@ -29,6 +29,7 @@ from ldmcore.errors import ConfigError
 from ldmcore.interop import keymaps
 from ldmcore.interop.convert import TEXT, UNET, VAE
 from ldmcore.interop.options import ExportOptions
+from ldmcore.interop.inserted_export import gligen_unet, inserted_plugins, write_ip_adapter
 from ldmcore.interop.residual_export import residual_parts, residual_plugins
 from ldmcore.progress import Stages
 from ldmcore.runfolder import load_run
@@ -183,7 +184,7 @@ def export_single_file(model, cfg, out: Path | str, *, overwrite: bool = False) 
 def export_diffusers(model, cfg, out: Path | str, *, overwrite: bool = False) -> Path:
     """Write a diffusers folder (StableDiffusionPipeline when there is a text plugin)."""
     _refuse_base(model)
-    text = _text_plugin(model, residual_plugins(model))
+    text = _text_plugin(model, residual_plugins(model) | inserted_plugins(model))
     u, ae = model.unet.shape, model.autoencoder.shape
     if u.context_dim is None and u.attention_levels:
         raise ConfigError("this UNet has attention without cross-attention tokens, which diffusers' "
@@ -236,10 +237,13 @@ def export_diffusers(model, cfg, out: Path | str, *, overwrite: bool = False) ->
         raise ConfigError(f"the {d.schedule.value} beta schedule has no DDIMScheduler equivalent "
                           f"in diffusers' SD pipelines; export a linear or scaled_linear model.")
     residual, residual_pipeline = residual_parts(model, unet_cfg, DIFFUSERS_VERSION)
+    gated = gligen_unet(model, text)
+    if gated:
+        unet_cfg["attention_type"] = "gated"
 
     def write(root: Path) -> None:
         for sub, conf, tensors in (
-                ("unet", unet_cfg, keymaps.to_diffusers_unet(_unet_state(model), u)),
+                ("unet", unet_cfg, {**keymaps.to_diffusers_unet(_unet_state(model), u), **gated}),
                 ("vae", vae_cfg, keymaps.to_diffusers_autoencoder(model.autoencoder.state_dict(), ae)),
                 *residual):
             (root / sub).mkdir()
@@ -255,6 +259,10 @@ def export_diffusers(model, cfg, out: Path | str, *, overwrite: bool = False) ->
                  "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
                  "feature_extractor": [None, None], "image_encoder": [None, None],
                  "requires_safety_checker": False}
+        if gated:  # GLIGEN: no image encoder argument
+            index["_class_name"] = "StableDiffusionGLIGENPipeline"
+            index.pop("image_encoder")
+        index.update(write_ip_adapter(model, root))
         if residual_pipeline is not None:  # its ControlNet or adapter, under the name it expects
             folder, conf, _ = residual[0]
             index[folder] = ["diffusers", conf["_class_name"]]

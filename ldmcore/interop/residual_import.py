@@ -1,45 +1,34 @@
-"""``ldm import SOURCE OUT_DIR attach_to=RUN``: a diffusers ControlNet or T2I-Adapter folder, or an
-original ControlNet file (``control_model.*`` keys, safetensors), as a plugin attached to a run
-(an imported Stable Diffusion run, or any run whose UNet it fits).
+"""Reading a ControlNet or T2I-Adapter for ``ldm import SOURCE OUT attach_to=RUN``
+(``attach_import.py`` writes the run): a diffusers ``ControlNetModel`` / ``T2IAdapter`` folder,
+or an original ControlNet file (``control_model.*`` keys, safetensors).
 
-The new run is ``RUN`` with the plugin enabled (``conditions.<name>``, the folder's weights
-mapped by ``residual_keys``), attached as ``model.init_from=RUN`` attaches it: the backbone is
-``RUN``'s, byte for byte, and the plugin's file ``plugins/<name>.safetensors`` carries all it
-adds. ``condition=`` says what the hint is (``image`` by default: the picture the ControlNet was
-trained on, given as it is - an edge drawing, a depth map). The text encoder folder of ``RUN``
-comes along, since a run follows paths only inside its own folder.
+``condition=`` says what the hint is (``image`` by default: the picture the ControlNet was
+trained on, given as it is - an edge drawing, a depth map); the hint's channels must be those
+the weights read.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
 
-from ldmcore import checkpoint
-from ldmcore.attach import attach_pretrained, save_plugin_weights
-from ldmcore.build import build_model
-from ldmcore.config import INSTANCE_OF
 from ldmcore.errors import CheckpointError, ConfigError
-from ldmcore.interop.convert import TEXT_DIR, _json, _load_tensors, _weights
+from ldmcore.interop.foreign_plugin import ForeignPlugin
+from ldmcore.interop.convert import _json, _load_tensors, _weights
 from ldmcore.interop.residual_keys import controlnet_from_diffusers, t2i_adapter_from_diffusers
-from ldmcore.runfolder import RunFolder, run_config, run_metadata
 
 KINDS = {"ControlNetModel": "controlnet", "T2IAdapter": "t2i_adapter"}  # diffusers class -> plugin
 ORIGINAL = "control_model."  # the original ControlNet's prefix (lllyasviel/ControlNet, cldm)
 
 
-def import_residual_plugin(source: Path | str, out_dir: Path | str, attach_to: Path | str, *,
-                           condition: str = "image", name: str | None = None,
-                           overwrite: bool = False) -> Path:
-    """Write the run ``out_dir``: ``attach_to`` with the plugin of the diffusers folder ``source``."""
-    source, out, base = Path(source), Path(out_dir), Path(attach_to)
+def read_residual(source: Path, *, condition: str | None = None, **others) -> ForeignPlugin:
+    """The ``controlnet`` or ``t2i_adapter`` plugin of a diffusers folder or original file."""
+    misplaced = sorted(k for k, v in others.items() if v is not None)
+    if misplaced:
+        raise ConfigError(f"{', '.join(misplaced)}= belong to an IP-Adapter file; {str(source)!r} "
+                          f"is read as a ControlNet or T2I-Adapter (condition= says what its hint is).")
+    condition = condition or "image"
     if source.is_file():
         plugin, conf, weights = "controlnet", {}, _original_controlnet(source)
     else:
@@ -47,32 +36,14 @@ def import_residual_plugin(source: Path | str, out_dir: Path | str, attach_to: P
         plugin = KINDS.get(conf.get("_class_name", ""))
         if plugin is None:
             raise ConfigError(f"{str(source)!r} holds a {conf.get('_class_name')!r}; attach_to= "
-                              f"imports a diffusers {' or '.join(KINDS)} folder as a plugin.")
+                              f"imports a diffusers {' or '.join(KINDS)} folder, or an original "
+                              f"ControlNet or IP-Adapter file, as a plugin.")
         if plugin == "t2i_adapter" and conf.get("adapter_type", "full_adapter") != "full_adapter":
             raise ConfigError(f"{str(source)!r} is a {conf['adapter_type']!r} T2I-Adapter; the "
                               f"t2i_adapter plugin is the full adapter (adapter_type full_adapter).")
         weights = _weights(source, "diffusion_pytorch_model", str(source))
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{str(out)!r} already exists and is not empty; choose a new OUT_DIR or "
-                          f"pass overwrite=true.")
-    RunFolder(out).check_claim(resume=False, overwrite=True, what="OUT_DIR")
-    name = name or plugin
-    base_cfg = run_config(base)
-    if name in base_cfg.conditions:
-        raise ConfigError(f"attach_to={str(base)!r} already has a condition {name!r}; give the "
-                          f"plugin another name (name=...).")
-    section: dict[str, Any] = {"condition": condition, **({INSTANCE_OF: plugin} if name != plugin else {})}
-    cfg = base_cfg.model_copy(update={
-        "name": out.name, "run_dir": out, "conditions": {**base_cfg.conditions, name: section},
-        "model": base_cfg.model.model_copy(update={"init_from": base})})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        if (base / TEXT_DIR).is_dir():
-            shutil.copytree(base / TEXT_DIR, tmp / TEXT_DIR)
-        model = build_model(cfg, root=tmp)
-        att = attach_pretrained(model, base)
-        enc = model.conditioner.encoders[name]
+
+    def tensors(model, enc) -> dict[str, torch.Tensor]:
         hint = enc.input_hint_block[0].in_channels if plugin == "controlnet" else (
             enc.adapter.conv_in.in_channels // enc.adapter.unshuffle.downscale_factor ** 2)
         theirs = conf.get("conditioning_channels", conf.get("in_channels")) if conf else (
@@ -84,22 +55,12 @@ def import_residual_plugin(source: Path | str, out_dir: Path | str, attach_to: P
                               f"{theirs}{hint_for}: image has the image's channels, edges 1, "
                               f"segmap conditions.<name>.num_classes.")
         if not conf:  # the original layout: the plugin's own names
-            state = weights
-        elif plugin == "controlnet":
-            state = controlnet_from_diffusers(weights, model.unet.shape, str(source))
-        else:
-            state = t2i_adapter_from_diffusers(weights, str(source))
-        checkpoint.load_into(enc, state, plugin, source)
-        _write_run(tmp, cfg, model, att, {"source": str(source), "attached_to": str(base), "plugin": name})
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except CheckpointError as err:
-        raise CheckpointError(f"attach_to={str(base)!r}: {err}") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+            return weights
+        if plugin == "controlnet":
+            return controlnet_from_diffusers(weights, model.unet.shape, str(source))
+        return t2i_adapter_from_diffusers(weights, str(source))
+
+    return ForeignPlugin(plugin, {"condition": condition}, tensors)
 
 
 def _original_controlnet(path: Path) -> dict[str, torch.Tensor]:
@@ -110,18 +71,7 @@ def _original_controlnet(path: Path) -> dict[str, torch.Tensor]:
         tensors = {k[len(ORIGINAL):]: v for k, v in tensors.items() if k.startswith(ORIGINAL)}
     if "input_hint_block.0.weight" not in tensors:
         raise CheckpointError(f"{str(path)!r} holds no ControlNet (no control_model.input_hint_block "
-                              f"tensors); attach_to= imports an original ControlNet file or a "
-                              f"diffusers ControlNet / T2I-Adapter folder.")
+                              f"tensors) and no IP-Adapter (no ip_adapter.* tensors); attach_to= "
+                              f"imports an original ControlNet or IP-Adapter file, or a diffusers "
+                              f"ControlNet / T2I-Adapter folder.")
     return tensors
-
-
-def _write_run(root: Path, cfg, model, att, record: dict[str, str]) -> None:
-    run = RunFolder(root)
-    run.checkpoints.mkdir(parents=True, exist_ok=True)
-    run.mark()
-    run.config.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    meta = run_metadata(cfg, model, 0, source=record)
-    with torch.no_grad():
-        checkpoint.save(run.last, dict(model.state_dict()), meta)
-    save_plugin_weights(root / "plugins", model, att, {"step": 0})
-    (root / "import.json").write_text(json.dumps(record, indent=1))

@@ -21,6 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
+StepWindow = tuple[float, float]  # (start, end): the fractions of a sampling run a plugin acts in
+EVERY_STEP: StepWindow = (0.0, 1.0)  # (ldmcore.diffusion.step_windows applies them)
+
+
 @dataclass(frozen=True)
 class TransformerBlockShape:
     """One transformer block as a plugin layer must fit it: its feature width and heads."""
@@ -39,6 +43,7 @@ class GatedTokens:
     layers: Sequence[nn.Module]
     tokens: torch.Tensor  # (B, N, D), D the plugin's own token width
     mask: torch.Tensor  # (B, N) bool, True = attend
+    steps: StepWindow = EVERY_STEP
 
 
 @dataclass
@@ -51,6 +56,7 @@ class DecoupledTokens:
     tokens: torch.Tensor  # (B, N, D)
     mask: torch.Tensor  # (B, N) bool, True = attend
     region: torch.Tensor | None = None  # (B, 1, H, W) in [0, 1]: where it acts; None = everywhere
+    steps: StepWindow = EVERY_STEP
 
 
 @dataclass
@@ -78,7 +84,8 @@ class InsertedLayers:
     def cat(parts: Sequence[InsertedLayers]) -> InsertedLayers:
         """Join the tokens of several calls along the batch axis (batched guidance); every part
         comes from the same plugins in the same order, so the layers are the same."""
-        gated = tuple(GatedTokens(g[0].layers, torch.cat([x.tokens for x in g]), torch.cat([x.mask for x in g]))
+        gated = tuple(GatedTokens(g[0].layers, torch.cat([x.tokens for x in g]), torch.cat([x.mask for x in g]),
+                                  g[0].steps)
                       for g in zip(*(p.gated for p in parts)))
         decoupled = []
         for d in zip(*(p.decoupled for p in parts)):
@@ -91,7 +98,7 @@ class InsertedLayers:
                                                device=like.device) if x.region is None else x.region
                                     for x in d])
             decoupled.append(DecoupledTokens(d[0].layers, torch.cat([x.tokens for x in d]),
-                                             torch.cat([x.mask for x in d]), region))
+                                             torch.cat([x.mask for x in d]), region, d[0].steps))
         return InsertedLayers(gated, tuple(decoupled))
 
 

@@ -18,6 +18,12 @@ Parameter names follow the original ControlNet's ``control_model`` (``input_hint
 ``zero_convs.N.0``, ``middle_block_out.0``, and the copy under the UNet's own names), so its
 single files map by prefix. The null is "no residual" (weight 0): the backbone alone; the
 conditioning scale (diffusers' ``controlnet_conditioning_scale``) is ``scale``.
+
+``guess_mode`` and ``control_guidance_start`` / ``control_guidance_end`` are diffusers' options
+of the same names. Under classifier-free guidance the ControlNet feeds the conditional branch
+only (its null is the backbone alone), as in diffusers' guess mode, which adds the per-tap
+scales, ``logspace(-1, 0)`` from the shallowest skip to the middle block; ``guided=false`` gives
+the hint to every branch instead, as diffusers' pipelines do outside guess mode.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ldm_controlnet.hints import HintConfig, HintInput, downsampling, hint_channels
@@ -45,6 +51,24 @@ class ControlNetConfig(HintConfig):
     hint_widths: tuple[int, ...] | None = Field(None, description="widths of the hint encoder's "
                                                 "convolutions, one more than stride-2 steps; "
                                                 "default (16, 32, 96, 256) cut to log2(f) + 1")
+
+    guess_mode: bool = Field(False, description="diffusers' guess mode: each skip map scaled by "
+                             "logspace(-1, 0) over the taps, the shallowest by 0.1, the middle "
+                             "by 1 (the ControlNet recognises the hint's content with less help "
+                             "from the prompt)")
+    control_guidance_start: float = Field(0.0, ge=0.0, le=1.0, description="the fraction of "
+                                          "sampling steps done before the ControlNet acts")
+    control_guidance_end: float = Field(1.0, ge=0.0, le=1.0, description="the fraction of "
+                                        "sampling steps done when it stops acting")
+
+    @model_validator(mode="after")
+    def _window(self) -> ControlNetConfig:
+        if self.control_guidance_start >= self.control_guidance_end:
+            raise ValueError(f"control_guidance_start={self.control_guidance_start} must be below "
+                             f"control_guidance_end={self.control_guidance_end}: the ControlNet "
+                             f"acts from the first fraction of the sampling steps to the second, "
+                             f"e.g. 0.0 and 0.6 for the first 60%")
+        return self
 
     @field_validator("hint_widths")
     @classmethod
@@ -132,6 +156,9 @@ class ControlNetEncoder(HintInput, ConditionEncoder):
             maps[f"skip.{i}"] = self.zero_convs[i](h)
         h = self.middle_block(h, emb, context, unet_input.context_mask)
         maps[self.taps[-1].name] = self.middle_block_out(h)
+        if self.config.guess_mode:
+            scales = torch.logspace(-1, 0, len(maps), device=h.device)
+            maps = {tap: m * scales[i] for i, (tap, m) in enumerate(maps.items())}
         return maps
 
     # -- the contract ----------------------------------------------------------------------------
@@ -142,7 +169,7 @@ class ControlNetEncoder(HintInput, ConditionEncoder):
         conv = self.input_hint_block[0].weight
         hint = self.input_hint_block(self.hint(value, conv))
         weight = torch.full((hint.shape[0],), self.config.scale, device=conv.device)
-        return {Injection.RESIDUAL: Residual({"hint": hint}, weight, self.control)}
+        return {Injection.RESIDUAL: Residual({"hint": hint}, weight, self.control, self.steps)}
 
     def null(self, batch_size: int) -> ConditionOutput:
         out = self.input_hint_block[-1]
@@ -150,4 +177,9 @@ class ControlNetEncoder(HintInput, ConditionEncoder):
         hint = torch.zeros(batch_size, out.out_channels, h, w, device=out.weight.device,
                            dtype=out.weight.dtype)
         weight = torch.zeros(batch_size, device=out.weight.device)
-        return {Injection.RESIDUAL: Residual({"hint": hint}, weight, self.control)}
+        return {Injection.RESIDUAL: Residual({"hint": hint}, weight, self.control, self.steps)}
+
+    @property
+    def steps(self) -> tuple[float, float]:
+        """The fraction of sampling steps it acts in (``ldmcore.diffusion.step_windows``)."""
+        return (self.config.control_guidance_start, self.config.control_guidance_end)

@@ -28,7 +28,8 @@ DEFAULT_KEY = {"segmap": "mask", "edges": "image", "lowres": "image", "image": "
 
 
 class HintConfig(EncoderConfig):
-    """What the hint is: the part of a residual plugin's config that reads its value."""
+    """What the hint is: the part of a residual plugin's config that reads its value (and
+    whether guidance contrasts it with the backbone alone)."""
 
     condition: Condition = Field("segmap", description="what the hint is: a class map, edges of "
                                  "the image, the image at low resolution, or an image as given")
@@ -38,6 +39,10 @@ class HintConfig(EncoderConfig):
     factor: int = Field(4, ge=1, description="lowres: downsampling factor of the low-res image")
     low_threshold: int = Field(100, ge=0, le=255, description="edges: Canny's lower threshold")
     high_threshold: int = Field(200, ge=0, le=255, description="edges: Canny's upper threshold")
+    guided: bool = Field(True, description="false: every guidance branch gets the hint, the "
+                         "unconditional one included, as diffusers' ControlNet pipelines (outside "
+                         "guess mode) and T2I-Adapter pipelines do; true: the conditional branch "
+                         "only, the unconditional one is the backbone alone")
 
 
 def hint_channels(config: HintConfig, backbone: BackboneSpec) -> int:
@@ -75,6 +80,11 @@ class HintInput:
     name: str
     config: HintConfig
     backbone: BackboneSpec
+
+    @property
+    def guided(self) -> bool:
+        """``ConditionEncoder.guided``: the config's ``guided``."""
+        return self.config.guided
 
     @property
     def input_key(self) -> str:

@@ -59,6 +59,7 @@ class FrozenVisionModel:
             raise ConfigError(f"{key}={str(folder)!r} holds a {type(model).__name__}, not a vision "
                               f"model (its config has no image_size); name a vision model folder.")
         self.model = model.eval().requires_grad_(False)
+        self.folder = folder
         self.size = int(config.image_size)
         mean, std = CLIP_MEAN, CLIP_STD
         pre = folder / "preprocessor_config.json"

@@ -12,7 +12,13 @@ by a gated self-attention layer the plugin inserts after the self-attention of e
 block (``ldmcore.nn.gated_attention``), gates shut at init. Attached to a pretrained model
 (``model.init_from``) the output is unchanged until training opens the gates, which
 cross-attention tokens cannot promise (softmax renormalises over the added keys). The dropped
-layout is every slot empty (null features).
+layout is every slot empty (null features). ``scheduled_sampling_beta`` < 1 switches the gated
+layers off after that fraction of the sampling steps (GLIGEN's scheduled sampling: the boxes
+place things early, the backbone alone refines them).
+
+Labels are classes of a learned table (``num_classes`` x ``embed_dim``), or, with
+``phrase_model=PATH``, free phrases embedded by a frozen local text model (``phrases.py``), as
+GLIGEN embeds its grounding phrases; a class index then names ``class_names[index]``.
 
 A value is a pair (boxes (N, 4), labels (N,)) per sample, N varying within a batch.
 """
@@ -26,6 +32,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from ldm_layout.phrases import PhraseEncoder
 from ldmcore.conditioning import (BackboneSpec, ConditionEncoder, ConditionOutput, EncoderConfig,
                                   Injection, OutputSpec, Tokens, Widget, WidgetKind)
 from ldmcore.errors import ConfigError
@@ -53,6 +60,14 @@ class LayoutConfig(EncoderConfig):
                                 "token's place added to what the gated layers' attention reads "
                                 "(0 = GLIGEN as published; use it when the backbone's features "
                                 "say little about where a token lies, e.g. small latents)")
+    phrase_model: str | None = Field(
+        None, description="a local transformers text model folder (CLIP): each box's label is a "
+                          "phrase embedded with it (its pooled output, as GLIGEN embeds phrases), "
+                          "so labels may be any text; default: the classes of a learned table")
+    scheduled_sampling_beta: float = Field(
+        1.0, gt=0.0, le=1.0, description="gated: the fraction of sampling steps, from the first, in "
+                                         "which the gated layers act (GLIGEN's scheduled sampling; "
+                                         "its pipeline uses 0.3); 1: every step")
 
 
 class LayoutEncoder(ConditionEncoder):
@@ -64,15 +79,21 @@ class LayoutEncoder(ConditionEncoder):
     def __init__(self, config: LayoutConfig, backbone: BackboneSpec) -> None:
         super().__init__(config, backbone)
         self.gated = config.injection == "gated"
-        self.class_embedding = nn.Embedding(config.num_classes, config.embed_dim)
+        if config.phrase_model:
+            key = f"conditions.{self.name}.phrase_model"
+            self.__dict__["phrases"] = PhraseEncoder(backbone.local_path(config.phrase_model, key), key)
+            self.label_dim = self.phrases.dim  # frozen and unregistered: its folder holds it
+        else:
+            self.class_embedding = nn.Embedding(config.num_classes, config.embed_dim)
+            self.label_dim = config.embed_dim
         width = backbone.context_dim
         if self.gated:
-            self.grounding = GroundingTokenizer(config.embed_dim, width, config.num_freqs,
+            self.grounding = GroundingTokenizer(self.label_dim, width, config.num_freqs,
                                                 config.grounding_hidden)
             self.fusers = gated_layers(backbone.transformer_blocks, width, config.position_freqs)
             return
         self.fourier = FourierFeatures(config.num_freqs)
-        self.mlp = nn.Sequential(nn.Linear(config.embed_dim + self.fourier.out_dim(4), 2 * width),
+        self.mlp = nn.Sequential(nn.Linear(self.label_dim + self.fourier.out_dim(4), 2 * width),
                                  nn.SiLU(), nn.Linear(2 * width, width))
         self.null_token = nn.Parameter(torch.randn(width) * 0.02)
 
@@ -91,45 +112,60 @@ class LayoutEncoder(ConditionEncoder):
             return batch[self.name]
         return list(zip(batch[self.config.boxes_key], batch[self.config.labels_key]))
 
-    def forward(self, value: list[tuple[torch.Tensor, torch.Tensor]]) -> ConditionOutput:
+    def forward(self, value: list[tuple[torch.Tensor, Any]]) -> ConditionOutput:
         b, m = len(value), self.config.max_boxes
-        device = self.class_embedding.weight.device
+        device = self._device()
         boxes = torch.zeros(b, m, 4, device=device)
-        labels = torch.zeros(b, m, dtype=torch.long, device=device)
         present = torch.zeros(b, m, dtype=torch.bool, device=device)
+        embedded = torch.zeros(b, m, self.label_dim, device=device)
         for i, (bx, lb) in enumerate(value):
-            bx, lb = torch.as_tensor(bx, dtype=torch.float32).reshape(-1, 4), torch.as_tensor(lb).long()
+            bx = torch.as_tensor(bx, dtype=torch.float32).reshape(-1, 4)
             self._check(bx, lb)
             n = min(len(bx), m)
-            boxes[i, :n], labels[i, :n], present[i, :n] = bx[:n].to(device), lb[:n].to(device), True
+            boxes[i, :n], present[i, :n] = bx[:n].to(device), True
+            embedded[i, :n] = self.embed_labels(lb)[:n].to(device)
         if self.gated:
-            return self._grounding(boxes, labels, present)
-        tokens = self.mlp(torch.cat([self.class_embedding(labels), self.fourier(boxes * 2 - 1)], dim=-1))
+            return self._grounding(embedded, boxes, present)
+        tokens = self.mlp(torch.cat([embedded, self.fourier(boxes * 2 - 1)], dim=-1))
         tokens = torch.where(present[..., None], tokens, torch.zeros_like(tokens))
         null = self.null_token.view(1, 1, -1).expand(b, 1, -1).to(tokens.dtype)
         mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=device), present], dim=1)
         return {Injection.CROSSATTN: Tokens(torch.cat([null, tokens], dim=1), mask)}
 
-    def _check(self, boxes: torch.Tensor, labels: torch.Tensor) -> None:
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def embed_labels(self, labels: Any) -> torch.Tensor:
+        """One sample's labels (N,) -> (N, label_dim): rows of the class table, or with a phrase
+        model each label's phrase (a class index names ``class_names[index]``) embedded."""
+        if "phrases" not in self.__dict__:
+            return self.class_embedding(torch.as_tensor(labels).long().to(self._device()))
+        names = self.config.class_names
+        return self.phrases([names[int(x)] if not isinstance(x, str) else x for x in labels])
+
+    def _check(self, boxes: torch.Tensor, labels: Any) -> None:
         if len(boxes) != len(labels):
             raise ConfigError(f"layout: {len(boxes)} boxes but {len(labels)} labels.")
         if boxes.numel() and (boxes.min() < 0 or boxes.max() > 1 or (boxes[:, 2:] <= boxes[:, :2]).any()):
             raise ConfigError(f"layout: boxes must be [x0, y0, x1, y1] with 0 <= x0 < x1 <= 1 and "
                               f"0 <= y0 < y1 <= 1, got {boxes.tolist()}.")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.config.num_classes):
-            raise ConfigError(f"layout: label {int(labels.max())} is outside 0..{self.config.num_classes - 1}.")
+        classes = self.config.num_classes if "phrases" not in self.__dict__ else len(self.config.class_names)
+        ids = [int(x) for x in labels if not isinstance(x, str)]
+        if ids and (min(ids) < 0 or max(ids) >= classes):
+            raise ConfigError(f"layout: label {max(ids)} is outside 0..{classes - 1}.")
 
-    def _grounding(self, boxes: torch.Tensor, labels: torch.Tensor, present: torch.Tensor) -> ConditionOutput:
+    def _grounding(self, phrases: torch.Tensor, boxes: torch.Tensor, present: torch.Tensor) -> ConditionOutput:
         """GLIGEN's tokens, every slot attended (empty ones carry the null features)."""
-        tokens = self.grounding(self.class_embedding(labels), boxes, present)
-        return {Injection.GATED_ATTENTION: Tokens(tokens, torch.ones_like(present))}
+        tokens = self.grounding(phrases, boxes, present)
+        window = (0.0, self.config.scheduled_sampling_beta)
+        return {Injection.GATED_ATTENTION: Tokens(tokens, torch.ones_like(present), steps=window)}
 
     def null(self, batch_size: int) -> ConditionOutput:
         m, width = self.config.max_boxes, self.backbone.context_dim
         if self.gated:
-            device = self.class_embedding.weight.device
-            return self._grounding(torch.zeros(batch_size, m, 4, device=device),
-                                   torch.zeros(batch_size, m, dtype=torch.long, device=device),
+            device = self._device()
+            return self._grounding(torch.zeros(batch_size, m, self.label_dim, device=device),
+                                   torch.zeros(batch_size, m, 4, device=device),
                                    torch.zeros(batch_size, m, dtype=torch.bool, device=device))
         values = torch.cat([self.null_token.view(1, 1, -1).expand(batch_size, 1, -1),
                             torch.zeros(batch_size, m, width, device=self.null_token.device)], dim=1)
@@ -145,11 +181,12 @@ class LayoutEncoder(ConditionEncoder):
                       help=f"drag boxes on the image (at most {self.config.max_boxes}), a class each",
                       choices=tuple(self.config.class_names), size=self.backbone.image_size)
 
-    def parse(self, value: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def parse(self, value: Any) -> tuple[torch.Tensor, Any]:
         """A list of boxes ``[[x0, y0, x1, y1, "circle"], [x0, y0, x1, y1, 2], ...]``: a label by
         index, or by name from this model's ``class_names`` (an instance method: the names are
-        config)."""
+        config); with a phrase model any text is a label, kept as it is."""
         names = self.config.class_names
+        free = "phrases" in self.__dict__
         try:
             if not isinstance(value, list):
                 raise TypeError("not a list")
@@ -157,12 +194,20 @@ class LayoutEncoder(ConditionEncoder):
             for item in value:
                 *coords, label = item
                 boxes.append([float(c) for c in coords])
-                labels.append(names.index(label) if isinstance(label, str) else int(label))
+                if isinstance(label, str) and label not in names and not free:
+                    raise ConfigError(f"cond.{self.name}: {label!r} is not a class of this model; "
+                                      f"its classes are {', '.join(names)} (or "
+                                      f"their indices 0..{len(names) - 1}). A layout with a "
+                                      f"phrase model (conditions.{self.name}.phrase_model) takes "
+                                      f"any phrase.")
+                labels.append(label if free and isinstance(label, str)
+                              else names.index(label) if isinstance(label, str) else int(label))
             boxes_t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         # RuntimeError: a box of other than 4 coordinates (the reshape)
         except (ValueError, TypeError, RuntimeError):
             shown = value if isinstance(value, str) else json.dumps(value)
             raise ConfigError(f"cond.{self.name}={shown!r} is not a JSON list of boxes; write e.g. "
                               f"'[[0.1,0.1,0.5,0.5,\"circle\"],[0.6,0.2,0.9,0.6,\"square\"]]' "
-                              f"(labels: {', '.join(names)} or their indices).") from None
-        return boxes_t, torch.tensor(labels, dtype=torch.long)
+                              f"(labels: {', '.join(names)} or their indices"
+                              f"{', or any phrase' if free else ''}).") from None
+        return boxes_t, (tuple(labels) if free else torch.tensor(labels, dtype=torch.long))
