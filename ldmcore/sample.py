@@ -360,12 +360,21 @@ def write_samples(out: Path, req: SampleRequest, loaded: LoadedRun, prepared: Pr
     return records
 
 
-def run_sampling(req: SampleRequest, registry: Registry | None = None) -> Path:
-    """Sample as ``req`` asks. Every part of the request (conditions, images, output folder)
-    is checked before the model runs, and the output folder is made only when the images are."""
+def loading_key(req: SampleRequest) -> tuple:
+    """What of a request the loaded model depends on: requests with the same key can share one
+    ``LoadedRun`` (sampling never changes it)."""
+    return (req.run, req.ema, tuple(sorted(req.conditions.items())), req.precision, req.threads)
+
+
+def run_sampling(req: SampleRequest, registry: Registry | None = None,
+                 loaded: LoadedRun | None = None) -> Path:
+    """Sample as ``req`` asks, with ``loaded`` if given (loaded for a request of the same
+    ``loading_key``). Every part of the request (conditions, images, output folder) is checked
+    before the model runs, and the output folder is made only when the images are."""
     out = req.out or RunFolder(req.run).samples / f"sample_{req.seed}"
     check_output_folder(out, req.overwrite)
-    loaded = load_for_sampling(req.run, registry, req.ema, req.conditions, req.precision, req.threads)
+    if loaded is None:
+        loaded = load_for_sampling(req.run, registry, req.ema, req.conditions, req.precision, req.threads)
     prepared = prepare_request(loaded, req)
     print(f"sampler: {prepared.plan.describe()}", flush=True)
     bar = progress_bar(sampler_steps(loaded, req, prepared),

@@ -8,7 +8,8 @@ writes ``cmp/guidance=1_sampler=euler/`` ... (each an ordinary ``ldm sample`` fo
 ``grid.png``, ``samples.json``), ``cmp/contact_sheet.png`` (every grid captioned with its
 settings; one row per value of the first list, one column per value of the last, for two
 lists) and ``cmp/sweep.json`` (each combination and its folder). Every combination's request is
-checked before the first is sampled.
+checked before the first is sampled. The run is loaded once for all the combinations that can
+share it (all but those of another ``precision``, ``ema`` or plugin setting).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ldmcore.contact_sheet import save_contact_sheet
 from ldmcore.errors import ConfigError
 from ldmcore.registry import Registry
 from ldmcore.runfolder import RunFolder, check_output_folder, make_output_folder
-from ldmcore.sample import parse_request, run_sampling
+from ldmcore.sample import LoadedRun, load_for_sampling, loading_key, parse_request, run_sampling
 
 # SampleRequest keys a comma list may sweep (their values hold no commas)
 SWEEPABLE = {"sampler", "steps", "sigmas", "spacing", "rho", "eta", "s_noise", "guidance",
@@ -50,9 +51,14 @@ def run_sample_sweep(args: list[str], registry: Registry | None = None) -> Path:
                           f"value once.")
     make_output_folder(out)
     done: list[tuple[Combination, Path]] = []
+    loaded: dict[tuple, LoadedRun] = {}  # the run loaded once per precision, EMA choice...
     for combo, _ in requests:
-        folder = run_sampling(parse_request([*combo.args, f"out={out / combo.folder}"]), registry)
-        done.append((combo, folder))
+        req = parse_request([*combo.args, f"out={out / combo.folder}"])
+        key = loading_key(req)
+        if key not in loaded:
+            loaded[key] = load_for_sampling(req.run, registry, req.ema, req.conditions,
+                                            req.precision, req.threads)
+        done.append((combo, run_sampling(req, registry, loaded[key])))
     columns = len(list(lists.values())[-1])
     save_contact_sheet([(c.label, f / "grid.png") for c, f in done], columns, out / "contact_sheet.png")
     (out / "sweep.json").write_text(json.dumps(

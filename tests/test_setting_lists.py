@@ -80,6 +80,19 @@ def test_sample_lists_give_each_combination_and_a_contact_sheet(layout_run: Path
                           np.asarray(Image.open(out / "guidance=4_seed=7" / "grid.png")))
 
 
+def test_the_run_is_loaded_once_per_precision(layout_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """Combinations that can share the loaded model share it; another precision loads anew."""
+    import ldmcore.sample_sweep as sweep
+
+    loads = []
+    real = sweep.load_for_sampling
+    monkeypatch.setattr(sweep, "load_for_sampling", lambda *a, **k: loads.append(a) or real(*a, **k))
+    run_sample_sweep([f"run={layout_run}", 'cond.layout=[[0.1,0.1,0.6,0.6,"circle"]]', "n=1",
+                      "steps=1", "threads=1", "guidance=1,4", "seed=0,7", "precision=fp32,auto",
+                      f"out={tmp_path / 'cmp'}"])
+    assert len(loads) == 2
+
+
 def test_eval_lists_score_each_combination(layout_run: Path, tmp_path: Path) -> None:
     args = [f"run={layout_run}", "n=4", "steps=2", "precision=fp32", "threads=1", "guidance=1,4",
             f"out={tmp_path / 'ev'}"]
