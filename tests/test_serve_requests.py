@@ -175,7 +175,9 @@ def test_a_plugin_without_a_widget_gets_a_text_field_read_as_the_command_line(
                               settings=["precision=fp32", "threads=1"])
     try:
         (described,) = service.describe()["plugins"]
-        assert described == {"name": "class", "widget": None, "guidance": None}
+        assert described == {"name": "class", "widget": None, "guidance": None, "guided": True}
+        monkeypatch.setattr(ClassEncoder, "guided", property(lambda self: False))
+        assert service.describe()["plugins"][0]["guided"] is False
         with pytest.raises(RequestError, match="not a class label") as refused_value:
             service.submit(WebRequest(cond={"class": "seven"}))
         assert set(refused_value.value.fields) == {"class"}

@@ -66,7 +66,8 @@ class SamplingService:
             if shown is not None:
                 shown["kind"] = widget.kind.value
             plugins.append({"name": name, "widget": shown,
-                            "guidance": plan.guidance.per_plugin.get(name)})
+                            "guidance": plan.guidance.per_plugin.get(name),
+                            "guided": self.encoders[name].guided})  # False: no scale of its own
         registry = self.loaded.registry or default_registry()
         return {"run": str(self.loaded.run), "image_size": [size, size],
                 "plugins": plugins, "max_images": self.max_images,

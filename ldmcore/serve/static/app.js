@@ -258,8 +258,9 @@ function settings(model) {
   shown.textContent = guidance.value;
   guidance.addEventListener("input", () => { shown.textContent = guidance.value; });
   const own = document.getElementById("plugin-guidance");
-  if (model.plugins.length > 1) {
-    for (const plugin of model.plugins) {
+  const guided = model.plugins.filter((plugin) => plugin.guided);  // unguided ones take no scale
+  if (guided.length > 1) {
+    for (const plugin of guided) {
       const enabled = el("input", {type: "checkbox", class: "own-guidance", "data-plugin": plugin.name});
       const slider = guidanceSlider(plugin.name, plugin.guidance ?? model.sampler.guidance);
       slider.input.dataset.plugin = plugin.name;
