@@ -148,4 +148,4 @@ def test_ldm_eval_takes_a_scale_per_condition(tmp_path, capsys):
 
     assert cli.main(["eval", f"run={run.root}", "n=4", "guidance.txt=0"]) == 2
     err = capsys.readouterr().err
-    assert "guidance.txt names no condition of this run" in err and "text" in err
+    assert "guidance.txt names no condition of this model" in err and "text" in err
